@@ -1,0 +1,41 @@
+"""Exception classes. Every error svdcompress raises on user input derives from SvdcompressError."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ExportError",
+    "NoSVDOLayersError",
+    "OutputExistsError",
+    "SvdcompressError",
+    "UnsupportedOpError",
+    "VerificationError",
+]
+
+
+class SvdcompressError(Exception):
+    """Base class: the CLI turns it into one line on stderr and exit code 1."""
+
+
+class CheckpointError(SvdcompressError):
+    """A file cannot be read as a checkpoint, or a tensor in it is unusable."""
+
+
+class NoSVDOLayersError(CheckpointError):
+    """The checkpoint was read, but no SVDO layer convention was recognised in it."""
+
+
+class UnsupportedOpError(SvdcompressError):
+    """The model graph holds an operation the structural pruner does not understand."""
+
+
+class VerificationError(SvdcompressError):
+    """A transformed model's outputs differ from the masked dense model's beyond tolerance."""
+
+
+class ExportError(SvdcompressError):
+    """An artifact could not be written or failed its check."""
+
+
+class OutputExistsError(ExportError):
+    """The output path exists (pass --force) or is the input file itself."""
