@@ -37,7 +37,7 @@ from svdcompress.zoo import INPUT_SHAPES, build
 PACKAGE_CKPT_DIR = Path(svdcompress.__file__).parent / "checkpoints"
 
 
-def _lr_lambda(total_steps: int, decay_frac: float):  # noqa: ANN202 - returns a closure for LambdaLR
+def _lr_lambda(total_steps: int, decay_frac: float):
     hold = int(total_steps * (1.0 - decay_frac))
 
     def f(step: int) -> float:

@@ -13,7 +13,9 @@ from .errors import OutputExistsError
 __all__ = ["atomic_path", "check_output_path"]
 
 
-def check_output_path(out: str | os.PathLike[str], *, force: bool, inputs: tuple[str | os.PathLike[str], ...] = ()) -> Path:
+def check_output_path(
+    out: str | os.PathLike[str], *, force: bool, inputs: tuple[str | os.PathLike[str], ...] = ()
+) -> Path:
     """Refuse to overwrite an input, or an existing file without ``force``."""
     out_p = Path(out)
     for inp in inputs:

@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -84,9 +84,205 @@ def save_checkpoint(
         "arch_kwargs": dict(arch_kwargs or {}),
         "input_shape": list(input_shape) if input_shape is not None else None,
         "threshold": float(threshold),
-        "provenance": dict(provenance or {}),
+        # A JSON round trip keeps only plain types, so the file loads with weights_only=True
+        # (torch.__version__, for one, is a TorchVersion object that safe loading refuses).
+        "provenance": json.loads(json.dumps(dict(provenance or {}), default=str)),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
+
+
+def _flatten(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    if isinstance(obj, torch.Tensor):
+        out[prefix] = obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(obj, (list, tuple)) and obj and all(isinstance(v, torch.Tensor) for v in obj):
+        for i, v in enumerate(obj):
+            out[f"{prefix}.{i}" if prefix else str(i)] = v
+
+
+def _extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Find the state_dict inside whatever a training script saved."""
+    if isinstance(obj, Mapping):
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {str(k): v for k, v in obj.items()}
+        for key in _NEST_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return {str(k): v for k, v in inner.items()}
+            if isinstance(inner, nn.Module):
+                return dict(inner.state_dict())
+    if isinstance(obj, nn.Module):
+        return dict(obj.state_dict())
+    flat: dict[str, torch.Tensor] = {}
+    _flatten(obj, "", flat)
+    return flat
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and lists of them, nothing else: no code can run."""
+
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_npy(path: Path, trust_pickle: bool) -> Any:
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                _shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                _shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: corrupt .npy header ({e})") from None
+        if dtype.hasobject:
+            # A list of arrays saved with np.save is an object array: a pickle. Read it with an
+            # unpickler that only builds numpy arrays, unless the user trusts the file.
+            try:
+                if trust_pickle:
+                    return np.load(path, allow_pickle=True)
+                return _NumpyOnlyUnpickler(f).load()
+            except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+                raise CheckpointError(
+                    f"{path}: the .npy object array holds more than numpy arrays ({e}); "
+                    "pass --trust-pickle only if you trust its source"
+                ) from None
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: truncated or corrupt .npy file ({e})") from None
+
+
+def _from_positional(arrays: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(arrays, np.ndarray) and arrays.dtype != object:
+        raise CheckpointError(f"{path}: holds one array of shape {arrays.shape}, not a list of layer parameters; "
+                              "expected the Lasagne list W, b, ls2 per layer")
+    out: dict[str, torch.Tensor] = {}
+    for i, a in enumerate(list(arrays)):
+        if not isinstance(a, np.ndarray):
+            raise CheckpointError(f"{path}: entry {i} is a {type(a).__name__}, not an array")
+        out[str(i)] = torch.from_numpy(np.ascontiguousarray(a))
+    return out
+
+
+def _sniff(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16)
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory; give the checkpoint file inside it") from None
+    except PermissionError:
+        raise CheckpointError(f"{path}: permission denied; check the file's permissions") from None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        out: dict[str, torch.Tensor] = {}
+        # safe_open memory-maps the file: tensors are read when touched, keeping peak memory low.
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():  # noqa: SIM118 - safe_open has keys(), not __iter__
+                out[k] = f.get_tensor(k)
+        return out
+    except Exception as e:  # safetensors raises its own SafetensorError and plain OSError/ValueError
+        raise CheckpointError(f"{path}: invalid safetensors file ({e}); re-save it with safetensors.torch.save_file")\
+            from None
+
+
+def _load_torch(path: Path, trust_pickle: bool) -> Any:
+    try:
+        # mmap keeps tensors on disk until touched: analysis of a huge file stays within bounded memory.
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        if trust_pickle:
+            raise CheckpointError(f"{path}: cannot unpickle ({str(e).splitlines()[0]})") from None
+        lines = [ln.strip() for ln in str(e).splitlines()]
+        why = next((ln.split("error:", 1)[1].split(" was not", 1)[0].strip() for ln in lines
+                    if "WeightsUnpickler error:" in ln), lines[0] if lines else "")
+        raise CheckpointError(
+            f"{path}: holds Python objects that safe loading refuses ({why[:160]}). "
+            "Unpickling can run code: pass --trust-pickle (trust_pickle=True) only if you trust its source"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError,
+            ModuleNotFoundError, TypeError, IndexError, struct.error) as e:
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint ({msg}); re-save it with torch.save") \
+            from None
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> LoadedCheckpoint:
+    """Read a checkpoint file of any supported format.
+
+    Args:
+        path: a .pt/.pth (torch.save of a state_dict, possibly nested under ``net``, ``state_dict``, ...),
+            .safetensors, or .npy/.npz (the Lasagne positional list).
+        trust_pickle: allow arbitrary unpickling (runs code from the file). Off by default.
+
+    Raises:
+        CheckpointError: missing, unreadable, truncated or unsupported file, with the fix in the message.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such file; check the path")
+    head = _sniff(p)
+    if not head:
+        raise CheckpointError(f"{p}: file is empty; it is not a checkpoint")
+
+    if head.startswith(b"\x93NUMPY"):
+        return LoadedCheckpoint(p, _from_positional(_read_npy(p, trust_pickle), p), "lasagne-npy")
+    if head.startswith(b"PK") and zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+        if names and all(n.endswith(".npy") for n in names):
+            try:
+                with np.load(p, allow_pickle=trust_pickle) as npz:
+                    arrays = [npz.get(f"arr_{i}") for i in range(len(names))]
+            except (ValueError, OSError, zipfile.BadZipFile) as e:
+                raise CheckpointError(f"{p}: corrupt .npz ({e})") from None
+            if any(a is None for a in arrays):
+                raise CheckpointError(f"{p}: .npz entries are not positional arr_0, arr_1, ...; "
+                                      "save the Lasagne list with np.savez(path, *params)")
+            return LoadedCheckpoint(p, _from_positional(arrays, p), "lasagne-npy")
+        if not any(n.endswith("data.pkl") for n in names):
+            raise CheckpointError(f"{p}: is a zip archive but not a torch checkpoint (no data.pkl inside); "
+                                  "expected a file written by torch.save")
+    elif len(head) >= 9 and head[8:9] == b"{":
+        return LoadedCheckpoint(p, _load_safetensors(p), "safetensors")
+    elif head.lstrip()[:1] in (b"{", b"["):
+        raise CheckpointError(f"{p}: looks like JSON or text, not a checkpoint; "
+                              "give the .pt/.safetensors/.npy file that holds the weights")
+    elif not head.startswith(b"\x80"):
+        raise CheckpointError(f"{p}: not a checkpoint svdcompress can read; expected .pt/.pth (torch.save), "
+                              ".safetensors or a Lasagne .npy/.npz list")
+
+    obj = _load_torch(p, trust_pickle)
+    if isinstance(obj, nn.Module):
+        return LoadedCheckpoint(p, dict(obj.state_dict()), "torch", module=obj)
+    meta: dict[str, Any] = {}
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT_NAME:
+        version = obj.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(f"{p}: svdcompress checkpoint format version {version!r} is newer than this "
+                                  f"svdcompress understands ({FORMAT_VERSION}); upgrade svdcompress")
+        meta = {k: obj.get(k) for k in ("arch", "arch_kwargs", "input_shape", "threshold", "provenance")}
+        meta["format_version"] = version
+    tensors = _extract_state_dict(obj)
+    if not tensors:
+        kind = type(obj).__name__
+        raise CheckpointError(f"{p}: holds a {kind} with no tensors; expected a state_dict "
+                              "(or a dict nesting one under 'net', 'state_dict' or 'model')")
+    return LoadedCheckpoint(p, tensors, "torch", meta=meta)

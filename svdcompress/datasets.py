@@ -10,6 +10,7 @@ import gzip
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,16 +30,20 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise SvdcompressError(f"{path}: not an IDX file (bad magic)")
     dtype_code, ndim = data[2], data[3]
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+    dtypes: dict[int, np.dtype[Any]] = {
+        0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
     if dtype_code not in dtypes:
         raise SvdcompressError(f"{path}: unknown IDX dtype code {dtype_code:#x}")
     shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
-    return arr.reshape(shape)
+    out: np.ndarray = arr.reshape(shape)
+    return out
 
 
-def load_fashion_mnist(split: str = "train", root: str | os.PathLike[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_fashion_mnist(
+    split: str = "train", root: str | os.PathLike[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fashion-MNIST from IDX files; ``split`` is "train" (60k) or "test" (10k)."""
     base = Path(root) if root is not None else FASHION_MNIST_DIR
     prefix = {"train": "train", "test": "t10k"}.get(split)

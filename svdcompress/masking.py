@@ -57,7 +57,7 @@ def _plain_from(module: nn.Module, threshold: float) -> nn.Module:
         raise TypeError(f"cannot mask {type(module).__name__}: weight has {w.dim()} dims, expected 2 or 4")
     with torch.no_grad():
         new.weight.copy_(w)
-        if has_bias:
+        if has_bias and new.bias is not None:
             new.bias.copy_(torch.as_tensor(bias).detach().reshape(-1))
     new.to(w.device)
     return new

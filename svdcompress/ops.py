@@ -18,10 +18,11 @@ class InputGather(nn.Module):
     def __init__(self, index: torch.Tensor, in_features: int) -> None:
         super().__init__()
         self.in_features = int(in_features)
+        self.index: torch.Tensor
         self.register_buffer("index", index.to(torch.int64).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.index_select(x.flatten(1), 1, self.index)  # (N, len(index))
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, kept={int(self.index.numel())}"
+        return f"in_features={self.in_features}, kept={self.index.numel()}"

@@ -17,8 +17,8 @@ from .svdo import Conv2dSVDO, LinearSVDO
 __all__ = [
     "ARCHITECTURES",
     "INPUT_SHAPES",
-    "LeNet300",
     "LeNet5",
+    "LeNet300",
     "VGGLike",
     "build",
     "lenet5",
@@ -51,7 +51,8 @@ class LeNet300(nn.Module):
         x = self.flatten(x)  # (N, 784)
         x = self.relu1(self.fc1(x))  # (N, 300)
         x = self.relu2(self.fc2(x))  # (N, 100)
-        return self.fc3(x)  # (N, classes)
+        out: torch.Tensor = self.fc3(x)  # (N, classes)
+        return out
 
 
 class LeNet5(nn.Module):
@@ -79,7 +80,8 @@ class LeNet5(nn.Module):
         x = self.pool2(self.relu2(self.conv2(x)))  # (N, 50, 4, 4)
         x = self.flatten(x)  # (N, 800)
         x = self.relu3(self.fc1(x))  # (N, 500)
-        return self.fc2(x)  # (N, classes)
+        out: torch.Tensor = self.fc2(x)  # (N, classes)
+        return out
 
 
 _VGG_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -101,19 +103,20 @@ class VGGLike(nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(2))
                 continue
-            c_out = max(1, int(round(int(v) * k)))
+            c_out = max(1, round(int(v) * k))
             layers += [_conv(svdo, c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.flatten = nn.Flatten()
-        hidden = max(1, int(round(512 * k)))
+        hidden = max(1, round(512 * k))
         self.classifier = nn.Sequential(
             _linear(svdo, c_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), _linear(svdo, hidden, num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # (N, 512k, 1, 1)
-        return self.classifier(self.flatten(x))  # (N, classes)
+        out: torch.Tensor = self.classifier(self.flatten(x))  # (N, classes)
+        return out
 
 
 def lenet300(svdo: bool = False, num_classes: int = 10) -> LeNet300:

@@ -1,0 +1,295 @@
+"""Per-layer sparsity report of an SVDO model: what a threshold on log alpha keeps and removes.
+
+Works without the model's code: a checkpoint file, a state_dict or an ``nn.Module``.
+Each layer is processed in row chunks, so memory stays near the size of one
+theta + log sigma² pair even for very large checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._io import atomic_path
+from .checkpoint import load_checkpoint
+from .conventions import SVDCOMPRESS, SVDOLayer, find_svdo_layers
+from .conventions import log_alpha as _log_alpha
+from .masking import is_svdo_like
+from .svdo import DEFAULT_THRESHOLD, SVDOModule
+
+__all__ = ["AnalysisReport", "LayerReport", "analyze", "layers_of"]
+
+_HIST_RANGE = (-15.0, 15.0)
+_HIST_BINS = 60
+_CHUNK_ELEMS = 1 << 22  # ~16 MB of float32 per chunk
+_EXACT_MEDIAN_MAX = 1 << 24
+
+
+@dataclass
+class LayerReport:
+    """One row of the table. ``shape`` is PyTorch layout; ``dead_*`` count all-zero rows/filters and
+    all-zero input columns/channels of the masked weight."""
+
+    name: str
+    kind: str
+    convention: str
+    shape: list[int]
+    weights: int
+    kept: int
+    sparsity: float  # percent of weights removed
+    compression: float  # weights / kept
+    outputs: int
+    inputs: int
+    dead_outputs: int
+    dead_inputs: int
+    biases: int
+    log_alpha_min: float
+    log_alpha_median: float
+    log_alpha_max: float
+    log_alpha_hist: list[int] = field(default_factory=list)
+
+
+@dataclass
+class AnalysisReport:
+    """The whole report. ``total`` counts weights only; biases are reported apart (``total['biases']``)."""
+
+    source: str
+    threshold: float
+    layers: list[LayerReport]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> dict[str, Any]:
+        weights = sum(r.weights for r in self.layers)
+        kept = sum(r.kept for r in self.layers)
+        biases = sum(r.biases for r in self.layers)
+        return {
+            "weights": weights,
+            "kept": kept,
+            "sparsity": 100.0 * (1 - kept / weights) if weights else 0.0,
+            "compression": weights / kept if kept else math.inf,
+            "biases": biases,
+            "compression_with_biases": (weights + biases) / (kept + biases) if kept + biases else math.inf,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict: ``{"layers": [...], "total": {...}, "threshold", "source", "hist_range", ...}``."""
+        total = self.total
+        for k in ("compression", "compression_with_biases"):
+            if math.isinf(total[k]):
+                total[k] = None  # JSON has no infinity: every weight is pruned
+        layers = []
+        for r in self.layers:
+            d = asdict(r)
+            if math.isinf(d["compression"]):
+                d["compression"] = None
+            layers.append(d)
+        return {
+            "source": self.source,
+            "threshold": self.threshold,
+            "layers": layers,
+            "total": total,
+            "biases_counted_separately": True,
+            "hist_range": list(_HIST_RANGE),
+            "hist_bins": _HIST_BINS,
+            "meta": self.meta,
+        }
+
+    def format_table(self) -> str:
+        """The human table: one row per layer and a total row (the paper's |W| / |W≠0|)."""
+        head = ["layer", "kind", "shape", "weights", "kept", "sparsity%", "compr.", "dead out", "dead in",
+                "log α min/med/max"]
+        rows = []
+        for r in self.layers:
+            rows.append([
+                r.name, r.kind, "×".join(map(str, r.shape)), f"{r.weights:,}", f"{r.kept:,}", f"{r.sparsity:.2f}",
+                _fmt_x(r.compression), f"{r.dead_outputs}/{r.outputs}", f"{r.dead_inputs}/{r.inputs}",
+                f"{r.log_alpha_min:.1f} / {r.log_alpha_median:.1f} / {r.log_alpha_max:.1f}",
+            ])
+        t = self.total
+        rows.append(["total", "", "", f"{t['weights']:,}", f"{t['kept']:,}", f"{t['sparsity']:.2f}",
+                     _fmt_x(t["compression"]), "", "", ""])
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+        right = {3, 4, 5, 6, 7, 8}
+
+        def line(cells: list[str]) -> str:
+            return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths,
+                                                                                                  strict=True)))
+
+        sep = "  ".join("-" * w for w in widths)
+        out = [f"{self.source}: threshold log α < {self.threshold:g}", line(head), sep]
+        out += [line(r) for r in rows[:-1]] + [sep, line(rows[-1])]
+        out.append(f"Weights only: {t['biases']:,} biases are counted apart "
+                   f"(compression with biases: {_fmt_x(t['compression_with_biases'])}).")
+        return "\n".join(out)
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Write a PNG with one log alpha histogram per layer and the threshold marked."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        n = len(self.layers)
+        cols = min(n, 3)
+        rows = (n + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+        lo, hi = _HIST_RANGE
+        width = (hi - lo) / _HIST_BINS
+        centers = [lo + width * (i + 0.5) for i in range(_HIST_BINS)]
+        for ax, r in zip(axes.flat, self.layers, strict=False):
+            ax.bar(centers, r.log_alpha_hist, width=width, color="#4477aa", log=True)
+            ax.axvline(self.threshold, color="#cc3311", linestyle="--", label=f"threshold {self.threshold:g}")
+            ax.set_title(f"{r.name}: {_fmt_x(r.compression)} kept {r.kept:,}/{r.weights:,}", fontsize=9)
+            ax.set_xlabel("log α (clipped to ±15)")
+            ax.set_ylabel("weights")
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=8)
+        fig.suptitle(f"log α per layer: {self.source}", fontsize=10)
+        fig.tight_layout()
+        out = Path(path)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+        return out
+
+
+def _fmt_x(x: float) -> str:
+    return "inf" if math.isinf(x) else f"{x:.1f}×"
+
+
+def layers_of(model: nn.Module) -> list[SVDOLayer]:
+    """SVDO layers of a live module (svdcompress's own or foreign ones storing weight + log_sigma2)."""
+    from .conventions import CONVENTIONS
+
+    ard = next(c for c in CONVENTIONS if c.name == "pytorch-ard")
+    out = []
+    for name, m in model.named_modules():
+        if not is_svdo_like(m):
+            continue
+        conv = SVDCOMPRESS if isinstance(m, SVDOModule) else ard
+        w = m.weight.detach()
+        b = getattr(m, "bias", None)
+        kind = {2: "linear", 3: "conv1d", 4: "conv2d"}.get(w.dim(), "linear")
+        ls2: torch.Tensor = m.log_sigma2  # is_svdo_like checked it is a tensor
+        out.append(SVDOLayer(name or "<model>", kind, w, ls2.detach(),
+                             b.detach().reshape(-1) if isinstance(b, torch.Tensor) else None, conv,
+                             f"{name}.weight", f"{name}.log_sigma2"))
+    return out
+
+
+@torch.no_grad()
+def _layer_report(layer: SVDOLayer, threshold: float) -> LayerReport:
+    theta, ls2 = layer.theta, layer.log_sigma2  # (out, in[, kh, kw])
+    out_units, in_units = theta.shape[0], theta.shape[1]
+    row_elems = max(1, theta[0].numel())
+    rows_per_chunk = max(1, _CHUNK_ELEMS // row_elems)
+    kept = 0
+    row_alive = torch.zeros(out_units, dtype=torch.bool)
+    col_alive = torch.zeros(in_units, dtype=torch.bool)
+    hist = torch.zeros(_HIST_BINS, dtype=torch.int64)
+    la_min, la_max = math.inf, -math.inf
+    exact = theta.numel() <= _EXACT_MEDIAN_MAX
+    pieces: list[torch.Tensor] = []
+    for r0 in range(0, out_units, rows_per_chunk):
+        th = theta[r0 : r0 + rows_per_chunk].float()
+        la = _log_alpha(th, ls2[r0 : r0 + rows_per_chunk], layer.convention)  # (rows, in[, kh, kw])
+        keep = (la < threshold) & (th != 0)
+        kept += int(keep.sum())
+        flat = keep.reshape(keep.shape[0], keep.shape[1], -1)  # (rows, in, k)
+        row_alive[r0 : r0 + rows_per_chunk] = flat.any(dim=2).any(dim=1)
+        col_alive |= flat.any(dim=2).any(dim=0)
+        finite = la[torch.isfinite(la)]
+        if finite.numel():
+            la_min = min(la_min, float(finite.min()))
+            la_max = max(la_max, float(finite.max()))
+        if la.numel() and not bool(torch.isfinite(la).all()):
+            la_max = math.inf  # theta exactly 0 without eps (kefirski): log alpha is +inf
+        hist += torch.histc(la.clamp(*_HIST_RANGE), bins=_HIST_BINS, min=_HIST_RANGE[0], max=_HIST_RANGE[1]).long()
+        if exact:
+            pieces.append(la.reshape(-1))
+    if exact and pieces:
+        median = float(torch.cat(pieces).median())
+    else:
+        # Median from the histogram: accurate to one bin (0.5) for layers too big to sort.
+        csum = torch.cumsum(hist, 0)
+        idx = int(torch.searchsorted(csum, (csum[-1] + 1) // 2))
+        lo, hi = _HIST_RANGE
+        median = lo + (hi - lo) * (idx + 0.5) / _HIST_BINS
+    weights = theta.numel()
+    return LayerReport(
+        name=layer.name,
+        kind=layer.kind,
+        convention=layer.convention.name,
+        shape=list(theta.shape),
+        weights=weights,
+        kept=kept,
+        sparsity=100.0 * (1 - kept / weights) if weights else 0.0,
+        compression=weights / kept if kept else math.inf,
+        outputs=out_units,
+        inputs=in_units,
+        dead_outputs=int((~row_alive).sum()),
+        dead_inputs=int((~col_alive).sum()),
+        biases=0 if layer.bias is None else layer.bias.numel(),
+        log_alpha_min=la_min,
+        log_alpha_median=median,
+        log_alpha_max=la_max,
+        log_alpha_hist=hist.tolist(),
+    )
+
+
+def analyze(
+    source: str | os.PathLike[str] | nn.Module | Mapping[str, torch.Tensor],
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    trust_pickle: bool = False,
+) -> AnalysisReport:
+    """Report per layer what ``log α < threshold`` keeps.
+
+    Args:
+        source: a checkpoint path, an ``nn.Module`` with SVDO layers, or a flat state_dict.
+        threshold: log alpha above which a weight is noise (3.0 in the paper).
+        trust_pickle: allow arbitrary unpickling when reading a file (runs code; off by default).
+
+    Returns:
+        An :class:`AnalysisReport`; ``.format_table()``, ``.to_dict()`` and ``.plot(path)`` render it.
+
+    Raises:
+        CheckpointError: unreadable file or unusable tensor. NoSVDOLayersError: no SVDO layer found.
+
+    Example:
+        >>> from svdcompress.zoo import lenet300
+        >>> report = analyze(lenet300(svdo=True), threshold=3.0)
+        >>> [r.name for r in report.layers]
+        ['fc1', 'fc2', 'fc3']
+    """
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold}")
+    meta: dict[str, Any] = {}
+    if isinstance(source, nn.Module):
+        layers = layers_of(source)
+        name = type(source).__name__
+        if not layers:
+            from .errors import NoSVDOLayersError
+
+            raise NoSVDOLayersError(f"{name}: the module has no SVDO layers (weight + log_sigma2); "
+                                    "wrap it with svdcompress.svdo.sparsify and train it first")
+    elif isinstance(source, Mapping):
+        name = "<state_dict>"
+        layers = find_svdo_layers(source, file=name)
+    else:
+        ckpt = load_checkpoint(source, trust_pickle=trust_pickle)
+        name = str(ckpt.path)
+        meta = {k: v for k, v in ckpt.meta.items() if k != "provenance"}
+        if ckpt.meta.get("provenance"):
+            meta["provenance"] = ckpt.meta["provenance"]
+        layers = find_svdo_layers(ckpt.tensors, file=name, source=ckpt.source, own=bool(ckpt.meta))
+    return AnalysisReport(name, float(threshold), [_layer_report(layer, threshold) for layer in layers], meta)
