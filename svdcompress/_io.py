@@ -46,9 +46,14 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target_p = Path(target)
     parent = target_p.parent if str(target_p.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target_p.name}.", suffix=".tmp", dir=parent)
+    # Keep the target's extension last: writers that dispatch on it (torch.export.save) then neither warn nor guess.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target_p.name}.", suffix=f".tmp{target_p.suffix}", dir=parent)
     os.close(fd)
     tmp_p = Path(tmp)
+    # mkstemp creates the file 0600; give the result the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_p, 0o666 & ~umask)
     try:
         yield tmp_p
         os.replace(tmp_p, target_p)

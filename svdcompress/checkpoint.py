@@ -143,9 +143,9 @@ def _read_npy(path: Path, trust_pickle: bool) -> Any:
         try:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
-                _shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
             else:
-                _shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
         except ValueError as e:
             raise CheckpointError(f"{path}: corrupt .npy header ({e})") from None
         if dtype.hasobject:
@@ -160,6 +160,12 @@ def _read_npy(path: Path, trust_pickle: bool) -> Any:
                     f"{path}: the .npy object array holds more than numpy arrays ({e}); "
                     "pass --trust-pickle only if you trust its source"
                 ) from None
+        # A lying header must not make np.load allocate what the file cannot hold (10^12 elements: MemoryError).
+        need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        have = os.fstat(f.fileno()).st_size - f.tell()
+        if need > have:
+            raise CheckpointError(f"{path}: truncated or corrupt .npy file (header promises shape {shape}, "
+                                  f"{need:,} bytes, but {have:,} bytes follow)")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -211,8 +217,15 @@ def _load_torch(path: Path, trust_pickle: bool) -> Any:
         if trust_pickle:
             raise CheckpointError(f"{path}: cannot unpickle ({str(e).splitlines()[0]})") from None
         lines = [ln.strip() for ln in str(e).splitlines()]
-        why = next((ln.split("error:", 1)[1].split(" was not", 1)[0].strip() for ln in lines
-                    if "WeightsUnpickler error:" in ln), lines[0] if lines else "")
+        at = next((i for i, ln in enumerate(lines) if "WeightsUnpickler error:" in ln), None)
+        if at is None:
+            why = lines[0] if lines else ""
+        else:  # the reason follows "error:" on the same line, or (newer torch) on the next non-empty one
+            rest = [lines[at].split("error:", 1)[1].strip(), *lines[at + 1 :]]
+            why = next((ln for ln in rest if ln), "").split(" was not", 1)[0]
+        if why.startswith("Unsupported operand"):  # garbage bytes, not a refused object: trusting would not help
+            raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint ({why[:160]}); "
+                                  "re-save it with torch.save") from None
         raise CheckpointError(
             f"{path}: holds Python objects that safe loading refuses ({why[:160]}). "
             "Unpickling can run code: pass --trust-pickle (trust_pickle=True) only if you trust its source"
@@ -222,6 +235,20 @@ def _load_torch(path: Path, trust_pickle: bool) -> Any:
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint ({msg}); re-save it with torch.save") \
             from None
+
+
+def _check_meta(path: Path, meta: Mapping[str, Any]) -> None:
+    """The metadata save_checkpoint writes must have its types: a damaged file must not fail later, inside pruning."""
+    shape = meta.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and shape
+                                  and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise CheckpointError(f"{path}: records input_shape {shape!r}, not a list of positive integers; "
+                              "the file is damaged: re-save it with svdcompress.checkpoint.save_checkpoint")
+    for key, kind in (("arch", str), ("arch_kwargs", Mapping)):
+        value = meta.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise CheckpointError(f"{path}: records {key} as a {type(value).__name__}, not a {kind.__name__}; "
+                                  "the file is damaged: re-save it with svdcompress.checkpoint.save_checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> LoadedCheckpoint:
@@ -236,6 +263,14 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False)
         CheckpointError: missing, unreadable, truncated or unsupported file, with the fix in the message.
     """
     p = Path(path)
+    try:
+        return _load(p, trust_pickle)
+    except MemoryError:  # a header or pickle claiming huge sizes, or a file that really does not fit
+        raise CheckpointError(f"{p}: not enough memory to load it (or the file is corrupt and claims sizes "
+                              "it does not hold)") from None
+
+
+def _load(p: Path, trust_pickle: bool) -> LoadedCheckpoint:
     if not p.exists():
         raise CheckpointError(f"{p}: no such file; check the path")
     head = _sniff(p)
@@ -260,6 +295,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False)
         if not any(n.endswith("data.pkl") for n in names):
             raise CheckpointError(f"{p}: is a zip archive but not a torch checkpoint (no data.pkl inside); "
                                   "expected a file written by torch.save")
+    elif head.startswith(b"PK\x03\x04"):
+        raise CheckpointError(f"{p}: starts like a zip archive (torch.save, .npz) but has no zip directory at its end: "
+                              "the file is truncated or corrupt; copy or re-save it")
     elif len(head) >= 9 and head[8:9] == b"{":
         return LoadedCheckpoint(p, _load_safetensors(p), "safetensors")
     elif head.lstrip()[:1] in (b"{", b"["):
@@ -280,6 +318,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False)
                                   f"svdcompress understands ({FORMAT_VERSION}); upgrade svdcompress")
         meta = {k: obj.get(k) for k in ("arch", "arch_kwargs", "input_shape", "threshold", "provenance")}
         meta["format_version"] = version
+        _check_meta(p, meta)
     tensors = _extract_state_dict(obj)
     if not tensors:
         kind = type(obj).__name__

@@ -33,11 +33,30 @@ def _friendly(fn: F) -> F:
             raise click.ClickException(str(e)) from None
         except MemoryError:
             raise click.ClickException("out of memory; try a smaller batch or checkpoint") from None
+        except OSError as e:  # disk full, permission denied... while writing an output: one line, not a traceback
+            where = f"{e.filename}: " if e.filename else ""
+            raise click.ClickException(f"{where}{e.strerror or e}") from None
 
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
 _CKPT = click.Path(path_type=Path)  # existence is checked by the loader, which names the fix
+
+
+def _bundled(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """``bundled:lenet5`` names a checkpoint shipped with the package."""
+    text = str(value)
+    if not text.startswith("bundled:"):
+        return value
+    from .models import BUNDLED, bundled_checkpoint
+
+    name = text.split(":", 1)[1]
+    if name not in BUNDLED:
+        raise click.BadParameter(f"no bundled checkpoint {name!r}; choose bundled:{' or bundled:'.join(BUNDLED)}")
+    try:
+        return bundled_checkpoint(name)
+    except SvdcompressError as e:
+        raise click.ClickException(str(e)) from None
 _threshold_opt = click.option("--threshold", type=float, default=3.0, show_default=True,
                               help="log α above which a weight is noise and set to zero.")
 _trust_opt = click.option("--trust-pickle", is_flag=True,
@@ -51,7 +70,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("ckpt", type=_CKPT)
+@click.argument("ckpt", type=_CKPT, callback=_bundled)
 @_threshold_opt
 @click.option("--json", "as_json", is_flag=True, help="Write the report as JSON to stdout.")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), help="Write a PNG of log α histograms.")
@@ -73,6 +92,202 @@ def analyze(ckpt: Path, threshold: float, as_json: bool, plot: Path | None, forc
     if plot is not None:
         report.plot(plot)
         click.echo(f"wrote {plot}", err=as_json)
+
+
+_model_opt = click.option("--model", "model_spec", metavar="PKG.MODULE:FACTORY",
+                          help="Import path of a function returning the nn.Module the checkpoint belongs to. "
+                               "Not needed for checkpoints written by svdcompress.")
+_shape_opt = click.option("--input-shape", metavar="C,H,W",
+                          help="Per-example input shape, if the checkpoint does not record it (e.g. 1,28,28).")
+_force_opt = click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 1,16,256") from None
+    if not out or any(v <= 0 for v in out):
+        raise click.BadParameter(f"{value!r}: give positive integers, e.g. 1,16,256")
+    return out
+
+
+def _check_weights(ckpt: Any) -> None:
+    """load_state_dict silently casts integer tensors and accepts NaN/inf: refuse them before pruning, with the
+    same per-tensor messages as ``analyze``."""
+    import contextlib
+
+    import torch
+
+    from .conventions import find_svdo_layers
+    from .errors import CheckpointError, NoSVDOLayersError
+
+    with contextlib.suppress(NoSVDOLayersError):  # e.g. a --model factory without SVDO layers: the pruner says so
+        find_svdo_layers(ckpt.tensors, file=str(ckpt.path), source=ckpt.source, own=bool(ckpt.meta))
+    for key, t in ckpt.tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{ckpt.path}: tensor '{key}' contains NaN or inf; the training run diverged; "
+                                  "use an earlier checkpoint")
+
+
+def _resolve(ckpt: Path, model_spec: str | None, trust_pickle: bool, input_shape: str | None) -> Any:
+    from .models import load_model, parse_input_shape
+
+    resolved = load_model(ckpt, model=model_spec, trust_pickle=trust_pickle,
+                          input_shape=parse_input_shape(input_shape))
+    _check_weights(resolved.checkpoint)
+    if resolved.input_shape is None:
+        raise click.UsageError(f"{ckpt}: the checkpoint does not record its input shape; pass --input-shape, "
+                               "e.g. --input-shape 1,28,28")
+    return resolved
+
+
+def _load_inputs(spec: str | None, limit: int | None = None) -> tuple[Any, Any] | None:
+    """``fashion-mnist`` / ``mnist5k`` (test split) or a .npy file of inputs (no labels)."""
+    if spec is None:
+        return None
+    import numpy as np
+    import torch
+
+    from .datasets import load_dataset
+    from .errors import CheckpointError
+
+    if spec.endswith(".npy"):
+        try:
+            x = torch.from_numpy(np.load(spec, allow_pickle=False)).float()
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{spec}: cannot read inputs ({e}); give a float .npy array (N, ...)") from None
+        return (x[:limit] if limit else x), None
+    x, y = load_dataset(spec, "test")
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+@main.command()
+@click.argument("ckpt", type=_CKPT, callback=_bundled)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Where to write the pruned model (a torch.export program, .pt2).")
+@_model_opt
+@_threshold_opt
+@_shape_opt
+@click.option("--gather-inputs", is_flag=True, help="Drop input features no weight reads, behind an index gather.")
+@click.option("--data", help="Verify on this data instead of random inputs: fashion-mnist, mnist5k or FILE.npy.")
+@click.option("--json", "as_json", is_flag=True, help="Write the report as JSON to stdout.")
+@_trust_opt
+@_force_opt
+@_friendly
+def prune(ckpt: Path, output: Path, model_spec: str | None, threshold: float, input_shape: str | None,
+          gather_inputs: bool, data: str | None, as_json: bool, trust_pickle: bool, force: bool) -> None:
+    """Zero the noise, remove dead neurons and filters, verify, and save a model that loads without source."""
+    from ._io import check_output_path
+    from .pt2 import save_pruned
+    from .structured import prune as _prune
+
+    check_output_path(output, force=force, inputs=(ckpt,))
+    resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape)
+    batch = _load_inputs(data, limit=1000)
+    result = _prune(resolved.module, threshold=threshold, gather_inputs=gather_inputs,
+                    input_shape=resolved.input_shape, example_inputs=None if batch is None else batch[0])
+    save_pruned(result.model, output, input_shape=resolved.input_shape)
+    if as_json:
+        click.echo(json.dumps({**result.report.to_dict(), "output": str(output)}, indent=2))
+    else:
+        click.echo(result.report.format_table())
+        click.echo(f"wrote {output} ({output.stat().st_size / 1024:,.1f} KB)")
+
+
+@main.command()
+@click.argument("ckpt", type=_CKPT, callback=_bundled)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "onnx-sparse", "csr"]), default="onnx",
+              show_default=True, help="onnx: compact dense ONNX; onnx-sparse: sparse initializers (small file, "
+              "ORT densifies at load); csr: CSR bundle for svdcompress.runtime.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@_model_opt
+@_threshold_opt
+@_shape_opt
+@click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Stored weight precision (fp16: csr only stores values in half precision).")
+@_trust_opt
+@_force_opt
+@_friendly
+def export(ckpt: Path, fmt: str, output: Path, model_spec: str | None, threshold: float, input_shape: str | None,
+           opset: int, dtype: str, trust_pickle: bool, force: bool) -> None:
+    """Prune and export a deployable artifact, verified against the masked model."""
+    from ._io import check_output_path
+    from .analysis import analyze as _analyze
+    from .export import export_csr, export_onnx
+    from .structured import prune as _prune
+
+    check_output_path(output, force=force, inputs=(ckpt,))
+    resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape)
+    result = _prune(resolved.module, threshold=threshold, input_shape=resolved.input_shape)
+    dense_bytes = 4 * sum(p.numel() for p in result.masked.parameters())
+    if fmt == "csr":
+        prov = dict(resolved.meta.get("provenance") or {})
+        res = export_csr(result.model, output, input_shape=resolved.input_shape, reference=result.masked,
+                         dtype=dtype, force=force, threshold=threshold, provenance=prov,
+                         dense_fp32_bytes=dense_bytes)
+    else:
+        res = export_onnx(result.model, output, input_shape=resolved.input_shape, reference=result.masked,
+                          sparse=fmt == "onnx-sparse", opset=opset, dtype=dtype, force=force,
+                          dense_fp32_bytes=dense_bytes)
+    compression = _analyze(resolved.module, threshold).total["compression"]
+    click.echo(res.summary())
+    click.echo(f"size: {res.file_bytes:,} B vs dense fp32 {res.dense_fp32_bytes:,} B = {res.bytes_ratio:.1f}× "
+               f"smaller; parameter compression {compression:.1f}×")
+
+
+@main.command()
+@click.argument("ckpt", type=_CKPT, callback=_bundled)
+@_model_opt
+@_threshold_opt
+@_shape_opt
+@click.option("--batch-sizes", callback=_int_list, default="1,16,256", show_default=True)
+@click.option("--threads", callback=_int_list, default="1", show_default=True)
+@click.option("--repeats", type=click.IntRange(3, 10000), default=30, show_default=True,
+              help="Timed samples per contender and setting.")
+@click.option("--contenders", help="Comma-separated subset of: " + ", ".join(
+    ("torch-dense", "ort-dense", "torch-masked", "torch-pruned", "ort-compact", "ort-sparse", "csr-runtime")))
+@click.option("--data", help="Report accuracy on: fashion-mnist, mnist5k (test split).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write records as JSON.")
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), help="Write latency vs batch size PNG.")
+@_trust_opt
+@_force_opt
+@_friendly
+def bench(ckpt: Path, model_spec: str | None, threshold: float, input_shape: str | None,
+          batch_sizes: tuple[int, ...], threads: tuple[int, ...], repeats: int, contenders: str | None,
+          data: str | None, json_out: Path | None, plot: Path | None, trust_pickle: bool, force: bool) -> None:
+    """Time dense, masked, pruned, ONNX and CSR forms of the model side by side."""
+    from ._io import check_output_path
+    from .bench import CONTENDERS, BenchConfig
+    from .bench import bench as _bench
+
+    for out in (json_out, plot):
+        if out is not None:
+            check_output_path(out, force=force, inputs=(ckpt,))
+    chosen: tuple[str, ...] = CONTENDERS
+    if contenders:
+        chosen = tuple(c.strip() for c in contenders.split(",") if c.strip())
+        bad = [c for c in chosen if c not in CONTENDERS]
+        if bad:
+            raise click.BadParameter(f"unknown contender(s) {', '.join(bad)}; choose from {', '.join(CONTENDERS)}",
+                                     param_hint="--contenders")
+    resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape)
+    loaded = _load_inputs(data)
+    labelled = (loaded[0], loaded[1]) if loaded is not None and loaded[1] is not None else None
+    cfg = BenchConfig(batch_sizes=batch_sizes, threads=threads, repeats=repeats, contenders=chosen,
+                      threshold=threshold)
+    report = _bench(resolved.module, input_shape=resolved.input_shape, config=cfg, data=labelled,
+                    name=Path(ckpt).stem)
+    click.echo(report.markdown())
+    if json_out is not None:
+        report.write_json(json_out)
+        click.echo(f"wrote {json_out}")
+    if plot is not None:
+        report.plot(plot)
+        click.echo(f"wrote {plot}")
 
 
 def _run() -> None:  # pragma: no cover - console-script shim

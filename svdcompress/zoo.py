@@ -17,12 +17,14 @@ from .svdo import Conv2dSVDO, LinearSVDO
 __all__ = [
     "ARCHITECTURES",
     "INPUT_SHAPES",
+    "MLP",
     "LeNet5",
     "LeNet300",
     "VGGLike",
     "build",
     "lenet5",
     "lenet300",
+    "mlp",
     "vgg_like",
 ]
 
@@ -119,6 +121,31 @@ class VGGLike(nn.Module):
         return out
 
 
+class MLP(nn.Module):
+    """A plain ReLU MLP of any widths, e.g. ``MLP((4096, 4096, 4096, 1000))``. Input (N, sizes[0]) or any
+    shape that flattens to it."""
+
+    def __init__(self, sizes: tuple[int, ...] = (784, 300, 100, 10), svdo: bool = False) -> None:
+        super().__init__()
+        if len(sizes) < 2:
+            raise ValueError(f"MLP needs at least input and output sizes, got {sizes}")
+        self.sizes = tuple(int(s) for s in sizes)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=True)):
+            layers.append(_linear(svdo, a, b))
+            if i < len(self.sizes) - 2:
+                layers.append(nn.ReLU())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.layers(x)  # (N, sizes[-1])
+        return out
+
+
+def mlp(sizes: tuple[int, ...] | list[int] = (784, 300, 100, 10), svdo: bool = False) -> MLP:
+    return MLP(tuple(sizes), svdo=svdo)
+
+
 def lenet300(svdo: bool = False, num_classes: int = 10) -> LeNet300:
     return LeNet300(svdo=svdo, num_classes=num_classes)
 
@@ -135,6 +162,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "lenet300": lenet300,
     "lenet5": lenet5,
     "vgg_like": vgg_like,
+    "mlp": mlp,
 }
 
 INPUT_SHAPES: dict[str, tuple[int, ...]] = {

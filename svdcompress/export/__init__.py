@@ -1,0 +1,26 @@
+"""Artifacts: compact ONNX, sparse-initializer ONNX and the CSR bundle, each verified against a reference.
+
+Example:
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()).eval()
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     res = export_csr(model, Path(d) / "m.svdz", input_shape=(8,))
+    >>> res.format, res.dense_fp32_bytes
+    ('csr', 144)
+"""
+
+from __future__ import annotations
+
+from .csr import DEFAULT_TOLERANCES, DTYPES, FORMAT_NAME, FORMAT_VERSION, ExportResult, export_csr
+from .onnx import export_onnx
+
+__all__ = [
+    "DEFAULT_TOLERANCES",
+    "DTYPES",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "ExportResult",
+    "export_csr",
+    "export_onnx",
+]

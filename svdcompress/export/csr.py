@@ -1,0 +1,634 @@
+"""CSR bundle: one zip file holding a JSON manifest (graph of ops, per-layer metadata) and the weights.
+
+Container (``format = "svdcompress-csr"``, ``format_version = 1``): a ZIP archive, DEFLATE level 9, with
+
+- ``manifest.json``: everything but the numbers (see :func:`export_csr`);
+- one ``<dtype>.npy`` member per dtype used (``float32.npy``, ``float16.npy``, ``uint8.npy``, ...): all
+  tensors of that dtype concatenated into one 1-D array, because each zip member costs ~160 bytes of
+  headers (~8% of a LeNet-300-100 bundle with one member per array). The manifest's ``tensors`` table
+  gives each tensor's ``dtype``, ``offset``, ``shape`` and ``encoding`` (``raw``, or ``row_delta`` for
+  CSR column indices). Blobs of multi-byte types are stored byte-shuffled (a ``uint8`` ``[itemsize,
+  count]`` array: all first bytes, then all second bytes, ...), which lets DEFLATE squeeze the
+  low-entropy bytes (float sign/exponent, high bytes of small indices); ``blobs[dtype]["byteshuffle"]``
+  says so.
+
+Every member is a plain ``.npy`` readable with ``numpy.load(path, allow_pickle=False)``; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import operator
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from .. import __version__
+from .._io import atomic_path, check_output_path
+from ..errors import ExportError
+from ..ops import InputGather
+
+__all__ = ["DEFAULT_TOLERANCES", "DTYPES", "FORMAT_NAME", "FORMAT_VERSION", "ExportResult", "export_csr"]
+
+FORMAT_NAME = "svdcompress-csr"
+FORMAT_VERSION = 1
+DTYPES = ("fp32", "fp16")
+DEFAULT_TOLERANCES: dict[str, float] = {"fp32": 1e-4, "fp16": 1e-2}
+"""Default verification tolerance per weight dtype, on ``max|diff| / max(1, max|ref|)``.
+
+fp16 weights carry a relative rounding error of ~5e-4 each; summed over hundreds of inputs per unit it
+reaches ~1e-3 of the output scale, so fp16 gets 1e-2."""
+
+_VERIFY_BATCH = 4
+_VERIFY_SEED = 0
+_FP16_MAX = 65504.0
+
+# Element-wise ops: manifest name → attribute names. They keep shape and layout, so the runtime may
+# apply them to feature-major activations.
+_ELEMENTWISE: dict[str, tuple[str, ...]] = {
+    "relu": (), "relu6": (), "sigmoid": (), "tanh": (), "silu": (),
+    "leaky_relu": ("negative_slope",), "elu": ("alpha",), "gelu": ("approximate",),
+    "hardtanh": ("min_val", "max_val"),
+}
+_ACT_MODULES: dict[type[nn.Module], str] = {
+    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.SiLU: "silu",
+    nn.LeakyReLU: "leaky_relu", nn.ELU: "elu", nn.GELU: "gelu", nn.Hardtanh: "hardtanh",
+}
+_ACT_FUNCTIONS: dict[Any, tuple[str, tuple[tuple[str, Any], ...]]] = {
+    F.relu: ("relu", ()), torch.relu: ("relu", ()), torch.relu_: ("relu", ()), F.relu6: ("relu6", ()),
+    torch.sigmoid: ("sigmoid", ()), F.sigmoid: ("sigmoid", ()), torch.tanh: ("tanh", ()), F.tanh: ("tanh", ()),
+    F.silu: ("silu", ()), F.leaky_relu: ("leaky_relu", (("negative_slope", 0.01),)),
+    F.elu: ("elu", (("alpha", 1.0),)), F.gelu: ("gelu", (("approximate", "none"),)),
+    F.hardtanh: ("hardtanh", (("min_val", -1.0), ("max_val", 1.0))),
+}
+_ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+_IDENTITY_METHODS = {"contiguous", "detach", "clone"}
+_DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout}
+_ADD_TARGETS = {operator.add, operator.iadd, torch.add}
+_POOLS: dict[Any, str] = {
+    nn.MaxPool2d: "max_pool2d", F.max_pool2d: "max_pool2d", nn.AvgPool2d: "avg_pool2d", F.avg_pool2d: "avg_pool2d",
+    nn.AdaptiveAvgPool2d: "adaptive_avg_pool2d", F.adaptive_avg_pool2d: "adaptive_avg_pool2d",
+}
+_POOL_ARGS = {  # positional order of the functional forms; also the module attribute names
+    "max_pool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    "avg_pool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    "adaptive_avg_pool2d": ("output_size",),
+}
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote and how it checked out.
+
+    Attributes:
+        path: The artifact written.
+        format: ``"onnx"``, ``"onnx-sparse"`` or ``"csr"``.
+        file_bytes: Size of the artifact on disk.
+        dense_fp32_bytes: 4 × the reference model's weight and bias element count: a dense fp32 checkpoint.
+        bytes_ratio: ``dense_fp32_bytes / file_bytes``.
+        max_abs_diff: Largest absolute output difference against the reference on the verification batch.
+    """
+
+    path: Path
+    format: str
+    file_bytes: int
+    dense_fp32_bytes: int
+    bytes_ratio: float
+    max_abs_diff: float
+
+    def summary(self) -> str:
+        """One line for logs and the CLI.
+
+        Example:
+            >>> ExportResult(Path("m.svdz"), "csr", 2048, 1024000, 500.0, 1e-6).summary()
+            'm.svdz: csr, 2.0 KB (dense fp32 1000.0 KB, 500.0x smaller), max |diff| 1.0e-06'
+        """
+        return (
+            f"{self.path}: {self.format}, {self.file_bytes / 1024:.1f} KB "
+            f"(dense fp32 {self.dense_fp32_bytes / 1024:.1f} KB, {self.bytes_ratio:.1f}x smaller), "
+            f"max |diff| {self.max_abs_diff:.1e}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- shared checks
+
+
+def _resolve_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ExportError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    return dtype
+
+
+def _resolve_tolerance(dtype: str, tolerance: float | None) -> float:
+    tol = DEFAULT_TOLERANCES[dtype] if tolerance is None else float(tolerance)
+    if not tol > 0:
+        raise ExportError(f"tolerance must be > 0, got {tolerance!r}")
+    return tol
+
+
+def _check_eval(model: nn.Module, what: str) -> None:
+    # A train-mode BatchNorm/Dropout/SVDO layer would be exported with batch statistics or noise; switching
+    # the mode ourselves would silently mutate the caller's object. Only modules whose forward depends on
+    # the mode count: fx.GraphModule creates plain holder modules in training mode.
+    training = [name or "<root>" for name, m in model.named_modules() if m.training and (
+        isinstance(m, _MODE_DEPENDENT) or hasattr(m, "log_sigma2"))]
+    if training:
+        raise ExportError(f"{what} is in training mode ({', '.join(training[:3])}); call .eval() first")
+
+
+def _dense_fp32_bytes(model: nn.Module) -> int:
+    """4 bytes × every ``weight`` / ``bias`` parameter element of ``model``."""
+    count = sum(p.numel() for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in ("weight", "bias"))
+    return 4 * int(count)
+
+
+def _verify(
+    run: Callable[[torch.Tensor], torch.Tensor],
+    reference: nn.Module,
+    input_shape: tuple[int, ...],
+    tolerance: float,
+    what: str,
+) -> float:
+    """Compare ``run(x)`` with ``reference(x)`` on a seeded random batch; return max |diff| or raise.
+
+    The error is measured relative to the output scale, ``max|diff| / max(1, max|ref|)``, so that logits
+    in the hundreds are not held to an absolute 1e-4.
+    """
+    gen = torch.Generator().manual_seed(_VERIFY_SEED)
+    x = torch.randn((_VERIFY_BATCH, *input_shape), generator=gen)  # (4, *input_shape)
+    with torch.no_grad():
+        ref = reference(x).detach().float()
+    got = run(x).detach().float()
+    if got.shape != ref.shape:
+        raise ExportError(f"{what}: output shape {tuple(got.shape)} differs from the reference's {tuple(ref.shape)}")
+    diff = float((got - ref).abs().max()) if ref.numel() else 0.0
+    scale = max(1.0, float(ref.abs().max()) if ref.numel() else 0.0)
+    if not math.isfinite(diff) or diff / scale > tolerance:
+        raise ExportError(
+            f"{what}: outputs differ from the reference by {diff:.3g} (relative {diff / scale:.3g}) "
+            f"> tolerance {tolerance:g}; no file was written"
+        )
+    return diff
+
+
+# ---------------------------------------------------------------------------------------------- graph capture
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx tracer that keeps :class:`InputGather` as one call instead of tracing into it."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, InputGather) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    if isinstance(model, fx.GraphModule):
+        return model
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, ...) for untraceable code
+        raise ExportError(f"cannot trace {type(model).__name__} with torch.fx: {exc}") from exc
+    return fx.GraphModule(tracer.root, graph)
+
+
+def _fn_args(node: fx.Node, names: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Map a call's positional and keyword arguments onto ``names`` (skipping the tensor input)."""
+    out = dict(defaults)
+    out.update(zip(names, node.args[1:], strict=False))
+    out.update({k: v for k, v in node.kwargs.items() if k in names})
+    return out
+
+
+def _pair(v: Any) -> list[int] | str:
+    if isinstance(v, str):
+        return v
+    return [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v]
+
+
+class _Capture:
+    """Turn a traced model into the manifest's op list plus a name → numpy array table of parameters."""
+
+    def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.nodes: list[dict[str, Any]] = []
+        self.params: dict[str, np.ndarray] = {}
+        self.values: dict[fx.Node, str] = {}  # fx node → manifest value name (aliases share one)
+        self.shapes: dict[str, list[int]] = {}  # value name → shape without the batch dim
+        example = torch.zeros((2, *input_shape))  # batch 2: a batch of 1 can hide batch-dim reshapes
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(example)
+        except Exception as exc:  # whatever the model raises on a well-formed input
+            raise ExportError(f"model fails on an input of shape {tuple(example.shape)}: {exc}") from exc
+
+    def run(self) -> tuple[str, str]:
+        inp = out = None
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                if inp is not None:
+                    raise ExportError("the CSR format supports models with exactly one input tensor")
+                inp = self._define(node, node.name)
+            elif node.op == "output":
+                arg = node.args[0]
+                if not isinstance(arg, fx.Node) or arg not in self.values:
+                    raise ExportError("the CSR format supports models that return exactly one tensor")
+                out = self.values[arg]
+            elif node.op != "get_attr" and isinstance(node.meta.get("tensor_meta"), TensorMetadata):
+                self._convert(node)
+            # get_attr constants and non-tensor values (x.size(0), ...) are resolved where they are used.
+        if inp is None or out is None:
+            raise ExportError("the traced model has no input or no output")
+        return inp, out
+
+    # -- helpers
+    def _define(self, node: fx.Node, name: str) -> str:
+        self.values[node] = name
+        self.shapes[name] = list(node.meta["tensor_meta"].shape[1:])
+        return name
+
+    def _in(self, node: fx.Node, arg: Any) -> str:
+        if not isinstance(arg, fx.Node) or arg not in self.values:
+            raise ExportError(f"{node.name}: input {arg!r} is not a tensor computed from the model input")
+        return self.values[arg]
+
+    def _emit(self, node: fx.Node, op: str, inputs: list[str], attrs: dict[str, Any] | None = None,
+              params: dict[str, str] | None = None) -> None:
+        name = self._define(node, node.name)
+        self.nodes.append({"name": name, "op": op, "inputs": inputs, "outputs": [name],
+                           "attrs": attrs or {}, "params": params or {}})
+
+    def _param(self, name: str, t: torch.Tensor | np.ndarray) -> str:
+        arr = t.detach().cpu().double().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, np.float64)
+        self.params[name] = arr  # float64 until encoding, so that BN folding rounds once
+        return name
+
+    def _ndim(self, node: fx.Node, arg: Any) -> int:
+        return len(self.shapes[self._in(node, arg)]) + 1
+
+    # -- conversion
+    def _convert(self, node: fx.Node) -> None:
+        if node.op == "call_module":
+            self._convert_module(node, self.modules[str(node.target)])
+        elif node.op == "call_function":
+            self._convert_function(node)
+        elif node.op == "call_method":
+            self._convert_method(node)
+        else:
+            raise ExportError(f"{node.name}: unsupported fx node kind {node.op!r}")
+
+    def _convert_module(self, node: fx.Node, m: nn.Module) -> None:
+        x = self._in(node, node.args[0])
+        name = node.name
+        if isinstance(m, nn.Linear):
+            ndim = self._ndim(node, node.args[0])
+            if ndim != 2:
+                raise ExportError(f"{node.target}: Linear on a {ndim}-D input is not supported (only (N, features))")
+            self._emit(node, "linear", [x], {"in_features": m.in_features, "out_features": m.out_features},
+                       self._weight_bias(name, m))
+        elif isinstance(m, nn.Conv2d):
+            if m.padding_mode != "zeros":
+                raise ExportError(f"{node.target}: padding_mode={m.padding_mode!r} is not supported (only 'zeros')")
+            attrs = {"in_channels": m.in_channels, "out_channels": m.out_channels,
+                     "kernel_size": _pair(m.kernel_size), "stride": _pair(m.stride), "padding": _pair(m.padding),
+                     "dilation": _pair(m.dilation), "groups": m.groups}
+            self._emit(node, "conv2d", [x], attrs, self._weight_bias(name, m))
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if m.running_mean is None or m.running_var is None:
+                raise ExportError(f"{node.target}: BatchNorm without running statistics cannot be exported")
+            scale = (m.weight.detach().double() if m.weight is not None else torch.ones(m.num_features,
+                     dtype=torch.float64)) / torch.sqrt(m.running_var.double() + m.eps)
+            shift = (m.bias.detach().double() if m.bias is not None else 0.0) - m.running_mean.double() * scale
+            self._emit(node, "batchnorm", [x], {"num_features": m.num_features},
+                       {"scale": self._param(f"{name}.scale", scale), "shift": self._param(f"{name}.shift", shift)})
+        elif type(m) in _ACT_MODULES:
+            op = _ACT_MODULES[type(m)]
+            self._emit(node, op, [x], {a: getattr(m, a) for a in _ELEMENTWISE[op]})
+        elif isinstance(m, _IDENTITY_MODULES):
+            self.values[node] = x
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+            kind = _POOLS[type(m)]
+            self._emit_pool(node, kind, x, {k: getattr(m, k) for k in _POOL_ARGS[kind] if hasattr(m, k)})
+        elif isinstance(m, nn.Flatten):
+            self._reshape(node, x)
+        elif isinstance(m, InputGather):
+            self._emit(node, "gather", [x], {"in_features": m.in_features},
+                       {"index": self._index_param(f"{name}.index", m.index)})
+        else:
+            raise ExportError(f"{node.target}: module type {type(m).__name__} is not supported by the CSR format")
+
+    def _weight_bias(self, name: str, m: nn.Module) -> dict[str, str]:
+        params = {"weight": self._param(f"{name}.weight", m.weight)}  # type: ignore[arg-type]  # Linear/Conv2d
+        if isinstance(m.bias, torch.Tensor):
+            params["bias"] = self._param(f"{name}.bias", m.bias)
+        return params
+
+    def _index_param(self, name: str, index: Any) -> str:
+        self.params[name] = np.asarray(torch.as_tensor(index).cpu().numpy(), dtype=np.int64)
+        return name
+
+    def _reshape(self, node: fx.Node, x: str) -> None:
+        shape = list(node.meta["tensor_meta"].shape)
+        src = node.args[0]
+        if not isinstance(src, fx.Node) or shape[0] != src.meta["tensor_meta"].shape[0]:
+            raise ExportError(f"{node.name}: a reshape that changes the batch dimension is not supported")
+        self._emit(node, "reshape", [x], {"shape": shape[1:]})
+
+    def _convert_function(self, node: fx.Node) -> None:
+        t = node.target
+        if t in _ACT_FUNCTIONS:
+            op, defaults = _ACT_FUNCTIONS[t]
+            attrs = _fn_args(node, tuple(k for k, _ in defaults), dict(defaults))
+            self._emit(node, op, [self._in(node, node.args[0])], attrs)
+        elif t in _DROPOUT_FUNCTIONS:
+            if _fn_args(node, ("p", "training"), {"training": True})["training"]:
+                raise ExportError(f"{node.name}: functional dropout with training=True is not deterministic")
+            self.values[node] = self._in(node, node.args[0])
+        elif t in _ADD_TARGETS:
+            if len(node.args) != 2 or node.kwargs:
+                raise ExportError(f"{node.name}: only tensor + tensor additions are supported")
+            self._emit(node, "add", [self._in(node, a) for a in node.args])
+        elif t is torch.cat:
+            tensors = node.args[0]
+            dim = int(_fn_args(node, ("dim",), {"dim": 0})["dim"])
+            ndim = len(node.meta["tensor_meta"].shape)
+            if not isinstance(tensors, (list, tuple)) or dim % ndim != 1:
+                raise ExportError(f"{node.name}: only torch.cat along dim 1 is supported (got dim={dim})")
+            self._emit(node, "cat", [self._in(node, a) for a in tensors], {"dim": 1})
+        elif t is torch.flatten:
+            self._reshape(node, self._in(node, node.args[0]))
+        elif t is torch.index_select:
+            self._gather(node)
+        elif t in _POOLS:
+            kind = _POOLS[t]
+            self._emit_pool(node, kind, self._in(node, node.args[0]), _fn_args(node, _POOL_ARGS[kind], {}))
+        else:
+            raise ExportError(f"{node.name}: function {getattr(t, '__name__', t)} is not supported by the CSR format")
+
+    def _gather(self, node: fx.Node) -> None:
+        # torch.index_select(x2d, 1, <constant index>): InputGather traced through.
+        x, dim, index = node.args[0], node.args[1], node.args[2]
+        if dim != 1 or self._ndim(node, x) != 2 or not isinstance(index, fx.Node) or index.op != "get_attr":
+            raise ExportError(f"{node.name}: only index_select(x2d, 1, constant index) is supported")
+        idx = operator.attrgetter(str(index.target))(self.gm)
+        self._emit(node, "gather", [self._in(node, x)], {"in_features": self.shapes[self._in(node, x)][0]},
+                   {"index": self._index_param(f"{node.name}.index", idx)})
+
+    def _emit_pool(self, node: fx.Node, kind: str, x: str, a: dict[str, Any]) -> None:
+        """Emit a pooling op from its module attributes or functional arguments, defaults filled in."""
+        if kind == "adaptive_avg_pool2d":  # the realised output size, not the (possibly None) request
+            self._emit(node, kind, [x], {"output_size": list(node.meta["tensor_meta"].shape[2:])})
+            return
+        if a.get("return_indices"):
+            raise ExportError(f"{node.name}: max pooling with return_indices=True is not supported")
+        k = a["kernel_size"]
+        attrs: dict[str, Any] = {"kernel_size": _pair(k), "stride": _pair(a.get("stride") or k),
+                                 "padding": _pair(a.get("padding", 0)),
+                                 "ceil_mode": bool(a.get("ceil_mode", False))}
+        if kind == "max_pool2d":
+            attrs["dilation"] = _pair(a.get("dilation", 1))
+        else:
+            attrs.update(count_include_pad=bool(a.get("count_include_pad", True)),
+                         divisor_override=a.get("divisor_override"))
+        self._emit(node, kind, [x], attrs)
+
+    def _convert_method(self, node: fx.Node) -> None:
+        t = str(node.target)
+        if t in _ACT_METHODS:
+            self._emit(node, _ACT_METHODS[t], [self._in(node, node.args[0])])
+        elif t in _IDENTITY_METHODS:
+            self.values[node] = self._in(node, node.args[0])
+        elif t in ("view", "reshape", "flatten"):
+            self._reshape(node, self._in(node, node.args[0]))  # target shape comes from shape propagation
+        elif t in ("add", "add_"):
+            if len(node.args) != 2 or node.kwargs:
+                raise ExportError(f"{node.name}: only tensor + tensor additions are supported")
+            self._emit(node, "add", [self._in(node, a) for a in node.args])
+        else:
+            raise ExportError(f"{node.name}: tensor method .{t}() is not supported by the CSR format")
+
+
+def _fold_batchnorm(nodes: list[dict[str, Any]], params: dict[str, np.ndarray], output: str) -> tuple[
+        list[dict[str, Any]], str]:
+    """Fold each BatchNorm whose only input is a Linear/Conv read by nothing else into its weights.
+
+    Exact in eval mode: ``(W x + b) * s + t == (s W) x + (s b + t)``. Zeros stay zero, so sparsity is kept.
+    Returns the new node list and the (possibly renamed) graph output.
+    """
+    producer = {n["outputs"][0]: n for n in nodes}
+    readers: dict[str, int] = {}
+    for n in nodes:
+        for i in n["inputs"]:
+            readers[i] = readers.get(i, 0) + 1
+    rename: dict[str, str] = {}
+    kept: list[dict[str, Any]] = []
+    for n in nodes:
+        n["inputs"] = [rename.get(i, i) for i in n["inputs"]]
+        src = producer.get(n["inputs"][0]) if n["inputs"] else None
+        if (n["op"] == "batchnorm" and src is not None and src["op"] in ("linear", "conv2d")
+                and readers.get(src["outputs"][0], 0) == 1 and src["outputs"][0] != output):
+            s, t = params.pop(n["params"]["scale"]), params.pop(n["params"]["shift"])
+            w = src["params"]["weight"]
+            params[w] = params[w] * s.reshape((-1,) + (1,) * (params[w].ndim - 1))  # (out, ...) row scaling
+            bias = src["params"].setdefault("bias", f"{src['name']}.bias")
+            params[bias] = params.get(bias, np.zeros_like(s)) * s + t
+            src["attrs"]["folded_batchnorm"] = n["name"]
+            rename[n["outputs"][0]] = src["outputs"][0]
+            continue
+        kept.append(n)
+    return kept, rename.get(output, output)
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+
+def _narrow_uint(a: np.ndarray) -> np.ndarray:
+    """``a`` (non-negative integers) in the narrowest unsigned type that holds its maximum."""
+    top = int(a.max()) if a.size else 0
+    for t in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(t).max:
+            return a.astype(t)
+    return a.astype(np.uint64)
+
+
+class _Blobs:
+    """Collect tensors into one concatenated 1-D array per dtype; record where each one lives."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {}
+        self.sizes: dict[str, int] = {}
+        self.table: dict[str, dict[str, Any]] = {}
+
+    def add(self, name: str, arr: np.ndarray, encoding: str = "raw") -> str:
+        key = arr.dtype.name
+        self.table[name] = {"dtype": key, "offset": self.sizes.get(key, 0), "shape": list(arr.shape),
+                            "encoding": encoding}
+        self.parts.setdefault(key, []).append(arr.ravel())
+        self.sizes[key] = self.sizes.get(key, 0) + arr.size
+        return name
+
+    def members(self) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+        meta: dict[str, dict[str, Any]] = {}
+        arrays: dict[str, np.ndarray] = {}
+        for key, parts in sorted(self.parts.items()):
+            flat = np.concatenate(parts)
+            shuffle = flat.itemsize > 1
+            if shuffle:  # (count,) → (itemsize, count) bytes: high bytes (sign/exponent, zeros) deflate well
+                flat = np.ascontiguousarray(flat.view(np.uint8).reshape(flat.size, flat.itemsize).T)
+            meta[key] = {"member": f"{key}.npy", "count": self.sizes[key], "byteshuffle": shuffle}
+            arrays[f"{key}.npy"] = flat
+        return meta, arrays
+
+
+def _encode_weight(blobs: _Blobs, name: str, w: np.ndarray, vdtype: type[np.floating[Any]]) -> dict[str, Any]:
+    """Store ``w`` as CSR of its ``[out, rest]`` matrix if that is smaller than dense, else dense.
+
+    CSR column indices are delta-coded within each row (first entry absolute), which usually fits them
+    in one byte; the runtime undoes it with a cumulative sum.
+    """
+    mat = w.reshape(w.shape[0], -1)  # (out, in*kh*kw)
+    rows, cols = np.nonzero(mat)  # row-major order: CSR order
+    nnz = int(rows.size)
+    counts = np.bincount(rows, minlength=mat.shape[0])
+    indptr = _narrow_uint(np.concatenate([[0], np.cumsum(counts)]))
+    deltas = cols.astype(np.int64)
+    deltas[1:] -= cols[:-1]
+    starts = indptr[:-1][counts > 0].astype(np.int64)
+    deltas[starts] = cols[starts]
+    indices = _narrow_uint(deltas)
+    itemsize = np.dtype(vdtype).itemsize
+    csr_bytes = nnz * (itemsize + indices.itemsize) + indptr.nbytes
+    info: dict[str, Any] = {"shape": list(w.shape), "nnz": nnz, "density": nnz / max(1, w.size),
+                            "dtype": np.dtype(vdtype).name}
+    if csr_bytes < w.size * itemsize:
+        info.update(storage="csr", matrix_shape=list(mat.shape),
+                    indptr=blobs.add(f"{name}.indptr", indptr),
+                    indices=blobs.add(f"{name}.indices", indices, "row_delta"),
+                    values=blobs.add(f"{name}.values", mat[rows, cols].astype(vdtype)))
+    else:
+        info.update(storage="dense", values=blobs.add(f"{name}.values", w.astype(vdtype)))
+    return info
+
+
+def _write_zip(path: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    # Fixed timestamps make the bundle byte-for-byte reproducible.
+    def info(name: str) -> zipfile.ZipInfo:
+        zi = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+        zi.compress_type = zipfile.ZIP_DEFLATED
+        return zi
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        zf.writestr(info("manifest.json"), json.dumps(manifest, sort_keys=True, separators=(",", ":")))
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr, allow_pickle=False)
+            zf.writestr(info(name), buf.getvalue())
+
+
+def export_csr(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    input_shape: tuple[int, ...],
+    reference: nn.Module | None = None,
+    dtype: str = "fp32",
+    force: bool = False,
+    tolerance: float | None = None,
+    threshold: float | None = None,
+    provenance: dict[str, Any] | None = None,
+    dense_fp32_bytes: int | None = None,
+) -> ExportResult:
+    """Write ``model`` as a CSR bundle, run it with :mod:`svdcompress.runtime` and compare with ``reference``.
+
+    The model is traced with torch.fx (a pruner's ``GraphModule`` is used as is) and turned into a list of
+    ops. BatchNorm directly after a Linear/Conv whose output nothing else reads is folded into its
+    weights; other BatchNorms stay as a per-channel affine op. Each weight is stored as CSR of its
+    ``[out, in·kh·kw]`` matrix where that is smaller than dense, else dense.
+
+    Manifest fields: ``format``, ``format_version``, ``producer``, ``dtype``, ``input_shape`` and
+    ``output_shape`` (without the batch dim), ``input``/``output`` value names, ``value_shapes``,
+    ``nodes`` (each ``name``, ``op``, ``inputs``, ``outputs``, ``attrs``, ``params``: role → layer/tensor
+    name), ``layers`` (per weight: ``shape``, ``dtype``, ``nnz``, ``density``, ``storage`` csr|dense and
+    its tensor names), ``tensors`` and ``blobs`` (where the numbers are), ``threshold``, ``provenance``.
+
+    Args:
+        model: Eval-mode masked dense or structurally pruned model.
+        path: Output file (any name; ``.svdz`` is customary).
+        input_shape: One example's shape, without the batch dim, e.g. ``(1, 28, 28)``.
+        reference: Model the bundle must reproduce; default ``model``.
+        dtype: ``"fp32"`` or ``"fp16"`` for weight values. Biases and BatchNorm stay fp32 (they are
+            tiny), and the runtime computes in fp32 either way.
+        force: Overwrite an existing file.
+        tolerance: Allowed ``max|diff| / max(1, max|ref|)``; default :data:`DEFAULT_TOLERANCES` [dtype].
+        threshold: The log α threshold the masks came from; recorded in the manifest, never applied.
+        provenance: JSON-serialisable facts to record (source checkpoint, training run, ...).
+        dense_fp32_bytes: Override the dense size the ratio is computed against (default: from reference).
+
+    Returns:
+        The :class:`ExportResult`.
+
+    Raises:
+        ExportError: Unknown dtype, an op the format cannot express, verification failure (no file is
+            left behind), or an existing output without ``force``.
+    """
+    vname = _resolve_dtype(dtype)
+    tol = _resolve_tolerance(vname, tolerance)
+    out = check_output_path(path, force=force)
+    ref = model if reference is None else reference
+    _check_eval(model, "model")
+    _check_eval(ref, "reference")
+    try:
+        json.dumps(provenance)
+    except TypeError as exc:
+        raise ExportError(f"provenance must be JSON-serialisable: {exc}") from exc
+
+    capture = _Capture(_trace(model), tuple(input_shape))
+    inp, output = capture.run()
+    nodes, output = _fold_batchnorm(capture.nodes, capture.params, output)
+    vdtype: type[np.floating[Any]] = np.float16 if vname == "fp16" else np.float32
+    blobs, layers = _Blobs(), {}
+    for n in nodes:
+        for role, pname in n["params"].items():
+            arr = capture.params[pname]
+            if role == "weight":
+                if vname == "fp16" and np.abs(arr).max(initial=0.0) > _FP16_MAX:
+                    raise ExportError(f"{n['name']}: weights exceed the fp16 range (±65504); export as fp32")
+                layers[pname] = _encode_weight(blobs, pname, arr, vdtype)
+            elif role == "index":
+                blobs.add(pname, _narrow_uint(arr))
+            else:  # bias, BatchNorm scale/shift: fp32 keeps them exact enough and they are tiny
+                blobs.add(pname, arr.astype(np.float32))
+    blob_meta, arrays = blobs.members()
+    used = {v for n in nodes for v in [*n["inputs"], *n["outputs"]]} | {inp, output}
+    manifest: dict[str, Any] = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+        "producer": {"name": "svdcompress", "version": __version__},
+        "dtype": vname, "input_shape": list(input_shape), "output_shape": capture.shapes[output],
+        "input": inp, "output": output,
+        "value_shapes": {k: v for k, v in capture.shapes.items() if k in used},
+        "nodes": nodes, "layers": layers, "tensors": blobs.table, "blobs": blob_meta,
+        "threshold": threshold, "provenance": provenance or {},
+    }
+    with atomic_path(out) as tmp:
+        _write_zip(tmp, manifest, arrays)
+        from .. import runtime  # verify with the reader that will consume the file, not a second copy of it
+
+        bundle = runtime.load(tmp)
+        diff = _verify(bundle, ref, tuple(input_shape), tol, f"CSR bundle {out}")
+        size = tmp.stat().st_size
+    dense = _dense_fp32_bytes(ref) if dense_fp32_bytes is None else int(dense_fp32_bytes)
+    return ExportResult(out, "csr", size, dense, dense / max(1, size), diff)

@@ -1,0 +1,511 @@
+"""Exact structural pruning: remove dead neurons and filters so the model shrinks but computes the same.
+
+The pipeline: :func:`svdcompress.masking.mask_model` gives the masked dense reference; it is
+traced with torch.fx (:mod:`svdcompress.graph`), and then, until nothing changes,
+
+* a slot group (channels tied by adds, cats, flattens, per-channel ops) is removed when no
+  layer reads it with a non-zero weight, or when every such layer can absorb its constant value
+  into its bias exactly (Linear, unpadded conv, or a constant of exactly 0);
+* the remaining layers are rebuilt smaller, with the folded constants added to their biases.
+
+Groups pinned by the model input/output or by grouped convolutions, and constants that a
+zero-padded convolution would see differently at the border, are kept and reported in notes.
+Finally the pruned model is checked against the masked one on example inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from .errors import VerificationError
+from .graph import ChannelGraph, Kind, analyze, layer_weight_bias, propagate_shapes, trace_model
+from .masking import mask_model
+from .ops import InputGather
+from .svdo import DEFAULT_THRESHOLD
+
+__all__ = ["LayerPruneRow", "PruneConfig", "PruneReport", "PruneResult", "prune"]
+
+_MAX_ITERATIONS = 1000  # each pass removes at least one slot, so this only guards against bugs
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Options of :func:`prune`.
+
+    Attributes:
+        threshold: log alpha threshold used to mask SVDO layers.
+        gather_inputs: put an :class:`~svdcompress.ops.InputGather` in front of a first Linear
+            fed (through flattens) by the model input, so its never-read input columns can go
+            while the model keeps its input shape.
+        tolerance: allowed ``max|pruned - masked| / max(1, max|masked|)`` on the example inputs.
+        verify: raise :class:`~svdcompress.errors.VerificationError` above the tolerance.
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    gather_inputs: bool = False
+    tolerance: float = 1e-4
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
+            raise ValueError(f"tolerance must be a finite number >= 0, got {self.tolerance!r}")
+
+
+@dataclass
+class LayerPruneRow:
+    """Size of one Linear/Conv layer before and after pruning (units = output neurons or filters)."""
+
+    name: str
+    kind: str
+    units_before: int
+    units_after: int
+    weights_before: int
+    weights_after: int
+    nonzero_before: int
+    nonzero_after: int
+    flops_before: int  # multiply-adds per example
+    flops_after: int
+
+
+@dataclass
+class PruneReport:
+    """What :func:`prune` removed, what it kept and why, and how well the result matches.
+
+    Attributes:
+        layers: one row per Linear/Conv module, in graph order.
+        notes: one sentence per (layer, reason) for dead units or unread inputs that had to stay.
+        params_before: parameters of the masked model (weights, biases, BatchNorm affine).
+        params_after: the same for the pruned model.
+        flops_before: multiply-adds per example of all Linear/Conv layers, masked model.
+        flops_after: the same for the pruned model.
+        max_abs_diff: ``max |pruned(x) - masked(x)|`` on the example inputs, float32.
+        output_scale: ``max(1, max |masked(x)|)``; the check is ``max_abs_diff <= tolerance * output_scale``.
+        tolerance: the relative tolerance used.
+        iterations: analysis passes run, including the last one that found nothing more to remove.
+    """
+
+    layers: list[LayerPruneRow]
+    notes: list[str]
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    max_abs_diff: float
+    output_scale: float
+    tolerance: float
+    iterations: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict with the dataclass field names."""
+        return dataclasses.asdict(self)
+
+    def format_table(self) -> str:
+        """Human-readable table: one row per layer, a total row, notes and the verification figure."""
+        head = ("layer", "kind", "units", "weights", "nonzero", "FLOPs")
+        rows = [
+            (r.name, r.kind, f"{r.units_before} → {r.units_after}", f"{r.weights_before:,} → {r.weights_after:,}",
+             f"{r.nonzero_before:,} → {r.nonzero_after:,}", f"{r.flops_before:,} → {r.flops_after:,}")
+            for r in self.layers
+        ]
+        rows.append(("total (params)", "", "", f"{self.params_before:,} → {self.params_after:,}", "",
+                     f"{self.flops_before:,} → {self.flops_after:,}"))
+        widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+        lines += [fmt.format(*row) for row in rows]
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append(
+            f"verification: max |pruned - masked| = {self.max_abs_diff:.3g} "
+            f"(tolerance {self.tolerance:g} × output scale {self.output_scale:.3g}); {self.iterations} pass(es)"
+        )
+        return "\n".join(lines)
+
+
+@dataclass
+class PruneResult:
+    """The pruned model (eval mode), the masked dense reference and the report."""
+
+    model: nn.Module
+    masked: nn.Module
+    report: PruneReport
+
+
+def prune(
+    model: nn.Module,
+    config: PruneConfig | None = None,
+    *,
+    example_inputs: torch.Tensor | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    **overrides: Any,
+) -> PruneResult:
+    """Mask ``model`` and remove every neuron/filter that can go without changing its outputs.
+
+    ``model`` is not modified. Shapes are taken from ``example_inputs`` (or ``torch.randn(8,
+    *input_shape)``), which also serve to verify the result against the masked model.
+
+    Args:
+        model: an SVDO model (masked at ``config.threshold``) or a plain model with zeroed weights.
+        config: options; ``overrides`` replace single fields, e.g. ``prune(m, threshold=2.0)``.
+        example_inputs: a batch of inputs, shape ``(N, ...)``.
+        input_shape: the per-example input shape, used when ``example_inputs`` is not given.
+        **overrides: :class:`PruneConfig` fields.
+
+    Returns:
+        The pruned model (a ``torch.fx.GraphModule`` in eval mode), the masked reference and a report.
+
+    Raises:
+        ValueError: neither ``example_inputs`` nor ``input_shape`` is given, or a bad option.
+        TypeError: an unknown override.
+        UnsupportedOpError: the model holds an op whose channel flow is unknown.
+        VerificationError: the pruned outputs differ from the masked ones beyond the tolerance.
+
+    Example:
+        >>> from svdcompress.zoo import lenet300
+        >>> result = prune(lenet300(svdo=True), input_shape=(1, 28, 28))
+        >>> result.report.params_after <= result.report.params_before
+        True
+    """
+    cfg = _config(config, overrides)
+    masked = mask_model(model, cfg.threshold).eval()
+    x = _example(masked, example_inputs, input_shape)
+    gm = trace_model(copy.deepcopy(masked), x)
+    gm.eval()
+    before = _layer_stats(gm)
+    notes: list[str] = []
+    gather = _insert_gather(gm, notes) if cfg.gather_inputs else None
+    iterations = 0
+    while True:
+        iterations += 1
+        propagate_shapes(gm, x)
+        cg = analyze(gm)
+        removed, pass_notes = _decide(cg, gather_inputs=cfg.gather_inputs)
+        if not bool(removed.any()) or iterations >= _MAX_ITERATIONS:
+            notes += pass_notes
+            break
+        _apply(cg, removed)
+        gm.eval()  # rebuilt modules start in training mode; BatchNorm must use its running stats
+    if gather is not None and _drop_full_gather(gm, gather):
+        notes.append("gather_inputs: every input feature is read; no InputGather inserted")
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    gm.eval()
+    propagate_shapes(gm, x)
+    after = _layer_stats(gm)
+    diff, scale = _compare(masked, gm, x)
+    report = PruneReport(
+        layers=[_row(name, before[name], after.get(name)) for name in before],
+        notes=notes,
+        params_before=_count_params(masked),
+        params_after=_count_params(gm),
+        flops_before=sum(s["flops"] for s in before.values()),
+        flops_after=sum(s["flops"] for s in after.values()),
+        max_abs_diff=diff,
+        output_scale=scale,
+        tolerance=cfg.tolerance,
+        iterations=iterations,
+    )
+    if cfg.verify and not diff <= cfg.tolerance * scale:
+        raise VerificationError(
+            f"pruned model differs from the masked model: max abs diff {diff:.4g} > tolerance {cfg.tolerance:g} "
+            f"× output scale {scale:.4g}"
+        )
+    return PruneResult(model=gm, masked=masked, report=report)
+
+
+def _config(config: PruneConfig | None, overrides: dict[str, Any]) -> PruneConfig:
+    base = config if config is not None else PruneConfig()
+    known = {f.name for f in dataclasses.fields(PruneConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"prune() got unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return dataclasses.replace(base, **overrides)
+
+
+def _example(model: nn.Module, example_inputs: torch.Tensor | None, input_shape: tuple[int, ...] | None
+             ) -> torch.Tensor:
+    if example_inputs is not None:
+        if not isinstance(example_inputs, torch.Tensor):
+            raise ValueError(f"example_inputs must be a tensor, got {type(example_inputs).__name__}")
+        return example_inputs.detach()
+    if input_shape is None:
+        raise ValueError(
+            "prune() needs example_inputs or input_shape (per example, e.g. (1, 28, 28)) to trace shapes "
+            "and verify the pruned model"
+        )
+    p = next(model.parameters(), None)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    gen = torch.Generator().manual_seed(0)  # reproducible verification
+    return torch.randn(8, *input_shape, generator=gen, dtype=dtype)
+
+
+def _decide(cg: ChannelGraph, gather_inputs: bool) -> tuple[torch.Tensor, list[str]]:
+    """Choose the slots to remove this pass, and explain the dead units that stay.
+
+    Returns:
+        ``removed`` (S,) bool and the notes for units that look removable but are kept.
+    """
+    group = cg.group  # (S,)
+    n_groups = cg.num_groups
+    bad = torch.zeros(n_groups, dtype=torch.bool)
+    bad[group[cg.pinned | cg.blocked]] = True
+    ok = ~bad  # (G,)
+    last_unit: dict[int, str] = {}
+    for name, info in cg.infos.items():
+        if info.kind in (Kind.SHAPE, Kind.OUTPUT) or info.channels == 0:
+            continue
+        groups_here = group[cg.slots(name)]
+        if bool(ok[groups_here].all()):
+            # Keep one unit: 0-sized dims run in torch but break ONNX export and are pointless.
+            g = int(groups_here[0])
+            ok[g] = False
+            last_unit[g] = f"removing it would leave '{info.node.target if info.module else name}' with no units"
+    removed = ok[group]  # (S,)
+    return removed, _notes(cg, removed, last_unit, gather_inputs)
+
+
+def _notes(cg: ChannelGraph, removed: torch.Tensor, last_unit: dict[int, str], gather_inputs: bool) -> list[str]:
+    """One sentence per (layer, reason) for dead units and unread features that could not go."""
+    group_reason: dict[int, str] = dict(last_unit)
+    for slot in sorted(cg.reasons):
+        group_reason.setdefault(int(cg.group[slot]), cg.reasons[slot])
+    dead: Counter[tuple[str, str]] = Counter()
+    for slot, layer in cg.dead_source.items():
+        if not removed[slot]:
+            dead[layer, group_reason.get(int(cg.group[slot]), "unknown")] += 1
+    notes = [f"{layer}: kept {n} dead unit(s) (all-zero weights) because {why}" for (layer, why), n in dead.items()]
+    unread_owner: Counter[tuple[str, str]] = Counter()
+    unread = (cg.read_zero > 0) & (cg.read_live == 0) & ~removed  # (S,)
+    for name, info in cg.infos.items():
+        if info.kind in (Kind.SHAPE, Kind.OUTPUT, Kind.DENSE, Kind.GROUPED, Kind.DEPTHWISE) or info.channels == 0:
+            continue  # dead rows of layers are covered above
+        s = cg.slots(name)
+        for i in torch.nonzero(unread[s]).flatten().tolist():
+            why = group_reason.get(int(cg.group[s.start + i]), "unknown")
+            if why.endswith("model input"):
+                unread_owner[name, why] += 1
+    for (name, why), n in unread_owner.items():
+        info = cg.infos[name]
+        what = "features" if len(info.shape) == 2 else "channels"
+        hint = "" if gather_inputs or what == "channels" else (
+            "; prune(..., gather_inputs=True) drops them in front of a first Linear"
+        )
+        notes.append(f"{name}: {n} of {info.channels} input {what} are never read but kept because {why}{hint}")
+    return notes
+
+
+def _apply(cg: ChannelGraph, removed: torch.Tensor) -> None:
+    """Rebuild every module touched by ``removed``, folding constants of removed inputs into biases."""
+    gm = cg.gm
+    for node in gm.graph.nodes:
+        info = cg.infos[node.name]
+        if node.op != "call_module" or info.module is None or info.pin_reason is not None:
+            continue
+        mod = info.module
+        rm_out = removed[cg.slots(node.name)]  # (C_out,)
+        new: nn.Module | None = None
+        if info.kind is Kind.DENSE:
+            src = info.inputs[0].name
+            rm_in = removed[cg.slots(src)]  # (C_in,)
+            if bool(rm_in.any() or rm_out.any()):
+                new = _shrink_dense(mod, ~rm_in, ~rm_out, cg.const[cg.slots(src)])
+        elif rm_out.any():
+            keep = torch.nonzero(~rm_out).flatten()
+            if info.kind is Kind.DEPTHWISE:
+                new = _shrink_depthwise(mod, keep)
+            elif info.kind is Kind.GATHER:
+                gather: InputGather = mod  # type: ignore[assignment]  # Kind.GATHER is InputGather
+                new = InputGather(gather.index[keep], gather.in_features)
+            elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                new = _shrink_bn(mod, keep)
+            elif isinstance(mod, nn.PReLU) and mod.num_parameters > 1:
+                new = nn.PReLU(len(keep), device=mod.weight.device, dtype=mod.weight.dtype)
+                with torch.no_grad():
+                    new.weight.copy_(mod.weight[keep])
+        if new is not None:
+            _set_module(gm, str(node.target), new)
+
+
+def _shrink_dense(mod: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor, const_in: torch.Tensor) -> nn.Module:
+    """Linear/Conv restricted to kept inputs/outputs; removed constant inputs fold into the bias.
+
+    Args:
+        keep_in: (C_in,) bool. keep_out: (C_out,) bool. const_in: (C_in,) float64, NaN = not constant.
+    """
+    w, b = layer_weight_bias(mod)  # (C_out, C_in, *k), (C_out,)
+    has_bias = isinstance(getattr(mod, "bias", None), torch.Tensor)
+    # Removed inputs are either never read (weight 0, constant may be NaN) or constant: zero the rest.
+    c = torch.where(~keep_in & ~torch.isnan(const_in), const_in, torch.zeros_like(const_in))  # (C_in,)
+    w_sum = w.double().reshape(w.shape[0], w.shape[1], -1).sum(2)  # (C_out, C_in): kernel sums
+    fold = w_sum @ c  # (C_out,): what the removed constant inputs added to each output
+    b = (b + fold)[keep_out]
+    has_bias = has_bias or bool((fold != 0).any())
+    w_new = w[keep_out][:, keep_in]
+    n_in, n_out = int(keep_in.sum()), int(keep_out.sum())
+    new: nn.Module
+    if isinstance(mod, nn.Linear):
+        new = nn.Linear(n_in, n_out, bias=has_bias, device=w.device, dtype=w.dtype)
+    else:
+        new = _conv_like(mod, n_in, n_out, 1, has_bias)
+    with torch.no_grad():
+        new.weight.copy_(w_new)  # type: ignore[operator]
+        if has_bias:
+            new.bias.copy_(b.to(w.dtype))  # type: ignore[operator]
+    return new
+
+
+def _conv_like(mod: nn.Module, n_in: int, n_out: int, groups: int, bias: bool) -> nn.Module:
+    conv: nn.Conv1d | nn.Conv2d = mod  # type: ignore[assignment]  # callers pass convolutions
+    return type(conv)(
+        n_in, n_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,  # type: ignore[arg-type]
+        dilation=conv.dilation, groups=groups, bias=bias, padding_mode=conv.padding_mode,  # type: ignore[arg-type]
+        device=conv.weight.device, dtype=conv.weight.dtype,
+    )
+
+
+def _shrink_depthwise(mod: nn.Module, keep: torch.Tensor) -> nn.Module:
+    n = len(keep)
+    w, b = layer_weight_bias(mod)  # (C, 1, *k), (C,)
+    has_bias = isinstance(getattr(mod, "bias", None), torch.Tensor)
+    new = _conv_like(mod, n, n, n, has_bias)
+    with torch.no_grad():
+        new.weight.copy_(w[keep])  # type: ignore[operator]
+        if has_bias:
+            new.bias.copy_(b[keep].to(w.dtype))  # type: ignore[operator]
+    return new
+
+
+def _shrink_bn(mod: nn.BatchNorm1d | nn.BatchNorm2d, keep: torch.Tensor) -> nn.Module:
+    like = next(iter([*mod.parameters(), *mod.buffers()]), torch.empty(0))
+    new = type(mod)(len(keep), eps=mod.eps, momentum=mod.momentum, affine=mod.affine,
+                    track_running_stats=mod.track_running_stats, device=like.device,
+                    dtype=like.dtype if like.is_floating_point() else None)
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            t = getattr(mod, name)
+            if isinstance(t, torch.Tensor):
+                getattr(new, name).copy_(t[keep])
+        if mod.num_batches_tracked is not None and new.num_batches_tracked is not None:
+            new.num_batches_tracked.copy_(mod.num_batches_tracked)
+    return new
+
+
+def _set_module(gm: fx.GraphModule, target: str, new: nn.Module) -> None:
+    parent_name, _, attr = target.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    setattr(parent, attr, new)
+
+
+def _insert_gather(gm: fx.GraphModule, notes: list[str]) -> fx.Node | None:
+    """Route the input of a first Linear through an identity InputGather, so its columns become prunable.
+
+    The pattern is ``input -> [flatten]* -> Linear`` with no other users; the flattens are replaced.
+    """
+    graph = gm.graph
+    node = next(n for n in graph.nodes if n.op == "placeholder")
+    placeholder, chain = node, []
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if user.op == "call_function" and user.target is torch.flatten:
+            chain.append(user)
+            node = user
+            continue
+        if user.op == "call_module" and isinstance(gm.get_submodule(str(user.target)), nn.Linear) and (
+            sum(1 for n in graph.nodes if n.op == "call_module" and n.target == user.target) == 1
+        ):
+            shape = tuple(placeholder.meta["tensor_meta"].shape)
+            in_features = math.prod(shape[1:])
+            name = "input_gather"
+            while hasattr(gm, name):
+                name += "_"
+            gm.add_submodule(name, InputGather(torch.arange(in_features), in_features))
+            with graph.inserting_before(user):
+                gather = graph.call_module(name, (placeholder,))
+            user.replace_input_with(node, gather)
+            for n in reversed(chain):
+                graph.erase_node(n)
+            gm.recompile()
+            return gather
+        break
+    notes.append("gather_inputs: the model input does not feed a Linear only through flattens; nothing gathered")
+    return None
+
+
+def _drop_full_gather(gm: fx.GraphModule, gather: fx.Node) -> bool:
+    """Undo :func:`_insert_gather` when every input feature is still read; True if undone."""
+    mod = gm.get_submodule(str(gather.target))
+    if not isinstance(mod, InputGather) or mod.index.numel() != mod.in_features:
+        return False
+    src = gather.args[0]
+    assert isinstance(src, fx.Node)  # internal invariant: inserted with the placeholder as argument
+    graph = gm.graph
+    with graph.inserting_before(gather):
+        flat = graph.call_function(torch.flatten, (src, 1))
+    gather.replace_all_uses_with(flat)
+    graph.erase_node(gather)
+    return True
+
+
+def _layer_stats(gm: fx.GraphModule) -> dict[str, dict[str, Any]]:
+    """Per Linear/Conv module: kind, units, weights, non-zeros and multiply-adds per example."""
+    stats: dict[str, dict[str, Any]] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        mod = gm.get_submodule(str(node.target))
+        if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            continue
+        w = mod.weight
+        out_shape = tuple(node.meta["tensor_meta"].shape)  # (N, C_out, *S)
+        # Each output value costs one multiply-add per weight of its filter.
+        flops = math.prod(out_shape[1:]) * math.prod(w.shape[1:])
+        entry = stats.setdefault(str(node.target), {
+            "kind": type(mod).__name__.lower(), "units": int(w.shape[0]), "weights": w.numel(),
+            "nonzero": int(torch.count_nonzero(w)), "flops": 0,
+        })
+        entry["flops"] += int(flops)
+    return stats
+
+
+def _row(name: str, before: dict[str, Any], after: dict[str, Any] | None) -> LayerPruneRow:
+    a = after if after is not None else {"units": 0, "weights": 0, "nonzero": 0, "flops": 0}
+    return LayerPruneRow(name, before["kind"], before["units"], a["units"], before["weights"], a["weights"],
+                         before["nonzero"], a["nonzero"], before["flops"], a["flops"])
+
+
+def _count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _leaves(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _leaves(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _leaves(v)]
+    return []
+
+
+def _compare(masked: nn.Module, pruned: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """``(max |pruned - masked|, max(1, max |masked|))`` on ``x``, in the deployed dtype."""
+    with torch.no_grad():
+        ref, out = _leaves(masked(x.clone())), _leaves(pruned(x.clone()))  # clones: in-place ops on inputs
+    if len(ref) != len(out) or any(r.shape != o.shape for r, o in zip(ref, out, strict=True)):
+        raise VerificationError(
+            f"pruned model output shapes {[tuple(o.shape) for o in out]} differ from the masked model's "
+            f"{[tuple(r.shape) for r in ref]}"
+        )
+    pairs = [(r, o) for r, o in zip(ref, out, strict=True) if r.numel()]
+    diff = max((float((r.double() - o.double()).abs().max()) for r, o in pairs), default=0.0)
+    scale = max([1.0] + [float(r.abs().max()) for r in ref if r.numel()])
+    return diff, scale
+
