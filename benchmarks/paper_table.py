@@ -78,14 +78,14 @@ def _md(rows: list[dict[str, Any]]) -> str:
     ]
     for arch, p in PAPER.items():
         out.append(f"| {arch} | MNIST (paper) | {p['dense_error']:.2f} | {p['svdo_error']:.2f} | "
-                   f"{p['dense_error'] - p['svdo_error']:+.2f} | {'-'.join(f'{s:g}' for s in p['sparsity'])} | "
+                   f"{p['svdo_error'] - p['dense_error']:+.2f} | {'-'.join(f'{s:g}' for s in p['sparsity'])} | "
                    f"{p['compression']:.0f}× | 200 | – |")
         for r in rows:
             if r["arch"] != arch:
                 continue
             out.append(
                 f"| {arch} | {r['data']} ({r['train_size']:,}/{r['test_size']:,}) | {r['dense_error']:.2f} | "
-                f"{r['svdo_error']:.2f} | {-r['error_gap']:+.2f} | "
+                f"{r['svdo_error']:.2f} | {r['error_gap']:+.2f} | "
                 f"{'-'.join(f'{s:.1f}' for s in r['sparsity'])} | {r['compression']:.1f}× | {r['svdo_epochs']} | "
                 f"{r['train_seconds'] / 60:.1f} min |"
             )

@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dense-epochs", type=int, default=10)
     p.add_argument("--svdo-epochs", type=int, default=30)
     p.add_argument("--from-scratch", action="store_true", help="train SVDO from random init, not from the dense net")
+    p.add_argument("--init-from", type=Path,
+                   help="start SVDO from this dense svdcompress checkpoint (skips dense training)")
     p.add_argument("--kl-warmup-epochs", type=float, default=5.0)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -161,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     dense = build(a.arch, svdo=False)
     dense_acc = float("nan")
-    if a.dense_epochs > 0:
+    if a.init_from is not None:
+        from svdcompress.models import load_model
+
+        dense = load_model(a.init_from).module
+        dense_acc = evaluate(dense, xte, yte)
+        base_prov["init_from"] = str(a.init_from)
+        print(f"[dense] loaded {a.init_from}: test acc {dense_acc:.4f}", file=sys.stderr, flush=True)
+    elif a.dense_epochs > 0:
         train(dense, xtr, ytr, xte, yte, epochs=a.dense_epochs, svdo=False, kl_warmup_epochs=0, desc="dense", **common)
         dense_acc = evaluate(dense, xte, yte)
         save_checkpoint(a.out_dir / f"{stem}-dense.pt", dense, arch=a.arch, arch_kwargs={"svdo": False},
@@ -169,13 +178,14 @@ def main(argv: list[str] | None = None) -> int:
                         provenance={**base_prov, "epochs": a.dense_epochs, "test_acc": dense_acc,
                                     "train_seconds": time.perf_counter() - t0})
     t1 = time.perf_counter()
-    model = build(a.arch, svdo=True) if (a.from_scratch or a.dense_epochs == 0) else sparsify(dense)
+    scratch = a.from_scratch or (a.dense_epochs == 0 and a.init_from is None)
+    model = build(a.arch, svdo=True) if scratch else sparsify(dense)
     train(model, xtr, ytr, xte, yte, epochs=a.svdo_epochs, svdo=True, kl_warmup_epochs=a.kl_warmup_epochs,
           desc="svdo", **common)
     acc = evaluate(model, xte, yte)
     st = sparsity_stats(model)
     prov = {**base_prov, "epochs": a.svdo_epochs, "dense_epochs": a.dense_epochs,
-            "init": "scratch" if (a.from_scratch or a.dense_epochs == 0) else "dense",
+            "init": "scratch" if scratch else "dense",
             "kl_warmup_epochs": a.kl_warmup_epochs, "lr_decay_frac": a.decay_frac, "log_sigma2_init": -10.0,
             "test_acc": acc, "dense_test_acc": dense_acc, "compression": st["compression"],
             "kept": st["kept"], "weights": st["weights"], "train_seconds": time.perf_counter() - t1}

@@ -19,7 +19,7 @@ from torch import nn
 
 from ._io import atomic_path
 from .checkpoint import load_checkpoint
-from .conventions import SVDCOMPRESS, SVDOLayer, find_svdo_layers
+from .conventions import SVDCOMPRESS, SVDOLayer, _release_pages, find_svdo_layers
 from .conventions import log_alpha as _log_alpha
 from .masking import is_svdo_like
 from .svdo import DEFAULT_THRESHOLD, SVDOModule
@@ -28,7 +28,7 @@ __all__ = ["AnalysisReport", "LayerReport", "analyze", "layers_of"]
 
 _HIST_RANGE = (-15.0, 15.0)
 _HIST_BINS = 60
-_CHUNK_ELEMS = 1 << 22  # ~16 MB of float32 per chunk
+_CHUNK_ELEMS = 1 << 20  # ~4 MB of float32 per chunk: the temporaries of one chunk stay ~40 MB
 _EXACT_MEDIAN_MAX = 1 << 24
 
 
@@ -197,8 +197,10 @@ def _layer_report(layer: SVDOLayer, threshold: float) -> LayerReport:
     col_alive = torch.zeros(in_units, dtype=torch.bool)
     hist = torch.zeros(_HIST_BINS, dtype=torch.int64)
     la_min, la_max = math.inf, -math.inf
-    exact = theta.numel() <= _EXACT_MEDIAN_MAX
-    pieces: list[torch.Tensor] = []
+    # Exact median for layers up to _EXACT_MEDIAN_MAX weights: log alpha goes into one preallocated buffer
+    # (at most 64 MB) that is partitioned in place, instead of a list of chunks, their concatenation and a sort.
+    exact_buf = torch.empty(theta.numel() if theta.numel() <= _EXACT_MEDIAN_MAX else 0)
+    filled = 0
     for r0 in range(0, out_units, rows_per_chunk):
         th = theta[r0 : r0 + rows_per_chunk].float()
         la = _log_alpha(th, ls2[r0 : r0 + rows_per_chunk], layer.convention)  # (rows, in[, kh, kw])
@@ -207,17 +209,28 @@ def _layer_report(layer: SVDOLayer, threshold: float) -> LayerReport:
         flat = keep.reshape(keep.shape[0], keep.shape[1], -1)  # (rows, in, k)
         row_alive[r0 : r0 + rows_per_chunk] = flat.any(dim=2).any(dim=1)
         col_alive |= flat.any(dim=2).any(dim=0)
-        finite = la[torch.isfinite(la)]
-        if finite.numel():
-            la_min = min(la_min, float(finite.min()))
-            la_max = max(la_max, float(finite.max()))
-        if la.numel() and not bool(torch.isfinite(la).all()):
+        # torch.where, not la[isfinite]: boolean indexing builds int64 indices, 4× the chunk's size.
+        is_finite = torch.isfinite(la)
+        if bool(is_finite.any()):
+            la_min = min(la_min, float(torch.where(is_finite, la, math.inf).min()))
+            la_max = max(la_max, float(torch.where(is_finite, la, -math.inf).max()))
+        if la.numel() and not bool(is_finite.all()):
             la_max = math.inf  # theta exactly 0 without eps (kefirski): log alpha is +inf
         hist += torch.histc(la.clamp(*_HIST_RANGE), bins=_HIST_BINS, min=_HIST_RANGE[0], max=_HIST_RANGE[1]).long()
-        if exact:
-            pieces.append(la.reshape(-1))
-    if exact and pieces:
-        median = float(torch.cat(pieces).median())
+        if exact_buf.numel():
+            exact_buf[filled : filled + la.numel()] = la.reshape(-1)
+            filled += la.numel()
+        if theta.is_contiguous() and ls2.is_contiguous():  # rows of a transposed (TF layout) view: freed below
+            _release_pages(theta[r0 : r0 + rows_per_chunk])
+            _release_pages(ls2[r0 : r0 + rows_per_chunk])
+    _release_pages(theta)
+    _release_pages(ls2)
+    if exact_buf.numel():
+        # torch.median's value: the lower of the two middle elements.
+        buf = exact_buf.numpy()
+        k = (buf.size - 1) // 2
+        buf.partition(k)
+        median = float(buf[k])
     else:
         # Median from the histogram: accurate to one bin (0.5) for layers too big to sort.
         csum = torch.cumsum(hist, 0)

@@ -40,7 +40,7 @@ def _friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
-_CKPT = click.Path(path_type=Path)  # existence is checked by the loader, which names the fix
+_CKPT = click.Path(path_type=Path, readable=False)  # existence and permissions: the loader checks them, naming the fix
 
 
 def _bundled(ctx: click.Context, param: click.Parameter, value: Path) -> Path:

@@ -1,0 +1,147 @@
+"""End to end on the bundled, really trained SVDO LeNets: prune, export, run, bench, via the API and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import svdcompress
+from svdcompress import runtime
+from svdcompress.cli import main
+from svdcompress.datasets import FASHION_MNIST_DIR, load_dataset
+from svdcompress.models import load_model
+from svdcompress.pt2 import load_pruned
+
+BUNDLED = ["lenet300", "lenet5"]
+
+
+@pytest.fixture(scope="module")
+def test_images() -> torch.Tensor:
+    """Real test images: Fashion-MNIST's 10,000 (what the bundled nets were trained on), else MNIST-5k's 1,000."""
+    if (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        return load_dataset("fashion-mnist", "test")[0]
+    return load_dataset("mnist5k", "test")[0]
+
+
+@pytest.fixture(scope="module", params=BUNDLED)
+def pruned(request: pytest.FixtureRequest) -> tuple[str, svdcompress.PruneResult]:
+    name = request.param
+    resolved = load_model(svdcompress.bundled_checkpoint(name))
+    assert resolved.input_shape == (1, 28, 28)
+    return name, svdcompress.prune(resolved.module, input_shape=resolved.input_shape)
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model(x[i : i + 1000]) for i in range(0, len(x), 1000)])
+
+
+def test_pruned_predictions_equal_masked_on_every_test_example(pruned, test_images: torch.Tensor) -> None:
+    name, result = pruned
+    ref = _logits(result.masked, test_images)
+    out = _logits(result.model, test_images)
+    assert torch.equal(out.argmax(1), ref.argmax(1)), name
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    rep = result.report
+    assert rep.params_after < rep.params_before / 3, f"{name}: structural pruning should remove most parameters"
+    assert any(row.units_after < row.units_before for row in rep.layers)
+
+
+def test_bundles_and_onnx_match_masked_on_test_images(pruned, test_images: torch.Tensor, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    name, result = pruned
+    x = test_images[:2000]
+    ref = _logits(result.masked, x)
+    csr = tmp_path / f"{name}.csr"
+    svdcompress.export_csr(result.model, csr, input_shape=(1, 28, 28), reference=result.masked)
+    torch.testing.assert_close(runtime.load(csr)(x), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    for sparse in (False, True):
+        path = tmp_path / f"{name}-{sparse}.onnx"
+        svdcompress.export_onnx(result.model, path, input_shape=(1, 28, 28), reference=result.masked, sparse=sparse)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+        assert torch.equal(got.argmax(1), ref.argmax(1))
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_cli_prune_writes_a_source_free_program(name: str, tmp_path: Path) -> None:
+    out = tmp_path / f"{name}.pt2"
+    res = CliRunner().invoke(main, ["prune", f"bundled:{name}", "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["max_abs_diff"] <= report["tolerance"] * max(1.0, report["output_scale"])
+    resolved = load_model(svdcompress.bundled_checkpoint(name))
+    masked = svdcompress.mask_model(resolved.module)
+    x = torch.rand(16, 1, 28, 28)
+    torch.testing.assert_close(load_pruned(out)(x), masked(x), rtol=1e-4, atol=1e-3)
+    # Again without --force: refused, file untouched.
+    before = out.read_bytes()
+    again = CliRunner().invoke(main, ["prune", f"bundled:{name}", "-o", str(out)])
+    assert again.exit_code == 1 and "--force" in again.output and out.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_smallest_artifact_beats_parameter_compression(name: str, tmp_path: Path) -> None:
+    compression = svdcompress.analyze(svdcompress.bundled_checkpoint(name)).total["compression"]
+    ratios = {}
+    for fmt, dtype in (("onnx", "fp32"), ("onnx-sparse", "fp32"), ("csr", "fp32"), ("csr", "fp16")):
+        out = tmp_path / f"{name}-{fmt}-{dtype}"
+        res = CliRunner().invoke(main, ["export", f"bundled:{name}", "--format", fmt, "--dtype", dtype,
+                                        "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        assert "parameter compression" in res.output
+        dense = 4 * sum(p.numel() for p in svdcompress.mask_model(load_model(
+            svdcompress.bundled_checkpoint(name)).module).parameters())
+        ratios[(fmt, dtype)] = dense / out.stat().st_size
+    assert max(ratios.values()) >= compression, (ratios, compression)
+
+
+def test_runtime_runs_a_bundle_in_a_fresh_process(tmp_path: Path) -> None:
+    bundle = tmp_path / "lenet5.csr"
+    assert CliRunner().invoke(main, ["export", "bundled:lenet5", "--format", "csr", "-o", str(bundle)]).exit_code == 0
+    x = torch.rand(4, 1, 28, 28)
+    np.save(tmp_path / "x.npy", x.numpy())
+    masked = svdcompress.mask_model(load_model(svdcompress.bundled_checkpoint("lenet5")).module)
+    with torch.no_grad():
+        np.save(tmp_path / "ref.npy", masked(x).numpy())
+    script = (
+        "import sys, numpy as np, svdcompress.runtime as rt\n"
+        f"m = rt.load({str(bundle)!r})\n"
+        f"y = m(np.load({str(tmp_path / 'x.npy')!r})).numpy()\n"
+        f"assert np.allclose(y, np.load({str(tmp_path / 'ref.npy')!r}), rtol=1e-4, atol=1e-4)\n"
+        "model_code = ('svdcompress.zoo', 'svdcompress.svdo', 'svdcompress.structured')\n"
+        "bad = [k for k in sys.modules if k.startswith(model_code)]\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_cli_bench_writes_records(tmp_path: Path) -> None:
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    res = CliRunner().invoke(main, ["bench", "bundled:lenet300", "--batch-sizes", "1,4", "--repeats", "3",
+                                    "--json", str(out), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    names = {r["contender"] for r in data["results"]}
+    assert names == {"torch-dense", "ort-dense", "torch-masked", "torch-pruned", "ort-compact", "ort-sparse",
+                     "csr-runtime"}
+    row = data["results"][0]
+    for key in ("contender", "batch_size", "threads", "median_us", "p90_us", "items_per_s", "artifact_bytes",
+                "speedup_vs_ort_dense", "speedup_vs_torch_dense"):
+        assert key in row
+    assert {"machine", "versions"} <= set(data)
+    assert "| contender |" in res.output
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    bad = CliRunner().invoke(main, ["bench", "bundled:lenet300", "--contenders", "nope"])
+    assert bad.exit_code == 2 and "unknown contender" in bad.output
