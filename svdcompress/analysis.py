@@ -168,9 +168,8 @@ def _fmt_x(x: float) -> str:
 
 def layers_of(model: nn.Module) -> list[SVDOLayer]:
     """SVDO layers of a live module (svdcompress's own or foreign ones storing weight + log_sigma2)."""
-    from .conventions import CONVENTIONS
+    from .conventions import PYTORCH_ARD as ard
 
-    ard = next(c for c in CONVENTIONS if c.name == "pytorch-ard")
     out = []
     for name, m in model.named_modules():
         if not is_svdo_like(m):

@@ -24,7 +24,7 @@ import torch
 
 from .errors import CheckpointError, NoSVDOLayersError
 
-__all__ = ["CONVENTIONS", "Convention", "SVDOLayer", "find_svdo_layers", "log_alpha"]
+__all__ = ["CONVENTIONS", "PYTORCH_ARD", "Convention", "SVDOLayer", "find_svdo_layers", "log_alpha"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ CONVENTIONS: tuple[Convention, ...] = (
     Convention("nupic", "weight", "w_logvar", "log_sigma2", 1e-8, "square", "torch", "numenta nupic.research"),
 )
 
+PYTORCH_ARD = next(c for c in CONVENTIONS if c.name == "pytorch-ard")
 SVDCOMPRESS = Convention("svdcompress", "weight", "log_sigma2", "log_sigma2", 1e-8, "square", "torch",
                          "svdcompress.svdo (LinearSVDO/Conv2dSVDO)")
 LASAGNE = Convention("lasagne", "W", "ls2", "log_sigma2", 1e-8, "square", "lasagne",

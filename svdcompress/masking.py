@@ -11,6 +11,7 @@ import copy
 import torch
 from torch import nn
 
+from .conventions import PYTORCH_ARD, log_alpha
 from .svdo import DEFAULT_THRESHOLD, SVDOModule, log_alpha_of
 
 __all__ = ["apply_masks_", "is_svdo_like", "mask_model", "masked_weight_of"]
@@ -28,10 +29,17 @@ def is_svdo_like(module: nn.Module) -> bool:
 
 @torch.no_grad()
 def masked_weight_of(module: nn.Module, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
-    """theta * (log alpha < threshold) for an SVDO-like module."""
+    """theta * (log alpha < threshold) for an SVDO-like module.
+
+    svdcompress's layers use their own log alpha; foreign ``weight`` + ``log_sigma2`` layers use
+    pytorch-ard's formula, the same one :func:`svdcompress.analyze` applies to their state_dicts.
+    """
     w: torch.Tensor = module.weight  # type: ignore[assignment]  # checked by is_svdo_like
     ls2: torch.Tensor = module.log_sigma2  # type: ignore[assignment]  # checked by is_svdo_like
-    keep = log_alpha_of(w, ls2) < threshold
+    if isinstance(module, SVDOModule):
+        keep = log_alpha_of(w, ls2) < threshold
+    else:
+        keep = log_alpha(w, ls2, PYTORCH_ARD) < threshold
     return (w * keep.to(w.dtype)).detach().clone()
 
 

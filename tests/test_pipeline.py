@@ -145,3 +145,63 @@ def test_cli_bench_writes_records(tmp_path: Path) -> None:
     assert png.read_bytes()[:4] == b"\x89PNG"
     bad = CliRunner().invoke(main, ["bench", "bundled:lenet300", "--contenders", "nope"])
     assert bad.exit_code == 2 and "unknown contender" in bad.output
+
+
+_ARD_MODULE = '''
+import torch
+from torch import nn
+
+
+class LinearARD(nn.Module):
+    """Shaped like pytorch-ard 0.2.4's layer: weight, log_sigma2, bias."""
+
+    def __init__(self, i, o):
+        super().__init__()
+        self.in_features, self.out_features = i, o
+        self.weight = nn.Parameter(torch.randn(o, i) * 0.3)
+        self.log_sigma2 = nn.Parameter(torch.full((o, i), -10.0))
+        self.bias = nn.Parameter(torch.randn(o) * 0.1)
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+def make():
+    return nn.Sequential(LinearARD(12, 16), nn.ReLU(), LinearARD(16, 8), nn.Tanh(), LinearARD(8, 3))
+'''
+
+
+def test_foreign_convention_with_model_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pytorch-ard model saved as {'net': state_dict} prunes and exports with --model pkg.module:factory."""
+    (tmp_path / "ardnet.py").write_text(_ARD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import ardnet  # type: ignore[import-not-found]
+
+    torch.manual_seed(0)
+    net = ardnet.make()
+    with torch.no_grad():
+        for i in (0, 2, 4):
+            ls2 = net[i].log_sigma2
+            ls2.copy_(torch.where(torch.rand_like(ls2) < 0.8, 10.0, -10.0))  # ~80% noise
+        net[0].log_sigma2[3:7] = 10.0  # whole dead rows: hidden units 3..6 emit a constant
+    ckpt = tmp_path / "ard.pth"
+    torch.save({"net": net.state_dict(), "acc": 0.5, "epoch": 7}, ckpt)
+
+    no_model = CliRunner().invoke(main, ["prune", str(ckpt), "-o", str(tmp_path / "x.pt2")])
+    assert no_model.exit_code == 1 and "--model" in no_model.output
+    out = tmp_path / "ard.pt2"
+    args = ["prune", str(ckpt), "--model", "ardnet:make", "--input-shape", "12", "-o", str(out), "--json"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["layers"][0]["units_after"] <= 12
+    x = torch.randn(32, 12)
+    masked = svdcompress.mask_model(net)
+    with torch.no_grad():
+        torch.testing.assert_close(load_pruned(out)(x), masked(x), rtol=1e-4, atol=1e-5)
+    onnx_out = tmp_path / "ard.onnx"
+    res = CliRunner().invoke(main, ["export", str(ckpt), "--model", "ardnet:make", "--input-shape", "12",
+                                    "--format", "onnx", "-o", str(onnx_out)])
+    assert res.exit_code == 0, res.output
+    kept = svdcompress.analyze(ckpt).total["kept"]
+    assert kept == sum(int(svdcompress.mask_model(net)[i].weight.count_nonzero()) for i in (0, 2, 4))
