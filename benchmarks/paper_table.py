@@ -46,10 +46,11 @@ def _train(arch: str, data: str) -> None:
 
 
 def _row(arch: str, data: str) -> dict[str, Any] | None:
-    log_path = RUNS / f"{arch}-{data}-log.json"
-    if not log_path.exists():
+    """The longest SVDO run for (arch, data) under benchmarks/runs/ (longer schedules live in subfolders)."""
+    logs = [json.loads(p.read_text()) for p in sorted(RUNS.glob(f"**/{arch}-{data}-log.json"))]
+    if not logs:
         return None
-    log = json.loads(log_path.read_text())
+    log = max(logs, key=lambda lg: lg["provenance"]["epochs"])
     prov = log["provenance"]
     layers = log["layers"]
     sparsity = [100.0 * (1 - v["kept"] / v["weights"]) for v in layers.values()]
@@ -64,6 +65,7 @@ def _row(arch: str, data: str) -> dict[str, Any] | None:
         "compression": prov["compression"],
         "svdo_epochs": prov["epochs"],
         "dense_epochs": prov["dense_epochs"],
+        "init_from": prov.get("init_from"),
         "train_seconds": prov["train_seconds"],
         "train_size": prov["train_size"],
         "test_size": prov["test_size"],
