@@ -12,7 +12,8 @@ Example:
 
 from __future__ import annotations
 
-from .csr import DEFAULT_TOLERANCES, DTYPES, FORMAT_NAME, FORMAT_VERSION, ExportResult, export_csr
+from ._common import DEFAULT_TOLERANCES, DTYPES, ExportResult
+from .csr import FORMAT_NAME, FORMAT_VERSION, export_csr
 from .onnx import export_onnx
 
 __all__ = [

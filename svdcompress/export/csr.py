@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import operator
 import os
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +35,19 @@ from .. import __version__
 from .._io import atomic_path, check_output_path
 from ..errors import ExportError
 from ..ops import InputGather
+from ._common import (
+    ExportResult,
+    _check_eval,
+    _dense_fp32_bytes,
+    _resolve_dtype,
+    _resolve_tolerance,
+    _verify,
+)
 
-__all__ = ["DEFAULT_TOLERANCES", "DTYPES", "FORMAT_NAME", "FORMAT_VERSION", "ExportResult", "export_csr"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "export_csr"]
 
 FORMAT_NAME = "svdcompress-csr"
 FORMAT_VERSION = 1
-DTYPES = ("fp32", "fp16")
-DEFAULT_TOLERANCES: dict[str, float] = {"fp32": 1e-4, "fp16": 1e-2}
-"""Default verification tolerance per weight dtype, on ``max|diff| / max(1, max|ref|)``.
-
-fp16 weights carry a relative rounding error of ~5e-4 each; summed over hundreds of inputs per unit it
-reaches ~1e-3 of the output scale, so fp16 gets 1e-2."""
-
-_VERIFY_BATCH = 4
-_VERIFY_SEED = 0
 _FP16_MAX = 65504.0
 
 # Element-wise ops: manifest name → attribute names. They keep shape and layout, so the runtime may
@@ -86,102 +82,6 @@ _POOL_ARGS = {  # positional order of the functional forms; also the module attr
     "avg_pool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
     "adaptive_avg_pool2d": ("output_size",),
 }
-_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """What an export wrote and how it checked out.
-
-    Attributes:
-        path: The artifact written.
-        format: ``"onnx"``, ``"onnx-sparse"`` or ``"csr"``.
-        file_bytes: Size of the artifact on disk.
-        dense_fp32_bytes: 4 × the reference model's weight and bias element count: a dense fp32 checkpoint.
-        bytes_ratio: ``dense_fp32_bytes / file_bytes``.
-        max_abs_diff: Largest absolute output difference against the reference on the verification batch.
-    """
-
-    path: Path
-    format: str
-    file_bytes: int
-    dense_fp32_bytes: int
-    bytes_ratio: float
-    max_abs_diff: float
-
-    def summary(self) -> str:
-        """One line for logs and the CLI.
-
-        Example:
-            >>> ExportResult(Path("m.svdz"), "csr", 2048, 1024000, 500.0, 1e-6).summary()
-            'm.svdz: csr, 2.0 KB (dense fp32 1000.0 KB, 500.0x smaller), max |diff| 1.0e-06'
-        """
-        return (
-            f"{self.path}: {self.format}, {self.file_bytes / 1024:.1f} KB "
-            f"(dense fp32 {self.dense_fp32_bytes / 1024:.1f} KB, {self.bytes_ratio:.1f}x smaller), "
-            f"max |diff| {self.max_abs_diff:.1e}"
-        )
-
-
-# ---------------------------------------------------------------------------------------------- shared checks
-
-
-def _resolve_dtype(dtype: str) -> str:
-    if dtype not in DTYPES:
-        raise ExportError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
-    return dtype
-
-
-def _resolve_tolerance(dtype: str, tolerance: float | None) -> float:
-    tol = DEFAULT_TOLERANCES[dtype] if tolerance is None else float(tolerance)
-    if not tol > 0:
-        raise ExportError(f"tolerance must be > 0, got {tolerance!r}")
-    return tol
-
-
-def _check_eval(model: nn.Module, what: str) -> None:
-    # A train-mode BatchNorm/Dropout/SVDO layer would be exported with batch statistics or noise; switching
-    # the mode ourselves would silently mutate the caller's object. Only modules whose forward depends on
-    # the mode count: fx.GraphModule creates plain holder modules in training mode.
-    training = [name or "<root>" for name, m in model.named_modules() if m.training and (
-        isinstance(m, _MODE_DEPENDENT) or hasattr(m, "log_sigma2"))]
-    if training:
-        raise ExportError(f"{what} is in training mode ({', '.join(training[:3])}); call .eval() first")
-
-
-def _dense_fp32_bytes(model: nn.Module) -> int:
-    """4 bytes × every ``weight`` / ``bias`` parameter element of ``model``."""
-    count = sum(p.numel() for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in ("weight", "bias"))
-    return 4 * int(count)
-
-
-def _verify(
-    run: Callable[[torch.Tensor], torch.Tensor],
-    reference: nn.Module,
-    input_shape: tuple[int, ...],
-    tolerance: float,
-    what: str,
-) -> float:
-    """Compare ``run(x)`` with ``reference(x)`` on a seeded random batch; return max |diff| or raise.
-
-    The error is measured relative to the output scale, ``max|diff| / max(1, max|ref|)``, so that logits
-    in the hundreds are not held to an absolute 1e-4.
-    """
-    gen = torch.Generator().manual_seed(_VERIFY_SEED)
-    x = torch.randn((_VERIFY_BATCH, *input_shape), generator=gen)  # (4, *input_shape)
-    with torch.no_grad():
-        ref = reference(x).detach().float()
-    got = run(x).detach().float()
-    if got.shape != ref.shape:
-        raise ExportError(f"{what}: output shape {tuple(got.shape)} differs from the reference's {tuple(ref.shape)}")
-    diff = float((got - ref).abs().max()) if ref.numel() else 0.0
-    scale = max(1.0, float(ref.abs().max()) if ref.numel() else 0.0)
-    if not math.isfinite(diff) or diff / scale > tolerance:
-        raise ExportError(
-            f"{what}: outputs differ from the reference by {diff:.3g} (relative {diff / scale:.3g}) "
-            f"> tolerance {tolerance:g}; no file was written"
-        )
-    return diff
 
 
 # ---------------------------------------------------------------------------------------------- graph capture

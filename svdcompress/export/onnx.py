@@ -21,7 +21,7 @@ from torch import nn
 
 from .._io import atomic_path, check_output_path
 from ..errors import ExportError
-from .csr import ExportResult, _check_eval, _dense_fp32_bytes, _resolve_dtype, _resolve_tolerance, _verify
+from ._common import ExportResult, _check_eval, _dense_fp32_bytes, _resolve_dtype, _resolve_tolerance, _verify
 
 __all__ = ["MIN_CONVERTED_ELEMENTS", "export_onnx"]
 
