@@ -81,7 +81,7 @@ def _md(rows: list[dict[str, Any]]) -> str:
     for arch, p in PAPER.items():
         out.append(f"| {arch} | MNIST (paper) | {p['dense_error']:.2f} | {p['svdo_error']:.2f} | "
                    f"{p['svdo_error'] - p['dense_error']:+.2f} | {'-'.join(f'{s:g}' for s in p['sparsity'])} | "
-                   f"{p['compression']:.0f}× | 200 | – |")
+                   f"{p['compression']:.0f}× | – | – |")
         for r in rows:
             if r["arch"] != arch:
                 continue
