@@ -208,7 +208,7 @@ def prune(ckpt: Path, output: Path, model_spec: str | None, threshold: float, in
 @_shape_opt
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Stored weight precision (fp16: csr only stores values in half precision).")
+              help="Stored weight precision. fp16 halves the file; arithmetic stays fp32.")
 @_trust_opt
 @_force_opt
 @_friendly
