@@ -47,12 +47,13 @@ def _train(arch: str, data: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _row(arch: str, data: str) -> dict[str, Any] | None:
-    """The longest SVDO run for (arch, data) under benchmarks/runs/ (longer schedules live in subfolders)."""
+def _rows(arch: str, data: str) -> list[dict[str, Any]]:
+    """Every SVDO run for (arch, data) under benchmarks/runs/ (longer schedules live in subfolders), shortest first."""
     logs = [json.loads(p.read_text()) for p in sorted(RUNS.glob(f"**/{arch}-{data}-log.json"))]
-    if not logs:
-        return None
-    log = max(logs, key=lambda lg: lg["provenance"]["epochs"])
+    return [_row(lg, arch, data) for lg in sorted(logs, key=lambda lg: lg["provenance"]["epochs"])]
+
+
+def _row(log: dict[str, Any], arch: str, data: str) -> dict[str, Any]:
     prov = log["provenance"]
     layers = log["layers"]
     sparsity = [100.0 * (1 - v["kept"] / v["weights"]) for v in layers.values()]
@@ -102,14 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-train", action="store_true", help="only tabulate runs that exist")
     a = ap.parse_args(argv)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for arch, data in SCHEDULES:
-        row = _row(arch, data)
-        if row is None and not a.no_train:
+        found = _rows(arch, data)
+        if not found and not a.no_train:
             _train(arch, data)
-            row = _row(arch, data)
-        if row is not None:
-            rows.append(row)
+            found = _rows(arch, data)
+        rows += found
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "paper_table.json").write_text(json.dumps({"paper": PAPER, "runs": rows}, indent=2))
     md = _md(rows)

@@ -372,6 +372,7 @@ def bench(
                 bar.set_postfix_str("accuracy")
                 accuracy = {c.name: _accuracy(c, *data) for c in contenders}
             for b in cfg.batch_sizes:
+                bar.set_postfix_str(f"timing batch {b}, {t} thread(s)")
                 x = torch.randn(b, *shape, generator=gen)
                 xn = x.numpy()
                 calls = [(c, _bind(c, xn if c.numpy_input else x)) for c in contenders]
