@@ -19,7 +19,7 @@ from torch import nn
 
 from ._io import atomic_path
 from .checkpoint import load_checkpoint
-from .conventions import SVDCOMPRESS, SVDOLayer, _release_pages, find_svdo_layers
+from .conventions import SVDCOMPRESS, SVDOLayer, find_svdo_layers, layer_kind, release_pages
 from .conventions import log_alpha as _log_alpha
 from .masking import is_svdo_like
 from .svdo import DEFAULT_THRESHOLD, SVDOModule
@@ -177,7 +177,7 @@ def layers_of(model: nn.Module) -> list[SVDOLayer]:
         conv = SVDCOMPRESS if isinstance(m, SVDOModule) else ard
         w = m.weight.detach()
         b = getattr(m, "bias", None)
-        kind = {2: "linear", 3: "conv1d", 4: "conv2d"}.get(w.dim(), "linear")
+        kind = layer_kind(w) if w.dim() in (2, 3, 4) else "linear"
         ls2: torch.Tensor = m.log_sigma2  # is_svdo_like checked it is a tensor
         out.append(SVDOLayer(name or "<model>", kind, w, ls2.detach(),
                              b.detach().reshape(-1) if isinstance(b, torch.Tensor) else None, conv,
@@ -220,10 +220,10 @@ def _layer_report(layer: SVDOLayer, threshold: float) -> LayerReport:
             exact_buf[filled : filled + la.numel()] = la.reshape(-1)
             filled += la.numel()
         if theta.is_contiguous() and ls2.is_contiguous():  # rows of a transposed (TF layout) view: freed below
-            _release_pages(theta[r0 : r0 + rows_per_chunk])
-            _release_pages(ls2[r0 : r0 + rows_per_chunk])
-    _release_pages(theta)
-    _release_pages(ls2)
+            release_pages(theta[r0 : r0 + rows_per_chunk])
+            release_pages(ls2[r0 : r0 + rows_per_chunk])
+    release_pages(theta)
+    release_pages(ls2)
     if exact_buf.numel():
         # torch.median's value: the lower of the two middle elements.
         buf = exact_buf.numpy()

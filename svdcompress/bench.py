@@ -236,34 +236,53 @@ class _Contender:
     artifact_bytes: int
 
 
-def _build_contenders(model: nn.Module, input_shape: tuple[int, ...], cfg: BenchConfig, workdir: Path,
-                      threads: int, log: Callable[[str], None]) -> tuple[list[_Contender], dict[str, Any]]:
-    from .export import export_csr, export_onnx
-    from .runtime import load as load_runtime
+@dataclass
+class _Models:
+    """The three PyTorch forms every thread count reuses; built once per benchmark."""
+
+    dense: nn.Module
+    masked: nn.Module
+    pruned: nn.Module | None
+    state_bytes: dict[str, int]
+    info: dict[str, Any]
+
+
+def _prepare_models(model: nn.Module, input_shape: tuple[int, ...], cfg: BenchConfig, workdir: Path,
+                    log: Callable[[str], None]) -> _Models:
     from .structured import prune
 
-    torch.set_num_threads(threads)
     dense = _dense_original(model)
     masked = mask_model(model, cfg.threshold)
-    want = set(cfg.contenders)
-    out: list[_Contender] = []
     info: dict[str, Any] = {}
     pruned = None
-    if want & {"torch-pruned", "ort-compact", "ort-sparse", "csr-runtime"}:
+    if set(cfg.contenders) & {"torch-pruned", "ort-compact", "ort-sparse", "csr-runtime"}:
         log("pruning")
         result = prune(model, threshold=cfg.threshold, input_shape=input_shape)
         pruned = result.model
         info["prune"] = {"params_before": result.report.params_before, "params_after": result.report.params_after,
                          "max_abs_diff": result.report.max_abs_diff}
-    dense_bytes = _state_bytes(dense, workdir, "dense")
+    forms = {"dense": dense, "masked": masked, **({"pruned": pruned} if pruned is not None else {})}
+    sizes = {k: _state_bytes(m, workdir, k) for k, m in forms.items()}
+    return _Models(dense, masked, pruned, sizes, info)
+
+
+def _build_contenders(models: _Models, input_shape: tuple[int, ...], cfg: BenchConfig, workdir: Path,
+                      threads: int, log: Callable[[str], None]) -> tuple[list[_Contender], dict[str, Any]]:
+    from .export import export_csr, export_onnx
+    from .runtime import load as load_runtime
+
+    torch.set_num_threads(threads)
+    dense, masked, pruned = models.dense, models.masked, models.pruned
+    out: list[_Contender] = []
+    info: dict[str, Any] = dict(models.info)
     for name in cfg.contenders:
         log(f"preparing {name}")
         if name == "torch-dense":
-            out.append(_Contender(name, _torch_runner(dense), False, dense_bytes))
+            out.append(_Contender(name, _torch_runner(dense), False, models.state_bytes["dense"]))
         elif name == "torch-masked":
-            out.append(_Contender(name, _torch_runner(masked), False, _state_bytes(masked, workdir, "masked")))
+            out.append(_Contender(name, _torch_runner(masked), False, models.state_bytes["masked"]))
         elif name == "torch-pruned" and pruned is not None:
-            out.append(_Contender(name, _torch_runner(pruned), False, _state_bytes(pruned, workdir, "pruned")))
+            out.append(_Contender(name, _torch_runner(pruned), False, models.state_bytes["pruned"]))
         elif name in ("ort-dense", "ort-compact", "ort-sparse"):
             path = workdir / f"{name}.onnx"
             if not path.exists():
@@ -366,8 +385,9 @@ def bench(
     info: dict[str, Any] = {}
     gen = torch.Generator().manual_seed(0)
     try:
+        models = _prepare_models(model, shape, cfg, wd, bar.set_postfix_str)
         for t in cfg.threads:
-            contenders, info = _build_contenders(model, shape, cfg, wd, t, lambda s: bar.set_postfix_str(s))
+            contenders, info = _build_contenders(models, shape, cfg, wd, t, bar.set_postfix_str)
             if data is not None and not accuracy:
                 bar.set_postfix_str("accuracy")
                 accuracy = {c.name: _accuracy(c, *data) for c in contenders}

@@ -114,30 +114,11 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return out
 
 
-def _check_weights(ckpt: Any) -> None:
-    """load_state_dict silently casts integer tensors and accepts NaN/inf: refuse them before pruning, with the
-    same per-tensor messages as ``analyze``."""
-    import contextlib
-
-    import torch
-
-    from .conventions import find_svdo_layers
-    from .errors import CheckpointError, NoSVDOLayersError
-
-    with contextlib.suppress(NoSVDOLayersError):  # e.g. a --model factory without SVDO layers: the pruner says so
-        find_svdo_layers(ckpt.tensors, file=str(ckpt.path), source=ckpt.source, own=bool(ckpt.meta))
-    for key, t in ckpt.tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{ckpt.path}: tensor '{key}' contains NaN or inf; the training run diverged; "
-                                  "use an earlier checkpoint")
-
-
 def _resolve(ckpt: Path, model_spec: str | None, trust_pickle: bool, input_shape: str | None) -> Any:
     from .models import load_model, parse_input_shape
 
     resolved = load_model(ckpt, model=model_spec, trust_pickle=trust_pickle,
                           input_shape=parse_input_shape(input_shape))
-    _check_weights(resolved.checkpoint)
     if resolved.input_shape is None:
         raise click.UsageError(f"{ckpt}: the checkpoint does not record its input shape; pass --input-shape, "
                                "e.g. --input-shape 1,28,28")
@@ -223,16 +204,13 @@ def export(ckpt: Path, fmt: str, output: Path, model_spec: str | None, threshold
     check_output_path(output, force=force, inputs=(ckpt,))
     resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape)
     result = _prune(resolved.module, threshold=threshold, input_shape=resolved.input_shape)
-    dense_bytes = 4 * sum(p.numel() for p in result.masked.parameters())
     if fmt == "csr":
         prov = dict(resolved.meta.get("provenance") or {})
         res = export_csr(result.model, output, input_shape=resolved.input_shape, reference=result.masked,
-                         dtype=dtype, force=force, threshold=threshold, provenance=prov,
-                         dense_fp32_bytes=dense_bytes)
+                         dtype=dtype, force=force, threshold=threshold, provenance=prov)
     else:
         res = export_onnx(result.model, output, input_shape=resolved.input_shape, reference=result.masked,
-                          sparse=fmt == "onnx-sparse", opset=opset, dtype=dtype, force=force,
-                          dense_fp32_bytes=dense_bytes)
+                          sparse=fmt == "onnx-sparse", opset=opset, dtype=dtype, force=force)
     compression = _analyze(resolved.module, threshold).total["compression"]
     click.echo(res.summary())
     click.echo(f"size: {res.file_bytes:,} B vs dense fp32 {res.dense_fp32_bytes:,} B = {res.bytes_ratio:.1f}× "

@@ -24,7 +24,17 @@ import torch
 
 from .errors import CheckpointError, NoSVDOLayersError
 
-__all__ = ["CONVENTIONS", "PYTORCH_ARD", "Convention", "SVDOLayer", "find_svdo_layers", "log_alpha"]
+__all__ = [
+    "CONVENTIONS",
+    "PYTORCH_ARD",
+    "Convention",
+    "SVDOLayer",
+    "check_finite",
+    "find_svdo_layers",
+    "layer_kind",
+    "log_alpha",
+    "release_pages",
+]
 
 
 @dataclass(frozen=True)
@@ -140,7 +150,7 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 _MADV_DONTNEED = 4
 
 
-def _release_pages(t: torch.Tensor) -> None:
+def release_pages(t: torch.Tensor) -> None:
     """Hand back the pages of ``t`` if it lies in a memory-mapped file (``torch.load(mmap=True)``, safetensors).
 
     Pages of a mapped file that were read stay resident, and counted in RSS, until the whole file is unmapped:
@@ -178,14 +188,14 @@ def _release_pages(t: torch.Tensor) -> None:
         return  # best effort: memory is only released sooner
 
 
-def _check_finite(file: str, key: str, t: torch.Tensor) -> None:
+def check_finite(file: str, key: str, t: torch.Tensor) -> None:
     # Chunked so a huge tensor does not need a second full-size boolean copy; the pages read are handed back.
     flat = t.reshape(-1)
     step = 1 << 22
     for i in range(0, flat.numel(), step):
         if not bool(torch.isfinite(flat[i : i + step]).all()):
             raise _fail(file, key, "contains NaN or inf", "the training run diverged; use an earlier checkpoint")
-        _release_pages(flat[i : i + step])
+        release_pages(flat[i : i + step])
 
 
 def _to_torch_layout(file: str, key: str, t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -200,7 +210,8 @@ def _to_torch_layout(file: str, key: str, t: torch.Tensor, layout: str) -> torch
     return t
 
 
-def _kind(t: torch.Tensor) -> str:
+def layer_kind(t: torch.Tensor) -> str:
+    """"linear", "conv1d" or "conv2d" from a weight's number of dims (2, 3 or 4)."""
     return {2: "linear", 3: "conv1d", 4: "conv2d"}[t.dim()]
 
 
@@ -215,8 +226,8 @@ def _make_layer(file: str, name: str, tkey: str, vkey: str, bkey: str | None, te
         raise _fail(file, tkey, f"has shape {tuple(theta.shape)}, expected a matrix or a conv kernel",
                     "a scalar or vector cannot be an SVDO weight")
     # Before the layout change: a transposed view would make _check_finite copy the whole tensor.
-    _check_finite(file, tkey, theta)
-    _check_finite(file, vkey, var)
+    check_finite(file, tkey, theta)
+    check_finite(file, vkey, var)
     theta = _to_torch_layout(file, tkey, theta, conv.layout)
     var = _to_torch_layout(file, vkey, var, conv.layout)
     log_sigma2 = 2.0 * var if conv.variance_is == "log_sigma" else var
@@ -226,9 +237,9 @@ def _make_layer(file: str, name: str, tkey: str, vkey: str, bkey: str | None, te
         if b.numel() != theta.shape[0]:
             raise _fail(file, bkey, f"has {b.numel()} entries but '{tkey}' has {theta.shape[0]} outputs",
                         "the bias does not belong to this weight")
-        _check_finite(file, bkey, b)
+        check_finite(file, bkey, b)
         bias = b.reshape(-1)  # the demo stores (1, out)
-    return SVDOLayer(name, _kind(theta), theta, log_sigma2, bias, conv, tkey, vkey)
+    return SVDOLayer(name, layer_kind(theta), theta, log_sigma2, bias, conv, tkey, vkey)
 
 
 def _split(key: str) -> tuple[str, str]:

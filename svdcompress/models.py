@@ -18,7 +18,8 @@ from typing import Any
 from torch import nn
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint
-from .errors import CheckpointError, SvdcompressError
+from .conventions import check_finite, find_svdo_layers
+from .errors import CheckpointError, NoSVDOLayersError, SvdcompressError
 
 __all__ = ["BUNDLED", "ResolvedModel", "bundled_checkpoint", "load_model", "parse_input_shape"]
 
@@ -79,6 +80,20 @@ def _import_factory(spec: str) -> Any:
     return obj
 
 
+def _check_weights(ckpt: LoadedCheckpoint) -> None:
+    """load_state_dict silently casts integer tensors and accepts NaN/inf: refuse them before building the
+    model, with the same per-tensor messages as ``analyze``."""
+    checked: set[str] = set()
+    try:
+        for layer in find_svdo_layers(ckpt.tensors, file=str(ckpt.path), source=ckpt.source, own=bool(ckpt.meta)):
+            checked |= {layer.theta_key, layer.variance_key}
+    except NoSVDOLayersError:
+        pass  # e.g. a --model factory without SVDO layers: the pruner says so
+    for key, t in ckpt.tensors.items():
+        if key not in checked and t.is_floating_point():
+            check_finite(str(ckpt.path), key, t)
+
+
 def _load_state(module: nn.Module, ckpt: LoadedCheckpoint) -> None:
     try:
         module.load_state_dict(ckpt.tensors, strict=True)
@@ -108,6 +123,7 @@ def load_model(
         CheckpointError / SvdcompressError: with the option that fixes it named.
     """
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
+    _check_weights(ckpt)
     shape = input_shape
     if shape is None and isinstance(ckpt.meta.get("input_shape"), list):
         shape = tuple(int(d) for d in ckpt.meta["input_shape"])

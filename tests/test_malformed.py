@@ -302,19 +302,19 @@ def test_failed_run_with_force_keeps_existing_output(writer: str, corpus: _Corpu
 def test_released_pages_keep_their_data(tmp_path: Path) -> None:
     """analyze hands back the pages of memory-mapped checkpoints it has read (bounded RSS); that must never
     drop data written into the mapping, nor touch ordinary tensors."""
-    from svdcompress.conventions import _release_pages
+    from svdcompress.conventions import release_pages
 
     p = tmp_path / "t.pt"
     torch.save({"w": torch.arange(1 << 20, dtype=torch.float32)}, p)
     t = torch.load(p, mmap=True, weights_only=True)["w"]
-    _release_pages(t)  # clean file pages: dropped, re-read from the file
+    release_pages(t)  # clean file pages: dropped, re-read from the file
     assert t.equal(torch.arange(1 << 20, dtype=torch.float32))
     t[:10] = -1.0  # copy-on-write: private data inside the file mapping
-    _release_pages(t)
+    release_pages(t)
     assert bool((t[:10] == -1).all())
     assert t[10:].equal(torch.arange(10, 1 << 20, dtype=torch.float32))
     u = torch.arange(1000.0)
-    _release_pages(u)
+    release_pages(u)
     assert u.equal(torch.arange(1000.0))
 
 

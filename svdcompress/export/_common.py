@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._io import check_output_path
 from ..errors import ExportError
 
 __all__ = ["DEFAULT_TOLERANCES", "DTYPES", "ExportResult"]
@@ -83,6 +85,23 @@ def _check_eval(model: nn.Module, what: str) -> None:
         isinstance(m, _MODE_DEPENDENT) or hasattr(m, "log_sigma2"))]
     if training:
         raise ExportError(f"{what} is in training mode ({', '.join(training[:3])}); call .eval() first")
+
+
+def _prepare(
+    model: nn.Module, reference: nn.Module | None, path: str | os.PathLike[str], dtype: str,
+    tolerance: float | None, force: bool,
+) -> tuple[str, float, Path, nn.Module]:
+    """What every export checks before doing work: dtype, tolerance, output path, eval mode.
+
+    Returns ``(dtype, tolerance, output path, reference model)``.
+    """
+    dt = _resolve_dtype(dtype)
+    tol = _resolve_tolerance(dt, tolerance)
+    out = check_output_path(path, force=force)
+    ref = model if reference is None else reference
+    _check_eval(model, "model")
+    _check_eval(ref, "reference")
+    return dt, tol, out, ref
 
 
 def _dense_fp32_bytes(model: nn.Module) -> int:

@@ -32,17 +32,10 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from .. import __version__
-from .._io import atomic_path, check_output_path
+from .._io import atomic_path
 from ..errors import ExportError
 from ..ops import InputGather
-from ._common import (
-    ExportResult,
-    _check_eval,
-    _dense_fp32_bytes,
-    _resolve_dtype,
-    _resolve_tolerance,
-    _verify,
-)
+from ._common import ExportResult, _dense_fp32_bytes, _prepare, _verify
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "export_csr"]
 
@@ -485,12 +478,7 @@ def export_csr(
         ExportError: Unknown dtype, an op the format cannot express, verification failure (no file is
             left behind), or an existing output without ``force``.
     """
-    vname = _resolve_dtype(dtype)
-    tol = _resolve_tolerance(vname, tolerance)
-    out = check_output_path(path, force=force)
-    ref = model if reference is None else reference
-    _check_eval(model, "model")
-    _check_eval(ref, "reference")
+    vname, tol, out, ref = _prepare(model, reference, path, dtype, tolerance, force)
     try:
         json.dumps(provenance)
     except TypeError as exc:

@@ -19,9 +19,9 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from .._io import atomic_path, check_output_path
+from .._io import atomic_path
 from ..errors import ExportError
-from ._common import ExportResult, _check_eval, _dense_fp32_bytes, _resolve_dtype, _resolve_tolerance, _verify
+from ._common import ExportResult, _dense_fp32_bytes, _prepare, _verify
 
 __all__ = ["MIN_CONVERTED_ELEMENTS", "export_onnx"]
 
@@ -154,12 +154,7 @@ def export_onnx(
         ExportError: Unknown dtype, export/check failure, verification failure (no file is left behind),
             or an existing output without ``force``.
     """
-    dt = _resolve_dtype(dtype)
-    tol = _resolve_tolerance(dt, tolerance)
-    out = check_output_path(path, force=force)
-    ref = model if reference is None else reference
-    _check_eval(model, "model")
-    _check_eval(ref, "reference")
+    dt, tol, out, ref = _prepare(model, reference, path, dtype, tolerance, force)
 
     fmt = "onnx-sparse" if sparse else "onnx"
     with atomic_path(out) as tmp:
