@@ -25,8 +25,11 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .errors import VerificationError
-from .graph import ChannelGraph, Kind, analyze, layer_weight_bias, propagate_shapes, trace_model
+from ._inputs import example_inputs as example_inputs_
+from ._verify import check_outputs, compare_outputs
+from .channels import ChannelGraph, build_channel_graph, layer_weight_bias
+from .errors import InvalidInputError
+from .graph import Kind, propagate_shapes, trace_model
 from .masking import mask_model
 from .ops import InputGather
 from .svdo import DEFAULT_THRESHOLD
@@ -47,16 +50,21 @@ class PruneConfig:
             while the model keeps its input shape.
         tolerance: allowed ``max|pruned - masked| / max(1, max|masked|)`` on the example inputs.
         verify: raise :class:`~svdcompress.errors.VerificationError` above the tolerance.
+        require_csr: refuse, with the reason, ops the CSR bundle cannot express (Conv1d, sub/mul/div, ...),
+            so that a model meant for :func:`~svdcompress.export.export_csr` fails here, before any work.
     """
 
     threshold: float = DEFAULT_THRESHOLD
     gather_inputs: bool = False
     tolerance: float = 1e-4
     verify: bool = True
+    require_csr: bool = False
 
     def __post_init__(self) -> None:
-        if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
-            raise ValueError(f"tolerance must be a finite number >= 0, got {self.tolerance!r}")
+        if not (isinstance(self.tolerance, (int, float)) and self.tolerance >= 0 and math.isfinite(self.tolerance)):
+            raise InvalidInputError(f"tolerance must be a finite number >= 0, got {self.tolerance!r}")
+        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)):
+            raise InvalidInputError(f"threshold must be a finite number, got {self.threshold!r}")
 
 
 @dataclass
@@ -162,8 +170,8 @@ def prune(
         The pruned model (a ``torch.fx.GraphModule`` in eval mode), the masked reference and a report.
 
     Raises:
-        ValueError: neither ``example_inputs`` nor ``input_shape`` is given, or a bad option.
-        TypeError: an unknown override.
+        InvalidInputError: neither ``example_inputs`` nor ``input_shape`` is given, they do not run through
+            the model, or a bad or unknown option.
         UnsupportedOpError: the model holds an op whose channel flow is unknown.
         VerificationError: the pruned outputs differ from the masked ones beyond the tolerance.
 
@@ -185,7 +193,7 @@ def prune(
     while True:
         iterations += 1
         propagate_shapes(gm, x)
-        cg = analyze(gm)
+        cg = build_channel_graph(gm, require_csr=cfg.require_csr)
         removed, pass_notes = _decide(cg, gather_inputs=cfg.gather_inputs)
         if not bool(removed.any()) or iterations >= _MAX_ITERATIONS:
             notes += pass_notes
@@ -200,7 +208,7 @@ def prune(
     gm.eval()
     propagate_shapes(gm, x)
     after = _layer_stats(gm)
-    diff, scale = _compare(masked, gm, x)
+    diff, scale = compare_outputs(masked, gm, x, "pruned model")
     report = PruneReport(
         layers=[_row(name, before[name], after.get(name)) for name in before],
         notes=notes,
@@ -213,11 +221,8 @@ def prune(
         tolerance=cfg.tolerance,
         iterations=iterations,
     )
-    if cfg.verify and not diff <= cfg.tolerance * scale:
-        raise VerificationError(
-            f"pruned model differs from the masked model: max abs diff {diff:.4g} > tolerance {cfg.tolerance:g} "
-            f"× output scale {scale:.4g}"
-        )
+    if cfg.verify:
+        check_outputs(diff, scale, cfg.tolerance, "pruned model")
     return PruneResult(model=gm, masked=masked, report=report)
 
 
@@ -226,7 +231,9 @@ def _config(config: PruneConfig | None, overrides: dict[str, Any]) -> PruneConfi
     known = {f.name for f in dataclasses.fields(PruneConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise TypeError(f"prune() got unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise InvalidInputError(
+            f"prune() got unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     return dataclasses.replace(base, **overrides)
 
 
@@ -234,17 +241,20 @@ def _example(model: nn.Module, example_inputs: torch.Tensor | None, input_shape:
              ) -> torch.Tensor:
     if example_inputs is not None:
         if not isinstance(example_inputs, torch.Tensor):
-            raise ValueError(f"example_inputs must be a tensor, got {type(example_inputs).__name__}")
+            raise InvalidInputError(f"example_inputs must be a tensor, got {type(example_inputs).__name__}")
+        if example_inputs.dim() < 2 or example_inputs.shape[0] == 0:
+            raise InvalidInputError(
+                f"example_inputs must be a non-empty batch (N, ...), got shape {tuple(example_inputs.shape)}"
+            )
         return example_inputs.detach()
     if input_shape is None:
-        raise ValueError(
+        raise InvalidInputError(
             "prune() needs example_inputs or input_shape (per example, e.g. (1, 28, 28)) to trace shapes "
             "and verify the pruned model"
         )
     p = next(model.parameters(), None)
     dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
-    gen = torch.Generator().manual_seed(0)  # reproducible verification
-    return torch.randn(8, *input_shape, generator=gen, dtype=dtype)
+    return example_inputs_(input_shape, 8, dtype=dtype)
 
 
 def _decide(cg: ChannelGraph, gather_inputs: bool) -> tuple[torch.Tensor, list[str]]:
@@ -483,29 +493,3 @@ def _row(name: str, before: dict[str, Any], after: dict[str, Any] | None) -> Lay
 
 def _count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _leaves(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _leaves(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _leaves(v)]
-    return []
-
-
-def _compare(masked: nn.Module, pruned: nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """``(max |pruned - masked|, max(1, max |masked|))`` on ``x``, in the deployed dtype."""
-    with torch.no_grad():
-        ref, out = _leaves(masked(x.clone())), _leaves(pruned(x.clone()))  # clones: in-place ops on inputs
-    if len(ref) != len(out) or any(r.shape != o.shape for r, o in zip(ref, out, strict=True)):
-        raise VerificationError(
-            f"pruned model output shapes {[tuple(o.shape) for o in out]} differ from the masked model's "
-            f"{[tuple(r.shape) for r in ref]}"
-        )
-    pairs = [(r, o) for r, o in zip(ref, out, strict=True) if r.numel()]
-    diff = max((float((r.double() - o.double()).abs().max()) for r, o in pairs), default=0.0)
-    scale = max([1.0] + [float(r.abs().max()) for r in ref if r.numel()])
-    return diff, scale
-

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from svdcompress import graph as graph_mod
-from svdcompress.errors import UnsupportedOpError, VerificationError
+from svdcompress import channels as channels_mod
+from svdcompress.errors import InvalidInputError, UnsupportedOpError, VerificationError
 from svdcompress.ops import InputGather
 from svdcompress.structured import PruneConfig, PruneResult, prune
 from svdcompress.svdo import ELBOLoss, SVDOModule, sparsify
@@ -370,21 +370,25 @@ def test_pruning_a_pruned_model_changes_nothing() -> None:
 
 def test_options_are_checked() -> None:
     model = nn.Sequential(nn.Linear(4, 2))
-    with pytest.raises(ValueError, match="example_inputs or input_shape"):
+    with pytest.raises(InvalidInputError, match="example_inputs or input_shape"):
         prune(model)
-    with pytest.raises(ValueError, match=r"example input of shape \(8, 5\)"):
+    with pytest.raises(InvalidInputError, match=r"example input of shape \(8, 5\).*Linear.*input_shape"):
         prune(model, input_shape=(5,))
-    with pytest.raises(TypeError, match="threshhold"):
+    with pytest.raises(InvalidInputError, match="input_shape must be positive"):
+        prune(model, input_shape=(0,))
+    with pytest.raises(InvalidInputError, match="threshhold"):
         prune(model, input_shape=(4,), threshhold=2.0)
-    with pytest.raises(ValueError, match="tolerance"):
+    with pytest.raises(InvalidInputError, match="tolerance"):
         PruneConfig(tolerance=-1.0)
+    with pytest.raises(InvalidInputError, match="threshold"):
+        PruneConfig(threshold=float("nan"))
     res = prune(model, PruneConfig(tolerance=1e-3), input_shape=(4,), verify=False)
     assert res.report.tolerance == 1e-3
 
 
 def test_a_wrong_fold_is_caught_by_verification(monkeypatch: pytest.MonkeyPatch) -> None:
     # Pretend zero padding does not matter: the fold of a non-zero constant is then wrong at the border.
-    monkeypatch.setattr(graph_mod, "_zero_padded", lambda conv: False)
+    monkeypatch.setattr(channels_mod, "_zero_padded", lambda conv: False)
     with pytest.raises(VerificationError, match=r"max abs diff .* > tolerance"):
         _check(_padded_model(bias=0.5), (2, 8, 8))
 

@@ -1,0 +1,74 @@
+"""Input shapes: parse them, check them, and turn them into the example batches every stage runs."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+
+import torch
+
+from .errors import InvalidInputError
+
+__all__ = ["check_input_shape", "example_inputs", "parse_int_list"]
+
+EXAMPLE_SEED = 0
+"""Every example batch is drawn from this seed, so verification figures are reproducible."""
+
+
+def parse_int_list(text: str, what: str, *, example: str = "1,28,28") -> tuple[int, ...]:
+    """``"1,28,28"`` (or ``"1x28x28"``) → ``(1, 28, 28)``; every entry a positive integer.
+
+    Args:
+        text: the comma-separated list.
+        what: the parameter's name, used in the error message.
+        example: a valid value, shown in the error message.
+
+    Raises:
+        InvalidInputError: empty, not integers, or an entry <= 0.
+
+    Example:
+        >>> parse_int_list("1, 16,256", "batch_sizes")
+        (1, 16, 256)
+    """
+    try:
+        values = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        raise InvalidInputError(f"{what} {text!r} is not a comma-separated list of integers like {example}") from None
+    if not values or any(v <= 0 for v in values):
+        raise InvalidInputError(f"{what} {text!r} must be positive integers like {example}")
+    return values
+
+
+def check_input_shape(input_shape: Iterable[int]) -> tuple[int, ...]:
+    """The per-example input shape as a tuple of positive ints.
+
+    Raises:
+        InvalidInputError: not a sequence of positive integers.
+    """
+    try:
+        shape = tuple(operator.index(d) for d in input_shape)  # ints and numpy ints; floats and strings fail
+    except TypeError:
+        raise InvalidInputError(
+            f"input_shape must be positive integers without the batch dim, e.g. (1, 28, 28); got {input_shape!r}"
+        ) from None
+    if not shape or any(d <= 0 for d in shape):
+        raise InvalidInputError(
+            f"input_shape must be positive integers without the batch dim, e.g. (1, 28, 28); got {shape!r}"
+        )
+    return shape
+
+
+def example_inputs(
+    input_shape: Iterable[int], batch: int, *, dtype: torch.dtype = torch.float32, seed: int = EXAMPLE_SEED
+) -> torch.Tensor:
+    """A seeded standard-normal batch ``(batch, *input_shape)``: what tracing, export and verification run.
+
+    Random, not zeros: a zero input hides constant-folding mistakes (every ReLU is off).
+
+    Example:
+        >>> example_inputs((1, 28, 28), 2).shape
+        torch.Size([2, 1, 28, 28])
+    """
+    shape = check_input_shape(input_shape)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, *shape), generator=gen, dtype=dtype)  # (batch, *input_shape)
