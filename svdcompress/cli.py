@@ -227,7 +227,8 @@ def export(ckpt: Path, fmt: str, output: Path, model_spec: str | None, threshold
 @click.option("--repeats", type=click.IntRange(3, 10000), default=30, show_default=True,
               help="Timed samples per contender and setting.")
 @click.option("--contenders", help="Comma-separated subset of: " + ", ".join(
-    ("torch-dense", "ort-dense", "torch-masked", "torch-pruned", "ort-compact", "ort-sparse", "csr-runtime")))
+    ("torch-dense", "ort-dense", "openvino-dense", "torch-masked", "torch-pruned", "ort-compact", "openvino-compact",
+     "ort-sparse", "csr-runtime")) + " (openvino-* need the peers extra).")
 @click.option("--data", help="Report accuracy on: fashion-mnist, mnist5k (test split).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write records as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), help="Write latency vs batch size PNG.")
