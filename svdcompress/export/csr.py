@@ -29,12 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from .. import __version__
+from .._inputs import example_inputs
 from .._io import atomic_path
 from ..errors import ExportError
-from ..ops import InputGather
+from ..graph import Tracer, describe_node, propagate_shapes, softmax_dim
+from ..ops import InputGather, Op, lookup
 from ._common import ExportResult, _dense_fp32_bytes, _prepare, _verify
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "export_csr"]
@@ -43,59 +45,18 @@ FORMAT_NAME = "svdcompress-csr"
 FORMAT_VERSION = 1
 _FP16_MAX = 65504.0
 
-# Element-wise ops: manifest name → attribute names. They keep shape and layout, so the runtime may
-# apply them to feature-major activations.
-_ELEMENTWISE: dict[str, tuple[str, ...]] = {
-    "relu": (), "relu6": (), "sigmoid": (), "tanh": (), "silu": (),
-    "leaky_relu": ("negative_slope",), "elu": ("alpha",), "gelu": ("approximate",),
-    "hardtanh": ("min_val", "max_val"),
-}
-_ACT_MODULES: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.SiLU: "silu",
-    nn.LeakyReLU: "leaky_relu", nn.ELU: "elu", nn.GELU: "gelu", nn.Hardtanh: "hardtanh",
-}
-_ACT_FUNCTIONS: dict[Any, tuple[str, tuple[tuple[str, Any], ...]]] = {
-    F.relu: ("relu", ()), torch.relu: ("relu", ()), torch.relu_: ("relu", ()), F.relu6: ("relu6", ()),
-    torch.sigmoid: ("sigmoid", ()), F.sigmoid: ("sigmoid", ()), torch.tanh: ("tanh", ()), F.tanh: ("tanh", ()),
-    F.silu: ("silu", ()), F.leaky_relu: ("leaky_relu", (("negative_slope", 0.01),)),
-    F.elu: ("elu", (("alpha", 1.0),)), F.gelu: ("gelu", (("approximate", "none"),)),
-    F.hardtanh: ("hardtanh", (("min_val", -1.0), ("max_val", 1.0))),
-}
-_ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
-_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
-_IDENTITY_METHODS = {"contiguous", "detach", "clone"}
-_DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout}
-_ADD_TARGETS = {operator.add, operator.iadd, torch.add}
-_POOLS: dict[Any, str] = {
-    nn.MaxPool2d: "max_pool2d", F.max_pool2d: "max_pool2d", nn.AvgPool2d: "avg_pool2d", F.avg_pool2d: "avg_pool2d",
-    nn.AdaptiveAvgPool2d: "adaptive_avg_pool2d", F.adaptive_avg_pool2d: "adaptive_avg_pool2d",
-}
-_POOL_ARGS = {  # positional order of the functional forms; also the module attribute names
-    "max_pool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
-    "avg_pool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
-    "adaptive_avg_pool2d": ("output_size",),
-}
-
-
 # ---------------------------------------------------------------------------------------------- graph capture
-
-
-class _Tracer(fx.Tracer):
-    """torch.fx tracer that keeps :class:`InputGather` as one call instead of tracing into it."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, InputGather) or super().is_leaf_module(m, module_qualified_name)
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
     if isinstance(model, fx.GraphModule):
         return model
-    tracer = _Tracer()
+    tracer = Tracer()  # the pruner's tracer: InputGather stays one call
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, ...) for untraceable code
         raise ExportError(f"cannot trace {type(model).__name__} with torch.fx: {exc}") from exc
-    return fx.GraphModule(tracer.root, graph)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
 def _fn_args(node: fx.Node, names: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +74,11 @@ def _pair(v: Any) -> list[int] | str:
 
 
 class _Capture:
-    """Turn a traced model into the manifest's op list plus a name → numpy array table of parameters."""
+    """Turn a traced model into the manifest's op list plus a name → numpy array table of parameters.
+
+    Which op a node is, its manifest name and attributes come from :data:`svdcompress.ops.OPS`; each
+    op's ``writer`` names the ``_write_<writer>`` method below that emits it.
+    """
 
     def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
         self.gm = gm
@@ -122,12 +87,8 @@ class _Capture:
         self.params: dict[str, np.ndarray] = {}
         self.values: dict[fx.Node, str] = {}  # fx node → manifest value name (aliases share one)
         self.shapes: dict[str, list[int]] = {}  # value name → shape without the batch dim
-        example = torch.zeros((2, *input_shape))  # batch 2: a batch of 1 can hide batch-dim reshapes
-        try:
-            with torch.no_grad():
-                ShapeProp(gm).propagate(example)
-        except Exception as exc:  # whatever the model raises on a well-formed input
-            raise ExportError(f"model fails on an input of shape {tuple(example.shape)}: {exc}") from exc
+        # batch 2: a batch of 1 can hide batch-dim reshapes
+        propagate_shapes(gm, example_inputs(input_shape, 2))
 
     def run(self) -> tuple[str, str]:
         inp = out = None
@@ -173,56 +134,118 @@ class _Capture:
     def _ndim(self, node: fx.Node, arg: Any) -> int:
         return len(self.shapes[self._in(node, arg)]) + 1
 
-    # -- conversion
-    def _convert(self, node: fx.Node) -> None:
-        if node.op == "call_module":
-            self._convert_module(node, self.modules[str(node.target)])
-        elif node.op == "call_function":
-            self._convert_function(node)
-        elif node.op == "call_method":
-            self._convert_method(node)
-        else:
-            raise ExportError(f"{node.name}: unsupported fx node kind {node.op!r}")
+    def _module(self, node: fx.Node) -> nn.Module | None:
+        return self.modules[str(node.target)] if node.op == "call_module" else None
 
-    def _convert_module(self, node: fx.Node, m: nn.Module) -> None:
-        x = self._in(node, node.args[0])
-        name = node.name
-        if isinstance(m, nn.Linear):
-            ndim = self._ndim(node, node.args[0])
-            if ndim != 2:
-                raise ExportError(f"{node.target}: Linear on a {ndim}-D input is not supported (only (N, features))")
-            self._emit(node, "linear", [x], {"in_features": m.in_features, "out_features": m.out_features},
-                       self._weight_bias(name, m))
-        elif isinstance(m, nn.Conv2d):
-            if m.padding_mode != "zeros":
-                raise ExportError(f"{node.target}: padding_mode={m.padding_mode!r} is not supported (only 'zeros')")
-            attrs = {"in_channels": m.in_channels, "out_channels": m.out_channels,
-                     "kernel_size": _pair(m.kernel_size), "stride": _pair(m.stride), "padding": _pair(m.padding),
-                     "dilation": _pair(m.dilation), "groups": m.groups}
-            self._emit(node, "conv2d", [x], attrs, self._weight_bias(name, m))
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if m.running_mean is None or m.running_var is None:
-                raise ExportError(f"{node.target}: BatchNorm without running statistics cannot be exported")
-            scale = (m.weight.detach().double() if m.weight is not None else torch.ones(m.num_features,
-                     dtype=torch.float64)) / torch.sqrt(m.running_var.double() + m.eps)
-            shift = (m.bias.detach().double() if m.bias is not None else 0.0) - m.running_mean.double() * scale
-            self._emit(node, "batchnorm", [x], {"num_features": m.num_features},
-                       {"scale": self._param(f"{name}.scale", scale), "shift": self._param(f"{name}.shift", shift)})
-        elif type(m) in _ACT_MODULES:
-            op = _ACT_MODULES[type(m)]
-            self._emit(node, op, [x], {a: getattr(m, a) for a in _ELEMENTWISE[op]})
-        elif isinstance(m, _IDENTITY_MODULES):
-            self.values[node] = x
-        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-            kind = _POOLS[type(m)]
-            self._emit_pool(node, kind, x, {k: getattr(m, k) for k in _POOL_ARGS[kind] if hasattr(m, k)})
-        elif isinstance(m, nn.Flatten):
-            self._reshape(node, x)
-        elif isinstance(m, InputGather):
-            self._emit(node, "gather", [x], {"in_features": m.in_features},
-                       {"index": self._index_param(f"{name}.index", m.index)})
+    def _attrs(self, node: fx.Node, op: Op) -> dict[str, Any]:
+        """The op's attributes, from the module's attributes or the call's arguments, defaults filled in."""
+        m = self._module(node)
+        if m is not None:
+            got = {k: getattr(m, k, d) for k, d in op.attrs}
         else:
-            raise ExportError(f"{node.target}: module type {type(m).__name__} is not supported by the CSR format")
+            got = _fn_args(node, tuple(k for k, _ in op.attrs), dict(op.attrs))
+        # nn.Softplus(beta=2) stores an int: write every float attribute as a float
+        return {k: float(got[k]) if isinstance(d, float) and isinstance(got[k], int) else got[k] for k, d in op.attrs}
+
+    # -- conversion: one writer per kind of op (the registry's ``writer`` field)
+    def _convert(self, node: fx.Node) -> None:
+        op = lookup(self.gm, node)
+        if op is None:
+            raise ExportError(f"{describe_node(self.gm, node)} is not supported by the CSR format")
+        if op.writer is None:
+            raise ExportError(f"{describe_node(self.gm, node)} cannot be written to a CSR bundle: {op.not_in_bundle}")
+        getattr(self, f"_write_{op.writer}")(node, op)
+
+    def _write_elementwise(self, node: fx.Node, op: Op) -> None:
+        self._emit(node, op.name, [self._in(node, node.args[0])], self._attrs(node, op))
+
+    def _write_prelu(self, node: fx.Node, op: Op) -> None:
+        m = self._module(node)
+        assert m is not None  # internal invariant: the registry lists PReLU as a module only
+        params = {role: self._param(f"{node.name}.{attr}", getattr(m, attr)) for role, attr in op.params}
+        self._emit(node, op.name, [self._in(node, node.args[0])], {}, params)  # slope: (1,) or (C,)
+
+    def _write_softmax(self, node: fx.Node, op: Op) -> None:
+        dim = softmax_dim(self.gm, node)
+        ndim = self._ndim(node, node.args[0])
+        if ndim != 2 or dim not in (1, -1):
+            raise ExportError(f"{describe_node(self.gm, node)}: the CSR format has {op.name} over the features of "
+                              f"an (N, features) tensor only, got dim={dim} on a {ndim}-D input")
+        self._emit(node, op.name, [self._in(node, node.args[0])], {"dim": 1})
+
+    def _write_alias(self, node: fx.Node, op: Op) -> None:
+        self.values[node] = self._in(node, node.args[0])
+
+    def _write_dropout(self, node: fx.Node, op: Op) -> None:
+        if node.op != "call_module":
+            training_default = node.target is not F.alpha_dropout  # F.alpha_dropout defaults to training=False
+            if _fn_args(node, ("p", "training"), {"training": training_default})["training"]:
+                raise ExportError(f"{node.name}: functional dropout with training=True is not deterministic")
+        self._write_alias(node, op)
+
+    def _write_linear(self, node: fx.Node, op: Op) -> None:
+        m: nn.Linear = self._module(node)  # type: ignore[assignment]  # the registry maps nn.Linear here
+        ndim = self._ndim(node, node.args[0])
+        if ndim != 2:
+            raise ExportError(f"{node.target}: Linear on a {ndim}-D input is not supported (only (N, features))")
+        self._emit(node, "linear", [self._in(node, node.args[0])],
+                   {"in_features": m.in_features, "out_features": m.out_features}, self._weight_bias(node.name, m))
+
+    def _write_conv2d(self, node: fx.Node, op: Op) -> None:
+        m: nn.Conv2d = self._module(node)  # type: ignore[assignment]  # the registry maps nn.Conv2d here
+        if m.padding_mode != "zeros":
+            raise ExportError(f"{node.target}: padding_mode={m.padding_mode!r} is not supported (only 'zeros')")
+        attrs = {"in_channels": m.in_channels, "out_channels": m.out_channels,
+                 "kernel_size": _pair(m.kernel_size), "stride": _pair(m.stride), "padding": _pair(m.padding),
+                 "dilation": _pair(m.dilation), "groups": m.groups}
+        self._emit(node, "conv2d", [self._in(node, node.args[0])], attrs, self._weight_bias(node.name, m))
+
+    def _write_batchnorm(self, node: fx.Node, op: Op) -> None:
+        m: nn.BatchNorm1d | nn.BatchNorm2d = self._module(node)  # type: ignore[assignment]  # registry: BN modules
+        if m.running_mean is None or m.running_var is None:
+            raise ExportError(f"{node.target}: BatchNorm without running statistics cannot be exported")
+        scale = (m.weight.detach().double() if m.weight is not None else torch.ones(m.num_features,
+                 dtype=torch.float64)) / torch.sqrt(m.running_var.double() + m.eps)
+        shift = (m.bias.detach().double() if m.bias is not None else 0.0) - m.running_mean.double() * scale
+        name = node.name
+        self._emit(node, "batchnorm", [self._in(node, node.args[0])], {"num_features": m.num_features},
+                   {"scale": self._param(f"{name}.scale", scale), "shift": self._param(f"{name}.shift", shift)})
+
+    def _write_pool(self, node: fx.Node, op: Op) -> None:
+        m = self._module(node)
+        names = tuple(k for k, _ in op.attrs)
+        a = {k: getattr(m, k) for k in names if hasattr(m, k)} if m is not None else _fn_args(node, names, {})
+        self._emit_pool(node, op.name, self._in(node, node.args[0]), a)
+
+    def _write_reshape(self, node: fx.Node, op: Op) -> None:
+        self._reshape(node, self._in(node, node.args[0]))  # target shape comes from shape propagation
+
+    def _write_add(self, node: fx.Node, op: Op) -> None:
+        if len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
+            raise ExportError(f"{node.name}: only tensor + tensor additions are supported")
+        self._emit(node, "add", [self._in(node, a) for a in node.args])
+
+    def _write_cat(self, node: fx.Node, op: Op) -> None:
+        tensors = node.args[0]
+        dim = int(_fn_args(node, ("dim",), {"dim": 0})["dim"])
+        ndim = len(node.meta["tensor_meta"].shape)
+        if not isinstance(tensors, (list, tuple)) or dim % ndim != 1:
+            raise ExportError(f"{node.name}: only torch.cat along dim 1 is supported (got dim={dim})")
+        self._emit(node, "cat", [self._in(node, a) for a in tensors], {"dim": 1})
+
+    def _write_gather(self, node: fx.Node, op: Op) -> None:
+        m = self._module(node)
+        if isinstance(m, InputGather):
+            self._emit(node, "gather", [self._in(node, node.args[0])], {"in_features": m.in_features},
+                       {"index": self._index_param(f"{node.name}.index", m.index)})
+            return
+        # torch.index_select(x2d, 1, <constant index>): InputGather traced through.
+        x, dim, index = node.args[0], node.args[1], node.args[2]
+        if dim != 1 or self._ndim(node, x) != 2 or not isinstance(index, fx.Node) or index.op != "get_attr":
+            raise ExportError(f"{node.name}: only index_select(x2d, 1, constant index) is supported")
+        idx = operator.attrgetter(str(index.target))(self.gm)
+        self._emit(node, "gather", [self._in(node, x)], {"in_features": self.shapes[self._in(node, x)][0]},
+                   {"index": self._index_param(f"{node.name}.index", idx)})
 
     def _weight_bias(self, name: str, m: nn.Module) -> dict[str, str]:
         params = {"weight": self._param(f"{name}.weight", m.weight)}  # type: ignore[arg-type]  # Linear/Conv2d
@@ -241,46 +264,6 @@ class _Capture:
             raise ExportError(f"{node.name}: a reshape that changes the batch dimension is not supported")
         self._emit(node, "reshape", [x], {"shape": shape[1:]})
 
-    def _convert_function(self, node: fx.Node) -> None:
-        t = node.target
-        if t in _ACT_FUNCTIONS:
-            op, defaults = _ACT_FUNCTIONS[t]
-            attrs = _fn_args(node, tuple(k for k, _ in defaults), dict(defaults))
-            self._emit(node, op, [self._in(node, node.args[0])], attrs)
-        elif t in _DROPOUT_FUNCTIONS:
-            if _fn_args(node, ("p", "training"), {"training": True})["training"]:
-                raise ExportError(f"{node.name}: functional dropout with training=True is not deterministic")
-            self.values[node] = self._in(node, node.args[0])
-        elif t in _ADD_TARGETS:
-            if len(node.args) != 2 or node.kwargs:
-                raise ExportError(f"{node.name}: only tensor + tensor additions are supported")
-            self._emit(node, "add", [self._in(node, a) for a in node.args])
-        elif t is torch.cat:
-            tensors = node.args[0]
-            dim = int(_fn_args(node, ("dim",), {"dim": 0})["dim"])
-            ndim = len(node.meta["tensor_meta"].shape)
-            if not isinstance(tensors, (list, tuple)) or dim % ndim != 1:
-                raise ExportError(f"{node.name}: only torch.cat along dim 1 is supported (got dim={dim})")
-            self._emit(node, "cat", [self._in(node, a) for a in tensors], {"dim": 1})
-        elif t is torch.flatten:
-            self._reshape(node, self._in(node, node.args[0]))
-        elif t is torch.index_select:
-            self._gather(node)
-        elif t in _POOLS:
-            kind = _POOLS[t]
-            self._emit_pool(node, kind, self._in(node, node.args[0]), _fn_args(node, _POOL_ARGS[kind], {}))
-        else:
-            raise ExportError(f"{node.name}: function {getattr(t, '__name__', t)} is not supported by the CSR format")
-
-    def _gather(self, node: fx.Node) -> None:
-        # torch.index_select(x2d, 1, <constant index>): InputGather traced through.
-        x, dim, index = node.args[0], node.args[1], node.args[2]
-        if dim != 1 or self._ndim(node, x) != 2 or not isinstance(index, fx.Node) or index.op != "get_attr":
-            raise ExportError(f"{node.name}: only index_select(x2d, 1, constant index) is supported")
-        idx = operator.attrgetter(str(index.target))(self.gm)
-        self._emit(node, "gather", [self._in(node, x)], {"in_features": self.shapes[self._in(node, x)][0]},
-                   {"index": self._index_param(f"{node.name}.index", idx)})
-
     def _emit_pool(self, node: fx.Node, kind: str, x: str, a: dict[str, Any]) -> None:
         """Emit a pooling op from its module attributes or functional arguments, defaults filled in."""
         if kind == "adaptive_avg_pool2d":  # the realised output size, not the (possibly None) request
@@ -298,21 +281,6 @@ class _Capture:
             attrs.update(count_include_pad=bool(a.get("count_include_pad", True)),
                          divisor_override=a.get("divisor_override"))
         self._emit(node, kind, [x], attrs)
-
-    def _convert_method(self, node: fx.Node) -> None:
-        t = str(node.target)
-        if t in _ACT_METHODS:
-            self._emit(node, _ACT_METHODS[t], [self._in(node, node.args[0])])
-        elif t in _IDENTITY_METHODS:
-            self.values[node] = self._in(node, node.args[0])
-        elif t in ("view", "reshape", "flatten"):
-            self._reshape(node, self._in(node, node.args[0]))  # target shape comes from shape propagation
-        elif t in ("add", "add_"):
-            if len(node.args) != 2 or node.kwargs:
-                raise ExportError(f"{node.name}: only tensor + tensor additions are supported")
-            self._emit(node, "add", [self._in(node, a) for a in node.args])
-        else:
-            raise ExportError(f"{node.name}: tensor method .{t}() is not supported by the CSR format")
 
 
 def _fold_batchnorm(nodes: list[dict[str, Any]], params: dict[str, np.ndarray], output: str) -> tuple[
