@@ -329,15 +329,9 @@ def _time_once(fn: Callable[[], object]) -> float:
 
 
 def _ort_session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
+    from .export.onnx import ort_session  # the shared set-up: spinning off (DESIGN.md §5)
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    # A spinning idle worker steals the core from the next contender (DESIGN.md §5).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort_session(path, threads)
 
 
 def _ort_runner(sess: Any) -> Callable[[np.ndarray], np.ndarray]:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._inputs import example_inputs
 from .._io import check_output_path
+from .._verify import check_outputs, compare_outputs
 from ..errors import ExportError
 
 __all__ = ["DEFAULT_TOLERANCES", "DTYPES", "ExportResult"]
@@ -24,7 +26,6 @@ fp16 weights carry a relative rounding error of ~5e-4 each; summed over hundreds
 reaches ~1e-3 of the output scale, so fp16 gets 1e-2."""
 
 _VERIFY_BATCH = 4
-_VERIFY_SEED = 0
 _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
@@ -111,7 +112,7 @@ def _dense_fp32_bytes(model: nn.Module) -> int:
 
 
 def _verify(
-    run: Callable[[torch.Tensor], torch.Tensor],
+    run: Callable[[torch.Tensor], Any],
     reference: nn.Module,
     input_shape: tuple[int, ...],
     tolerance: float,
@@ -119,21 +120,10 @@ def _verify(
 ) -> float:
     """Compare ``run(x)`` with ``reference(x)`` on a seeded random batch; return max |diff| or raise.
 
-    The error is measured relative to the output scale, ``max|diff| / max(1, max|ref|)``, so that logits
-    in the hundreds are not held to an absolute 1e-4.
+    The rule is prune's (:func:`svdcompress._verify.check_outputs`): ``max|diff| <= tolerance ×
+    max(1, max|ref|)``, so that logits in the hundreds are not held to an absolute 1e-4.
     """
-    gen = torch.Generator().manual_seed(_VERIFY_SEED)
-    x = torch.randn((_VERIFY_BATCH, *input_shape), generator=gen)  # (4, *input_shape)
-    with torch.no_grad():
-        ref = reference(x).detach().float()
-    got = run(x).detach().float()
-    if got.shape != ref.shape:
-        raise ExportError(f"{what}: output shape {tuple(got.shape)} differs from the reference's {tuple(ref.shape)}")
-    diff = float((got - ref).abs().max()) if ref.numel() else 0.0
-    scale = max(1.0, float(ref.abs().max()) if ref.numel() else 0.0)
-    if not math.isfinite(diff) or diff / scale > tolerance:
-        raise ExportError(
-            f"{what}: outputs differ from the reference by {diff:.3g} (relative {diff / scale:.3g}) "
-            f"> tolerance {tolerance:g}; no file was written"
-        )
+    x = example_inputs(input_shape, _VERIFY_BATCH)  # (4, *input_shape)
+    diff, scale = compare_outputs(reference, run, x, what, error=ExportError)
+    check_outputs(diff, scale, tolerance, what, error=ExportError, hint="; no file was written")
     return diff

@@ -19,11 +19,12 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from .._inputs import example_inputs
 from .._io import atomic_path
 from ..errors import ExportError
 from ._common import ExportResult, _dense_fp32_bytes, _prepare, _verify
 
-__all__ = ["MIN_CONVERTED_ELEMENTS", "export_onnx"]
+__all__ = ["MIN_CONVERTED_ELEMENTS", "export_onnx", "ort_session"]
 
 MIN_CONVERTED_ELEMENTS = 64
 """Float initializers with fewer elements (biases of small layers, BatchNorm constants) are left alone by
@@ -36,7 +37,7 @@ _INDEX_BYTES = 8  # the ONNX checker requires INT64 sparse indices; linearised [
 
 def _torch_to_onnx(model: nn.Module, input_shape: tuple[int, ...], opset: int, tmp: Path) -> onnx.ModelProto:
     """Export to ``tmp`` (a scratch file the caller owns) and return the loaded proto."""
-    example = torch.zeros((2, *input_shape))  # batch 2, so that no size-1 batch gets baked in
+    example = example_inputs(input_shape, 2)  # batch 2, so that no size-1 batch gets baked in
     with warnings.catch_warnings():
         # torch 2.13 raises two DeprecationWarnings for the legacy exporter ("You are using the legacy
         # TorchScript-based ONNX export", and "The feature will be removed" from its utils). We use it
@@ -95,15 +96,28 @@ def _initializers_to_sparse(graph: onnx.GraphProto) -> None:
             graph.initializer.remove(t)
 
 
-def _ort_runner(path: str | os.PathLike[str]) -> Any:
+def ort_session(path: str | os.PathLike[str], threads: int = 1) -> Any:
+    """An ONNX Runtime CPU session for ``path``, with intra-op spinning off.
+
+    An idle spinning ORT worker steals a core from whatever runs next (torch, another session) for tens
+    of ms (DESIGN.md §5), so every session svdcompress creates, for verification or timing, turns it off.
+
+    Raises:
+        ExportError: ONNX Runtime cannot load the model.
+    """
     opts = ort.SessionOptions()
-    # An idle spinning ORT worker steals a core from torch for tens of ms (DESIGN.md §5).
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.intra_op_num_threads = 1  # verification only: stay light on a shared machine
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ExportError(f"ONNX Runtime cannot load the exported model: {exc}") from exc
+        raise ExportError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+
+
+def _ort_runner(path: str | os.PathLike[str]) -> Any:
+    sess = ort_session(path, threads=1)  # verification only: stay light on a shared machine
 
     def run(x: torch.Tensor) -> torch.Tensor:
         (y,) = sess.run([_OUTPUT], {_INPUT: x.detach().numpy().astype(np.float32)})
