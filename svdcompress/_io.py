@@ -1,16 +1,26 @@
-"""Atomic file output: write to a temporary file beside the target, then rename."""
+"""File plumbing: atomic output (write beside the target, then rename), output-path checks, and handing
+back the pages of memory-mapped checkpoint tensors."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import mmap
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .errors import OutputExistsError
 
-__all__ = ["atomic_path", "check_output_path"]
+if TYPE_CHECKING:  # torch is not imported at run time: the runtime imports this module without it
+    import torch
+
+__all__ = ["atomic_path", "check_output_path", "release_pages"]
 
 
 def check_output_path(
@@ -61,3 +71,45 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_p.unlink()
         raise
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_MADV_DONTNEED = 4
+
+
+def release_pages(t: torch.Tensor) -> None:
+    """Hand back the pages of ``t`` if it lies in a memory-mapped file (``torch.load(mmap=True)``, safetensors).
+
+    Pages of a mapped file that were read stay resident, and counted in RSS, until the whole file is unmapped:
+    scanning a 1 GB checkpoint would end with 1 GB resident. MADV_DONTNEED drops them; a page read again is
+    re-read from the page cache. It is only done when /proc/self/pagemap shows that no page in the range holds
+    private data (written or swapped), so no content can be lost. A no-op off Linux and for ordinary tensors.
+    """
+    if _LIBC is None or t.device.type != "cpu" or t.numel() == 0:
+        return
+    try:
+        span = (1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True))) * t.element_size()
+        start, page = t.data_ptr(), mmap.PAGESIZE
+        with open("/proc/self/maps") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                if lo <= start < hi:
+                    break
+            else:
+                return
+        if len(fields) < 6 or not fields[5].startswith("/"):
+            return  # anonymous memory (an ordinary tensor): nothing to hand back
+        a, b = start // page * page, min(-(-(start + span) // page) * page, hi)
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+        try:
+            entries = np.frombuffer(os.pread(fd, (b - a) // page * 8, a // page * 8), dtype=np.uint64)
+        finally:
+            os.close(fd)
+        present, swapped, file_page = (entries >> np.uint64(63)) & 1, (entries >> np.uint64(62)) & 1, \
+            (entries >> np.uint64(61)) & 1
+        if swapped.any() or (present & (1 - file_page)).any():
+            return  # a page was written (copy-on-write) or swapped: dropping it would lose data
+        _LIBC.madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), _MADV_DONTNEED)
+    except (OSError, ValueError):
+        return  # best effort: memory is only released sooner

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import atomic_path
+from ._io import atomic_path, release_pages
 from .checkpoint import load_checkpoint
-from .conventions import SVDCOMPRESS, SVDOLayer, find_svdo_layers, layer_kind, release_pages
+from .conventions import SVDCOMPRESS, SVDOLayer, find_svdo_layers, keep_rule, layer_kind
 from .conventions import log_alpha as _log_alpha
+from .errors import InvalidInputError
 from .masking import is_svdo_like
 from .svdo import DEFAULT_THRESHOLD, SVDOModule
 
@@ -203,7 +204,7 @@ def _layer_report(layer: SVDOLayer, threshold: float) -> LayerReport:
     for r0 in range(0, out_units, rows_per_chunk):
         th = theta[r0 : r0 + rows_per_chunk].float()
         la = _log_alpha(th, ls2[r0 : r0 + rows_per_chunk], layer.convention)  # (rows, in[, kh, kw])
-        keep = (la < threshold) & (th != 0)
+        keep = keep_rule(la, th, threshold)
         kept += int(keep.sum())
         flat = keep.reshape(keep.shape[0], keep.shape[1], -1)  # (rows, in, k)
         row_alive[r0 : r0 + rows_per_chunk] = flat.any(dim=2).any(dim=1)
@@ -284,7 +285,7 @@ def analyze(
         ['fc1', 'fc2', 'fc3']
     """
     if not math.isfinite(threshold):
-        raise ValueError(f"threshold must be a finite number, got {threshold}")
+        raise InvalidInputError(f"threshold must be a finite number, got {threshold}")
     meta: dict[str, Any] = {}
     if isinstance(source, nn.Module):
         layers = layers_of(source)

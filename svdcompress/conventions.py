@@ -11,29 +11,27 @@ hard-concrete L0 gates) are reported, never read.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import mmap
-import os
-import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from ._io import release_pages
 from .errors import CheckpointError, NoSVDOLayersError
 
 __all__ = [
     "CONVENTIONS",
     "PYTORCH_ARD",
+    "SVDCOMPRESS",
     "Convention",
     "SVDOLayer",
     "check_finite",
     "find_svdo_layers",
+    "keep_mask",
+    "keep_rule",
     "layer_kind",
     "log_alpha",
-    "release_pages",
 ]
 
 
@@ -94,11 +92,29 @@ _LOOKALIKES: tuple[tuple[tuple[str, ...], str], ...] = (
 
 
 def log_alpha(theta: torch.Tensor, log_sigma2: torch.Tensor, conv: Convention) -> torch.Tensor:
-    """log alpha = log sigma² − log theta², with the convention's eps. Unclipped."""
-    theta = theta.float()
+    """log alpha = log sigma² − log theta², with the convention's eps. Unclipped; at least float32.
+
+    This is the only implementation of the formula: the training layers (:mod:`svdcompress.svdo`),
+    masking and the analysis all call it with their convention.
+    """
+    dtype = torch.promote_types(theta.dtype, torch.float32)  # fp16: eps 1e-8 would underflow
+    theta, log_sigma2 = theta.to(dtype), log_sigma2.to(dtype)
     if conv.eps_mode == "abs":
-        return log_sigma2.float() - 2.0 * torch.log(theta.abs() + conv.eps)
-    return log_sigma2.float() - torch.log(theta * theta + conv.eps)
+        return log_sigma2 - 2.0 * torch.log(theta.abs() + conv.eps)
+    return log_sigma2 - torch.log(theta * theta + conv.eps)
+
+
+def keep_rule(log_alpha: torch.Tensor, theta: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The mask rule, the same everywhere: a weight is kept where log α < threshold and θ ≠ 0.
+
+    (θ = 0 contributes nothing whether kept or not; leaving it out makes kept counts count non-zeros.)
+    """
+    return (log_alpha < threshold) & (theta != 0)
+
+
+def keep_mask(theta: torch.Tensor, log_sigma2: torch.Tensor, threshold: float, conv: Convention) -> torch.Tensor:
+    """Boolean keep-mask of one layer under ``conv``'s log α formula and :func:`keep_rule`."""
+    return keep_rule(log_alpha(theta, log_sigma2, conv), theta, threshold)
 
 
 @dataclass
@@ -123,14 +139,6 @@ class SVDOLayer:
     convention: Convention
     theta_key: str
     variance_key: str
-    notes: list[str] = field(default_factory=list)
-
-    def log_alpha(self) -> torch.Tensor:
-        return log_alpha(self.theta, self.log_sigma2, self.convention)
-
-    def mask(self, threshold: float) -> torch.Tensor:
-        """Kept weights: log alpha < threshold and theta != 0."""
-        return (self.log_alpha() < threshold) & (self.theta != 0)
 
 
 def _fail(file: str, key: str, what: str, fix: str) -> CheckpointError:
@@ -144,48 +152,6 @@ def _check_tensor(file: str, key: str, t: object) -> torch.Tensor:
         raise _fail(file, key, f"has dtype {str(t.dtype).replace('torch.', '')}, expected floating point",
                     "save the float parameters, not integer or boolean buffers")
     return t
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-_MADV_DONTNEED = 4
-
-
-def release_pages(t: torch.Tensor) -> None:
-    """Hand back the pages of ``t`` if it lies in a memory-mapped file (``torch.load(mmap=True)``, safetensors).
-
-    Pages of a mapped file that were read stay resident, and counted in RSS, until the whole file is unmapped:
-    scanning a 1 GB checkpoint would end with 1 GB resident. MADV_DONTNEED drops them; a page read again is
-    re-read from the page cache. It is only done when /proc/self/pagemap shows that no page in the range holds
-    private data (written or swapped), so no content can be lost. A no-op off Linux and for ordinary tensors.
-    """
-    if _LIBC is None or t.device.type != "cpu" or t.numel() == 0:
-        return
-    try:
-        span = (1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True))) * t.element_size()
-        start, page = t.data_ptr(), mmap.PAGESIZE
-        with open("/proc/self/maps") as f:
-            for line in f:
-                fields = line.split(maxsplit=5)
-                lo, hi = (int(x, 16) for x in fields[0].split("-"))
-                if lo <= start < hi:
-                    break
-            else:
-                return
-        if len(fields) < 6 or not fields[5].startswith("/"):
-            return  # anonymous memory (an ordinary tensor): nothing to hand back
-        a, b = start // page * page, min(-(-(start + span) // page) * page, hi)
-        fd = os.open("/proc/self/pagemap", os.O_RDONLY)
-        try:
-            entries = np.frombuffer(os.pread(fd, (b - a) // page * 8, a // page * 8), dtype=np.uint64)
-        finally:
-            os.close(fd)
-        present, swapped, file_page = (entries >> np.uint64(63)) & 1, (entries >> np.uint64(62)) & 1, \
-            (entries >> np.uint64(61)) & 1
-        if swapped.any() or (present & (1 - file_page)).any():
-            return  # a page was written (copy-on-write) or swapped: dropping it would lose data
-        _LIBC.madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), _MADV_DONTNEED)
-    except (OSError, ValueError):
-        return  # best effort: memory is only released sooner
 
 
 def check_finite(file: str, key: str, t: torch.Tensor) -> None:

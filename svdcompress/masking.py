@@ -11,8 +11,9 @@ import copy
 import torch
 from torch import nn
 
-from .conventions import PYTORCH_ARD, log_alpha
-from .svdo import DEFAULT_THRESHOLD, SVDOModule, log_alpha_of
+from .conventions import PYTORCH_ARD, SVDCOMPRESS, keep_mask
+from .errors import UnsupportedOpError
+from .svdo import DEFAULT_THRESHOLD, SVDOModule
 
 __all__ = ["apply_masks_", "is_svdo_like", "mask_model", "masked_weight_of"]
 
@@ -36,10 +37,7 @@ def masked_weight_of(module: nn.Module, threshold: float = DEFAULT_THRESHOLD) ->
     """
     w: torch.Tensor = module.weight  # type: ignore[assignment]  # checked by is_svdo_like
     ls2: torch.Tensor = module.log_sigma2  # type: ignore[assignment]  # checked by is_svdo_like
-    if isinstance(module, SVDOModule):
-        keep = log_alpha_of(w, ls2) < threshold
-    else:
-        keep = log_alpha(w, ls2, PYTORCH_ARD) < threshold
+    keep = keep_mask(w, ls2, threshold, SVDCOMPRESS if isinstance(module, SVDOModule) else PYTORCH_ARD)
     return (w * keep.to(w.dtype)).detach().clone()
 
 
@@ -62,7 +60,10 @@ def _plain_from(module: nn.Module, threshold: float) -> nn.Module:
             bias=has_bias,
         )
     else:
-        raise TypeError(f"cannot mask {type(module).__name__}: weight has {w.dim()} dims, expected 2 or 4")
+        raise UnsupportedOpError(
+            f"cannot mask {type(module).__name__}: its weight has {w.dim()} dims; svdcompress masks SVDO-like "
+            "Linear (2-D weight) and Conv2d (4-D weight) layers"
+        )
     with torch.no_grad():
         new.weight.copy_(w)
         if has_bias and new.bias is not None:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conventions import SVDCOMPRESS, keep_rule, log_alpha
+
 __all__ = [
     "DEFAULT_THRESHOLD",
     "LOG_ALPHA_EPS",
@@ -40,8 +42,11 @@ _LOG_ALPHA_CLIP = 8.0
 
 
 def log_alpha_of(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
-    """log alpha = log sigma^2 - log(theta^2 + eps), unclipped. Same shape as ``theta``."""
-    return log_sigma2 - torch.log(theta * theta + LOG_ALPHA_EPS)
+    """log alpha = log sigma^2 - log(theta^2 + eps), unclipped. Same shape as ``theta``.
+
+    svdcompress's own convention (:data:`svdcompress.conventions.SVDCOMPRESS`, eps :data:`LOG_ALPHA_EPS`).
+    """
+    return log_alpha(theta, log_sigma2, SVDCOMPRESS)
 
 
 class SVDOModule(nn.Module):
@@ -62,9 +67,9 @@ class SVDOModule(nn.Module):
         return log_alpha_of(self.weight, self.log_sigma2)
 
     def mask(self, threshold: float | None = None) -> torch.Tensor:
-        """Boolean keep-mask: True where log alpha < threshold."""
+        """Boolean keep-mask: True where log alpha < threshold (and theta != 0; see ``keep_rule``)."""
         thr = self.threshold if threshold is None else threshold
-        return self.log_alpha < thr
+        return keep_rule(self.log_alpha, self.weight, thr)
 
     def masked_weight(self, threshold: float | None = None) -> torch.Tensor:
         return self.weight * self.mask(threshold).to(self.weight.dtype)

@@ -302,7 +302,7 @@ def test_failed_run_with_force_keeps_existing_output(writer: str, corpus: _Corpu
 def test_released_pages_keep_their_data(tmp_path: Path) -> None:
     """analyze hands back the pages of memory-mapped checkpoints it has read (bounded RSS); that must never
     drop data written into the mapping, nor touch ordinary tensors."""
-    from svdcompress.conventions import release_pages
+    from svdcompress._io import release_pages
 
     p = tmp_path / "t.pt"
     torch.save({"w": torch.arange(1 << 20, dtype=torch.float32)}, p)
