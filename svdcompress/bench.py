@@ -510,7 +510,10 @@ def _build_contenders(models: _Models, input_shape: tuple[int, ...], cfg: BenchC
                            force=True)
             rt = load_runtime(path, threads=threads)
             info.update(_runtime_info(rt))
-            out.append(_Contender(name, rt, False, path.stat().st_size))
+            # The numba kernel runtime (it reports macs_per_item) works on numpy arrays and converts torch
+            # tensors; the torch-based one it replaces works on tensors. Feed each its own type, as ORT gets numpy.
+            native_numpy = getattr(rt, "macs_per_item", None) is not None
+            out.append(_Contender(name, rt, native_numpy, path.stat().st_size))
         elif name not in CONTENDERS:
             from .errors import SvdcompressError
 
