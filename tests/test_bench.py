@@ -29,6 +29,7 @@ from .conftest import TinySVDO
 # The module itself: `svdcompress.bench` as an attribute is the bench() function the package re-exports.
 bench_mod = importlib.import_module("svdcompress.bench")
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
+HAVE_THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None
 
 
 def _mixed_mode_model() -> TinySVDO:
@@ -88,8 +89,10 @@ def test_copy_bandwidth_and_sgemm_peak_restore_thread_count() -> None:
     assert peak["peak"] == max(v for k, v in peak.items() if k != "peak") > 0
 
 
+@pytest.mark.skipif(not HAVE_THREADPOOLCTL, reason="threadpoolctl is optional: sgemm_peak then times torch only")
 def test_sgemm_peak_restores_numpy_blas_limits() -> None:
-    threadpoolctl = pytest.importorskip("threadpoolctl")  # optional by design: sgemm_peak then uses torch only
+    import threadpoolctl
+
     before = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
     peak = sgemm_peak(threads=1, n=64, repeats=2)
     assert "numpy" in peak
