@@ -130,6 +130,7 @@ def test_compute_figures_for_csr_runtime_only() -> None:
     assert csr1.gmac_per_s == pytest.approx(100.0)
     assert csr1.fraction_of_peak == pytest.approx(1.0)
     assert csr1.bandwidth_floor_us == 7.5
+    assert csr1.times_bandwidth_floor == pytest.approx(50.0 / 7.5)
     assert csr2.fraction_of_peak == pytest.approx(10.0 / 200.0)
     assert ort.gmac_per_s is None and ort.bandwidth_floor_us is None
 
