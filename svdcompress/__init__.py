@@ -39,6 +39,9 @@ _EXPORTS: dict[str, str] = {
     "VerificationError": "errors",
     "ExportResult": "export",
     "export_csr": "export",
+    "export_model": "export",
+    "InvalidInputError": "errors",
+    "BundleError": "errors",
     "export_onnx": "export",
     "apply_masks_": "masking",
     "mask_model": "masking",
@@ -61,11 +64,13 @@ __all__ = [
     "AnalysisReport",
     "BenchConfig",
     "BenchReport",
+    "BundleError",
     "CheckpointError",
     "Conv2dSVDO",
     "ELBOLoss",
     "ExportError",
     "ExportResult",
+    "InvalidInputError",
     "LayerReport",
     "LinearSVDO",
     "NoSVDOLayersError",
@@ -83,6 +88,7 @@ __all__ = [
     "bench",
     "bundled_checkpoint",
     "export_csr",
+    "export_model",
     "export_onnx",
     "find_svdo_layers",
     "kl_divergence",
@@ -116,15 +122,17 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .checkpoint import load_checkpoint, save_checkpoint
     from .conventions import SVDOLayer, find_svdo_layers
     from .errors import (
+        BundleError,
         CheckpointError,
         ExportError,
+        InvalidInputError,
         NoSVDOLayersError,
         OutputExistsError,
         SvdcompressError,
         UnsupportedOpError,
         VerificationError,
     )
-    from .export import ExportResult, export_csr, export_onnx
+    from .export import ExportResult, export_csr, export_model, export_onnx
     from .masking import apply_masks_, mask_model
     from .models import bundled_checkpoint, load_model
     from .pt2 import load_pruned, save_pruned

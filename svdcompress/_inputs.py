@@ -20,7 +20,7 @@ def parse_int_list(text: str, what: str, *, example: str = "1,28,28") -> tuple[i
 
     Args:
         text: the comma-separated list.
-        what: the parameter's name, used in the error message.
+        what: the parameter's name, used in the error message ("" for none).
         example: a valid value, shown in the error message.
 
     Raises:
@@ -30,12 +30,13 @@ def parse_int_list(text: str, what: str, *, example: str = "1,28,28") -> tuple[i
         >>> parse_int_list("1, 16,256", "batch_sizes")
         (1, 16, 256)
     """
+    prefix = f"{what} " if what else ""
     try:
         values = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
     except ValueError:
-        raise InvalidInputError(f"{what} {text!r} is not a comma-separated list of integers like {example}") from None
+        raise InvalidInputError(f"{prefix}{text!r} is not a comma-separated list of integers like {example}") from None
     if not values or any(v <= 0 for v in values):
-        raise InvalidInputError(f"{what} {text!r} must be positive integers like {example}")
+        raise InvalidInputError(f"{prefix}{text!r} must be positive integers like {example}")
     return values
 
 

@@ -31,20 +31,20 @@ def check_output_path(
     for inp in inputs:
         try:
             if out_p.exists() and os.path.samefile(out_p, inp):
-                raise OutputExistsError(f"{out_p}: output path is the input file; choose another -o path")
+                raise OutputExistsError(f"{out_p}: output path is the input file; choose another output path")
         except FileNotFoundError:
             pass
         if out_p.resolve() == Path(inp).resolve():
-            raise OutputExistsError(f"{out_p}: output path is the input file; choose another -o path")
+            raise OutputExistsError(f"{out_p}: output path is the input file; choose another output path")
     if out_p.is_dir():
-        raise OutputExistsError(f"{out_p}: is a directory; give a file path to -o")
+        raise OutputExistsError(f"{out_p}: is a directory; give a file path as the output")
     if out_p.exists() and not force:
-        raise OutputExistsError(f"{out_p}: already exists; pass --force to overwrite it")
+        raise OutputExistsError(f"{out_p}: already exists; pass force=True to overwrite it")
     parent = out_p.parent if str(out_p.parent) else Path(".")
     if not parent.is_dir():
         raise OutputExistsError(f"{out_p}: directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
-        raise OutputExistsError(f"{out_p}: directory {parent} is not writable; choose another -o path")
+        raise OutputExistsError(f"{out_p}: directory {parent} is not writable; choose another output path")
     return out_p
 
 

@@ -158,7 +158,7 @@ def _read_npy(path: Path, trust_pickle: bool) -> Any:
             except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
                 raise CheckpointError(
                     f"{path}: the .npy object array holds more than numpy arrays ({e}); "
-                    "pass --trust-pickle only if you trust its source"
+                    "pass trust_pickle=True only if you trust its source"
                 ) from None
         # A lying header must not make np.load allocate what the file cannot hold (10^12 elements: MemoryError).
         need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
@@ -228,7 +228,7 @@ def _load_torch(path: Path, trust_pickle: bool) -> Any:
                                   "re-save it with torch.save") from None
         raise CheckpointError(
             f"{path}: holds Python objects that safe loading refuses ({why[:160]}). "
-            "Unpickling can run code: pass --trust-pickle (trust_pickle=True) only if you trust its source"
+            "Unpickling can run code: pass trust_pickle=True only if you trust its source"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError,
             ModuleNotFoundError, TypeError, IndexError, struct.error) as e:

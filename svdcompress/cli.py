@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +17,30 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import SvdcompressError
+from .errors import InvalidInputError, SvdcompressError
 
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+# Library messages name Python parameters; on the command line the same things are flags.
+_FLAGS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\bmodel="), "--model "),
+    (re.compile(r"\btrust_pickle=True\b"), "--trust-pickle"),
+    (re.compile(r"\bforce=True\b"), "--force"),
+    (re.compile(r"\bgather_inputs=True\b"), "--gather-inputs"),
+    (re.compile(r"\binput_shape\b"), "--input-shape"),
+    (re.compile(r"\bthe output\b|\banother output path\b"), "another -o path"),
+)
+
+
+def _cli_message(e: BaseException) -> str:
+    """The library's message in the CLI's words (flags, not parameters), on one line."""
+    text = " ".join(str(e).split())
+    for pattern, flag in _FLAGS:
+        text = pattern.sub(flag, text)
+    return text
 
 
 def _friendly(fn: F) -> F:
@@ -30,7 +51,7 @@ def _friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SvdcompressError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(_cli_message(e)) from None
         except MemoryError:
             raise click.ClickException("out of memory; try a smaller batch or checkpoint") from None
         except OSError as e:  # disk full, permission denied... while writing an output: one line, not a traceback
@@ -56,8 +77,16 @@ def _bundled(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
     try:
         return bundled_checkpoint(name)
     except SvdcompressError as e:
-        raise click.ClickException(str(e)) from None
-_threshold_opt = click.option("--threshold", type=float, default=3.0, show_default=True,
+        raise click.ClickException(_cli_message(e)) from None
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number; log α thresholds are finite, e.g. 3")
+    return value
+
+
+_threshold_opt = click.option("--threshold", type=float, default=3.0, show_default=True, callback=_finite,
                               help="log α above which a weight is noise and set to zero.")
 _trust_opt = click.option("--trust-pickle", is_flag=True,
                           help="Allow unpickling arbitrary objects. Unpickling runs code: only for files you trust.")
@@ -97,28 +126,29 @@ def analyze(ckpt: Path, threshold: float, as_json: bool, plot: Path | None, forc
 _model_opt = click.option("--model", "model_spec", metavar="PKG.MODULE:FACTORY",
                           help="Import path of a function returning the nn.Module the checkpoint belongs to. "
                                "Not needed for checkpoints written by svdcompress.")
-_shape_opt = click.option("--input-shape", metavar="C,H,W",
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """A comma-separated list of positive integers (``--batch-sizes 1,16,256``, ``--input-shape 1,28,28``)."""
+    if value is None:
+        return None
+    from ._inputs import parse_int_list
+
+    try:
+        return parse_int_list(value, "", example="1,28,28" if param.name == "input_shape" else "1,16,256")
+    except InvalidInputError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+_shape_opt = click.option("--input-shape", metavar="C,H,W", callback=_int_list,
                           help="Per-example input shape, if the checkpoint does not record it (e.g. 1,28,28).")
 _force_opt = click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 
 
-def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        out = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 1,16,256") from None
-    if not out or any(v <= 0 for v in out):
-        raise click.BadParameter(f"{value!r}: give positive integers, e.g. 1,16,256")
-    return out
+def _resolve(ckpt: Path, model_spec: str | None, trust_pickle: bool, input_shape: tuple[int, ...] | None) -> Any:
+    from .models import load_model
 
-
-def _resolve(ckpt: Path, model_spec: str | None, trust_pickle: bool, input_shape: str | None) -> Any:
-    from .models import load_model, parse_input_shape
-
-    resolved = load_model(ckpt, model=model_spec, trust_pickle=trust_pickle,
-                          input_shape=parse_input_shape(input_shape))
+    resolved = load_model(ckpt, model=model_spec, trust_pickle=trust_pickle, input_shape=input_shape)
     if resolved.input_shape is None:
         raise click.UsageError(f"{ckpt}: the checkpoint does not record its input shape; pass --input-shape, "
                                "e.g. --input-shape 1,28,28")
@@ -133,13 +163,15 @@ def _load_inputs(spec: str | None, limit: int | None = None) -> tuple[Any, Any] 
     import torch
 
     from .datasets import load_dataset
-    from .errors import CheckpointError
 
     if spec.endswith(".npy"):
         try:
             x = torch.from_numpy(np.load(spec, allow_pickle=False)).float()
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{spec}: cannot read inputs ({e}); give a float .npy array (N, ...)") from None
+        except (OSError, ValueError, TypeError) as e:  # missing, not .npy, object or non-numeric arrays
+            raise InvalidInputError(f"--data {spec}: cannot read inputs ({e}); give a float .npy array (N, ...)"
+                                    ) from None
+        if x.dim() < 2 or x.shape[0] == 0:
+            raise InvalidInputError(f"--data {spec}: expected a batch of inputs (N, ...), got shape {tuple(x.shape)}")
         return (x[:limit] if limit else x), None
     x, y = load_dataset(spec, "test")
     return (x[:limit], y[:limit]) if limit else (x, y)
@@ -158,7 +190,7 @@ def _load_inputs(spec: str | None, limit: int | None = None) -> tuple[Any, Any] 
 @_trust_opt
 @_force_opt
 @_friendly
-def prune(ckpt: Path, output: Path, model_spec: str | None, threshold: float, input_shape: str | None,
+def prune(ckpt: Path, output: Path, model_spec: str | None, threshold: float, input_shape: tuple[int, ...] | None,
           gather_inputs: bool, data: str | None, as_json: bool, trust_pickle: bool, force: bool) -> None:
     """Zero the noise, remove dead neurons and filters, verify, and save a model that loads without source."""
     from ._io import check_output_path
@@ -193,28 +225,18 @@ def prune(ckpt: Path, output: Path, model_spec: str | None, threshold: float, in
 @_trust_opt
 @_force_opt
 @_friendly
-def export(ckpt: Path, fmt: str, output: Path, model_spec: str | None, threshold: float, input_shape: str | None,
-           opset: int, dtype: str, trust_pickle: bool, force: bool) -> None:
+def export(ckpt: Path, fmt: str, output: Path, model_spec: str | None, threshold: float,
+           input_shape: tuple[int, ...] | None, opset: int, dtype: str, trust_pickle: bool, force: bool) -> None:
     """Prune and export a deployable artifact, verified against the masked model."""
-    from ._io import check_output_path
-    from .analysis import analyze as _analyze
-    from .export import export_csr, export_onnx
-    from .structured import prune as _prune
+    from .export import export_model
 
-    check_output_path(output, force=force, inputs=(ckpt,))
-    resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape)
-    result = _prune(resolved.module, threshold=threshold, input_shape=resolved.input_shape)
-    if fmt == "csr":
-        prov = dict(resolved.meta.get("provenance") or {})
-        res = export_csr(result.model, output, input_shape=resolved.input_shape, reference=result.masked,
-                         dtype=dtype, force=force, threshold=threshold, provenance=prov)
-    else:
-        res = export_onnx(result.model, output, input_shape=resolved.input_shape, reference=result.masked,
-                          sparse=fmt == "onnx-sparse", opset=opset, dtype=dtype, force=force)
-    compression = _analyze(resolved.module, threshold).total["compression"]
+    res = export_model(ckpt, fmt, output, input_shape=input_shape, model=model_spec, trust_pickle=trust_pickle,
+                       threshold=threshold, dtype=dtype, opset=opset, force=force)
     click.echo(res.summary())
+    compression = "" if res.parameter_compression is None else \
+        f"; parameter compression {res.parameter_compression:.1f}×"
     click.echo(f"size: {res.file_bytes:,} B vs dense fp32 {res.dense_fp32_bytes:,} B = {res.bytes_ratio:.1f}× "
-               f"smaller; parameter compression {compression:.1f}×")
+               f"smaller{compression}")
 
 
 @main.command()
@@ -235,7 +257,7 @@ def export(ckpt: Path, fmt: str, output: Path, model_spec: str | None, threshold
 @_trust_opt
 @_force_opt
 @_friendly
-def bench(ckpt: Path, model_spec: str | None, threshold: float, input_shape: str | None,
+def bench(ckpt: Path, model_spec: str | None, threshold: float, input_shape: tuple[int, ...] | None,
           batch_sizes: tuple[int, ...], threads: tuple[int, ...], repeats: int, contenders: str | None,
           data: str | None, json_out: Path | None, plot: Path | None, trust_pickle: bool, force: bool) -> None:
     """Time dense, masked, pruned, ONNX and CSR forms of the model side by side."""
@@ -267,10 +289,6 @@ def bench(ckpt: Path, model_spec: str | None, threshold: float, input_shape: str
     if plot is not None:
         report.plot(plot)
         click.echo(f"wrote {plot}")
-
-
-def _run() -> None:  # pragma: no cover - console-script shim
-    main(prog_name="svdcompress")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import SvdcompressError
+from .errors import InvalidInputError, SvdcompressError
 
 __all__ = ["FASHION_MNIST_DIR", "load_dataset", "load_fashion_mnist", "load_mnist5k", "read_idx"]
 
@@ -28,13 +28,13 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise SvdcompressError(f"{path}: not an IDX file (bad magic)")
+        raise InvalidInputError(f"{path}: not an IDX file (bad magic)")
     dtype_code, ndim = data[2], data[3]
     dtypes: dict[int, np.dtype[Any]] = {
         0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
     if dtype_code not in dtypes:
-        raise SvdcompressError(f"{path}: unknown IDX dtype code {dtype_code:#x}")
+        raise InvalidInputError(f"{path}: unknown IDX dtype code {dtype_code:#x}")
     shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
     out: np.ndarray = arr.reshape(shape)
@@ -48,7 +48,7 @@ def load_fashion_mnist(
     base = Path(root) if root is not None else FASHION_MNIST_DIR
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
-        raise SvdcompressError(f"unknown split {split!r}; use 'train' or 'test'")
+        raise InvalidInputError(f"unknown split {split!r}; use 'train' or 'test'")
     img_p = base / f"{prefix}-images-idx3-ubyte.gz"
     lab_p = base / f"{prefix}-labels-idx1-ubyte.gz"
     if not img_p.exists():
@@ -81,4 +81,4 @@ def load_dataset(name: str, split: str = "test") -> tuple[torch.Tensor, torch.Te
         return load_fashion_mnist(split)
     if name in ("mnist5k", "mnist-5k"):
         return load_mnist5k(split)
-    raise SvdcompressError(f"unknown data set {name!r}; use 'fashion-mnist' or 'mnist5k'")
+    raise InvalidInputError(f"unknown data set {name!r}; use 'fashion-mnist' or 'mnist5k'")

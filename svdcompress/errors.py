@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 __all__ = [
+    "BundleError",
     "CheckpointError",
     "ExportError",
+    "InvalidInputError",
     "NoSVDOLayersError",
     "OutputExistsError",
     "SvdcompressError",
@@ -15,6 +17,17 @@ __all__ = [
 
 class SvdcompressError(Exception):
     """Base class: the CLI turns it into one line on stderr and exit code 1."""
+
+
+class InvalidInputError(SvdcompressError, ValueError):
+    """An argument or input value is unusable (wrong shape, unknown option, non-finite threshold, ...).
+
+    Also a :class:`ValueError`, so code that catches ``ValueError`` around svdcompress keeps working.
+    """
+
+
+class BundleError(SvdcompressError):
+    """A CSR bundle cannot be read, fails validation, or uses an op this runtime does not know."""
 
 
 class CheckpointError(SvdcompressError):
@@ -38,4 +51,4 @@ class ExportError(SvdcompressError):
 
 
 class OutputExistsError(ExportError):
-    """The output path exists (pass --force) or is the input file itself."""
+    """The output path exists (pass ``force=True``) or is the input file itself."""

@@ -17,9 +17,10 @@ from typing import Any
 
 from torch import nn
 
+from ._inputs import parse_int_list
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .conventions import check_finite, find_svdo_layers
-from .errors import CheckpointError, NoSVDOLayersError, SvdcompressError
+from .errors import CheckpointError, InvalidInputError, NoSVDOLayersError, SvdcompressError
 
 __all__ = ["BUNDLED", "ResolvedModel", "bundled_checkpoint", "load_model", "parse_input_shape"]
 
@@ -34,7 +35,7 @@ def bundled_checkpoint(name: str) -> Path:
         'lenet5.pt'
     """
     if name not in BUNDLED:
-        raise SvdcompressError(f"no bundled checkpoint {name!r}; choose one of {', '.join(BUNDLED)}")
+        raise InvalidInputError(f"no bundled checkpoint {name!r}; choose one of {', '.join(BUNDLED)}")
     path = Path(str(resources.files("svdcompress") / "checkpoints" / f"{name}.pt"))
     if not path.exists():
         raise SvdcompressError(f"{path}: bundled checkpoint missing from this installation; reinstall svdcompress")
@@ -53,29 +54,27 @@ class ResolvedModel:
 
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
-    """``"1,28,28"`` → ``(1, 28, 28)`` (per example, without the batch axis)."""
+    """``"1,28,28"`` → ``(1, 28, 28)`` (per example, without the batch axis); None for None or "".
+
+    Raises:
+        InvalidInputError: not a list of positive integers.
+    """
     if text is None or text == "":
         return None
-    try:
-        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
-    except ValueError:
-        raise SvdcompressError(f"input shape {text!r} is not a list of integers like 1,28,28") from None
-    if not shape or any(d <= 0 for d in shape):
-        raise SvdcompressError(f"input shape {text!r} must be positive integers like 1,28,28")
-    return shape
+    return parse_int_list(text, "input_shape")
 
 
 def _import_factory(spec: str) -> Any:
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
-        raise SvdcompressError(f"--model {spec!r}: expected package.module:factory, e.g. mypkg.nets:make_lenet")
+        raise InvalidInputError(f"model={spec!r}: expected package.module:factory, e.g. mypkg.nets:make_lenet")
     try:
         obj: Any = importlib.import_module(mod_name)
     except ImportError as e:
-        raise SvdcompressError(f"--model {spec!r}: cannot import {mod_name} ({e}); is it on PYTHONPATH?") from None
+        raise InvalidInputError(f"model={spec!r}: cannot import {mod_name} ({e}); is it on PYTHONPATH?") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise SvdcompressError(f"--model {spec!r}: {mod_name} has no attribute {attr!r}")
+            raise InvalidInputError(f"model={spec!r}: {mod_name} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
 
@@ -101,7 +100,7 @@ def _load_state(module: nn.Module, ckpt: LoadedCheckpoint) -> None:
         first = str(e).splitlines()
         detail = " ".join(line.strip() for line in first[1:3]) or first[0]
         raise CheckpointError(f"{ckpt.path}: weights do not fit the model ({detail[:300]}); "
-                              "check that --model builds the architecture the checkpoint was trained with") from None
+                              "check that model= builds the architecture the checkpoint was trained with") from None
 
 
 def load_model(
@@ -131,7 +130,7 @@ def load_model(
         factory = _import_factory(model)
         module = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
         if not isinstance(module, nn.Module):
-            raise SvdcompressError(f"--model {model!r} returned {type(module).__name__}, not a torch.nn.Module")
+            raise InvalidInputError(f"model={model!r} returned {type(module).__name__}, not a torch.nn.Module")
         _load_state(module, ckpt)
         return ResolvedModel(module.eval(), shape, ckpt, "factory")
     if ckpt.arch is not None:
@@ -141,12 +140,12 @@ def load_model(
             module = build(ckpt.arch, **(ckpt.meta.get("arch_kwargs") or {}))
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"{ckpt.path}: records architecture {ckpt.arch!r} that this svdcompress cannot "
-                                  f"build ({e}); pass --model package.module:factory") from None
+                                  f"build ({e}); pass model=package.module:factory") from None
         _load_state(module, ckpt)
         return ResolvedModel(module.eval(), shape, ckpt, "svdcompress", dict(ckpt.meta))
     if ckpt.module is not None:
         return ResolvedModel(ckpt.module.eval(), shape, ckpt, "pickle")
     raise CheckpointError(
-        f"{ckpt.path}: holds weights but no architecture. Pass --model package.module:factory (a function "
-        "returning the nn.Module), or --trust-pickle if the file is a whole pickled model you trust"
+        f"{ckpt.path}: holds weights but no architecture. Pass model=package.module:factory (a function "
+        "returning the nn.Module), or trust_pickle=True if the file is a whole pickled model you trust"
     )

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .conventions import SVDCOMPRESS, keep_rule, log_alpha
+from .errors import UnsupportedOpError
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -239,7 +240,7 @@ def _linear_from(m: nn.Linear, log_sigma2_init: float, threshold: float) -> Line
 
 def _conv_from(m: nn.Conv2d, log_sigma2_init: float, threshold: float) -> Conv2dSVDO:
     if not isinstance(m.padding, (int, tuple)) or m.padding_mode != "zeros":
-        raise ValueError(
+        raise UnsupportedOpError(
             f"sparsify: Conv2d with padding={m.padding!r}, padding_mode={m.padding_mode!r} "
             "is not supported; use numeric zero padding"
         )

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import InvalidInputError
 from .svdo import Conv2dSVDO, LinearSVDO
 
 __all__ = [
@@ -128,7 +129,7 @@ class MLP(nn.Module):
     def __init__(self, sizes: tuple[int, ...] = (784, 300, 100, 10), svdo: bool = False) -> None:
         super().__init__()
         if len(sizes) < 2:
-            raise ValueError(f"MLP needs at least input and output sizes, got {sizes}")
+            raise InvalidInputError(f"MLP needs at least input and output sizes, got {sizes}")
         self.sizes = tuple(int(s) for s in sizes)
         layers: list[nn.Module] = [nn.Flatten()]
         for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=True)):
@@ -177,5 +178,5 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
     try:
         factory = ARCHITECTURES[arch]
     except KeyError:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
+        raise InvalidInputError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
     return factory(**kwargs)

@@ -212,7 +212,7 @@ def test_truncated_and_missing(trained_tiny, tmp_path: Path) -> None:
 def test_pickled_objects_need_trust(trained_tiny, tmp_path: Path) -> None:
     f = tmp_path / "whole.pt"
     torch.save(trained_tiny, f)
-    with pytest.raises(CheckpointError, match="--trust-pickle"):
+    with pytest.raises(CheckpointError, match="trust_pickle=True"):
         analyze(f)
     report = analyze(f, trust_pickle=True)
     assert [r.name for r in report.layers] == list(LAYERS)

@@ -13,15 +13,18 @@ Example:
 from __future__ import annotations
 
 from ._common import DEFAULT_TOLERANCES, DTYPES, ExportResult
+from .api import FORMATS, export_model
 from .csr import FORMAT_NAME, FORMAT_VERSION, export_csr
 from .onnx import export_onnx
 
 __all__ = [
     "DEFAULT_TOLERANCES",
     "DTYPES",
+    "FORMATS",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "ExportResult",
     "export_csr",
+    "export_model",
     "export_onnx",
 ]

@@ -40,6 +40,8 @@ class ExportResult:
         dense_fp32_bytes: 4 × the reference model's weight and bias element count: a dense fp32 checkpoint.
         bytes_ratio: ``dense_fp32_bytes / file_bytes``.
         max_abs_diff: Largest absolute output difference against the reference on the verification batch.
+        parameter_compression: The paper's |W| / |W ≠ 0| of the SVDO model at the threshold used, when
+            :func:`~svdcompress.export.export_model` knows it (None from the single-format exporters).
     """
 
     path: Path
@@ -48,6 +50,7 @@ class ExportResult:
     dense_fp32_bytes: int
     bytes_ratio: float
     max_abs_diff: float
+    parameter_compression: float | None = None
 
     def summary(self) -> str:
         """One line for logs and the CLI.

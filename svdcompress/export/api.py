@@ -1,0 +1,101 @@
+"""One call from a checkpoint (or a live SVDO model) to a verified artifact: what ``svdcompress export`` runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from torch import nn
+
+from .._inputs import check_input_shape
+from .._io import check_output_path
+from ..errors import InvalidInputError, NoSVDOLayersError
+from ..svdo import DEFAULT_THRESHOLD
+from ._common import ExportResult
+
+__all__ = ["FORMATS", "export_model"]
+
+FORMATS = ("onnx", "onnx-sparse", "csr")
+"""Artifact formats :func:`export_model` writes."""
+
+
+def export_model(
+    source: nn.Module | str | os.PathLike[str],
+    fmt: str,
+    path: str | os.PathLike[str],
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    model: str | None = None,
+    trust_pickle: bool = False,
+    threshold: float = DEFAULT_THRESHOLD,
+    dtype: str = "fp32",
+    opset: int = 17,
+    force: bool = False,
+) -> ExportResult:
+    """Mask, structurally prune and export ``source`` as ``fmt``, verified against the masked model.
+
+    Args:
+        source: a trained SVDO ``nn.Module``, or a checkpoint file (see :func:`svdcompress.load_model`).
+        fmt: ``"onnx"`` (compact dense), ``"onnx-sparse"`` (sparse initializers) or ``"csr"`` (CSR bundle).
+        path: the output file.
+        input_shape: per-example input shape, e.g. ``(1, 28, 28)``; optional for checkpoints that record it.
+        model: ``package.module:factory`` building the architecture of a checkpoint that does not record one.
+        trust_pickle: allow a checkpoint that is a whole pickled model (unpickling runs code).
+        threshold: log α above which a weight is noise.
+        dtype: ``"fp32"`` or ``"fp16"`` weight storage.
+        opset: ONNX opset (ONNX formats only).
+        force: overwrite an existing output.
+
+    Returns:
+        The :class:`ExportResult`, with ``parameter_compression`` filled in.
+
+    Raises:
+        InvalidInputError: unknown ``fmt``, a bad ``input_shape`` or none known.
+        CheckpointError, UnsupportedOpError, ExportError, VerificationError: from the stages it runs; for
+            ``fmt="csr"`` an op the bundle cannot express is refused by the pruner, before any work.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from svdcompress.zoo import lenet300
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     res = export_model(lenet300(svdo=True), "onnx", Path(d) / "m.onnx", input_shape=(1, 28, 28))
+        >>> res.format
+        'onnx'
+    """
+    from ..analysis import analyze
+    from ..models import load_model
+    from ..structured import prune
+    from .csr import export_csr
+    from .onnx import export_onnx
+
+    if fmt not in FORMATS:
+        raise InvalidInputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    shape = None if input_shape is None else check_input_shape(input_shape)
+    provenance: dict[str, object] = {}
+    # checked before the slow part; the exporter checks again right before writing
+    check_output_path(path, force=force, inputs=() if isinstance(source, nn.Module) else (source,))
+    if isinstance(source, nn.Module):
+        module = source
+    else:
+        resolved = load_model(source, model=model, trust_pickle=trust_pickle, input_shape=shape)
+        module, shape = resolved.module, resolved.input_shape
+        provenance = dict(resolved.meta.get("provenance") or {})
+        if shape is None:
+            raise InvalidInputError(
+                f"{source}: the checkpoint does not record its input shape; pass input_shape, e.g. 1,28,28"
+            )
+    if shape is None:
+        raise InvalidInputError("export_model() of a module needs input_shape (per example, e.g. (1, 28, 28))")
+    result = prune(module, threshold=threshold, input_shape=shape, require_csr=fmt == "csr")
+    if fmt == "csr":
+        res = export_csr(result.model, path, input_shape=shape, reference=result.masked, dtype=dtype, force=force,
+                         threshold=threshold, provenance=provenance)
+    else:
+        res = export_onnx(result.model, path, input_shape=shape, reference=result.masked,
+                          sparse=fmt == "onnx-sparse", opset=opset, dtype=dtype, force=force)
+    try:
+        compression: float | None = float(analyze(module, threshold).total["compression"])
+    except NoSVDOLayersError:  # a plain model with zeroed weights: no log α to count
+        compression = None
+    return dataclasses.replace(res, parameter_compression=compression)
