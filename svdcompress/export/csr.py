@@ -1,28 +1,14 @@
-"""CSR bundle: one zip file holding a JSON manifest (graph of ops, per-layer metadata) and the weights.
+"""Write a model as a CSR bundle: trace it with torch.fx, capture its ops, fold BatchNorm, encode, verify.
 
-Container (``format = "svdcompress-csr"``, ``format_version = 1``): a ZIP archive, DEFLATE level 9, with
-
-- ``manifest.json``: everything but the numbers (see :func:`export_csr`);
-- one ``<dtype>.npy`` member per dtype used (``float32.npy``, ``float16.npy``, ``uint8.npy``, ...): all
-  tensors of that dtype concatenated into one 1-D array, because each zip member costs ~160 bytes of
-  headers (~8% of a LeNet-300-100 bundle with one member per array). The manifest's ``tensors`` table
-  gives each tensor's ``dtype``, ``offset``, ``shape`` and ``encoding`` (``raw``, or ``row_delta`` for
-  CSR column indices). Blobs of multi-byte types are stored byte-shuffled (a ``uint8`` ``[itemsize,
-  count]`` array: all first bytes, then all second bytes, ...), which lets DEFLATE squeeze the
-  low-entropy bytes (float sign/exponent, high bytes of small indices); ``blobs[dtype]["byteshuffle"]``
-  says so.
-
-Every member is a plain ``.npy`` readable with ``numpy.load(path, allow_pickle=False)``; nothing is pickled.
+The bundle format itself (container, codecs, reader, validation) is owned by :mod:`svdcompress.runtime.bundle`;
+this module only decides what goes into it.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import operator
 import os
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,15 +20,13 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from .. import __version__
 from .._inputs import example_inputs
 from .._io import atomic_path
-from ..errors import ExportError
+from ..errors import ExportError, SvdcompressError
 from ..graph import Tracer, describe_node, propagate_shapes, softmax_dim
 from ..ops import InputGather, Op, lookup
+from ..runtime.bundle import FORMAT_NAME, FORMAT_VERSION, BundleWriter, narrow_uint
 from ._common import ExportResult, _dense_fp32_bytes, _prepare, _verify
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "export_csr"]
-
-FORMAT_NAME = "svdcompress-csr"
-FORMAT_VERSION = 1
 _FP16_MAX = 65504.0
 
 # ---------------------------------------------------------------------------------------------- graph capture
@@ -314,90 +298,6 @@ def _fold_batchnorm(nodes: list[dict[str, Any]], params: dict[str, np.ndarray], 
     return kept, rename.get(output, output)
 
 
-# ---------------------------------------------------------------------------------------------- encoding
-
-
-def _narrow_uint(a: np.ndarray) -> np.ndarray:
-    """``a`` (non-negative integers) in the narrowest unsigned type that holds its maximum."""
-    top = int(a.max()) if a.size else 0
-    for t in (np.uint8, np.uint16, np.uint32):
-        if top <= np.iinfo(t).max:
-            return a.astype(t)
-    return a.astype(np.uint64)
-
-
-class _Blobs:
-    """Collect tensors into one concatenated 1-D array per dtype; record where each one lives."""
-
-    def __init__(self) -> None:
-        self.parts: dict[str, list[np.ndarray]] = {}
-        self.sizes: dict[str, int] = {}
-        self.table: dict[str, dict[str, Any]] = {}
-
-    def add(self, name: str, arr: np.ndarray, encoding: str = "raw") -> str:
-        key = arr.dtype.name
-        self.table[name] = {"dtype": key, "offset": self.sizes.get(key, 0), "shape": list(arr.shape),
-                            "encoding": encoding}
-        self.parts.setdefault(key, []).append(arr.ravel())
-        self.sizes[key] = self.sizes.get(key, 0) + arr.size
-        return name
-
-    def members(self) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
-        meta: dict[str, dict[str, Any]] = {}
-        arrays: dict[str, np.ndarray] = {}
-        for key, parts in sorted(self.parts.items()):
-            flat = np.concatenate(parts)
-            shuffle = flat.itemsize > 1
-            if shuffle:  # (count,) → (itemsize, count) bytes: high bytes (sign/exponent, zeros) deflate well
-                flat = np.ascontiguousarray(flat.view(np.uint8).reshape(flat.size, flat.itemsize).T)
-            meta[key] = {"member": f"{key}.npy", "count": self.sizes[key], "byteshuffle": shuffle}
-            arrays[f"{key}.npy"] = flat
-        return meta, arrays
-
-
-def _encode_weight(blobs: _Blobs, name: str, w: np.ndarray, vdtype: type[np.floating[Any]]) -> dict[str, Any]:
-    """Store ``w`` as CSR of its ``[out, rest]`` matrix if that is smaller than dense, else dense.
-
-    CSR column indices are delta-coded within each row (first entry absolute), which usually fits them
-    in one byte; the runtime undoes it with a cumulative sum.
-    """
-    mat = w.reshape(w.shape[0], -1)  # (out, in*kh*kw)
-    rows, cols = np.nonzero(mat)  # row-major order: CSR order
-    nnz = int(rows.size)
-    counts = np.bincount(rows, minlength=mat.shape[0])
-    indptr = _narrow_uint(np.concatenate([[0], np.cumsum(counts)]))
-    deltas = cols.astype(np.int64)
-    deltas[1:] -= cols[:-1]
-    starts = indptr[:-1][counts > 0].astype(np.int64)
-    deltas[starts] = cols[starts]
-    indices = _narrow_uint(deltas)
-    itemsize = np.dtype(vdtype).itemsize
-    csr_bytes = nnz * (itemsize + indices.itemsize) + indptr.nbytes
-    info: dict[str, Any] = {"shape": list(w.shape), "nnz": nnz, "density": nnz / max(1, w.size),
-                            "dtype": np.dtype(vdtype).name}
-    if csr_bytes < w.size * itemsize:
-        info.update(storage="csr", matrix_shape=list(mat.shape),
-                    indptr=blobs.add(f"{name}.indptr", indptr),
-                    indices=blobs.add(f"{name}.indices", indices, "row_delta"),
-                    values=blobs.add(f"{name}.values", mat[rows, cols].astype(vdtype)))
-    else:
-        info.update(storage="dense", values=blobs.add(f"{name}.values", w.astype(vdtype)))
-    return info
-
-
-def _write_zip(path: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    # Fixed timestamps make the bundle byte-for-byte reproducible.
-    def info(name: str) -> zipfile.ZipInfo:
-        zi = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-        zi.compress_type = zipfile.ZIP_DEFLATED
-        return zi
-
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        zf.writestr(info("manifest.json"), json.dumps(manifest, sort_keys=True, separators=(",", ":")))
-        for name, arr in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, arr, allow_pickle=False)
-            zf.writestr(info(name), buf.getvalue())
 
 
 def export_csr(
@@ -456,34 +356,35 @@ def export_csr(
     inp, output = capture.run()
     nodes, output = _fold_batchnorm(capture.nodes, capture.params, output)
     vdtype: type[np.floating[Any]] = np.float16 if vname == "fp16" else np.float32
-    blobs, layers = _Blobs(), {}
+    writer, layers = BundleWriter(), {}
     for n in nodes:
         for role, pname in n["params"].items():
             arr = capture.params[pname]
             if role == "weight":
                 if vname == "fp16" and np.abs(arr).max(initial=0.0) > _FP16_MAX:
                     raise ExportError(f"{n['name']}: weights exceed the fp16 range (±65504); export as fp32")
-                layers[pname] = _encode_weight(blobs, pname, arr, vdtype)
+                layers[pname] = writer.add_weight(pname, arr, vdtype)
             elif role == "index":
-                blobs.add(pname, _narrow_uint(arr))
-            else:  # bias, BatchNorm scale/shift: fp32 keeps them exact enough and they are tiny
-                blobs.add(pname, arr.astype(np.float32))
-    blob_meta, arrays = blobs.members()
+                writer.add(pname, narrow_uint(arr))
+            else:  # bias, BatchNorm scale/shift, slopes: fp32 keeps them exact enough and they are tiny
+                writer.add(pname, arr.astype(np.float32))
     used = {v for n in nodes for v in [*n["inputs"], *n["outputs"]]} | {inp, output}
     manifest: dict[str, Any] = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
         "producer": {"name": "svdcompress", "version": __version__},
         "dtype": vname, "input_shape": list(input_shape), "output_shape": capture.shapes[output],
         "input": inp, "output": output,
         "value_shapes": {k: v for k, v in capture.shapes.items() if k in used},
-        "nodes": nodes, "layers": layers, "tensors": blobs.table, "blobs": blob_meta,
+        "nodes": nodes, "layers": layers,
         "threshold": threshold, "provenance": provenance or {},
     }
     with atomic_path(out) as tmp:
-        _write_zip(tmp, manifest, arrays)
+        writer.write(tmp, manifest)
         from .. import runtime  # verify with the reader that will consume the file, not a second copy of it
 
-        bundle = runtime.load(tmp)
+        try:
+            bundle = runtime.load(tmp)
+        except SvdcompressError as exc:  # the runtime refuses what we wrote: an exporter bug or an unknown op
+            raise ExportError(f"{out}: the runtime cannot run the bundle just written: {exc}") from exc
         diff = _verify(bundle, ref, tuple(input_shape), tol, f"CSR bundle {out}")
         size = tmp.stat().st_size
     dense = _dense_fp32_bytes(ref) if dense_fp32_bytes is None else int(dense_fp32_bytes)

@@ -1,0 +1,164 @@
+"""Run a CSR bundle on a CPU with svdcompress's own numba kernels, without the model's code and without torch.
+
+This package imports numpy and numba only (plus :mod:`svdcompress.errors`), so a served model pays neither
+torch's import time nor its memory. Calls take and return numpy arrays, or torch tensors when given one.
+
+Example:
+    >>> import numpy as np, svdcompress.runtime as rt          # doctest: +SKIP
+    >>> model = rt.load("lenet5.csr")                          # doctest: +SKIP
+    >>> model(np.zeros((8, 1, 28, 28), np.float32)).shape      # doctest: +SKIP
+    (8, 10)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from typing import Any
+
+import numba
+import numpy as np
+
+from ..errors import BundleError, InvalidInputError
+from .bundle import EXTENSION, FORMAT_NAME, FORMAT_VERSION, Bundle, read_bundle
+from .executor import BATCHED, KERNELS, OPS, build_plan
+
+__all__ = [
+    "BATCHED",
+    "EXTENSION",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "KERNELS",
+    "PARALLEL_MIN_BATCH",
+    "SUPPORTED_OPS",
+    "Bundle",
+    "CSRModel",
+    "load",
+    "read_bundle",
+]
+
+SUPPORTED_OPS = frozenset(OPS)
+"""Manifest op names this runtime executes."""
+
+PARALLEL_MIN_BATCH = 8
+"""Batches smaller than this run on one thread whatever ``threads`` says: a numba parallel launch costs
+more than it saves on a few LeNet-sized examples."""
+
+# numba's workqueue layer does not accept parallel launches from several Python threads at once.
+_PARALLEL_LOCK = threading.Lock()
+
+
+class CSRModel:
+    """A loaded bundle: call it on a batch ``(N, *input_shape)`` to get ``(N, *output_shape)`` in fp32.
+
+    Safe to call from many threads at once: each call allocates its own activations and scratch, and
+    parallel kernel launches are serialised by a lock.
+
+    Attributes:
+        manifest: The bundle's manifest, as read.
+        input_shape, output_shape: One example's shapes, without the batch dim.
+        threads: Threads used for batches of :data:`PARALLEL_MIN_BATCH` or more.
+        layer_kernels: Layer name → ``"sparse"`` or ``"dense"``: the kernel that runs it at batch 1.
+        layer_kernels_batched: The same for larger batches.
+        nnz: Layer name → non-zero weights.
+        macs_per_item: Multiply-adds the batch-1 kernels execute per example.
+        weight_bytes: Bytes of weight data (values, indices, row pointers) the batch-1 kernels read per call.
+    """
+
+    def __init__(self, bundle: Bundle, kernel: str = "auto", threads: int | None = None) -> None:
+        if kernel not in KERNELS:
+            raise InvalidInputError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
+        avail = int(numba.config.NUMBA_NUM_THREADS)
+        if threads is None:
+            threads = 1
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise InvalidInputError(f"threads must be a positive integer, got {threads!r}")
+        if threads > avail:
+            warnings.warn(f"threads={threads} but numba has {avail}; using {avail}", RuntimeWarning, stacklevel=3)
+            threads = avail
+        self.manifest = bundle.manifest
+        self.path = bundle.path
+        self.threads = threads
+        self.input_shape = tuple(int(d) for d in bundle.manifest["input_shape"])
+        plan = build_plan(bundle, kernel)
+        self._plan = plan
+        self.output_shape = plan.output_shape
+        self.layer_kernels = plan.layer_kernels
+        self.layer_kernels_batched = plan.layer_kernels_batched
+        self.nnz = plan.nnz
+        self.macs_per_item = plan.macs_per_item
+        self.weight_bytes = plan.weight_bytes
+
+    def __call__(self, x: Any) -> Any:
+        """Run the model.
+
+        Args:
+            x: ``(N, *input_shape)`` numpy array or torch tensor (any float dtype; computed in fp32).
+
+        Returns:
+            ``(N, *output_shape)`` float32: a numpy array, or a CPU torch tensor if ``x`` was a tensor.
+
+        Raises:
+            InvalidInputError: ``x`` does not have shape ``(N, *input_shape)``.
+        """
+        is_torch = type(x).__module__.split(".")[0] == "torch"
+        arr = x.detach().cpu().numpy() if is_torch else x
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if arr.ndim != len(self.input_shape) + 1 or tuple(arr.shape[1:]) != self.input_shape:
+            raise InvalidInputError(f"{self.path}: expected input of shape (N, "
+                                    f"{', '.join(map(str, self.input_shape))}), got {tuple(arr.shape)}")
+        n = arr.shape[0]
+        if n == 0:
+            out = np.zeros((0, *self.output_shape), np.float32)
+        elif self.threads > 1 and n >= PARALLEL_MIN_BATCH:
+            with _PARALLEL_LOCK:
+                numba.set_num_threads(self.threads)
+                out = self._run(arr, True)
+        else:
+            out = self._run(arr, False)
+        if is_torch:
+            return sys.modules["torch"].from_numpy(out)
+        return out
+
+    def _run(self, arr: np.ndarray, par: bool) -> np.ndarray:
+        v: list[Any] = [None] * self._plan.nslots
+        v[0] = arr
+        for step in self._plan.steps:
+            step(v, par)
+        return np.ascontiguousarray(v[self._plan.output_slot], dtype=np.float32)
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(f"{k}={v}" for k, v in self.layer_kernels.items())
+        return (f"CSRModel({os.path.basename(self.path)}, input_shape={self.input_shape}, "
+                f"output_shape={self.output_shape}, threads={self.threads}, kernels: {kinds})")
+
+
+def load(path: str | os.PathLike[str], *, threads: int | None = None, kernel: str = "auto") -> CSRModel:
+    """Load, validate and compile a CSR bundle written by :func:`svdcompress.export_csr`.
+
+    Args:
+        path: The bundle file (``.csr`` by custom).
+        threads: Threads for batches of :data:`PARALLEL_MIN_BATCH` or more (default 1). Affects this model
+            only, never the process.
+        kernel: ``"auto"`` (each layer runs the kernel measured faster on its shape, at batch 1 and at
+            :data:`BATCHED`), ``"sparse"`` or ``"dense"``.
+
+    Returns:
+        A callable :class:`CSRModel`.
+
+    Raises:
+        BundleError: The file is missing, not a bundle, corrupt, or uses an op this runtime does not know;
+            the message names the file and the tensor or node.
+        InvalidInputError: Unknown ``kernel`` or a non-positive ``threads``.
+    """
+    if kernel not in KERNELS:
+        raise InvalidInputError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
+    bundle = read_bundle(path)
+    try:
+        return CSRModel(bundle, kernel, threads)
+    except (BundleError, InvalidInputError):
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:  # a manifest of the wrong shape
+        raise BundleError(f"{path}: manifest is malformed ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,161 @@
+"""Scalar building blocks the kernels inline: activation functions and one pooling window sweep.
+
+Activations are selected by a small integer code (:data:`ACT_CODES`) so that one compiled kernel serves every
+activation; the branch is on a loop-invariant value, so it costs a predictable jump per element at most.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+__all__ = ["ACT_CODES", "FASTMATH", "MONOTONE_ACTS", "POOL_AVG", "POOL_MAX", "POOL_NONE", "VEC", "act", "act_bias_row",
+           "max_pool_inside", "pool_plane"]
+
+# Reassociation lets LLVM vectorise reductions (SpMV dot products); contraction gives FMAs. No nnan/ninf:
+# NaN and inf must propagate as they do in PyTorch.
+FASTMATH = {"reassoc", "contract"}
+
+ACT_CODES: dict[str, int] = {
+    "identity": 0, "relu": 1, "relu6": 2, "sigmoid": 3, "tanh": 4, "silu": 5, "leaky_relu": 6, "elu": 7,
+    "gelu": 8, "gelu_tanh": 9, "hardtanh": 10, "mish": 11, "selu": 12, "hardswish": 13, "softplus": 14,
+}
+POOL_NONE, POOL_MAX, POOL_AVG = 0, 1, 2
+MONOTONE_ACTS = frozenset({0, 1, 2, 3, 4, 10})
+"""Non-decreasing activations (identity, relu, relu6, sigmoid, tanh, hardtanh): max-pooling commutes with
+them, so a fused kernel may pool the raw sums first and apply bias and activation to 4× fewer values."""
+VEC = 16
+"""Floats per vector step in the kernels (one AVX-512 register, two AVX2 registers). Accumulator rows are
+padded to a multiple of it, so that every inner loop is whole vectors with no scalar remainder."""
+
+_SELU_ALPHA = 1.6732632423543772
+_SELU_SCALE = 1.0507009873554805
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+@njit(cache=True, inline="always")
+def _softplus(v: float, beta: float, threshold: float) -> float:
+    if v * beta > threshold:
+        return v
+    return math.log1p(math.exp(v * beta)) / beta
+
+
+@njit(cache=True, inline="always")
+def act(v: float, kind: int, a0: float, a1: float) -> float:
+    """``activation[kind](v)`` with its two attributes (slope, alpha, min/max, beta/threshold)."""
+    if kind == 0:
+        return v
+    if kind == 1:
+        return v if v > 0.0 or v != v else 0.0  # NaN stays NaN, as in torch.relu
+    if kind == 2:
+        return min(max(v, 0.0), 6.0) if v == v else v
+    if kind == 3:
+        return 1.0 / (1.0 + math.exp(-v))
+    if kind == 4:
+        return math.tanh(v)
+    if kind == 5:
+        return v / (1.0 + math.exp(-v))
+    if kind == 6:
+        return v if v >= 0.0 else v * a0
+    if kind == 7:
+        return v if v > 0.0 else a0 * math.expm1(v)
+    if kind == 8:
+        return 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
+    if kind == 9:
+        return 0.5 * v * (1.0 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
+    if kind == 10:
+        return min(max(v, a0), a1) if v == v else v
+    if kind == 11:
+        return v * math.tanh(_softplus(v, 1.0, 20.0))
+    if kind == 12:
+        return _SELU_SCALE * (v if v > 0.0 else _SELU_ALPHA * math.expm1(v))
+    if kind == 13:
+        return v * min(max(v + 3.0, 0.0), 6.0) / 6.0
+    return _softplus(v, a0, a1)
+
+
+@njit(cache=True, inline="always")
+def act_bias_row(dst: np.ndarray, doff: int, src: np.ndarray, soff: int, n: int, b: float, kind: int, a0: float,
+                 a1: float) -> None:
+    """``dst[doff:doff+n] = act(src[soff:soff+n] + b)``; the common activations get their own vector loops.
+
+    Offsets instead of slices: a numba slice costs ~10 ns, which adds up over thousands of output rows.
+    """
+    d, s = np.uint64(doff), np.uint64(soff)
+    if kind == 0:
+        for i in range(np.uint64(n)):
+            dst[d + i] = src[s + i] + b
+    elif kind == 1:
+        for i in range(np.uint64(n)):
+            v = src[s + i] + b
+            dst[d + i] = v if v > 0.0 or v != v else 0.0
+    else:
+        for i in range(np.uint64(n)):
+            dst[d + i] = act(src[s + i] + b, kind, a0, a1)
+
+
+@njit(cache=True, inline="always")
+def max_pool_inside(src: np.ndarray, sw: int, dst: np.ndarray, dh: int, dw: int, ip: np.ndarray) -> None:
+    """Max pooling whose windows all lie inside the source plane (no padding, no ceil overhang).
+
+    ``src`` has row pitch ``sw``; ``ip`` is the pool spec of :func:`pool_plane`. No bounds tests, and the
+    first tap seeds the maximum, so the loop is a straight run of loads and compares.
+    """
+    kh, kw, st_h, st_w, dil_h, dil_w = ip[1], ip[2], ip[3], ip[4], ip[7], ip[8]
+    for i in range(dh):
+        for j in range(dw):
+            base = np.uint64(i * st_h * sw + j * st_w)
+            m = src[base]
+            for a in range(kh):
+                for b in range(kw):
+                    v = src[base + np.uint64(a * dil_h * sw + b * dil_w)]
+                    m = v if v > m or v != v else m
+            dst[i * dw + j] = m
+
+
+@njit(cache=True, inline="always")
+def pool_plane(src: np.ndarray, sh: int, sw: int, dst: np.ndarray, dh: int, dw: int, ip: np.ndarray) -> None:
+    """Pool one ``(sh, sw)`` plane (flat) into one ``(dh, dw)`` plane (flat), PyTorch's semantics.
+
+    ``ip``: kind, kernel h/w, stride h/w, padding h/w, dilation h/w, count_include_pad, divisor_override
+    (0 = none). Max pooling pads with -inf and propagates NaN; average pooling clips its window to the
+    padded input and divides as ``count_include_pad`` / ``divisor_override`` say.
+    """
+    kind, kh, kw, st_h, st_w, ph, pw, dil_h, dil_w, cip, divisor = (
+        ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7], ip[8], ip[9], ip[10])
+    for i in range(dh):
+        hs = i * st_h - ph
+        for j in range(dw):
+            ws = j * st_w - pw
+            if kind == POOL_MAX:
+                m = -np.inf
+                for a in range(kh):
+                    y = hs + a * dil_h
+                    if y < 0 or y >= sh:
+                        continue
+                    for b in range(kw):
+                        x = ws + b * dil_w
+                        if x < 0 or x >= sw:
+                            continue
+                        v = src[y * sw + x]
+                        if v > m or v != v:
+                            m = v
+                dst[i * dw + j] = m
+            else:
+                he = min(hs + kh, sh + ph)
+                we = min(ws + kw, sw + pw)
+                size = (he - hs) * (we - ws)
+                y0, x0, y1, x1 = max(hs, 0), max(ws, 0), min(he, sh), min(we, sw)
+                s = 0.0
+                for y in range(y0, y1):
+                    for x in range(x0, x1):
+                        s += src[y * sw + x]
+                if divisor > 0:
+                    d = divisor
+                elif cip:
+                    d = size
+                else:
+                    d = (y1 - y0) * (x1 - x0)
+                dst[i * dw + j] = s / d

@@ -1,0 +1,133 @@
+"""Sparse and dense Linear layers with bias and activation fused.
+
+- :func:`spmv`: one example. Each output row is a dot product of its nonzeros with gathered inputs; with
+  reassociation allowed LLVM vectorises it with gather loads.
+- :func:`spmm_serial`: a batch. Blocks of ``tile`` examples are transposed into a feature-major scratch
+  ``[in, tile]`` so that every nonzero multiplies one contiguous row of ``tile`` activations (broadcast
+  multiply-add, no gathers); the result is written back batch-major. Transposing costs ``(in + out) · tile``
+  moves against ``nnz · tile`` multiply-adds.
+- Dense kernels are the same loops over a weight whose CSR holds every entry: ``dense_gemv`` walks each
+  row contiguously (no gathers), which wins on small dense-ish layers.
+
+Column indices may be any unsigned or signed integer type: each width compiles its own specialisation,
+so the narrowest type that fits (uint16 below 65,536 inputs) cuts the bytes read per nonzero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._scalar import FASTMATH, act
+
+__all__ = ["dense_gemv", "spmm_parallel", "spmm_serial", "spmm_tile", "spmv"]
+
+
+def spmm_tile(in_features: int) -> int:
+    """Examples per batch block: 64 while the ``[in, tile]`` block fits in half of a 1 MB L2, else fewer.
+
+    Measured on a 4096×4096 layer at 2%: 10 GMAC/s at 64, 6 at 32, 4 at 16, and 7 at 128 (2 MB block).
+    """
+    tile = 64
+    while tile > 8 and in_features * tile * 4 > 512 * 1024:
+        tile //= 2
+    return tile
+
+
+@njit(cache=True, fastmath={"contract"})
+def spmv(x: np.ndarray, y: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals: np.ndarray, bias: np.ndarray,
+         kind: int, a0: float, a1: float) -> None:
+    """``y[n, r] = act(Σ_j vals[j] · x[n, idx[j]] + bias[r])`` row by row, one example at a time.
+
+    Eight independent partial sums per row hide the FMA latency; measured 1.5 GMAC/s against 0.7 for
+    LLVM's own gather-vectorised reduction on a 4096×4096 layer at 2% (one Zen 5 core).
+
+    Args:
+        x: ``(N, in)`` float32. y: ``(N, out)`` float32, written.
+        indptr: ``(out + 1,)`` int64. idx: ``(nnz,)`` unsigned column indices. vals: ``(nnz,)`` float32.
+        bias: ``(out,)`` float32. kind, a0, a1: activation code and attributes.
+    """
+    rows = indptr.size - 1
+    for n in range(x.shape[0]):
+        xn = x[n]
+        yn = y[n]
+        for r in range(rows):
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+            j, e = indptr[r], indptr[r + 1]
+            while j + 8 <= e:
+                s0 += vals[j] * xn[idx[j]]
+                s1 += vals[j + 1] * xn[idx[j + 1]]
+                s2 += vals[j + 2] * xn[idx[j + 2]]
+                s3 += vals[j + 3] * xn[idx[j + 3]]
+                s4 += vals[j + 4] * xn[idx[j + 4]]
+                s5 += vals[j + 5] * xn[idx[j + 5]]
+                s6 += vals[j + 6] * xn[idx[j + 6]]
+                s7 += vals[j + 7] * xn[idx[j + 7]]
+                j += 8
+            while j < e:
+                s0 += vals[j] * xn[idx[j]]
+                j += 1
+            yn[r] = act(((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + bias[r], kind, a0, a1)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def dense_gemv(x: np.ndarray, y: np.ndarray, w: np.ndarray, bias: np.ndarray, kind: int, a0: float,
+               a1: float) -> None:
+    """``y[n] = act(w @ x[n] + bias)`` with ``w`` dense ``(out, in)``: contiguous dot products."""
+    rows, cols = w.shape
+    for n in range(x.shape[0]):
+        xn = x[n]
+        for r in range(rows):
+            wr = w[r]
+            s = np.float32(0.0)
+            for c in range(cols):
+                s += wr[c] * xn[c]
+            y[n, r] = act(s + bias[r], kind, a0, a1)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _spmm_tile(x: np.ndarray, y: np.ndarray, n0: int, n1: int, indptr: np.ndarray, idx: np.ndarray,
+               vals: np.ndarray, bias: np.ndarray, kind: int, a0: float, a1: float, xt: np.ndarray,
+               acc: np.ndarray, tile: int) -> None:
+    cols = x.shape[1]
+    rows = indptr.size - 1
+    m = n1 - n0
+    ut = np.uint64(tile)  # a run-time width: a constant one gets unrolled into scalar registers, not vectors
+    for c in range(cols):  # transpose the block in: xt[c, t] = x[n0 + t, c]
+        for t in range(m):
+            xt[c * tile + t] = x[n0 + t, c]
+        for t in range(m, tile):
+            xt[c * tile + t] = 0.0
+    for r in range(rows):
+        for t in range(ut):
+            acc[t] = 0.0
+        for j in range(indptr[r], indptr[r + 1]):
+            v = vals[j]
+            base = np.uint64(idx[j]) * ut
+            for t in range(ut):  # uint64 throughout: uint64 + int64 would promote to float64 in numba
+                acc[t] += v * xt[base + t]
+        b = bias[r]
+        for t in range(m):
+            y[n0 + t, r] = act(acc[t] + b, kind, a0, a1)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def spmm_serial(x: np.ndarray, y: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals: np.ndarray,
+                bias: np.ndarray, kind: int, a0: float, a1: float, tile: int) -> None:
+    """Batched :func:`spmv` through feature-major blocks of ``tile`` examples, one thread."""
+    xt = np.empty(x.shape[1] * tile, np.float32)
+    acc = np.empty(tile, np.float32)
+    for n0 in range(0, x.shape[0], tile):
+        _spmm_tile(x, y, n0, min(n0 + tile, x.shape[0]), indptr, idx, vals, bias, kind, a0, a1, xt, acc, tile)
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def spmm_parallel(x: np.ndarray, y: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals: np.ndarray,
+                  bias: np.ndarray, kind: int, a0: float, a1: float, tile: int) -> None:
+    """:func:`spmm_serial` with batch blocks split across numba's threads, each with its own scratch."""
+    nblocks = (x.shape[0] + tile - 1) // tile
+    for blk in prange(nblocks):
+        xt = np.empty(x.shape[1] * tile, np.float32)
+        acc = np.empty(tile, np.float32)
+        n0 = blk * tile
+        _spmm_tile(x, y, n0, min(n0 + tile, x.shape[0]), indptr, idx, vals, bias, kind, a0, a1, xt, acc, tile)
