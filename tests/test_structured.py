@@ -411,8 +411,13 @@ def test_pruned_model_exports_with_torch_export_and_onnx() -> None:
         exported = torch.export.export(res.model, (x,))
         torch.testing.assert_close(exported.module()(x), res.model(x))
     buf = io.BytesIO()
-    torch.onnx.export(res.model, (x,), buf, dynamo=False)
-    assert len(buf.getvalue()) > 0
+    torch.onnx.export(res.model, (x,), buf, dynamo=False, input_names=["x"])
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), res.model(x), rtol=1e-4, atol=1e-4)
 
 
 # --- a trained ResNet-style CNN -------------------------------------------------------------------
