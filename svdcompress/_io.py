@@ -106,8 +106,11 @@ def release_pages(t: torch.Tensor) -> None:
             entries = np.frombuffer(os.pread(fd, (b - a) // page * 8, a // page * 8), dtype=np.uint64)
         finally:
             os.close(fd)
-        present, swapped, file_page = (entries >> np.uint64(63)) & 1, (entries >> np.uint64(62)) & 1, \
-            (entries >> np.uint64(61)) & 1
+        present, swapped, file_page = (
+            (entries >> np.uint64(63)) & 1,
+            (entries >> np.uint64(62)) & 1,
+            (entries >> np.uint64(61)) & 1,
+        )
         if swapped.any() or (present & (1 - file_page)).any():
             return  # a page was written (copy-on-write) or swapped: dropping it would lose data
         _LIBC.madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), _MADV_DONTNEED)

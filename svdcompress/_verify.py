@@ -27,8 +27,12 @@ def _leaves(out: Any) -> list[torch.Tensor]:
 
 
 def compare_outputs(
-    reference: Callable[[torch.Tensor], Any], candidate: Callable[[torch.Tensor], Any], x: torch.Tensor, what: str,
-    *, error: type[SvdcompressError] = VerificationError,
+    reference: Callable[[torch.Tensor], Any],
+    candidate: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    what: str,
+    *,
+    error: type[SvdcompressError] = VerificationError,
 ) -> tuple[float, float]:
     """Run both on ``x``; return ``(max |candidate - reference|, max(1, max |reference|))``.
 
@@ -54,7 +58,12 @@ def compare_outputs(
 
 
 def check_outputs(
-    diff: float, scale: float, tolerance: float, what: str, *, error: type[SvdcompressError] = VerificationError,
+    diff: float,
+    scale: float,
+    tolerance: float,
+    what: str,
+    *,
+    error: type[SvdcompressError] = VerificationError,
     hint: str = "",
 ) -> None:
     """Raise ``error`` unless ``diff <= tolerance * scale`` (the rule every stage verifies with)."""

@@ -105,30 +105,64 @@ class AnalysisReport:
 
     def format_table(self) -> str:
         """The human table: one row per layer and a total row (the paper's |W| / |W≠0|)."""
-        head = ["layer", "kind", "shape", "weights", "kept", "sparsity%", "compr.", "dead out", "dead in",
-                "log α min/med/max"]
+        head = [
+            "layer",
+            "kind",
+            "shape",
+            "weights",
+            "kept",
+            "sparsity%",
+            "compr.",
+            "dead out",
+            "dead in",
+            "log α min/med/max",
+        ]
         rows = []
         for r in self.layers:
-            rows.append([
-                r.name, r.kind, "×".join(map(str, r.shape)), f"{r.weights:,}", f"{r.kept:,}", f"{r.sparsity:.2f}",
-                _fmt_x(r.compression), f"{r.dead_outputs}/{r.outputs}", f"{r.dead_inputs}/{r.inputs}",
-                f"{r.log_alpha_min:.1f} / {r.log_alpha_median:.1f} / {r.log_alpha_max:.1f}",
-            ])
+            rows.append(
+                [
+                    r.name,
+                    r.kind,
+                    "×".join(map(str, r.shape)),
+                    f"{r.weights:,}",
+                    f"{r.kept:,}",
+                    f"{r.sparsity:.2f}",
+                    _fmt_x(r.compression),
+                    f"{r.dead_outputs}/{r.outputs}",
+                    f"{r.dead_inputs}/{r.inputs}",
+                    f"{r.log_alpha_min:.1f} / {r.log_alpha_median:.1f} / {r.log_alpha_max:.1f}",
+                ]
+            )
         t = self.total
-        rows.append(["total", "", "", f"{t['weights']:,}", f"{t['kept']:,}", f"{t['sparsity']:.2f}",
-                     _fmt_x(t["compression"]), "", "", ""])
+        rows.append(
+            [
+                "total",
+                "",
+                "",
+                f"{t['weights']:,}",
+                f"{t['kept']:,}",
+                f"{t['sparsity']:.2f}",
+                _fmt_x(t["compression"]),
+                "",
+                "",
+                "",
+            ]
+        )
         widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
         right = {3, 4, 5, 6, 7, 8}
 
         def line(cells: list[str]) -> str:
-            return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths,
-                                                                                                  strict=True)))
+            return "  ".join(
+                c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
 
         sep = "  ".join("-" * w for w in widths)
         out = [f"{self.source}: threshold log α < {self.threshold:g}", line(head), sep]
         out += [line(r) for r in rows[:-1]] + [sep, line(rows[-1])]
-        out.append(f"Weights only: {t['biases']:,} biases are counted apart "
-                   f"(compression with biases: {_fmt_x(t['compression_with_biases'])}).")
+        out.append(
+            f"Weights only: {t['biases']:,} biases are counted apart "
+            f"(compression with biases: {_fmt_x(t['compression_with_biases'])})."
+        )
         return "\n".join(out)
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
@@ -180,9 +214,18 @@ def layers_of(model: nn.Module) -> list[SVDOLayer]:
         b = getattr(m, "bias", None)
         kind = layer_kind(w) if w.dim() in (2, 3, 4) else "linear"
         ls2: torch.Tensor = m.log_sigma2  # is_svdo_like checked it is a tensor
-        out.append(SVDOLayer(name or "<model>", kind, w, ls2.detach(),
-                             b.detach().reshape(-1) if isinstance(b, torch.Tensor) else None, conv,
-                             f"{name}.weight", f"{name}.log_sigma2"))
+        out.append(
+            SVDOLayer(
+                name or "<model>",
+                kind,
+                w,
+                ls2.detach(),
+                b.detach().reshape(-1) if isinstance(b, torch.Tensor) else None,
+                conv,
+                f"{name}.weight",
+                f"{name}.log_sigma2",
+            )
+        )
     return out
 
 
@@ -293,8 +336,10 @@ def analyze(
         if not layers:
             from .errors import NoSVDOLayersError
 
-            raise NoSVDOLayersError(f"{name}: the module has no SVDO layers (weight + log_sigma2); "
-                                    "wrap it with svdcompress.svdo.sparsify and train it first")
+            raise NoSVDOLayersError(
+                f"{name}: the module has no SVDO layers (weight + log_sigma2); "
+                "wrap it with svdcompress.svdo.sparsify and train it first"
+            )
     elif isinstance(source, Mapping):
         name = "<state_dict>"
         layers = find_svdo_layers(source, file=name)

@@ -76,9 +76,9 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-
-def _probe(gm: fx.GraphModule, node: fx.Node, infos: dict[str, NodeInfo], const_of: Callable[[str], torch.Tensor]
-           ) -> torch.Tensor:
+def _probe(
+    gm: fx.GraphModule, node: fx.Node, infos: dict[str, NodeInfo], const_of: Callable[[str], torch.Tensor]
+) -> torch.Tensor:
     """Per output channel: the constant the node emits when each input channel is its constant.
 
     Non-constant input channels are filled with NaN, which every supported op propagates; an
@@ -195,8 +195,9 @@ def build_channel_graph(gm: fx.GraphModule, *, require_csr: bool = False) -> Cha
             w, b = layer_weight_bias(info.module)
             dead = ~(w != 0).reshape(w.shape[0], -1).any(1)  # (C,)
             # A zero filter emits its bias whatever it reads; otherwise constant in -> constant out.
-            const[sl(name)] = torch.where(dead, b, torch.where(torch.isnan(const_of(info.inputs[0].name)),
-                                                               math.nan, probed))
+            const[sl(name)] = torch.where(
+                dead, b, torch.where(torch.isnan(const_of(info.inputs[0].name)), math.nan, probed)
+            )
             for i in torch.nonzero(dead).flatten().tolist():
                 dead_source[offset[name] + i] = str(node.target)
         elif kind in (Kind.PER_CHANNEL, Kind.ELEMENTWISE):
@@ -211,7 +212,7 @@ def build_channel_graph(gm: fx.GraphModule, *, require_csr: bool = False) -> Cha
                 c = infos[src.name].channels
                 for i in range(c):
                     uf.union(offset[src.name] + i, start + i)
-                const[start:start + c] = const_of(src.name)
+                const[start : start + c] = const_of(src.name)
                 start += c
         elif kind is Kind.FLATTEN:
             src_info = infos[info.inputs[0].name]
@@ -270,4 +271,3 @@ def _run_node(gm: fx.GraphModule, node: fx.Node, args: Any, kwargs: Any) -> Any:
     if node.op == "call_method":
         return getattr(args[0], str(node.target))(*args[1:], **kwargs)
     return node.target(*args, **kwargs)  # type: ignore[operator]  # call_function targets are callables
-

@@ -127,9 +127,12 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles numpy arrays and lists of them, nothing else: no code can run."""
 
     _ALLOWED: ClassVar[set[tuple[str, str]]] = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -164,8 +167,10 @@ def _read_npy(path: Path, trust_pickle: bool) -> Any:
         need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
         have = os.fstat(f.fileno()).st_size - f.tell()
         if need > have:
-            raise CheckpointError(f"{path}: truncated or corrupt .npy file (header promises shape {shape}, "
-                                  f"{need:,} bytes, but {have:,} bytes follow)")
+            raise CheckpointError(
+                f"{path}: truncated or corrupt .npy file (header promises shape {shape}, "
+                f"{need:,} bytes, but {have:,} bytes follow)"
+            )
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -174,8 +179,10 @@ def _read_npy(path: Path, trust_pickle: bool) -> Any:
 
 def _from_positional(arrays: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(arrays, np.ndarray) and arrays.dtype != object:
-        raise CheckpointError(f"{path}: holds one array of shape {arrays.shape}, not a list of layer parameters; "
-                              "expected the Lasagne list W, b, ls2 per layer")
+        raise CheckpointError(
+            f"{path}: holds one array of shape {arrays.shape}, not a list of layer parameters; "
+            "expected the Lasagne list W, b, ls2 per layer"
+        )
     out: dict[str, torch.Tensor] = {}
     for i, a in enumerate(list(arrays)):
         if not isinstance(a, np.ndarray):
@@ -205,8 +212,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
                 out[k] = f.get_tensor(k)
         return out
     except Exception as e:  # safetensors raises its own SafetensorError and plain OSError/ValueError
-        raise CheckpointError(f"{path}: invalid safetensors file ({e}); re-save it with safetensors.torch.save_file")\
-            from None
+        raise CheckpointError(
+            f"{path}: invalid safetensors file ({e}); re-save it with safetensors.torch.save_file"
+        ) from None
 
 
 def _load_torch(path: Path, trust_pickle: bool) -> Any:
@@ -224,31 +232,51 @@ def _load_torch(path: Path, trust_pickle: bool) -> Any:
             rest = [lines[at].split("error:", 1)[1].strip(), *lines[at + 1 :]]
             why = next((ln for ln in rest if ln), "").split(" was not", 1)[0]
         if why.startswith("Unsupported operand"):  # garbage bytes, not a refused object: trusting would not help
-            raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint ({why[:160]}); "
-                                  "re-save it with torch.save") from None
+            raise CheckpointError(
+                f"{path}: truncated or corrupt torch checkpoint ({why[:160]}); re-save it with torch.save"
+            ) from None
         raise CheckpointError(
             f"{path}: holds Python objects that safe loading refuses ({why[:160]}). "
             "Unpickling can run code: pass trust_pickle=True only if you trust its source"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError,
-            ModuleNotFoundError, TypeError, IndexError, struct.error) as e:
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+        zipfile.BadZipFile,
+        KeyError,
+        AttributeError,
+        ModuleNotFoundError,
+        TypeError,
+        IndexError,
+        struct.error,
+    ) as e:
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint ({msg}); re-save it with torch.save") \
-            from None
+        raise CheckpointError(
+            f"{path}: truncated or corrupt torch checkpoint ({msg}); re-save it with torch.save"
+        ) from None
 
 
 def _check_meta(path: Path, meta: Mapping[str, Any]) -> None:
     """The metadata save_checkpoint writes must have its types: a damaged file must not fail later, inside pruning."""
     shape = meta.get("input_shape")
-    if shape is not None and not (isinstance(shape, list) and shape
-                                  and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-        raise CheckpointError(f"{path}: records input_shape {shape!r}, not a list of positive integers; "
-                              "the file is damaged: re-save it with svdcompress.checkpoint.save_checkpoint")
+    if shape is not None and not (
+        isinstance(shape, list)
+        and shape
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise CheckpointError(
+            f"{path}: records input_shape {shape!r}, not a list of positive integers; "
+            "the file is damaged: re-save it with svdcompress.checkpoint.save_checkpoint"
+        )
     for key, kind in (("arch", str), ("arch_kwargs", Mapping)):
         value = meta.get(key)
         if value is not None and not isinstance(value, kind):
-            raise CheckpointError(f"{path}: records {key} as a {type(value).__name__}, not a {kind.__name__}; "
-                                  "the file is damaged: re-save it with svdcompress.checkpoint.save_checkpoint")
+            raise CheckpointError(
+                f"{path}: records {key} as a {type(value).__name__}, not a {kind.__name__}; "
+                "the file is damaged: re-save it with svdcompress.checkpoint.save_checkpoint"
+            )
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> LoadedCheckpoint:
@@ -266,8 +294,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False)
     try:
         return _load(p, trust_pickle)
     except MemoryError:  # a header or pickle claiming huge sizes, or a file that really does not fit
-        raise CheckpointError(f"{p}: not enough memory to load it (or the file is corrupt and claims sizes "
-                              "it does not hold)") from None
+        raise CheckpointError(
+            f"{p}: not enough memory to load it (or the file is corrupt and claims sizes it does not hold)"
+        ) from None
 
 
 def _load(p: Path, trust_pickle: bool) -> LoadedCheckpoint:
@@ -289,23 +318,33 @@ def _load(p: Path, trust_pickle: bool) -> LoadedCheckpoint:
             except (ValueError, OSError, zipfile.BadZipFile) as e:
                 raise CheckpointError(f"{p}: corrupt .npz ({e})") from None
             if any(a is None for a in arrays):
-                raise CheckpointError(f"{p}: .npz entries are not positional arr_0, arr_1, ...; "
-                                      "save the Lasagne list with np.savez(path, *params)")
+                raise CheckpointError(
+                    f"{p}: .npz entries are not positional arr_0, arr_1, ...; "
+                    "save the Lasagne list with np.savez(path, *params)"
+                )
             return LoadedCheckpoint(p, _from_positional(arrays, p), "lasagne-npy")
         if not any(n.endswith("data.pkl") for n in names):
-            raise CheckpointError(f"{p}: is a zip archive but not a torch checkpoint (no data.pkl inside); "
-                                  "expected a file written by torch.save")
+            raise CheckpointError(
+                f"{p}: is a zip archive but not a torch checkpoint (no data.pkl inside); "
+                "expected a file written by torch.save"
+            )
     elif head.startswith(b"PK\x03\x04"):
-        raise CheckpointError(f"{p}: starts like a zip archive (torch.save, .npz) but has no zip directory at its end: "
-                              "the file is truncated or corrupt; copy or re-save it")
+        raise CheckpointError(
+            f"{p}: starts like a zip archive (torch.save, .npz) but has no zip directory at its end: "
+            "the file is truncated or corrupt; copy or re-save it"
+        )
     elif len(head) >= 9 and head[8:9] == b"{":
         return LoadedCheckpoint(p, _load_safetensors(p), "safetensors")
     elif head.lstrip()[:1] in (b"{", b"["):
-        raise CheckpointError(f"{p}: looks like JSON or text, not a checkpoint; "
-                              "give the .pt/.safetensors/.npy file that holds the weights")
+        raise CheckpointError(
+            f"{p}: looks like JSON or text, not a checkpoint; "
+            "give the .pt/.safetensors/.npy file that holds the weights"
+        )
     elif not head.startswith(b"\x80"):
-        raise CheckpointError(f"{p}: not a checkpoint svdcompress can read; expected .pt/.pth (torch.save), "
-                              ".safetensors or a Lasagne .npy/.npz list")
+        raise CheckpointError(
+            f"{p}: not a checkpoint svdcompress can read; expected .pt/.pth (torch.save), "
+            ".safetensors or a Lasagne .npy/.npz list"
+        )
 
     obj = _load_torch(p, trust_pickle)
     if isinstance(obj, nn.Module):
@@ -314,14 +353,18 @@ def _load(p: Path, trust_pickle: bool) -> LoadedCheckpoint:
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT_NAME:
         version = obj.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise CheckpointError(f"{p}: svdcompress checkpoint format version {version!r} is newer than this "
-                                  f"svdcompress understands ({FORMAT_VERSION}); upgrade svdcompress")
+            raise CheckpointError(
+                f"{p}: svdcompress checkpoint format version {version!r} is newer than this "
+                f"svdcompress understands ({FORMAT_VERSION}); upgrade svdcompress"
+            )
         meta = {k: obj.get(k) for k in ("arch", "arch_kwargs", "input_shape", "threshold", "provenance")}
         meta["format_version"] = version
         _check_meta(p, meta)
     tensors = _extract_state_dict(obj)
     if not tensors:
         kind = type(obj).__name__
-        raise CheckpointError(f"{p}: holds a {kind} with no tensors; expected a state_dict "
-                              "(or a dict nesting one under 'net', 'state_dict' or 'model')")
+        raise CheckpointError(
+            f"{p}: holds a {kind} with no tensors; expected a state_dict "
+            "(or a dict nesting one under 'net', 'state_dict' or 'model')"
+        )
     return LoadedCheckpoint(p, tensors, "torch", meta=meta)

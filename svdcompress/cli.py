@@ -86,10 +86,19 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     return value
 
 
-_threshold_opt = click.option("--threshold", type=float, default=3.0, show_default=True, callback=_finite,
-                              help="log α above which a weight is noise and set to zero.")
-_trust_opt = click.option("--trust-pickle", is_flag=True,
-                          help="Allow unpickling arbitrary objects. Unpickling runs code: only for files you trust.")
+_threshold_opt = click.option(
+    "--threshold",
+    type=float,
+    default=3.0,
+    show_default=True,
+    callback=_finite,
+    help="log α above which a weight is noise and set to zero.",
+)
+_trust_opt = click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow unpickling arbitrary objects. Unpickling runs code: only for files you trust.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,9 +132,13 @@ def analyze(ckpt: Path, threshold: float, as_json: bool, plot: Path | None, forc
         click.echo(f"wrote {plot}", err=as_json)
 
 
-_model_opt = click.option("--model", "model_spec", metavar="PKG.MODULE:FACTORY",
-                          help="Import path of a function returning the nn.Module the checkpoint belongs to. "
-                               "Not needed for checkpoints written by svdcompress.")
+_model_opt = click.option(
+    "--model",
+    "model_spec",
+    metavar="PKG.MODULE:FACTORY",
+    help="Import path of a function returning the nn.Module the checkpoint belongs to. "
+    "Not needed for checkpoints written by svdcompress.",
+)
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -140,8 +153,12 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(e)) from None
 
 
-_shape_opt = click.option("--input-shape", metavar="C,H,W", callback=_int_list,
-                          help="Per-example input shape, if the checkpoint does not record it (e.g. 1,28,28).")
+_shape_opt = click.option(
+    "--input-shape",
+    metavar="C,H,W",
+    callback=_int_list,
+    help="Per-example input shape, if the checkpoint does not record it (e.g. 1,28,28).",
+)
 _force_opt = click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 
 
@@ -150,8 +167,9 @@ def _resolve(ckpt: Path, model_spec: str | None, trust_pickle: bool, input_shape
 
     resolved = load_model(ckpt, model=model_spec, trust_pickle=trust_pickle, input_shape=input_shape)
     if resolved.input_shape is None:
-        raise click.UsageError(f"{ckpt}: the checkpoint does not record its input shape; pass --input-shape, "
-                               "e.g. --input-shape 1,28,28")
+        raise click.UsageError(
+            f"{ckpt}: the checkpoint does not record its input shape; pass --input-shape, e.g. --input-shape 1,28,28"
+        )
     return resolved
 
 
@@ -168,8 +186,9 @@ def _load_inputs(spec: str | None, limit: int | None = None) -> tuple[Any, Any] 
         try:
             x = torch.from_numpy(np.load(spec, allow_pickle=False)).float()
         except (OSError, ValueError, TypeError) as e:  # missing, not .npy, object or non-numeric arrays
-            raise InvalidInputError(f"--data {spec}: cannot read inputs ({e}); give a float .npy array (N, ...)"
-                                    ) from None
+            raise InvalidInputError(
+                f"--data {spec}: cannot read inputs ({e}); give a float .npy array (N, ...)"
+            ) from None
         if x.dim() < 2 or x.shape[0] == 0:
             raise InvalidInputError(f"--data {spec}: expected a batch of inputs (N, ...), got shape {tuple(x.shape)}")
         return (x[:limit] if limit else x), None
@@ -179,8 +198,13 @@ def _load_inputs(spec: str | None, limit: int | None = None) -> tuple[Any, Any] 
 
 @main.command()
 @click.argument("ckpt", type=_CKPT, callback=_bundled)
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="Where to write the pruned model (a torch.export program, .pt2).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Where to write the pruned model (a torch.export program, .pt2).",
+)
 @_model_opt
 @_threshold_opt
 @_shape_opt
@@ -190,8 +214,18 @@ def _load_inputs(spec: str | None, limit: int | None = None) -> tuple[Any, Any] 
 @_trust_opt
 @_force_opt
 @_friendly
-def prune(ckpt: Path, output: Path, model_spec: str | None, threshold: float, input_shape: tuple[int, ...] | None,
-          gather_inputs: bool, data: str | None, as_json: bool, trust_pickle: bool, force: bool) -> None:
+def prune(
+    ckpt: Path,
+    output: Path,
+    model_spec: str | None,
+    threshold: float,
+    input_shape: tuple[int, ...] | None,
+    gather_inputs: bool,
+    data: str | None,
+    as_json: bool,
+    trust_pickle: bool,
+    force: bool,
+) -> None:
     """Zero the noise, remove dead neurons and filters, verify, and save a model that loads without source."""
     from ._io import check_output_path
     from .pt2 import save_pruned
@@ -200,8 +234,13 @@ def prune(ckpt: Path, output: Path, model_spec: str | None, threshold: float, in
     check_output_path(output, force=force, inputs=(ckpt,))
     resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape)
     batch = _load_inputs(data, limit=1000)
-    result = _prune(resolved.module, threshold=threshold, gather_inputs=gather_inputs,
-                    input_shape=resolved.input_shape, example_inputs=None if batch is None else batch[0])
+    result = _prune(
+        resolved.module,
+        threshold=threshold,
+        gather_inputs=gather_inputs,
+        input_shape=resolved.input_shape,
+        example_inputs=None if batch is None else batch[0],
+    )
     save_pruned(result.model, output, input_shape=resolved.input_shape)
     if as_json:
         click.echo(json.dumps({**result.report.to_dict(), "output": str(output)}, indent=2))
@@ -212,31 +251,65 @@ def prune(ckpt: Path, output: Path, model_spec: str | None, threshold: float, in
 
 @main.command()
 @click.argument("ckpt", type=_CKPT, callback=_bundled)
-@click.option("--format", "fmt", type=click.Choice(["onnx", "onnx-sparse", "csr"]), default="onnx",
-              show_default=True, help="onnx: compact dense ONNX; onnx-sparse: sparse initializers (small file, "
-              "ORT densifies at load); csr: CSR bundle for svdcompress.runtime.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "onnx-sparse", "csr"]),
+    default="onnx",
+    show_default=True,
+    help="onnx: compact dense ONNX; onnx-sparse: sparse initializers (small file, "
+    "ORT densifies at load); csr: CSR bundle for svdcompress.runtime.",
+)
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @_model_opt
 @_threshold_opt
 @_shape_opt
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Stored weight precision. fp16 halves the file; arithmetic stays fp32.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Stored weight precision. fp16 halves the file; arithmetic stays fp32.",
+)
 @_trust_opt
 @_force_opt
 @_friendly
-def export(ckpt: Path, fmt: str, output: Path, model_spec: str | None, threshold: float,
-           input_shape: tuple[int, ...] | None, opset: int, dtype: str, trust_pickle: bool, force: bool) -> None:
+def export(
+    ckpt: Path,
+    fmt: str,
+    output: Path,
+    model_spec: str | None,
+    threshold: float,
+    input_shape: tuple[int, ...] | None,
+    opset: int,
+    dtype: str,
+    trust_pickle: bool,
+    force: bool,
+) -> None:
     """Prune and export a deployable artifact, verified against the masked model."""
     from .export import export_model
 
-    res = export_model(ckpt, fmt, output, input_shape=input_shape, model=model_spec, trust_pickle=trust_pickle,
-                       threshold=threshold, dtype=dtype, opset=opset, force=force)
+    res = export_model(
+        ckpt,
+        fmt,
+        output,
+        input_shape=input_shape,
+        model=model_spec,
+        trust_pickle=trust_pickle,
+        threshold=threshold,
+        dtype=dtype,
+        opset=opset,
+        force=force,
+    )
     click.echo(res.summary())
-    compression = "" if res.parameter_compression is None else \
-        f"; parameter compression {res.parameter_compression:.1f}×"
-    click.echo(f"size: {res.file_bytes:,} B vs dense fp32 {res.dense_fp32_bytes:,} B = {res.bytes_ratio:.1f}× "
-               f"smaller{compression}")
+    compression = (
+        "" if res.parameter_compression is None else f"; parameter compression {res.parameter_compression:.1f}×"
+    )
+    click.echo(
+        f"size: {res.file_bytes:,} B vs dense fp32 {res.dense_fp32_bytes:,} B = {res.bytes_ratio:.1f}× "
+        f"smaller{compression}"
+    )
 
 
 @main.command()
@@ -246,20 +319,52 @@ def export(ckpt: Path, fmt: str, output: Path, model_spec: str | None, threshold
 @_shape_opt
 @click.option("--batch-sizes", callback=_int_list, default="1,16,256", show_default=True)
 @click.option("--threads", callback=_int_list, default="1", show_default=True)
-@click.option("--repeats", type=click.IntRange(3, 10000), default=30, show_default=True,
-              help="Timed samples per contender and setting.")
-@click.option("--contenders", help="Comma-separated subset of: " + ", ".join(
-    ("torch-dense", "ort-dense", "openvino-dense", "torch-masked", "torch-pruned", "ort-compact", "openvino-compact",
-     "ort-sparse", "csr-runtime")) + " (openvino-* need the peers extra).")
+@click.option(
+    "--repeats",
+    type=click.IntRange(3, 10000),
+    default=30,
+    show_default=True,
+    help="Timed samples per contender and setting.",
+)
+@click.option(
+    "--contenders",
+    help="Comma-separated subset of: "
+    + ", ".join(
+        (
+            "torch-dense",
+            "ort-dense",
+            "openvino-dense",
+            "torch-masked",
+            "torch-pruned",
+            "ort-compact",
+            "openvino-compact",
+            "ort-sparse",
+            "csr-runtime",
+        )
+    )
+    + " (openvino-* need the peers extra).",
+)
 @click.option("--data", help="Report accuracy on: fashion-mnist, mnist5k (test split).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write records as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), help="Write latency vs batch size PNG.")
 @_trust_opt
 @_force_opt
 @_friendly
-def bench(ckpt: Path, model_spec: str | None, threshold: float, input_shape: tuple[int, ...] | None,
-          batch_sizes: tuple[int, ...], threads: tuple[int, ...], repeats: int, contenders: str | None,
-          data: str | None, json_out: Path | None, plot: Path | None, trust_pickle: bool, force: bool) -> None:
+def bench(
+    ckpt: Path,
+    model_spec: str | None,
+    threshold: float,
+    input_shape: tuple[int, ...] | None,
+    batch_sizes: tuple[int, ...],
+    threads: tuple[int, ...],
+    repeats: int,
+    contenders: str | None,
+    data: str | None,
+    json_out: Path | None,
+    plot: Path | None,
+    trust_pickle: bool,
+    force: bool,
+) -> None:
     """Time dense, masked, pruned, ONNX and CSR forms of the model side by side."""
     from ._io import check_output_path
     from .bench import CONTENDERS, BenchConfig
@@ -273,15 +378,14 @@ def bench(ckpt: Path, model_spec: str | None, threshold: float, input_shape: tup
         chosen = tuple(c.strip() for c in contenders.split(",") if c.strip())
         bad = [c for c in chosen if c not in CONTENDERS]
         if bad:
-            raise click.BadParameter(f"unknown contender(s) {', '.join(bad)}; choose from {', '.join(CONTENDERS)}",
-                                     param_hint="--contenders")
+            raise click.BadParameter(
+                f"unknown contender(s) {', '.join(bad)}; choose from {', '.join(CONTENDERS)}", param_hint="--contenders"
+            )
     resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape)
     loaded = _load_inputs(data)
     labelled = (loaded[0], loaded[1]) if loaded is not None and loaded[1] is not None else None
-    cfg = BenchConfig(batch_sizes=batch_sizes, threads=threads, repeats=repeats, contenders=chosen,
-                      threshold=threshold)
-    report = _bench(resolved.module, input_shape=resolved.input_shape, config=cfg, data=labelled,
-                    name=Path(ckpt).stem)
+    cfg = BenchConfig(batch_sizes=batch_sizes, threads=threads, repeats=repeats, contenders=chosen, threshold=threshold)
+    report = _bench(resolved.module, input_shape=resolved.input_shape, config=cfg, data=labelled, name=Path(ckpt).stem)
     click.echo(report.markdown())
     if json_out is not None:
         report.write_json(json_out)

@@ -63,25 +63,65 @@ class Convention:
 
 # Order matters: the first convention whose pair of suffixes is present in a prefix wins.
 CONVENTIONS: tuple[Convention, ...] = (
-    Convention("svdo-demo", "W", "log_sigma", "log_sigma", 1e-16, "abs", "torch",
-               "authors' PyTorch demo (LinearSVDO)"),
-    Convention("pytorch-ard", "weight", "log_sigma2", "log_sigma2", 1e-15, "abs", "torch",
-               "pytorch-ard LinearARD/Conv2dARD (also svdcompress state_dicts)"),
-    Convention("state-of-sparsity", "kernel", "log_sigma2", "log_sigma2", 1e-8, "square", "in_out",
-               "google-research state_of_sparsity (TF)"),
-    Convention("state-of-sparsity", "weights", "log_sigma2", "log_sigma2", 1e-8, "square", "in_out",
-               "google-research state_of_sparsity (TF)"),
-    Convention("kefirski", "theta", "log_sigma2", "log_sigma2", 0.0, "square", "in_out",
-               "kefirski/variational_dropout"),
+    Convention("svdo-demo", "W", "log_sigma", "log_sigma", 1e-16, "abs", "torch", "authors' PyTorch demo (LinearSVDO)"),
+    Convention(
+        "pytorch-ard",
+        "weight",
+        "log_sigma2",
+        "log_sigma2",
+        1e-15,
+        "abs",
+        "torch",
+        "pytorch-ard LinearARD/Conv2dARD (also svdcompress state_dicts)",
+    ),
+    Convention(
+        "state-of-sparsity",
+        "kernel",
+        "log_sigma2",
+        "log_sigma2",
+        1e-8,
+        "square",
+        "in_out",
+        "google-research state_of_sparsity (TF)",
+    ),
+    Convention(
+        "state-of-sparsity",
+        "weights",
+        "log_sigma2",
+        "log_sigma2",
+        1e-8,
+        "square",
+        "in_out",
+        "google-research state_of_sparsity (TF)",
+    ),
+    Convention(
+        "kefirski", "theta", "log_sigma2", "log_sigma2", 0.0, "square", "in_out", "kefirski/variational_dropout"
+    ),
     Convention("nupic", "w_mu", "w_logsigma2", "log_sigma2", 1e-8, "square", "torch", "numenta nupic.research"),
     Convention("nupic", "weight", "w_logvar", "log_sigma2", 1e-8, "square", "torch", "numenta nupic.research"),
 )
 
 PYTORCH_ARD = next(c for c in CONVENTIONS if c.name == "pytorch-ard")
-SVDCOMPRESS = Convention("svdcompress", "weight", "log_sigma2", "log_sigma2", 1e-8, "square", "torch",
-                         "svdcompress.svdo (LinearSVDO/Conv2dSVDO)")
-LASAGNE = Convention("lasagne", "W", "ls2", "log_sigma2", 1e-8, "square", "lasagne",
-                     "authors' Theano/Lasagne code (np.save of a positional list)")
+SVDCOMPRESS = Convention(
+    "svdcompress",
+    "weight",
+    "log_sigma2",
+    "log_sigma2",
+    1e-8,
+    "square",
+    "torch",
+    "svdcompress.svdo (LinearSVDO/Conv2dSVDO)",
+)
+LASAGNE = Convention(
+    "lasagne",
+    "W",
+    "ls2",
+    "log_sigma2",
+    1e-8,
+    "square",
+    "lasagne",
+    "authors' Theano/Lasagne code (np.save of a positional list)",
+)
 
 # Suffixes that identify look-alike methods, with the explanation shown to the user.
 _LOOKALIKES: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -149,8 +189,12 @@ def _check_tensor(file: str, key: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise _fail(file, key, f"is a {type(t).__name__}, not a tensor", "store tensors in the checkpoint")
     if not t.is_floating_point():
-        raise _fail(file, key, f"has dtype {str(t.dtype).replace('torch.', '')}, expected floating point",
-                    "save the float parameters, not integer or boolean buffers")
+        raise _fail(
+            file,
+            key,
+            f"has dtype {str(t.dtype).replace('torch.', '')}, expected floating point",
+            "save the float parameters, not integer or boolean buffers",
+        )
     return t
 
 
@@ -171,26 +215,39 @@ def _to_torch_layout(file: str, key: str, t: torch.Tensor, layout: str) -> torch
         if t.dim() == 4:
             return t.permute(3, 2, 0, 1)  # TF (kh, kw, in, out) -> (out, in, kh, kw)
     if t.dim() not in (2, 3, 4):
-        raise _fail(file, key, f"has shape {tuple(t.shape)}, expected a matrix or a conv kernel (2 to 4 dims)",
-                    "check that the file holds layer weights")
+        raise _fail(
+            file,
+            key,
+            f"has shape {tuple(t.shape)}, expected a matrix or a conv kernel (2 to 4 dims)",
+            "check that the file holds layer weights",
+        )
     return t
 
 
 def layer_kind(t: torch.Tensor) -> str:
-    """"linear", "conv1d" or "conv2d" from a weight's number of dims (2, 3 or 4)."""
+    """ "linear", "conv1d" or "conv2d" from a weight's number of dims (2, 3 or 4)."""
     return {2: "linear", 3: "conv1d", 4: "conv2d"}[t.dim()]
 
 
-def _make_layer(file: str, name: str, tkey: str, vkey: str, bkey: str | None, tensors: Mapping[str, torch.Tensor],
-                conv: Convention) -> SVDOLayer:
+def _make_layer(
+    file: str, name: str, tkey: str, vkey: str, bkey: str | None, tensors: Mapping[str, torch.Tensor], conv: Convention
+) -> SVDOLayer:
     theta = _check_tensor(file, tkey, tensors[tkey])
     var = _check_tensor(file, vkey, tensors[vkey])
     if theta.shape != var.shape:
-        raise _fail(file, vkey, f"has shape {tuple(var.shape)} but '{tkey}' has {tuple(theta.shape)}",
-                    "theta and its log-variance must have the same shape; the file mixes two models")
+        raise _fail(
+            file,
+            vkey,
+            f"has shape {tuple(var.shape)} but '{tkey}' has {tuple(theta.shape)}",
+            "theta and its log-variance must have the same shape; the file mixes two models",
+        )
     if theta.dim() < 2:
-        raise _fail(file, tkey, f"has shape {tuple(theta.shape)}, expected a matrix or a conv kernel",
-                    "a scalar or vector cannot be an SVDO weight")
+        raise _fail(
+            file,
+            tkey,
+            f"has shape {tuple(theta.shape)}, expected a matrix or a conv kernel",
+            "a scalar or vector cannot be an SVDO weight",
+        )
     # Before the layout change: a transposed view would make _check_finite copy the whole tensor.
     check_finite(file, tkey, theta)
     check_finite(file, vkey, var)
@@ -201,8 +258,12 @@ def _make_layer(file: str, name: str, tkey: str, vkey: str, bkey: str | None, te
     if bkey is not None:
         b = _check_tensor(file, bkey, tensors[bkey])
         if b.numel() != theta.shape[0]:
-            raise _fail(file, bkey, f"has {b.numel()} entries but '{tkey}' has {theta.shape[0]} outputs",
-                        "the bias does not belong to this weight")
+            raise _fail(
+                file,
+                bkey,
+                f"has {b.numel()} entries but '{tkey}' has {theta.shape[0]} outputs",
+                "the bias does not belong to this weight",
+            )
         check_finite(file, bkey, b)
         bias = b.reshape(-1)  # the demo stores (1, out)
     return SVDOLayer(name, layer_kind(theta), theta, log_sigma2, bias, conv, tkey, vkey)
@@ -224,17 +285,24 @@ def _lasagne_layers(file: str, tensors: Mapping[str, torch.Tensor]) -> list[SVDO
             i += 1  # bias-free BatchNorm beta/gamma/mean/inv_std
             continue
         if i + 2 >= len(arrs):
-            raise _fail(file, str(i), f"(shape {tuple(a.shape)}) starts a layer but the list ends after "
-                        f"{len(arrs) - i} more array(s)", "a Lasagne SVDO list holds W, b, ls2 per layer; "
-                        "the list is truncated or not from SVDO")
+            raise _fail(
+                file,
+                str(i),
+                f"(shape {tuple(a.shape)}) starts a layer but the list ends after {len(arrs) - i} more array(s)",
+                "a Lasagne SVDO list holds W, b, ls2 per layer; the list is truncated or not from SVDO",
+            )
         nxt, nxt2 = arrs[i + 1], arrs[i + 2]
         if nxt2.shape == a.shape and nxt.dim() == 1:
             bkey, vkey = str(i + 1), str(i + 2)
         elif nxt.shape == a.shape and nxt2.dim() == 1:
             vkey, bkey = str(i + 1), str(i + 2)
         else:
-            raise _fail(file, str(i), f"(shape {tuple(a.shape)}) is followed by shapes {tuple(nxt.shape)} and "
-                        f"{tuple(nxt2.shape)}", "expected W, b, ls2 with ls2 shaped like W")
+            raise _fail(
+                file,
+                str(i),
+                f"(shape {tuple(a.shape)}) is followed by shapes {tuple(nxt.shape)} and {tuple(nxt2.shape)}",
+                "expected W, b, ls2 with ls2 shaped like W",
+            )
         # Lasagne dense W is (in, out); conv W is already (out, in, kh, kw).
         conv = LASAGNE if a.dim() != 2 else dataclasses.replace(LASAGNE, layout="in_out")
         layers.append(_make_layer(file, f"layer{len(layers)}", str(i), vkey, bkey, tensors, conv))
@@ -264,8 +332,9 @@ def find_svdo_layers(
     if source == "lasagne-npy":
         layers = _lasagne_layers(file, tensors)
         if not layers:
-            raise NoSVDOLayersError(f"{file}: no W/b/ls2 triple found in the positional list; "
-                                    "expected the authors' Lasagne np.save format")
+            raise NoSVDOLayersError(
+                f"{file}: no W/b/ls2 triple found in the positional list; expected the authors' Lasagne np.save format"
+            )
         return layers
 
     by_prefix: dict[str, dict[str, str]] = {}

@@ -31,8 +31,13 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise InvalidInputError(f"{path}: not an IDX file (bad magic)")
     dtype_code, ndim = data[2], data[3]
     dtypes: dict[int, np.dtype[Any]] = {
-        0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+        0x08: np.dtype(np.uint8),
+        0x09: np.dtype(np.int8),
+        0x0B: np.dtype(">i2"),
+        0x0C: np.dtype(">i4"),
+        0x0D: np.dtype(">f4"),
+        0x0E: np.dtype(">f8"),
+    }
     if dtype_code not in dtypes:
         raise InvalidInputError(f"{path}: unknown IDX dtype code {dtype_code:#x}")
     shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])

@@ -212,8 +212,9 @@ def _classify(gm: fx.GraphModule, node: fx.Node, calls: Counter[str], require_cs
     return info
 
 
-def _dense(gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]],
-           require_csr: bool) -> None:
+def _dense(
+    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+) -> None:
     mod = info.module
     if isinstance(mod, nn.Linear):
         if len(in_shapes) != 1 or len(in_shapes[0]) != 2:
@@ -222,8 +223,10 @@ def _dense(gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes:
         return
     conv: nn.Conv1d | nn.Conv2d = mod  # type: ignore[assignment]  # the registry's DENSE modules are Linear/Conv
     if require_csr and conv.padding_mode != "zeros":
-        raise UnsupportedOpError(f"{describe_node(gm, node)} cannot be written to a CSR bundle: padding_mode="
-                                 f"{conv.padding_mode!r} (the format pads with zeros only)")
+        raise UnsupportedOpError(
+            f"{describe_node(gm, node)} cannot be written to a CSR bundle: padding_mode="
+            f"{conv.padding_mode!r} (the format pads with zeros only)"
+        )
     if conv.groups == 1:
         info.kind = Kind.DENSE
     elif conv.groups == conv.in_channels == conv.out_channels:
@@ -233,8 +236,9 @@ def _dense(gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes:
         info.pin_reason = info.pin_reason or f"grouped convolution '{node.target}' is kept whole"
 
 
-def _channelwise(gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]],
-                 require_csr: bool) -> None:
+def _channelwise(
+    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+) -> None:
     mod = info.module
     if isinstance(mod, nn.PReLU) and mod.num_parameters not in (1, info.shape[1]):
         raise _unsupported(gm, node, "PReLU must have 1 or C parameters")
@@ -245,45 +249,56 @@ def _channelwise(gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_s
     info.kind = Kind.PER_CHANNEL
 
 
-def _binary(gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]],
-            require_csr: bool) -> None:
+def _binary(
+    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+) -> None:
     info.kind = Kind.PER_CHANNEL if len(info.inputs) == 1 else Kind.ELEMENTWISE
     if any(len(s) != len(info.shape) or s[1] != info.shape[1] for s in in_shapes):
         raise _unsupported(gm, node, f"operands {in_shapes} broadcast across the channel dim of {info.shape}")
     if require_csr and info.kind is not Kind.ELEMENTWISE:
-        raise UnsupportedOpError(f"{describe_node(gm, node)} cannot be written to a CSR bundle: it adds a constant, "
-                                 "and the format adds tensors only")
+        raise UnsupportedOpError(
+            f"{describe_node(gm, node)} cannot be written to a CSR bundle: it adds a constant, "
+            "and the format adds tensors only"
+        )
 
 
-def _cat(gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]],
-         require_csr: bool) -> None:
+def _cat(
+    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+) -> None:
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     if not isinstance(dim, int) or dim % len(info.shape) != 1 or any(len(s) != len(info.shape) for s in in_shapes):
         raise _unsupported(gm, node, "torch.cat is supported along the channel dim (1) only")
     info.kind = Kind.CAT
 
 
-def _reshape(gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]],
-             require_csr: bool) -> None:
+def _reshape(
+    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+) -> None:
     # flatten-like views/reshapes were rewritten as torch.flatten(x, 1) by _normalize; anything left is not one
     if node.target is not torch.flatten or not _is_flatten_like(gm, node):
         raise _unsupported(gm, node, "only flattening to (N, -1) keeps channels traceable")
     info.kind = Kind.FLATTEN
 
 
-def _gather(gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]],
-            require_csr: bool) -> None:
+def _gather(
+    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+) -> None:
     if not isinstance(info.module, InputGather):
         raise _unsupported(gm, node, "index_select is supported inside svdcompress's InputGather only")
     info.kind = Kind.GATHER
 
 
-def _normalize_op(gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]],
-                  require_csr: bool) -> None:
+def _normalize_op(
+    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+) -> None:
     dim = softmax_dim(gm, node)
     if len(info.shape) != 2 or len(in_shapes) != 1 or dim not in (1, -1):
-        raise _unsupported(gm, node, f"{op.name} is supported over the features of an (N, features) tensor only "
-                                     f"(dim=1), got dim={dim} on shape {info.shape}")
+        raise _unsupported(
+            gm,
+            node,
+            f"{op.name} is supported over the features of an (N, features) tensor only "
+            f"(dim=1), got dim={dim} on shape {info.shape}",
+        )
     info.kind = Kind.NORMALIZE
     info.pin_reason = f"{op.name} normalises over all features"
 
@@ -309,6 +324,7 @@ _CLASSIFIERS = {
     Flow.GATHER: _gather,
     Flow.NORMALIZE: _normalize_op,
 }
+
 
 def describe_node(gm: fx.GraphModule, node: fx.Node) -> str:
     """``"node 'relu' (call_module 'features.2' ReLU)"``: the wording used in errors and notes."""
@@ -409,8 +425,8 @@ def _is_inplace(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.target in (F.relu_, torch.relu_, operator.iadd, operator.isub, operator.imul, operator.itruediv):
         return True
     try:
-        pair = normalize_function(node.target, node.args, node.kwargs,  # type: ignore[arg-type]
-                                  normalize_to_only_use_kwargs=True)
+        target: Any = node.target  # call_function targets are callables
+        pair = normalize_function(target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
     except Exception:  # builtins without a Python signature: their in-place variants end in "_"
         pair = None
     kwargs = pair.kwargs if pair is not None else node.kwargs
@@ -435,10 +451,19 @@ def _classify_shape_node(gm: fx.GraphModule, node: fx.Node) -> NodeInfo:
     ok = (
         (node.op == "call_method" and node.target == "size" and (args[1:] == (0,) or node.kwargs == {"dim": 0}))
         or (node.op == "call_method" and node.target == "dim")
-        or (node.op == "call_function" and node.target is getattr and args[1:] == ("shape",)
-            and all(u.target is operator.getitem and u.args[1:] == (0,) for u in node.users))
-        or (node.op == "call_function" and node.target is operator.getitem and args[1:] == (0,)
-            and isinstance(args[0], fx.Node) and args[0].target is getattr)
+        or (
+            node.op == "call_function"
+            and node.target is getattr
+            and args[1:] == ("shape",)
+            and all(u.target is operator.getitem and u.args[1:] == (0,) for u in node.users)
+        )
+        or (
+            node.op == "call_function"
+            and node.target is operator.getitem
+            and args[1:] == (0,)
+            and isinstance(args[0], fx.Node)
+            and args[0].target is getattr
+        )
     )
     if not ok and (node.target == "size" or node.target is getattr):
         raise _unsupported(gm, node, "it reads a tensor size that changes when channels are removed")

@@ -99,8 +99,10 @@ def _load_state(module: nn.Module, ckpt: LoadedCheckpoint) -> None:
     except RuntimeError as e:
         first = str(e).splitlines()
         detail = " ".join(line.strip() for line in first[1:3]) or first[0]
-        raise CheckpointError(f"{ckpt.path}: weights do not fit the model ({detail[:300]}); "
-                              "check that model= builds the architecture the checkpoint was trained with") from None
+        raise CheckpointError(
+            f"{ckpt.path}: weights do not fit the model ({detail[:300]}); "
+            "check that model= builds the architecture the checkpoint was trained with"
+        ) from None
 
 
 def load_model(
@@ -139,8 +141,10 @@ def load_model(
         try:
             module = build(ckpt.arch, **(ckpt.meta.get("arch_kwargs") or {}))
         except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{ckpt.path}: records architecture {ckpt.arch!r} that this svdcompress cannot "
-                                  f"build ({e}); pass model=package.module:factory") from None
+            raise CheckpointError(
+                f"{ckpt.path}: records architecture {ckpt.arch!r} that this svdcompress cannot "
+                f"build ({e}); pass model=package.module:factory"
+            ) from None
         _load_state(module, ckpt)
         return ResolvedModel(module.eval(), shape, ckpt, "svdcompress", dict(ckpt.meta))
     if ckpt.module is not None:

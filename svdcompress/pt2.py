@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._inputs import example_inputs
 from ._io import atomic_path
 from .errors import ExportError
 
@@ -21,7 +22,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], *, input_shape: 
     The file is a standard ``torch.export`` archive: ``torch.export.load(path).module()`` runs it
     with nothing but torch installed.
     """
-    example = torch.randn(2, *input_shape)
+    example = example_inputs(input_shape, 2)  # batch 2: a batch of 1 would be specialised
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     try:
         with warnings.catch_warnings():
@@ -29,8 +30,9 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], *, input_shape: 
             warnings.simplefilter("ignore")
             program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
     except Exception as e:  # torch.export raises many internal error types; report them as one
-        raise ExportError(f"{path}: torch.export could not capture the pruned model ({str(e).splitlines()[0]})") \
-            from None
+        raise ExportError(
+            f"{path}: torch.export could not capture the pruned model ({str(e).splitlines()[0]})"
+        ) from None
     with atomic_path(path) as tmp:
         torch.export.save(program, tmp)
     return Path(path)

@@ -119,12 +119,26 @@ class PruneReport:
         """Human-readable table: one row per layer, a total row, notes and the verification figure."""
         head = ("layer", "kind", "units", "weights", "nonzero", "FLOPs")
         rows = [
-            (r.name, r.kind, f"{r.units_before} → {r.units_after}", f"{r.weights_before:,} → {r.weights_after:,}",
-             f"{r.nonzero_before:,} → {r.nonzero_after:,}", f"{r.flops_before:,} → {r.flops_after:,}")
+            (
+                r.name,
+                r.kind,
+                f"{r.units_before} → {r.units_after}",
+                f"{r.weights_before:,} → {r.weights_after:,}",
+                f"{r.nonzero_before:,} → {r.nonzero_after:,}",
+                f"{r.flops_before:,} → {r.flops_after:,}",
+            )
             for r in self.layers
         ]
-        rows.append(("total (params)", "", "", f"{self.params_before:,} → {self.params_after:,}", "",
-                     f"{self.flops_before:,} → {self.flops_after:,}"))
+        rows.append(
+            (
+                "total (params)",
+                "",
+                "",
+                f"{self.params_before:,} → {self.params_after:,}",
+                "",
+                f"{self.flops_before:,} → {self.flops_after:,}",
+            )
+        )
         widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
@@ -237,8 +251,9 @@ def _config(config: PruneConfig | None, overrides: dict[str, Any]) -> PruneConfi
     return dataclasses.replace(base, **overrides)
 
 
-def _example(model: nn.Module, example_inputs: torch.Tensor | None, input_shape: tuple[int, ...] | None
-             ) -> torch.Tensor:
+def _example(
+    model: nn.Module, example_inputs: torch.Tensor | None, input_shape: tuple[int, ...] | None
+) -> torch.Tensor:
     if example_inputs is not None:
         if not isinstance(example_inputs, torch.Tensor):
             raise InvalidInputError(f"example_inputs must be a tensor, got {type(example_inputs).__name__}")
@@ -305,8 +320,10 @@ def _notes(cg: ChannelGraph, removed: torch.Tensor, last_unit: dict[int, str], g
     for (name, why), n in unread_owner.items():
         info = cg.infos[name]
         what = "features" if len(info.shape) == 2 else "channels"
-        hint = "" if gather_inputs or what == "channels" else (
-            "; prune(..., gather_inputs=True) drops them in front of a first Linear"
+        hint = (
+            ""
+            if gather_inputs or what == "channels"
+            else ("; prune(..., gather_inputs=True) drops them in front of a first Linear")
         )
         notes.append(f"{name}: {n} of {info.channels} input {what} are never read but kept because {why}{hint}")
     return notes
@@ -374,11 +391,15 @@ def _shrink_dense(mod: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor,
 
 def _conv_like(mod: nn.Module, n_in: int, n_out: int, groups: int, bias: bool) -> nn.Module:
     conv: nn.Conv1d | nn.Conv2d = mod  # type: ignore[assignment]  # callers pass convolutions
-    return type(conv)(
-        n_in, n_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,  # type: ignore[arg-type]
-        dilation=conv.dilation, groups=groups, bias=bias, padding_mode=conv.padding_mode,  # type: ignore[arg-type]
-        device=conv.weight.device, dtype=conv.weight.dtype,
-    )
+    # torch's stubs type these per dimension (tuple[int] / tuple[int, int]); the attributes are the module's own.
+    kw: dict[str, Any] = {
+        "kernel_size": conv.kernel_size,
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+        "padding_mode": conv.padding_mode,
+    }
+    return type(conv)(n_in, n_out, groups=groups, bias=bias, device=conv.weight.device, dtype=conv.weight.dtype, **kw)
 
 
 def _shrink_depthwise(mod: nn.Module, keep: torch.Tensor) -> nn.Module:
@@ -395,9 +416,15 @@ def _shrink_depthwise(mod: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 def _shrink_bn(mod: nn.BatchNorm1d | nn.BatchNorm2d, keep: torch.Tensor) -> nn.Module:
     like = next(iter([*mod.parameters(), *mod.buffers()]), torch.empty(0))
-    new = type(mod)(len(keep), eps=mod.eps, momentum=mod.momentum, affine=mod.affine,
-                    track_running_stats=mod.track_running_stats, device=like.device,
-                    dtype=like.dtype if like.is_floating_point() else None)
+    new = type(mod)(
+        len(keep),
+        eps=mod.eps,
+        momentum=mod.momentum,
+        affine=mod.affine,
+        track_running_stats=mod.track_running_stats,
+        device=like.device,
+        dtype=like.dtype if like.is_floating_point() else None,
+    )
     with torch.no_grad():
         for name in ("weight", "bias", "running_mean", "running_var"):
             t = getattr(mod, name)
@@ -428,8 +455,10 @@ def _insert_gather(gm: fx.GraphModule, notes: list[str]) -> fx.Node | None:
             chain.append(user)
             node = user
             continue
-        if user.op == "call_module" and isinstance(gm.get_submodule(str(user.target)), nn.Linear) and (
-            sum(1 for n in graph.nodes if n.op == "call_module" and n.target == user.target) == 1
+        if (
+            user.op == "call_module"
+            and isinstance(gm.get_submodule(str(user.target)), nn.Linear)
+            and (sum(1 for n in graph.nodes if n.op == "call_module" and n.target == user.target) == 1)
         ):
             shape = tuple(placeholder.meta["tensor_meta"].shape)
             in_features = math.prod(shape[1:])
@@ -477,18 +506,34 @@ def _layer_stats(gm: fx.GraphModule) -> dict[str, dict[str, Any]]:
         out_shape = tuple(node.meta["tensor_meta"].shape)  # (N, C_out, *S)
         # Each output value costs one multiply-add per weight of its filter.
         flops = math.prod(out_shape[1:]) * math.prod(w.shape[1:])
-        entry = stats.setdefault(str(node.target), {
-            "kind": type(mod).__name__.lower(), "units": int(w.shape[0]), "weights": w.numel(),
-            "nonzero": int(torch.count_nonzero(w)), "flops": 0,
-        })
+        entry = stats.setdefault(
+            str(node.target),
+            {
+                "kind": type(mod).__name__.lower(),
+                "units": int(w.shape[0]),
+                "weights": w.numel(),
+                "nonzero": int(torch.count_nonzero(w)),
+                "flops": 0,
+            },
+        )
         entry["flops"] += int(flops)
     return stats
 
 
 def _row(name: str, before: dict[str, Any], after: dict[str, Any] | None) -> LayerPruneRow:
     a = after if after is not None else {"units": 0, "weights": 0, "nonzero": 0, "flops": 0}
-    return LayerPruneRow(name, before["kind"], before["units"], a["units"], before["weights"], a["weights"],
-                         before["nonzero"], a["nonzero"], before["flops"], a["flops"])
+    return LayerPruneRow(
+        name,
+        before["kind"],
+        before["units"],
+        a["units"],
+        before["weights"],
+        a["weights"],
+        before["nonzero"],
+        a["nonzero"],
+        before["flops"],
+        a["flops"],
+    )
 
 
 def _count_params(model: nn.Module) -> int:

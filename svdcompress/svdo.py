@@ -228,9 +228,7 @@ class ELBOLoss(nn.Module):
 
 
 def _linear_from(m: nn.Linear, log_sigma2_init: float, threshold: float) -> LinearSVDO:
-    new = LinearSVDO(
-        m.in_features, m.out_features, m.bias is not None, threshold, log_sigma2_init
-    )
+    new = LinearSVDO(m.in_features, m.out_features, m.bias is not None, threshold, log_sigma2_init)
     with torch.no_grad():
         new.weight.copy_(m.weight)
         if m.bias is not None and new.bias is not None:
@@ -264,9 +262,7 @@ def _conv_from(m: nn.Conv2d, log_sigma2_init: float, threshold: float) -> Conv2d
     return new
 
 
-def sparsify(
-    model: nn.Module, log_sigma2_init: float = -10.0, threshold: float = DEFAULT_THRESHOLD
-) -> nn.Module:
+def sparsify(model: nn.Module, log_sigma2_init: float = -10.0, threshold: float = DEFAULT_THRESHOLD) -> nn.Module:
     """Swap every ``nn.Linear`` / ``nn.Conv2d`` in ``model`` for an SVDO layer, in place.
 
     theta starts at the pretrained weight and log sigma^2 at ``log_sigma2_init``, so

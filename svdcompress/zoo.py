@@ -87,8 +87,7 @@ class LeNet5(nn.Module):
         return out
 
 
-_VGG_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
-                             512, 512, 512, "M", 512, 512, 512, "M"]
+_VGG_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
 class VGGLike(nn.Module):

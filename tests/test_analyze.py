@@ -27,8 +27,11 @@ def _params(model: torch.nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray, n
     out = {}
     for name in LAYERS:
         m = getattr(model, name)
-        out[name] = (m.weight.detach().numpy().copy(), m.log_sigma2.detach().numpy().copy(),
-                     m.bias.detach().numpy().copy())
+        out[name] = (
+            m.weight.detach().numpy().copy(),
+            m.log_sigma2.detach().numpy().copy(),
+            m.bias.detach().numpy().copy(),
+        )
     return out
 
 
@@ -38,8 +41,10 @@ def _save_all(model: torch.nn.Module, d: Path) -> dict[str, tuple[Path, dict[str
     files: dict[str, tuple[Path, dict[str, int]]] = {}
 
     def kept(fn) -> dict[str, int]:  # fn(theta, ls2) -> log alpha, computed with numpy in float64
-        return {n: int(((fn(t.astype(np.float64), s.astype(np.float64)) < 3.0) & (t != 0)).sum())
-                for n, (t, s, _) in p.items()}
+        return {
+            n: int(((fn(t.astype(np.float64), s.astype(np.float64)) < 3.0) & (t != 0)).sum())
+            for n, (t, s, _) in p.items()
+        }
 
     # 1. svdcompress's own checkpoint
     f = d / "own.pt"
@@ -47,29 +52,65 @@ def _save_all(model: torch.nn.Module, d: Path) -> dict[str, tuple[Path, dict[str
     files["svdcompress"] = (f, kept(lambda t, s: s - np.log(t * t + 1e-8)))
     # 2. pytorch-ard: nested under 'net', weight/log_sigma2/bias
     f = d / "ard.pth"
-    torch.save({"net": {f"{n}.{k}": torch.from_numpy(v) for n, (t, s, b) in p.items()
-                        for k, v in (("weight", t), ("log_sigma2", s), ("bias", b))}, "acc": 0.9, "epoch": 3}, f)
+    torch.save(
+        {
+            "net": {
+                f"{n}.{k}": torch.from_numpy(v)
+                for n, (t, s, b) in p.items()
+                for k, v in (("weight", t), ("log_sigma2", s), ("bias", b))
+            },
+            "acc": 0.9,
+            "epoch": 3,
+        },
+        f,
+    )
     files["pytorch-ard"] = (f, kept(lambda t, s: s - 2 * np.log(np.abs(t) + 1e-15)))
     # 3. the authors' PyTorch demo: W (out, in), log_sigma (not squared), bias (1, out)
     f = d / "demo.pt"
-    torch.save({f"{n}.{k}": torch.from_numpy(v) for n, (t, s, b) in p.items()
-                for k, v in (("W", t), ("log_sigma", s / 2), ("bias", b[None, :]))}, f)
+    torch.save(
+        {
+            f"{n}.{k}": torch.from_numpy(v)
+            for n, (t, s, b) in p.items()
+            for k, v in (("W", t), ("log_sigma", s / 2), ("bias", b[None, :]))
+        },
+        f,
+    )
     files["svdo-demo"] = (f, kept(lambda t, s: 2 * (s / 2) - 2 * np.log(1e-16 + np.abs(t))))
     # 4. kefirski: theta (in, out), no eps
     f = d / "kefirski.pt"
-    torch.save({"state_dict": {f"{n}.{k}": torch.from_numpy(np.ascontiguousarray(v)) for n, (t, s, b) in p.items()
-                               for k, v in (("theta", t.T), ("log_sigma2", s.T), ("bias", b))}}, f)
+    torch.save(
+        {
+            "state_dict": {
+                f"{n}.{k}": torch.from_numpy(np.ascontiguousarray(v))
+                for n, (t, s, b) in p.items()
+                for k, v in (("theta", t.T), ("log_sigma2", s.T), ("bias", b))
+            }
+        },
+        f,
+    )
     with np.errstate(divide="ignore"):
         files["kefirski"] = (f, kept(lambda t, s: s - np.log(t * t)))
     # 5. numenta: w_mu / w_logsigma2
     f = d / "nupic.pt"
-    torch.save({f"{n}.{k}": torch.from_numpy(v) for n, (t, s, b) in p.items()
-                for k, v in (("w_mu", t), ("w_logsigma2", s), ("bias", b))}, f)
+    torch.save(
+        {
+            f"{n}.{k}": torch.from_numpy(v)
+            for n, (t, s, b) in p.items()
+            for k, v in (("w_mu", t), ("w_logsigma2", s), ("bias", b))
+        },
+        f,
+    )
     files["nupic"] = (f, kept(lambda t, s: s - np.log(t * t + 1e-8)))
     # 6. state_of_sparsity names, (in, out) kernels, in safetensors
     f = d / "sos.safetensors"
-    save_file({f"{n}.{k}": torch.from_numpy(np.ascontiguousarray(v)) for n, (t, s, b) in p.items()
-               for k, v in (("kernel", t.T), ("log_sigma2", s.T), ("bias", b))}, str(f))
+    save_file(
+        {
+            f"{n}.{k}": torch.from_numpy(np.ascontiguousarray(v))
+            for n, (t, s, b) in p.items()
+            for k, v in (("kernel", t.T), ("log_sigma2", s.T), ("bias", b))
+        },
+        str(f),
+    )
     files["state-of-sparsity"] = (f, kept(lambda t, s: s - np.log(t * t + 1e-8)))
     # 7. the authors' Lasagne list: np.save of [W (in, out), b, ls2] per layer, an object array
     f = d / "lasagne.npy"
@@ -122,8 +163,20 @@ def test_report_json_fields(trained_tiny, tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["analyze", str(f), "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    for key in ("name", "kind", "shape", "weights", "kept", "sparsity", "compression", "dead_outputs",
-                "dead_inputs", "log_alpha_min", "log_alpha_median", "log_alpha_max"):
+    for key in (
+        "name",
+        "kind",
+        "shape",
+        "weights",
+        "kept",
+        "sparsity",
+        "compression",
+        "dead_outputs",
+        "dead_inputs",
+        "log_alpha_min",
+        "log_alpha_median",
+        "log_alpha_max",
+    ):
         assert key in data["layers"][0]
     assert set(data["total"]) >= {"weights", "kept", "compression", "biases"}
     assert data["total"]["weights"] == 32 * 20 + 16 * 32 + 4 * 16
@@ -143,8 +196,12 @@ def test_cli_table_and_plot(trained_tiny, tmp_path: Path) -> None:
 
 
 def test_lookalikes_are_not_read_as_svdo(tmp_path: Path) -> None:
-    bc = {"fc1.weight_mu": torch.randn(4, 3), "fc1.weight_logvar": torch.randn(4, 3),
-          "fc1.z_mu": torch.randn(3), "fc1.z_logvar": torch.randn(3)}
+    bc = {
+        "fc1.weight_mu": torch.randn(4, 3),
+        "fc1.weight_logvar": torch.randn(4, 3),
+        "fc1.z_mu": torch.randn(3),
+        "fc1.z_logvar": torch.randn(3),
+    }
     with pytest.raises(NoSVDOLayersError, match="Bayesian Compression"):
         find_svdo_layers(bc)
     l0 = {"fc1.weight": torch.randn(4, 3), "fc1.log_alpha": torch.randn(4, 3)}

@@ -267,8 +267,9 @@ def test_unsupported_op_is_named(tmp_path: Path) -> None:
 
 def test_manifest_and_container(tmp_path: Path) -> None:
     model = _rescnn()
-    res = export_csr(model, tmp_path / "m.svdz", input_shape=(1, 12, 12), threshold=3.0,
-                     provenance={"source": "unit test"})
+    res = export_csr(
+        model, tmp_path / "m.svdz", input_shape=(1, 12, 12), threshold=3.0, provenance={"source": "unit test"}
+    )
     with zipfile.ZipFile(res.path) as zf:
         manifest = json.loads(zf.read("manifest.json"))
     assert manifest["format"] == "svdcompress-csr" and manifest["format_version"] == 1
@@ -284,8 +285,9 @@ def test_manifest_and_container(tmp_path: Path) -> None:
     with np.load(res.path, allow_pickle=False) as npz:  # plain .npy members, no pickle
         assert {"float32", "uint8"} <= set(npz.files)
         assert npz["float32"].dtype == np.uint8  # byte-shuffled planes
-    again = export_csr(model, tmp_path / "n.svdz", input_shape=(1, 12, 12), threshold=3.0,
-                       provenance={"source": "unit test"})
+    again = export_csr(
+        model, tmp_path / "n.svdz", input_shape=(1, 12, 12), threshold=3.0, provenance={"source": "unit test"}
+    )
     assert again.path.read_bytes() == res.path.read_bytes()  # reproducible byte for byte
 
 
@@ -311,6 +313,7 @@ def test_dense_bytes_from_reference(tmp_path: Path) -> None:
 @pytest.mark.parametrize("arch", ["lenet300", "lenet5"])
 def test_structurally_pruned_models(tmp_path: Path, arch: str) -> None:
     from svdcompress import structured
+
     torch.manual_seed(0)
     model = zoo.build(arch, svdo=True)
     with torch.no_grad():

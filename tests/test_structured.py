@@ -123,8 +123,9 @@ def test_dead_filter_folds_through_batchnorm_into_unpadded_conv() -> None:
 
 def _padded_model(bias: float) -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1), nn.Flatten(),
-                          nn.Linear(3 * 6 * 6, 2))
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * 6 * 6, 2)
+    )
     w = model[0].weight.detach().clone()
     w[1] = 0.0
     b = model[0].bias.detach().clone()
@@ -249,8 +250,15 @@ def test_view_flatten_is_rewritten_so_it_survives_pruning() -> None:
 
 def test_depthwise_conv_prunes_with_its_input_and_grouped_conv_is_kept() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=4), nn.ReLU(),
-                          nn.Conv2d(4, 4, 1, groups=2), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, groups=4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 1, groups=2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 2),
+    )
     w = model[0].weight.detach().clone()
     w[3] = 0.0
     _set(model[0], w)
@@ -396,8 +404,18 @@ def test_a_wrong_fold_is_caught_by_verification(monkeypatch: pytest.MonkeyPatch)
 def test_report_is_json_and_table() -> None:
     res = _check(_kill(lenet5(svdo=True), seed=4), (1, 28, 28))
     d = json.loads(json.dumps(res.report.to_dict()))
-    assert {"layers", "notes", "params_before", "params_after", "flops_before", "flops_after", "max_abs_diff",
-            "output_scale", "tolerance", "iterations"} <= set(d)
+    assert {
+        "layers",
+        "notes",
+        "params_before",
+        "params_after",
+        "flops_before",
+        "flops_after",
+        "max_abs_diff",
+        "output_scale",
+        "tolerance",
+        "iterations",
+    } <= set(d)
     assert d["layers"][0]["name"] == "conv1"
     table = res.report.format_table()
     assert "conv1" in table and "total" in table and "verification" in table and "→" in table

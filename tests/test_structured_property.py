@@ -33,11 +33,19 @@ ATOL_PER_SCALE = 1e-5  # absolute tolerance per unit of output magnitude
 MAX_EXAMPLES = 100  # per test; three tests -> 300 random models
 
 _ACTS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU, "leaky": nn.LeakyReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
-    "relu6": nn.ReLU6, "elu": nn.ELU, "identity": nn.Identity, "silu": nn.SiLU,
+    "relu": nn.ReLU,
+    "leaky": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "relu6": nn.ReLU6,
+    "elu": nn.ELU,
+    "identity": nn.Identity,
+    "silu": nn.SiLU,
 }
-_SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,
-                     suppress_health_check=[HealthCheck.too_slow])
+_SETTINGS = settings(
+    max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 Spec = dict[str, Any]
 
@@ -97,11 +105,24 @@ def _kill_and_randomize(model: nn.Module, seed: int, p_row: float, p_col: float)
 @st.composite
 def mlp_specs(draw: st.DrawFn, kinds: tuple[str, ...] = ("linear", "res", "cat")) -> Spec:
     widths = st.integers(2, 6)
-    blocks = draw(st.lists(st.tuples(st.sampled_from(kinds), widths, widths, st.booleans(),
-                                     st.sampled_from(sorted(_ACTS)), st.booleans()), min_size=1, max_size=3))
-    return {"in": draw(st.integers(2, 6)), "out": draw(st.integers(1, 3)), "blocks": blocks,
-            "seed": draw(st.integers(0, 2**16)), "p_row": draw(st.sampled_from([0.2, 0.4, 0.6])),
-            "p_col": draw(st.sampled_from([0.0, 0.3])), "input_4d": draw(st.booleans())}
+    blocks = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(kinds), widths, widths, st.booleans(), st.sampled_from(sorted(_ACTS)), st.booleans()
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    return {
+        "in": draw(st.integers(2, 6)),
+        "out": draw(st.integers(1, 3)),
+        "blocks": blocks,
+        "seed": draw(st.integers(0, 2**16)),
+        "p_row": draw(st.sampled_from([0.2, 0.4, 0.6])),
+        "p_col": draw(st.sampled_from([0.0, 0.3])),
+        "input_4d": draw(st.booleans()),
+    }
 
 
 def _build_mlp(spec: Spec) -> tuple[nn.Module, tuple[int, ...]]:
@@ -145,12 +166,30 @@ def cnn_specs(draw: st.DrawFn) -> Spec:
         if size - shrink < 2:
             k, pad, pool, shrink = 1, 0, "none", 0
         size -= shrink
-        blocks.append((kind, draw(st.integers(2, 5)), draw(st.integers(1, 4)), k, pad, draw(st.booleans()),
-                       draw(st.sampled_from(sorted(_ACTS))), pool, draw(st.booleans())))
-    return {"in": draw(st.integers(1, 3)), "size": size0, "blocks": blocks,
-            "head": draw(st.sampled_from(["flatten", "gap", "conv"])), "out": draw(st.integers(1, 3)),
-            "seed": draw(st.integers(0, 2**16)), "p_row": draw(st.sampled_from([0.2, 0.4, 0.6])),
-            "p_col": draw(st.sampled_from([0.0, 0.3])), "method_relu": draw(st.booleans())}
+        blocks.append(
+            (
+                kind,
+                draw(st.integers(2, 5)),
+                draw(st.integers(1, 4)),
+                k,
+                pad,
+                draw(st.booleans()),
+                draw(st.sampled_from(sorted(_ACTS))),
+                pool,
+                draw(st.booleans()),
+            )
+        )
+    return {
+        "in": draw(st.integers(1, 3)),
+        "size": size0,
+        "blocks": blocks,
+        "head": draw(st.sampled_from(["flatten", "gap", "conv"])),
+        "out": draw(st.integers(1, 3)),
+        "seed": draw(st.integers(0, 2**16)),
+        "p_row": draw(st.sampled_from([0.2, 0.4, 0.6])),
+        "p_col": draw(st.sampled_from([0.0, 0.3])),
+        "method_relu": draw(st.booleans()),
+    }
 
 
 def _pool(kind: str) -> list[nn.Module]:

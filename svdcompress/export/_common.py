@@ -66,8 +66,6 @@ class ExportResult:
         )
 
 
-
-
 def _resolve_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
@@ -85,15 +83,22 @@ def _check_eval(model: nn.Module, what: str) -> None:
     # A train-mode BatchNorm/Dropout/SVDO layer would be exported with batch statistics or noise; switching
     # the mode ourselves would silently mutate the caller's object. Only modules whose forward depends on
     # the mode count: fx.GraphModule creates plain holder modules in training mode.
-    training = [name or "<root>" for name, m in model.named_modules() if m.training and (
-        isinstance(m, _MODE_DEPENDENT) or hasattr(m, "log_sigma2"))]
+    training = [
+        name or "<root>"
+        for name, m in model.named_modules()
+        if m.training and (isinstance(m, _MODE_DEPENDENT) or hasattr(m, "log_sigma2"))
+    ]
     if training:
         raise ExportError(f"{what} is in training mode ({', '.join(training[:3])}); call .eval() first")
 
 
 def _prepare(
-    model: nn.Module, reference: nn.Module | None, path: str | os.PathLike[str], dtype: str,
-    tolerance: float | None, force: bool,
+    model: nn.Module,
+    reference: nn.Module | None,
+    path: str | os.PathLike[str],
+    dtype: str,
+    tolerance: float | None,
+    force: bool,
 ) -> tuple[str, float, Path, nn.Module]:
     """What every export checks before doing work: dtype, tolerance, output path, eval mode.
 

@@ -89,11 +89,27 @@ def export_model(
         raise InvalidInputError("export_model() of a module needs input_shape (per example, e.g. (1, 28, 28))")
     result = prune(module, threshold=threshold, input_shape=shape, require_csr=fmt == "csr")
     if fmt == "csr":
-        res = export_csr(result.model, path, input_shape=shape, reference=result.masked, dtype=dtype, force=force,
-                         threshold=threshold, provenance=provenance)
+        res = export_csr(
+            result.model,
+            path,
+            input_shape=shape,
+            reference=result.masked,
+            dtype=dtype,
+            force=force,
+            threshold=threshold,
+            provenance=provenance,
+        )
     else:
-        res = export_onnx(result.model, path, input_shape=shape, reference=result.masked,
-                          sparse=fmt == "onnx-sparse", opset=opset, dtype=dtype, force=force)
+        res = export_onnx(
+            result.model,
+            path,
+            input_shape=shape,
+            reference=result.masked,
+            sparse=fmt == "onnx-sparse",
+            opset=opset,
+            dtype=dtype,
+            force=force,
+        )
     try:
         compression: float | None = float(analyze(module, threshold).total["compression"])
     except NoSVDOLayersError:  # a plain model with zeroed weights: no log α to count

@@ -42,13 +42,20 @@ def _torch_to_onnx(model: nn.Module, input_shape: tuple[int, ...], opset: int, t
         # torch 2.13 raises two DeprecationWarnings for the legacy exporter ("You are using the legacy
         # TorchScript-based ONNX export", and "The feature will be removed" from its utils). We use it
         # deliberately (see module docstring); other warnings still surface.
-        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
-                                category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message="You are using the legacy TorchScript-based ONNX export", category=DeprecationWarning
+        )
         warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
         try:
             torch.onnx.export(
-                model, (example,), str(tmp), dynamo=False, opset_version=opset, do_constant_folding=True,
-                input_names=[_INPUT], output_names=[_OUTPUT],
+                model,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                do_constant_folding=True,
+                input_names=[_INPUT],
+                output_names=[_OUTPUT],
                 dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}},
             )
         except Exception as exc:  # the exporter raises many types for unsupported ops / opsets
@@ -57,8 +64,11 @@ def _torch_to_onnx(model: nn.Module, input_shape: tuple[int, ...], opset: int, t
 
 
 def _large_float_initializers(graph: onnx.GraphProto, dtype: int) -> list[onnx.TensorProto]:
-    return [t for t in graph.initializer
-            if t.data_type == dtype and int(np.prod(t.dims, dtype=np.int64)) >= MIN_CONVERTED_ELEMENTS]
+    return [
+        t
+        for t in graph.initializer
+        if t.data_type == dtype and int(np.prod(t.dims, dtype=np.int64)) >= MIN_CONVERTED_ELEMENTS
+    ]
 
 
 def _initializers_to_fp16(graph: onnx.GraphProto) -> None:
@@ -74,8 +84,11 @@ def _initializers_to_fp16(graph: onnx.GraphProto) -> None:
             raise ExportError(f"initializer {t.name}: values exceed the fp16 range (±65504); export as fp32")
         name16 = f"{t.name}__fp16"
         t.CopyFrom(numpy_helper.from_array(arr.astype(np.float16), name16))
-        casts.append(helper.make_node("Cast", [name16], [name16[: -len("__fp16")]], to=onnx.TensorProto.FLOAT,
-                                      name=f"{name16}__cast"))
+        casts.append(
+            helper.make_node(
+                "Cast", [name16], [name16[: -len("__fp16")]], to=onnx.TensorProto.FLOAT, name=f"{name16}__cast"
+            )
+        )
     # Casts first: node order must be topological.
     nodes = [*casts, *graph.node]
     del graph.node[:]
