@@ -20,18 +20,31 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 from ._scalar import ACT_CODES, MONOTONE_ACTS, POOL_AVG, POOL_MAX, POOL_NONE
-from .conv import conv2d_parallel, conv2d_serial, conv_offsets, conv_scratch_sizes
+from .conv import (
+    LANES,
+    blocked_scratch_sizes,
+    conv2d_blocked_parallel,
+    conv2d_blocked_serial,
+    conv2d_parallel,
+    conv2d_serial,
+    conv_offsets,
+    conv_scratch_sizes,
+)
 from .linear import dense_gemv, spmm_parallel, spmm_serial, spmm_tile, spmv
 from .pointwise import activation, adaptive_avg_pool2d, pool2d
 
 __all__ = [
     "ACT_CODES",
+    "LANES",
     "MONOTONE_ACTS",
     "POOL_AVG",
     "POOL_MAX",
     "POOL_NONE",
     "activation",
     "adaptive_avg_pool2d",
+    "blocked_scratch_sizes",
+    "conv2d_blocked_parallel",
+    "conv2d_blocked_serial",
     "conv2d_parallel",
     "conv2d_serial",
     "conv_offsets",

@@ -104,6 +104,23 @@ def max_pool_inside(src: np.ndarray, sw: int, dst: np.ndarray, dh: int, dw: int,
     first tap seeds the maximum, so the loop is a straight run of loads and compares.
     """
     kh, kw, st_h, st_w, dil_h, dil_w = ip[1], ip[2], ip[3], ip[4], ip[7], ip[8]
+    if kh == 2 and kw == 2 and st_h == 2 and st_w == 2 and dil_h == 1 and dil_w == 1:
+        # The common 2×2/2 case: a vectorised max of row pairs, then of neighbouring columns, in place in
+        # dst's row (2·dw <= sw values fit: the caller's plane is at least that wide).
+        usw = np.uint64(sw)
+        udw = np.uint64(dw)
+        two = np.uint64(2)
+        for i in range(np.uint64(dh)):
+            r0 = two * i * usw
+            r1 = r0 + usw
+            o = i * udw
+            for j in range(udw):
+                a, b = src[r0 + two * j], src[r1 + two * j]
+                m = a if a > b or a != a else b
+                a, b = src[r0 + two * j + np.uint64(1)], src[r1 + two * j + np.uint64(1)]
+                m2 = a if a > b or a != a else b
+                dst[o + j] = m if m > m2 or m != m else m2
+        return
     for i in range(dh):
         for j in range(dw):
             base = np.uint64(i * st_h * sw + j * st_w)
