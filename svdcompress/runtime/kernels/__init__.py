@@ -13,14 +13,52 @@ concurrent launches from several Python threads.
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import numba
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
-from ._scalar import ACT_CODES, MONOTONE_ACTS, POOL_AVG, POOL_MAX, POOL_NONE
-from .conv import (
+
+def _writable(d: Path) -> bool:
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=d):
+            pass
+    except OSError:
+        return False
+    return True
+
+
+def _cache_dir() -> str | None:
+    """Where compiled kernels go when ``__pycache__`` beside this package is not writable.
+
+    numba itself falls back to a user-wide directory, but raises at import ("no locator available") when
+    that is not writable either (a service user without a home, a read-only image). Then use the first
+    writable of ``$XDG_CACHE_HOME``/``~/.cache`` and the temporary directory.
+    """
+    if os.environ.get("NUMBA_CACHE_DIR") or _writable(Path(__file__).parent / "__pycache__"):
+        return None
+    candidates = [Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "svdcompress-numba",
+                  Path(tempfile.gettempdir()) / f"svdcompress-numba-{os.getuid() if hasattr(os, 'getuid') else 0}"]
+    for c in candidates:
+        try:
+            if _writable(c):
+                return str(c)
+        except RuntimeError:  # Path.home() without a home directory
+            continue
+    return None
+
+
+_dir = _cache_dir()
+if _dir is not None:
+    numba.config.CACHE_DIR = _dir
+
+# The kernel modules compile (and look up their cache) at import: configure numba first.
+from ._scalar import ACT_CODES, MONOTONE_ACTS, POOL_AVG, POOL_MAX, POOL_NONE  # noqa: E402
+from .conv import (  # noqa: E402
     LANES,
     blocked_scratch_sizes,
     conv2d_blocked_parallel,
@@ -30,8 +68,8 @@ from .conv import (
     conv_offsets,
     conv_scratch_sizes,
 )
-from .linear import dense_gemv, spmm_parallel, spmm_serial, spmm_tile, spmv
-from .pointwise import activation, adaptive_avg_pool2d, pool2d
+from .linear import dense_gemv, spmm_parallel, spmm_serial, spmm_tile, spmv  # noqa: E402
+from .pointwise import activation, adaptive_avg_pool2d, pool2d  # noqa: E402
 
 __all__ = [
     "ACT_CODES",
