@@ -70,7 +70,7 @@ class CSRModel:
     def __init__(self, bundle: Bundle, kernel: str = "auto", threads: int | None = None) -> None:
         if kernel not in KERNELS:
             raise InvalidInputError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
-        avail = int(numba.config.NUMBA_NUM_THREADS)
+        avail = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # built at runtime
         if threads is None:
             threads = 1
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:

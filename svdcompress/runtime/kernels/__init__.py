@@ -19,7 +19,7 @@ from pathlib import Path
 import numba
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]  # numba.config is built at runtime
 
 
 def _writable(d: Path) -> bool:
@@ -54,7 +54,7 @@ def _cache_dir() -> str | None:
 
 _dir = _cache_dir()
 if _dir is not None:
-    numba.config.CACHE_DIR = _dir
+    numba.config.CACHE_DIR = _dir  # type: ignore[attr-defined]  # numba.config is built at runtime
 
 # The kernel modules compile (and look up their cache) at import: configure numba first.
 from ._scalar import ACT_CODES, MONOTONE_ACTS, POOL_AVG, POOL_MAX, POOL_NONE  # noqa: E402

@@ -11,8 +11,20 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["ACT_CODES", "FASTMATH", "MONOTONE_ACTS", "POOL_AVG", "POOL_MAX", "POOL_NONE", "VEC", "act", "act_bias_row",
-           "max_pool_inside", "pool_plane"]
+__all__ = [
+    "ACT_CODES",
+    "FASTMATH",
+    "MONOTONE_ACTS",
+    "POOL_AVG",
+    "POOL_MAX",
+    "POOL_NONE",
+    "VEC",
+    "accumulate_taps",
+    "act",
+    "act_bias_row",
+    "max_pool_inside",
+    "pool_plane",
+]
 
 # Reassociation lets LLVM vectorise reductions (SpMV dot products); contraction gives FMAs. No nnan/ninf:
 # NaN and inf must propagate as they do in PyTorch.
@@ -176,3 +188,52 @@ def pool_plane(src: np.ndarray, sh: int, sw: int, dst: np.ndarray, dh: int, dw: 
                 else:
                     d = (y1 - y0) * (x1 - x0)
                 dst[i * dw + j] = s / d
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def accumulate_taps(acc: np.ndarray, abase: np.uint64, src: np.ndarray, sbase: np.uint64, scale: np.uint64,
+                    off: np.ndarray, vals: np.ndarray, j0: int, j1: int, length: np.uint64) -> None:
+    """``acc[abase : abase+length] += Σ_j vals[j] · src[off[j]·scale + sbase : … + length]`` for j in [j0, j1).
+
+    Eight taps per pass (then four, then the rest in one pass) cut the accumulator's load/store traffic per
+    multiply-add 8× (measured on one Zen 5 core: 30-35 GFMA/s against 11-16 for one tap per pass). All
+    positions are unsigned: signed ones make numba test every index for negative wrap-around, which keeps
+    LLVM from vectorising and doubles scalar loops (and uint64 + int64 would promote to float64).
+    """
+    u1, u2, u3, u4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
+    u5, u6, u7, u8 = np.uint64(5), np.uint64(6), np.uint64(7), np.uint64(8)
+    j, end = np.uint64(j0), np.uint64(j1)
+    while j + u8 <= end:
+        w0, w1, w2, w3 = vals[j], vals[j + u1], vals[j + u2], vals[j + u3]
+        w4, w5, w6, w7 = vals[j + u4], vals[j + u5], vals[j + u6], vals[j + u7]
+        o0 = np.uint64(off[j]) * scale + sbase
+        o1 = np.uint64(off[j + u1]) * scale + sbase
+        o2 = np.uint64(off[j + u2]) * scale + sbase
+        o3 = np.uint64(off[j + u3]) * scale + sbase
+        o4 = np.uint64(off[j + u4]) * scale + sbase
+        o5 = np.uint64(off[j + u5]) * scale + sbase
+        o6 = np.uint64(off[j + u6]) * scale + sbase
+        o7 = np.uint64(off[j + u7]) * scale + sbase
+        for p in range(length):
+            acc[abase + p] += ((w0 * src[o0 + p] + w1 * src[o1 + p]) + (w2 * src[o2 + p] + w3 * src[o3 + p])) + (
+                (w4 * src[o4 + p] + w5 * src[o5 + p]) + (w6 * src[o6 + p] + w7 * src[o7 + p]))
+        j += u8
+    if j + u4 <= end:
+        w0, w1, w2, w3 = vals[j], vals[j + u1], vals[j + u2], vals[j + u3]
+        o0 = np.uint64(off[j]) * scale + sbase
+        o1 = np.uint64(off[j + u1]) * scale + sbase
+        o2 = np.uint64(off[j + u2]) * scale + sbase
+        o3 = np.uint64(off[j + u3]) * scale + sbase
+        for p in range(length):
+            acc[abase + p] += (w0 * src[o0 + p] + w1 * src[o1 + p]) + (w2 * src[o2 + p] + w3 * src[o3 + p])
+        j += u4
+    if j < end:  # 1-3 taps left: one pass, repeating tap j with a zero weight where there are fewer
+        rest = end - j
+        w0 = vals[j]
+        w1 = vals[j + u1] if rest > u1 else np.float32(0.0)
+        w2 = vals[j + u2] if rest > u2 else np.float32(0.0)
+        o0 = np.uint64(off[j]) * scale + sbase
+        o1 = np.uint64(off[j + u1]) * scale + sbase if rest > u1 else o0
+        o2 = np.uint64(off[j + u2]) * scale + sbase if rest > u2 else o0
+        for p in range(length):
+            acc[abase + p] += w0 * src[o0 + p] + w1 * src[o1 + p] + w2 * src[o2 + p]
