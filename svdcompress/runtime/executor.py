@@ -362,7 +362,28 @@ def _record(b: _Builder, name: str, wt: LayerWeight, small: str, big: str, macs:
     p.weight_bytes += sparse_bytes if small == "sparse" else dense_bytes
 
 
-def _op_linear(b: _Builder, n: dict[str, Any]) -> None:
+@dataclass
+class _Linear:
+    """One validated Linear layer (+ fused activation) of a chain, in both storage forms."""
+
+    name: str
+    wt: LayerWeight
+    bias: np.ndarray
+    act: tuple[int, float, float]
+    in_slot: int
+    out_slot: int
+
+    @property
+    def rows(self) -> int:
+        return self.wt.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.wt.shape[1]
+
+
+def _linear_layer(b: _Builder, n: dict[str, Any]) -> tuple[_Linear, str]:
+    """Validate a Linear node and absorb the activation right after it; returns the layer and its output name."""
     name = n["name"]
     if len(n["inputs"]) != 1:
         raise b.err(name, f"linear takes one input, got {len(n['inputs'])}")
@@ -370,51 +391,100 @@ def _op_linear(b: _Builder, n: dict[str, Any]) -> None:
     wt = b.b.weight(n["params"].get("weight"), name)
     if len(shape) != 1 or len(wt.shape) != 2 or wt.shape[1] != shape[0]:
         raise b.err(name, f"weight {list(wt.shape)} does not fit an input of shape {list(shape)} (needs (features,))")
-    rows, cols = wt.shape
+    rows = wt.shape[0]
     bias = b.bias(n, rows)
     out_name = n["outputs"][0]
-    code, a0, a1 = 0, 0.0, 0.0
+    spec = (0, 0.0, 0.0)
     act_node = b.sole_reader(out_name, lambda op: op in _SCALAR_ACTS)
     if act_node is not None:
-        code, a0, a1 = b.act_spec(act_node)
+        spec = b.act_spec(act_node)
         b.mark_fused(act_node)
         b.new(out_name, (rows,), name)
         out_name = act_node["outputs"][0]
     o = b.new(out_name, (rows,), name)
-    idx = wt.indices.astype(np.uint16 if cols <= 1 << 16 else np.uint32)  # narrowest index: fewer bytes per nnz
-    indptr, vals = wt.indptr, wt.values
-    tile = K.spmm_tile(cols)
-    wd = wt.dense()
-    full_ptr = np.arange(rows + 1, dtype=np.int64) * cols
-    full_idx = np.tile(np.arange(cols, dtype=idx.dtype), rows)
-    full_vals = wd.reshape(-1)
+    return _Linear(name, wt, bias, spec, x, o), out_name
 
-    def sparse(v: list[Any], par: bool) -> None:
-        xin = v[x]
-        y = np.empty((xin.shape[0], rows), np.float32)
-        if xin.shape[0] == 1:
-            K.spmv(xin, y, indptr, idx, vals, bias, code, a0, a1)
+
+def _chain_arrays(layers: list[_Linear], dense: list[bool], itype: type[np.unsignedinteger[Any]]) -> tuple[
+        np.ndarray, ...]:
+    """Concatenate the layers' CSR arrays for the chain kernels; a dense layer holds every entry, row-major."""
+    meta = np.zeros((len(layers), 5), np.int64)
+    fpar = np.zeros((len(layers), 2), np.float32)
+    ptrs, idxs, vals, biases = [], [], [], []
+    nnz_base = pbase = bbase = 0
+    for k, (lay, dn) in enumerate(zip(layers, dense, strict=True)):
+        if dn:
+            ptr = np.arange(lay.rows + 1, dtype=np.int64) * lay.cols
+            idx = np.tile(np.arange(lay.cols, dtype=itype), lay.rows)
+            val = lay.wt.dense().reshape(-1)
         else:
-            (K.spmm_parallel if par else K.spmm_serial)(xin, y, indptr, idx, vals, bias, code, a0, a1, tile)
-        v[o] = y
+            ptr, idx, val = lay.wt.indptr.astype(np.int64), lay.wt.indices.astype(itype), lay.wt.values
+        meta[k] = (lay.rows, lay.cols, pbase, bbase, lay.act[0])
+        fpar[k] = lay.act[1:]
+        ptrs.append(ptr + nnz_base)
+        idxs.append(idx)
+        vals.append(val)
+        biases.append(lay.bias)
+        nnz_base += val.size
+        pbase += lay.rows + 1
+        bbase += lay.rows
+    return (meta, fpar, np.concatenate(ptrs), np.concatenate(idxs), np.concatenate(vals).astype(np.float32),
+            np.concatenate(biases).astype(np.float32), np.array(dense, np.bool_))
 
-    def dense(v: list[Any], par: bool) -> None:
+
+def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> Step:
+    """One step running ``layers`` back to back: one kernel call, activations feature-major in between."""
+    itype = np.uint16 if max(lay.cols for lay in layers) <= 1 << 16 else np.uint32  # fewer bytes per nonzero
+    meta, fpar, ptr, idx, vals, bias, dflags = _chain_arrays(layers, dense, itype)
+    x, o, rows = layers[0].in_slot, layers[-1].out_slot, layers[-1].rows
+    tile = K.spmm_tile(max(lay.cols for lay in layers))
+
+    def step(v: list[Any], par: bool) -> None:
         xin = v[x]
+        xin = np.ascontiguousarray(xin.reshape(xin.shape[0], -1))
         y = np.empty((xin.shape[0], rows), np.float32)
-        if xin.shape[0] == 1:
-            K.dense_gemv(xin, y, wd, bias, code, a0, a1)
+        if batched:
+            (K.chain_parallel if par else K.chain_serial)(xin, y, meta, fpar, ptr, idx, vals, bias, tile)
         else:
-            (K.spmm_parallel if par else K.spmm_serial)(xin, y, full_ptr, full_idx, full_vals, bias, code, a0, a1,
-                                                         tile)
+            for i in range(xin.shape[0]):
+                K.chain_single(xin[i:i + 1], y[i:i + 1], meta, fpar, ptr, idx, vals, bias, dflags)
         v[o] = y
+    return step
 
-    small, big = b.choose(name, sparse, dense, (cols,), (x, o), (rows,))
-    _record(b, name, wt, small, big, wt.nnz, rows * cols, wt.nnz * (4 + idx.itemsize) + 8 * (rows + 1),
-            rows * cols * 4)
-    small_step, big_step = (sparse if small == "sparse" else dense), (sparse if big == "sparse" else dense)
+
+def _op_linear(b: _Builder, n: dict[str, Any]) -> None:
+    """A Linear layer and every Linear that alone reads its (activated) output: one chain, one kernel call."""
+    layers: list[_Linear] = []
+    node: dict[str, Any] | None = n
+    while node is not None:
+        lay, out_name = _linear_layer(b, node)
+        layers.append(lay)
+        node = b.sole_reader(out_name, lambda op: op == "linear")
+        if node is not None:
+            b.mark_fused(node)
+    small: list[bool] = []  # per layer: dense at batch 1?
+    big: list[bool] = []  # per layer: dense in batches?
+    for lay in layers:  # each layer's kernel is chosen on its own shape
+        s1, d1 = _chain_step([lay], [False], False), _chain_step([lay], [True], False)
+        sb, db = _chain_step([lay], [False], True), _chain_step([lay], [True], True)
+
+        def sparse(v: list[Any], par: bool, s1: Step = s1, sb: Step = sb, i: int = lay.in_slot) -> None:
+            (sb if v[i].shape[0] > 1 else s1)(v, par)
+
+        def dense(v: list[Any], par: bool, d1: Step = d1, db: Step = db, i: int = lay.in_slot) -> None:
+            (db if v[i].shape[0] > 1 else d1)(v, par)
+
+        k_small, k_big = b.choose(lay.name, sparse, dense, (lay.cols,), (lay.in_slot, lay.out_slot), (lay.rows,))
+        small.append(k_small == "dense")
+        big.append(k_big == "dense")
+        itemsize = 2 if lay.cols <= 1 << 16 else 4
+        _record(b, lay.name, lay.wt, k_small, k_big, lay.wt.nnz, lay.rows * lay.cols,
+                lay.wt.nnz * (4 + itemsize) + 8 * (lay.rows + 1), lay.rows * lay.cols * 4)
+    one, many = _chain_step(layers, small, False), _chain_step(layers, big, True)
+    x = layers[0].in_slot
 
     def run(v: list[Any], par: bool) -> None:
-        (big_step if v[x].shape[0] > 1 else small_step)(v, par)
+        (many if v[x].shape[0] > 1 else one)(v, par)
     b.plan.steps.append(run)
     b.plan.uses_parallel = True
 

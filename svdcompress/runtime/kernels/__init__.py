@@ -68,7 +68,16 @@ from .conv import (  # noqa: E402
     conv_offsets,
     conv_scratch_sizes,
 )
-from .linear import dense_gemv, spmm_parallel, spmm_serial, spmm_tile, spmv  # noqa: E402
+from .linear import (  # noqa: E402
+    chain_parallel,
+    chain_serial,
+    chain_single,
+    dense_gemv,
+    spmm_parallel,
+    spmm_serial,
+    spmm_tile,
+    spmv,
+)
 from .pointwise import activation, adaptive_avg_pool2d, pool2d  # noqa: E402
 
 __all__ = [
@@ -81,6 +90,9 @@ __all__ = [
     "activation",
     "adaptive_avg_pool2d",
     "blocked_scratch_sizes",
+    "chain_parallel",
+    "chain_serial",
+    "chain_single",
     "conv2d_blocked_parallel",
     "conv2d_blocked_serial",
     "conv2d_parallel",
