@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 
 import svdcompress
 from svdcompress import runtime
+from svdcompress.bench import CONTENDERS, OPENVINO_CONTENDERS
 from svdcompress.cli import main
 from svdcompress.datasets import FASHION_MNIST_DIR, load_dataset
 from svdcompress.models import load_model
@@ -24,10 +26,16 @@ BUNDLED = ["lenet300", "lenet5"]
 
 @pytest.fixture(scope="module")
 def test_images() -> torch.Tensor:
-    """Real test images: Fashion-MNIST's 10,000 (what the bundled nets were trained on), else MNIST-5k's 1,000."""
+    """Real test images: Fashion-MNIST's 10,000 (what the bundled nets were trained on).
+
+    Without them (conftest prints a loud warning), MNIST-5k's 5,000 real digits, else generated images.
+    """
     if (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
         return load_dataset("fashion-mnist", "test")[0]
-    return load_dataset("mnist5k", "test")[0]
+    try:
+        return torch.cat([load_dataset("mnist5k", "test")[0], load_dataset("mnist5k", "train")[0]])
+    except svdcompress.SvdcompressError:
+        return torch.rand(2000, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module", params=BUNDLED)
@@ -54,15 +62,29 @@ def test_pruned_predictions_equal_masked_on_every_test_example(pruned, test_imag
     assert any(row.units_after < row.units_before for row in rep.layers)
 
 
-def test_bundles_and_onnx_match_masked_on_test_images(pruned, test_images: torch.Tensor, tmp_path: Path) -> None:
+def test_csr_bundle_predictions_equal_masked_on_2000_test_images(pruned, test_images: torch.Tensor,
+                                                                   tmp_path: Path) -> None:
+    name, result = pruned
+    x = test_images[:2000]
+    assert len(x) == 2000
+    ref = _logits(result.masked, x)
+    csr = tmp_path / f"{name}.csr"
+    svdcompress.export_csr(result.model, csr, input_shape=(1, 28, 28), reference=result.masked)
+    for kernel in runtime.KERNELS:
+        for threads in (1, 2):
+            model = runtime.load(csr, kernel=kernel, threads=threads)
+            got = torch.cat([torch.from_numpy(model(x[i:i + 500].numpy())) for i in range(0, len(x), 500)])
+            assert torch.equal(got.argmax(1), ref.argmax(1)), (name, kernel, threads)
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()),
+                                       msg=lambda m, k=kernel, t=threads: f"{name} kernel={k} threads={t}: {m}")
+
+
+def test_onnx_matches_masked_on_test_images(pruned, test_images: torch.Tensor, tmp_path: Path) -> None:
     import onnxruntime as ort
 
     name, result = pruned
     x = test_images[:2000]
     ref = _logits(result.masked, x)
-    csr = tmp_path / f"{name}.csr"
-    svdcompress.export_csr(result.model, csr, input_shape=(1, 28, 28), reference=result.masked)
-    torch.testing.assert_close(runtime.load(csr)(x), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
     for sparse in (False, True):
         path = tmp_path / f"{name}-{sparse}.onnx"
         svdcompress.export_onnx(result.model, path, input_shape=(1, 28, 28), reference=result.masked, sparse=sparse)
@@ -116,9 +138,9 @@ def test_runtime_runs_a_bundle_in_a_fresh_process(tmp_path: Path) -> None:
     script = (
         "import sys, numpy as np, svdcompress.runtime as rt\n"
         f"m = rt.load({str(bundle)!r})\n"
-        f"y = m(np.load({str(tmp_path / 'x.npy')!r})).numpy()\n"
+        f"y = m(np.load({str(tmp_path / 'x.npy')!r}))\n"
         f"assert np.allclose(y, np.load({str(tmp_path / 'ref.npy')!r}), rtol=1e-4, atol=1e-4)\n"
-        "model_code = ('svdcompress.zoo', 'svdcompress.svdo', 'svdcompress.structured')\n"
+        "model_code = ('torch', 'svdcompress.zoo', 'svdcompress.svdo', 'svdcompress.structured')\n"
         "bad = [k for k in sys.modules if k.startswith(model_code)]\n"
         "assert not bad, bad\n"
         "print('ok')\n"
@@ -134,12 +156,24 @@ def test_cli_bench_writes_records(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     names = {r["contender"] for r in data["results"]}
-    assert names == {"torch-dense", "ort-dense", "torch-masked", "torch-pruned", "ort-compact", "ort-sparse",
-                     "csr-runtime"}
+    expected = {"torch-dense", "ort-dense", "torch-masked", "torch-pruned", "ort-compact", "ort-sparse", "csr-runtime"}
+    openvino = {"openvino-dense", "openvino-compact"}
+    assert expected | openvino == set(CONTENDERS) and openvino == set(OPENVINO_CONTENDERS)
+    if importlib.util.find_spec("openvino") is not None:  # the peers extra
+        expected |= openvino
+    else:
+        assert "skipping openvino-dense, openvino-compact" in res.output
+    assert names == expected
+    assert {(r["contender"], r["batch_size"]) for r in data["results"]} == {(c, b) for c in expected for b in (1, 4)}
     row = data["results"][0]
     for key in ("contender", "batch_size", "threads", "median_us", "p90_us", "items_per_s", "artifact_bytes",
-                "speedup_vs_ort_dense", "speedup_vs_torch_dense"):
+                "speedup_vs_ort_dense", "speedup_vs_torch_dense", "speedup_vs_best_dense", "best_dense"):
         assert key in row
+    for r in data["results"]:
+        assert r["speedup_vs_best_dense"] is not None and r["speedup_vs_best_dense"] > 0, r
+        assert r["best_dense"] in {"ort-dense", "openvino-dense"} & expected, r
+    csr = [r for r in data["results"] if r["contender"] == "csr-runtime"]
+    assert all(r["macs_per_item"] and r["gmac_per_s"] and r["fraction_of_peak"] for r in csr), csr
     assert {"machine", "versions"} <= set(data)
     assert "| contender |" in res.output
     assert png.read_bytes()[:4] == b"\x89PNG"

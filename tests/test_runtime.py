@@ -1,21 +1,25 @@
-"""The CSR runtime: source-free loading, kernel choice, layouts, and robustness to bad files."""
+"""The CSR runtime: torch-free and source-free loading, kernel choice, calling conventions, thread safety,
+and a numba cache that works when the package directory is read-only."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
-import time
-import zipfile
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import svdcompress
 from svdcompress import masking, runtime, zoo
-from svdcompress.errors import ExportError
+from svdcompress.errors import BundleError, InvalidInputError, SvdcompressError
 from svdcompress.export import export_csr
 
 MNIST = (1, 28, 28)
@@ -38,12 +42,12 @@ def masked_zoo(arch: str, shift: float = 5.1) -> nn.Module:
 
 
 class WideMLP(nn.Module):
-    """Linear chains that stay feature-major through BN, add and cat; one layer dense enough to run dense."""
+    """Linear chains through an unfoldable BN, an add and a cat; one layer dense enough to run dense."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc1 = nn.Linear(40, 64)
-        self.bn = nn.BatchNorm1d(64)  # fc1 has two readers, so this BN cannot fold and runs feature-major
+        self.bn = nn.BatchNorm1d(64)  # fc1 has two readers, so this BN cannot fold
         self.fc2 = nn.Linear(64, 64)
         self.fc3 = nn.Linear(64, 32)
         self.fc4 = nn.Linear(128 + 32, 10)
@@ -71,26 +75,34 @@ def wide_mlp() -> nn.Module:
 def lenet5_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
     torch.set_num_threads(1)
     model = masked_zoo("lenet5")
-    path = tmp_path_factory.mktemp("b") / "lenet5.svdz"
+    path = tmp_path_factory.mktemp("b") / "lenet5.csr"
     export_csr(model, path, input_shape=MNIST)
     return path, model
 
 
-# (torch itself imports torch.fx, so only our own modules are checked.)
-_MODEL_CODE = ("svdcompress.zoo", "svdcompress.svdo", "svdcompress.masking", "svdcompress.checkpoint",
-               "svdcompress.structured", "svdcompress.graph", "svdcompress.export", "svdcompress.models")
+def _ref(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        out: np.ndarray = model(torch.from_numpy(x)).numpy()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- fresh processes
+
+# Modules a served model must not pay for: torch (and fx, which export uses) and all model code.
+_BANNED = ("torch", "onnx", "onnxruntime", "svdcompress.zoo", "svdcompress.svdo", "svdcompress.masking",
+           "svdcompress.checkpoint", "svdcompress.structured", "svdcompress.graph", "svdcompress.export",
+           "svdcompress.models", "svdcompress.ops", "svdcompress.bench")
 
 _SCRIPT = """
 import sys, numpy as np
 {prelude}
-import torch
-torch.set_num_threads(1)
 from svdcompress.runtime import load
 m = load({path!r}, threads=1)
 y = m(np.load({x!r}))
-np.testing.assert_allclose(y.numpy(), np.load({ref!r}), rtol=1e-4, atol=1e-5)
-bad = sorted(n for n in sys.modules if n.startswith({banned!r}))
-assert not bad, "model code imported: " + ", ".join(bad)
+assert type(y) is np.ndarray and y.dtype == np.float32, type(y)
+np.testing.assert_allclose(y, np.load({ref!r}), rtol=1e-4, atol=1e-5)
+bad = sorted(n for n in sys.modules if n.split(".")[0] in ("torch", "onnx", "onnxruntime") or n.startswith({banned!r}))
+assert not bad, "imported: " + ", ".join(bad)
 print("ok")
 """
 
@@ -106,91 +118,254 @@ sys.modules["svdcompress"] = pkg
 
 def _run_fresh(bundle: tuple[Path, nn.Module], tmp_path: Path, prelude: str) -> subprocess.CompletedProcess[str]:
     path, model = bundle
-    x = torch.randn(3, *MNIST)
-    np.save(tmp_path / "x.npy", x.numpy())
-    with torch.no_grad():
-        np.save(tmp_path / "ref.npy", model(x).numpy())
+    x = np.random.default_rng(0).standard_normal((3, *MNIST)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "ref.npy", _ref(model, x))
     script = _SCRIPT.format(prelude=prelude, path=str(path), x=str(tmp_path / "x.npy"),
-                            ref=str(tmp_path / "ref.npy"), banned=_MODEL_CODE)
+                            ref=str(tmp_path / "ref.npy"), banned=_BANNED)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_runtime_module_imports_no_model_code(lenet5_bundle: tuple[Path, nn.Module], tmp_path: Path) -> None:
-    proc = _run_fresh(lenet5_bundle, tmp_path, _BARE_PACKAGE)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
-
-
-def test_import_svdcompress_runtime_pulls_no_model_code(
-    lenet5_bundle: tuple[Path, nn.Module], tmp_path: Path
-) -> None:
+def test_load_and_call_never_import_torch(lenet5_bundle: tuple[Path, nn.Module], tmp_path: Path) -> None:
     proc = _run_fresh(lenet5_bundle, tmp_path, "")
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
-@pytest.mark.parametrize("batch", [1, 5])
+def test_runtime_needs_only_its_own_modules(lenet5_bundle: tuple[Path, nn.Module], tmp_path: Path) -> None:
+    proc = _run_fresh(lenet5_bundle, tmp_path, _BARE_PACKAGE)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+
+
+@pytest.mark.parametrize("batch", [1, 5, 64])
 def test_kernels_agree(tmp_path: Path, batch: int) -> None:
     for name, model, shape in [("lenet300", masked_zoo("lenet300"), MNIST), ("wide", wide_mlp(), (40,))]:
-        path = tmp_path / f"{name}.svdz"
+        path = tmp_path / f"{name}.csr"
         export_csr(model, path, input_shape=shape)
-        x = torch.randn(batch, *shape)
-        with torch.no_grad():
-            ref = model(x)
-        outs = {k: runtime.load(path, kernel=k)(x) for k in runtime.KERNELS}
-        for k, y in outs.items():
-            torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5, msg=f"{name} kernel={k}")
-        torch.testing.assert_close(outs["dense"], outs["sparse"], rtol=1e-5, atol=1e-6)
+        x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+        ref = torch.from_numpy(_ref(model, x))
+        outs = {(k, t): runtime.load(path, kernel=k, threads=t)(x) for k in runtime.KERNELS for t in (1, 2)}
+        for (k, t), y in outs.items():
+            torch.testing.assert_close(torch.from_numpy(y), ref, rtol=1e-5, atol=1e-5, msg=f"{name} {k} {t}")
 
 
-def test_layer_kernels_and_nnz(tmp_path: Path, lenet5_bundle: tuple[Path, nn.Module]) -> None:
-    path = tmp_path / "wide.svdz"
+def _positions(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
+    """Output positions per example of each conv/linear layer (1 for Linear)."""
+    out: dict[str, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: out.__setitem__(n, int(np.prod(o.shape[2:]))))
+             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))
+    for h in hooks:
+        h.remove()
+    return out
+
+
+def test_layer_kernels_nnz_and_macs(tmp_path: Path, lenet5_bundle: tuple[Path, nn.Module]) -> None:
+    path = tmp_path / "wide.csr"
     model = wide_mlp()
     export_csr(model, path, input_shape=(40,))
     auto = runtime.load(path)
-    assert auto.layer_kernels == {"fc1": "csr", "fc2": "csr", "fc3": "dense", "fc4": "csr"}
-    assert auto.nnz == {n: int(getattr(model, n).weight.count_nonzero()) for n in ("fc1", "fc2", "fc3", "fc4")}
-    assert set(runtime.load(path, kernel="dense").layer_kernels.values()) == {"dense"}
-    assert set(runtime.load(path, kernel="sparse").layer_kernels.values()) == {"csr"}
-    lenet5 = runtime.load(lenet5_bundle[0], kernel="sparse")
-    assert lenet5.layer_kernels["conv1"] == "dense" and lenet5.layer_kernels["conv2"] == "dense"  # convs: dense
-    assert lenet5.manifest["format"] == "svdcompress-csr"
-    assert "fc1=csr" in repr(lenet5)
+    names = {"fc1", "fc2", "fc3", "fc4"}
+    assert set(auto.layer_kernels) == set(auto.layer_kernels_batched) == names
+    assert set(auto.layer_kernels.values()) | set(auto.layer_kernels_batched.values()) <= {"sparse", "dense"}
+    assert auto.nnz == {n: int(getattr(model, n).weight.count_nonzero()) for n in names}
+    assert auto.threads == 1 and runtime.load(path, threads=2).threads == 2
+    for kernel in ("sparse", "dense"):
+        forced = runtime.load(path, kernel=kernel)
+        assert set(forced.layer_kernels.values()) == set(forced.layer_kernels_batched.values()) == {kernel}
+
+    lenet_path, lenet = lenet5_bundle
+    pos = _positions(lenet, MNIST)
+    sparse, dense = runtime.load(lenet_path, kernel="sparse"), runtime.load(lenet_path, kernel="dense")
+    layers = {n: m for n, m in lenet.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert sparse.nnz == {n: int(m.weight.count_nonzero()) for n, m in layers.items()}
+    assert sparse.macs_per_item == sum(int(m.weight.count_nonzero()) * pos[n] for n, m in layers.items())
+    assert dense.macs_per_item == sum(m.weight.numel() * pos[n] for n, m in layers.items())
+    assert 0 < sparse.weight_bytes < dense.weight_bytes
+    assert sparse.manifest["format"] == runtime.FORMAT_NAME and sparse.input_shape == MNIST
+    assert sparse.output_shape == (10,)
+    assert "fc1=sparse" in repr(sparse) and "conv1=dense" in repr(dense)
 
 
-def test_inputs_and_outputs(lenet5_bundle: tuple[Path, nn.Module]) -> None:
+def test_fp16_bundle(tmp_path: Path, lenet5_bundle: tuple[Path, nn.Module]) -> None:
+    model = lenet5_bundle[1]
+    path = tmp_path / "half.csr"
+    export_csr(model, path, input_shape=MNIST, dtype="fp16")
+    x = np.random.default_rng(1).standard_normal((4, *MNIST)).astype(np.float32)
+    ref = _ref(model, x)
+    y = runtime.load(path)(x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, ref, rtol=1e-2, atol=1e-2 * max(1.0, float(np.abs(ref).max())))
+
+
+# ---------------------------------------------------------------------------------------------- calling
+
+
+def test_numpy_in_numpy_out_torch_in_torch_out(lenet5_bundle: tuple[Path, nn.Module]) -> None:
+    path, model = lenet5_bundle
+    m = runtime.load(path)
+    x64 = np.random.default_rng(0).standard_normal((2, *MNIST))  # float64 numpy is accepted
+    y = m(x64)
+    assert type(y) is np.ndarray and y.dtype == np.float32 and y.shape == (2, 10) and y.flags.c_contiguous
+    y += 1.0  # writeable
+    np.testing.assert_allclose(m(x64), _ref(model, x64.astype(np.float32)), rtol=1e-5, atol=1e-5)
+
+    xt = torch.from_numpy(x64.astype(np.float32)).requires_grad_()
+    yt = m(xt)
+    assert isinstance(yt, torch.Tensor) and yt.dtype == torch.float32 and yt.shape == (2, 10)
+    assert yt.is_contiguous() and not yt.requires_grad
+    yt.add_(1.0)  # an ordinary tensor, not an inference-mode one
+    torch.testing.assert_close(m(xt[:, :, ::1]), torch.from_numpy(m(x64)))
+    assert isinstance(m(xt.double()), torch.Tensor)
+
+    nc = np.asfortranarray(x64.astype(np.float32))  # any layout
+    np.testing.assert_array_equal(m(nc), m(np.ascontiguousarray(nc)))
+    empty = m(np.zeros((0, *MNIST), np.float32))
+    assert empty.shape == (0, 10) and empty.dtype == np.float32
+
+
+@pytest.mark.parametrize("shape", [(2, 784), (2, 1, 28, 27), (1, 28, 28), (2, 1, 1, 28, 28), ()])
+def test_wrong_input_shape(lenet5_bundle: tuple[Path, nn.Module], shape: tuple[int, ...]) -> None:
     m = runtime.load(lenet5_bundle[0])
-    x = np.random.default_rng(0).standard_normal((2, *MNIST))  # float64 numpy is accepted
-    y = m(x)
-    assert y.shape == (2, 10) and y.dtype == torch.float32 and y.is_contiguous()
-    y.add_(1.0)  # an ordinary tensor, not an inference-mode one
-    with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\)"):
-        m(torch.randn(2, 784))
+    for x in (np.zeros(shape, np.float32), torch.zeros(shape)):
+        with pytest.raises(InvalidInputError, match=r"\(N, 1, 28, 28\)"):
+            m(x)
+    with pytest.raises(ValueError):  # InvalidInputError is also a ValueError
+        m(np.zeros(shape, np.float32))
 
 
-def test_load_is_fast(lenet5_bundle: tuple[Path, nn.Module]) -> None:
-    runtime.load(lenet5_bundle[0])  # warm imports and torch's one-time CSR set-up
-    start = time.perf_counter()
-    runtime.load(lenet5_bundle[0])
-    assert time.perf_counter() - start < 0.5
+@pytest.mark.parametrize("kwargs", [{"kernel": "fast"}, {"kernel": "csr"}, {"kernel": None}, {"threads": 0},
+                                    {"threads": -1}, {"threads": 1.5}, {"threads": True}, {"threads": "2"}])
+def test_bad_arguments(lenet5_bundle: tuple[Path, nn.Module], kwargs: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInputError, match="kernel" if "kernel" in kwargs else "threads"):
+        runtime.load(lenet5_bundle[0], **kwargs)
 
 
-def test_bad_arguments_and_files(tmp_path: Path, lenet5_bundle: tuple[Path, nn.Module]) -> None:
-    with pytest.raises(ValueError, match=r"'fast'.*auto, sparse, dense"):
-        runtime.load(lenet5_bundle[0], kernel="fast")
-    not_zip = tmp_path / "x.svdz"
+def test_bad_files(tmp_path: Path, lenet5_bundle: tuple[Path, nn.Module]) -> None:
+    not_zip = tmp_path / "x.csr"
     not_zip.write_bytes(b"hello")
-    with pytest.raises(ExportError, match="cannot read CSR bundle"):
-        runtime.load(not_zip)
-    with pytest.raises(ExportError, match="cannot read CSR bundle"):
-        runtime.load(tmp_path / "missing.svdz")
-    with zipfile.ZipFile(lenet5_bundle[0]) as zf:
-        manifest = json.loads(zf.read("manifest.json"))
-        members = {n: zf.read(n) for n in zf.namelist() if n != "manifest.json"}
-    for field, value, message in [("format_version", 99, "newer than this runtime"),
-                                  ("format", "other", "not a CSR bundle")]:
-        bad = tmp_path / f"{field}.svdz"
-        with zipfile.ZipFile(bad, "w") as zf:
-            zf.writestr("manifest.json", json.dumps({**manifest, field: value}))
-            for n, data in members.items():
-                zf.writestr(n, data)
-        with pytest.raises(ExportError, match=message):
-            runtime.load(bad)
+    for path in (not_zip, tmp_path / "missing.csr", tmp_path):
+        with pytest.raises(BundleError, match=str(path)) as info:
+            runtime.load(path)
+        assert isinstance(info.value, SvdcompressError)
+
+
+# ---------------------------------------------------------------------------------------------- threads
+
+_BATCHES = (1, 3, 16, 64)
+
+
+@pytest.mark.parametrize("threads", [2, 1])
+def test_concurrent_calls_equal_lone_calls(lenet5_bundle: tuple[Path, nn.Module], threads: int) -> None:
+    """8 Python threads call one model at once, with different inputs and batch sizes: results are exact."""
+    m = runtime.load(lenet5_bundle[0], threads=threads)
+    rng = np.random.default_rng(threads)
+    inputs = [rng.standard_normal((_BATCHES[i % 4], *MNIST)).astype(np.float32) for i in range(8)]
+    alone = [m(x) for x in inputs]
+    got: dict[tuple[int, int], np.ndarray] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait()
+            for rep in range(4):
+                x = inputs[(i + rep) % 8]  # every thread calls with several batch sizes
+                got[(i, rep)] = m(x) if rep % 2 == 0 else m(torch.from_numpy(x)).numpy()
+        except BaseException as exc:  # reported below, with the thread's traceback
+            errors.append(exc)
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in workers), "a call hung"
+    assert not errors, errors
+    for (i, rep), y in got.items():
+        assert np.array_equal(y, alone[(i + rep) % 8]), (i, rep, float(np.abs(y - alone[(i + rep) % 8]).max()))
+    assert len(got) == 32
+
+
+# ---------------------------------------------------------------------------------------------- numba cache
+
+_CACHE_SCRIPT = """
+import json, sys, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import numpy as np
+    import svdcompress.runtime as rt
+    y = rt.load(sys.argv[1], kernel="sparse")(np.load(sys.argv[2]))
+np.testing.assert_allclose(y, np.load(sys.argv[3]), rtol=1e-5, atol=1e-5)
+# every compiled kernel of the runtime: numba dispatchers count cache hits and misses per signature
+kernels = {id(f): f for name, mod in list(sys.modules.items()) if name.startswith("svdcompress.runtime")
+           for f in vars(mod).values() if hasattr(f, "stats") and hasattr(f, "py_func")}
+print(json.dumps({"file": rt.__file__,
+                  "hits": sum(sum(f.stats.cache_hits.values()) for f in kernels.values()),
+                  "misses": sum(sum(f.stats.cache_misses.values()) for f in kernels.values()),
+                  "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+def _read_only_runner(pkg_root: Path) -> list[str]:
+    """argv prefix that runs a command with ``pkg_root`` read-only (a read-only bind mount when root)."""
+    if os.geteuid() != 0:
+        for d, _, files in os.walk(pkg_root):
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o444)
+            os.chmod(d, 0o555)
+        return []
+    # Root ignores permission bits: mount the copy read-only in a private mount namespace instead.
+    unshare = shutil.which("unshare")
+    probe = unshare and subprocess.run([unshare, "-m", "true"], capture_output=True, check=False).returncode == 0
+    if not probe:
+        pytest.skip("running as root without unshare(1): cannot make a directory read-only for root")
+    p = str(pkg_root)
+    return [str(unshare), "-m", "sh", "-c", f'mount --bind "{p}" "{p}" && mount -o remount,bind,ro "{p}" "{p}" '
+            '&& exec "$@"', "sh"]
+
+
+@pytest.mark.parametrize("home", ["writable", "read-only"])
+def test_numba_cache_works_with_a_read_only_package(tmp_path: Path, home: str) -> None:
+    """A fresh process loads and calls a bundle twice. The package's __pycache__ cannot be written, so the
+    first compiles into a user cache (under $HOME, or the temporary directory when $HOME is read-only too)
+    and the second loads the machine code from there."""
+    src = Path(svdcompress.__file__).parent
+    pkg_root = tmp_path / "site"
+    shutil.copytree(src, pkg_root / "svdcompress", ignore=shutil.ignore_patterns("__pycache__", "checkpoints"))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    bundle = tmp_path / "mlp.csr"
+    export_csr(model, bundle, input_shape=(30,))
+    x = np.random.default_rng(0).standard_normal((1, 30)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "ref.npy", _ref(model, x))
+    home_dir = (tmp_path if home == "writable" else pkg_root) / "home"  # pkg_root is made read-only
+    home_dir.mkdir()
+    tmp_dir = tmp_path / "tmp"
+    tmp_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home_dir), TMPDIR=str(tmp_dir), PYTHONPATH=str(pkg_root))
+    prefix = _read_only_runner(pkg_root)
+    try:
+        runs = []
+        for _ in range(2):
+            proc = subprocess.run([*prefix, sys.executable, "-c", _CACHE_SCRIPT, str(bundle), str(tmp_path / "x.npy"),
+                                   str(tmp_path / "ref.npy")], capture_output=True, text=True, env=env, timeout=300,
+                                  check=False, cwd=tmp_path)
+            assert proc.returncode == 0, proc.stderr
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    finally:
+        for d, _, _ in os.walk(pkg_root):
+            os.chmod(d, 0o755)
+    assert all(r["file"].startswith(str(pkg_root)) for r in runs), runs  # the read-only copy was imported
+    assert not list(pkg_root.rglob("*.nbi")), "numba wrote into the read-only package"
+    cache_root = home_dir if home == "writable" else tmp_dir
+    assert list(cache_root.rglob("*.nbi")), f"no numba cache was written under {cache_root}"
+    assert runs[0]["misses"] >= 1, runs  # the first process compiled (nothing was cached yet)...
+    assert runs[1]["hits"] >= 1 and runs[1]["misses"] == 0, runs  # ...the second compiled nothing
+    for r in runs:
+        assert not [w for w in r["warnings"] if "cach" in w.lower()], r["warnings"]

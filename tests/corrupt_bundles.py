@@ -1,0 +1,803 @@
+"""Generate a corpus of corrupted CSR bundles from a valid one (used by ``test_bundle_corpus.py``; not a test module).
+
+Every case is built by code from a valid bundle into a directory the caller chooses (a pytest ``tmp_path``),
+never into the working tree. :data:`CASES` maps a case id to a function ``make(src, dst)`` that reads the
+valid bundle ``src`` and writes the corrupted one to ``dst``. Zip files are written by a small writer of our
+own (:func:`write_zip`), so that a case can lie in the zip headers (sizes, flags, compression method) where
+:mod:`zipfile` would refuse to.
+
+The valid bundle must hold (see ``test_bundle_corpus.valid_model``): a conv2d layer stored as CSR followed by
+relu and max_pool2d, a grouped conv2d, a reshape, a gather, a CSR linear layer, and a dense-stored linear layer.
+This module imports numpy only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CASES", "Bundle", "write_zip"]
+
+_DOS_DATE = (1 << 5) | 1  # 1980-01-01
+_BOMB_BYTES = 1 << 30  # 1 GiB of zeros, deflated to about 1 MB
+
+
+# ---------------------------------------------------------------------------------------------- zip writer
+
+
+def _deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush()
+
+
+def write_zip(path: Path, members: list[dict[str, Any]]) -> None:
+    """Write a zip archive member by member, headers as given.
+
+    Each member: ``name``; either ``data`` (bytes, deflated here) or ``raw`` (already deflated bytes) with
+    ``crc`` and ``size``; optional ``method`` (8 = deflate, 0 = stored), ``flags``, ``declared_size`` (the
+    uncompressed size written into the headers, default the real one).
+    """
+    out = io.BytesIO()
+    central = []
+    for m in members:
+        name = m["name"].encode()
+        method = m.get("method", zipfile.ZIP_DEFLATED)
+        if "raw" in m:
+            comp, crc, size = m["raw"], m["crc"], m["size"]
+        else:
+            data = m["data"]
+            comp = _deflate(data) if method == zipfile.ZIP_DEFLATED else data
+            crc, size = zlib.crc32(data), len(data)
+        size = m.get("declared_size", size)
+        flags = m.get("flags", 0)
+        offset = out.tell()
+        out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, flags, method, 0, _DOS_DATE, crc, len(comp), size,
+                              len(name), 0))
+        out.write(name)
+        out.write(comp)
+        central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, flags, method, 0, _DOS_DATE, crc,
+                                   len(comp), size, len(name), 0, 0, 0, 0, 0, offset) + name)
+    cd_offset = out.tell()
+    cd = b"".join(central)
+    out.write(cd)
+    out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(central), len(central), len(cd), cd_offset, 0))
+    path.write_bytes(out.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------- bundle editing
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+class Bundle:
+    """A valid bundle taken apart: the manifest (a dict to edit) and each blob decoded to a 1-D array."""
+
+    def __init__(self, src: Path) -> None:
+        with zipfile.ZipFile(src) as zf:
+            self.manifest: dict[str, Any] = json.loads(zf.read("manifest.json"))
+            self.blobs: dict[str, np.ndarray] = {}
+            for key, meta in self.manifest["blobs"].items():
+                arr = np.lib.format.read_array(io.BytesIO(zf.read(meta["member"])), allow_pickle=False)
+                if meta["byteshuffle"]:
+                    arr = np.ascontiguousarray(arr.T).view(np.dtype(key)).reshape(-1)
+                self.blobs[key] = arr.copy()
+        self.extra: list[dict[str, Any]] = []  # members appended after the blobs
+        self.drop: set[str] = set()  # member names to leave out
+
+    # -- lookups
+    def nodes(self, op: str) -> list[dict[str, Any]]:
+        return [n for n in self.manifest["nodes"] if n["op"] == op]
+
+    def layer(self, op: str, storage: str = "csr") -> dict[str, Any]:
+        """The manifest entry of the first ``op`` layer stored as ``storage``."""
+        for n in self.nodes(op):
+            info = self.manifest["layers"][n["params"]["weight"]]
+            if info["storage"] == storage:
+                return info
+        raise LookupError(f"the valid bundle has no {storage} {op} layer")
+
+    def tensor(self, name: str) -> np.ndarray:
+        """A writable view of tensor ``name`` in its blob."""
+        t = self.manifest["tensors"][name]
+        size = int(np.prod(t["shape"], dtype=np.int64))
+        return self.blobs[t["dtype"]][t["offset"]:t["offset"] + size]
+
+    def decoded_indices(self, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr, absolute column indices) of a CSR layer."""
+        indptr = self.tensor(info["indptr"]).astype(np.int64)
+        d = self.tensor(info["indices"]).astype(np.int64)
+        idx = d.copy()
+        for r in range(indptr.size - 1):
+            idx[indptr[r]:indptr[r + 1]] = np.cumsum(d[indptr[r]:indptr[r + 1]])
+        return indptr, idx
+
+    def set_tensor(self, name: str, arr: np.ndarray, encoding: str | None = None) -> None:
+        """Store ``arr`` as tensor ``name`` at the end of the blob of its dtype (created if needed)."""
+        key = arr.dtype.name
+        blob = self.blobs.get(key, np.zeros(0, arr.dtype))
+        t = self.manifest["tensors"][name]
+        t.update(dtype=key, offset=int(blob.size), shape=list(arr.shape))
+        if encoding is not None:
+            t["encoding"] = encoding
+        self.blobs[key] = np.concatenate([blob, arr.ravel()])
+        self.manifest["blobs"][key] = {"member": f"{key}.npy", "count": int(self.blobs[key].size),
+                                       "byteshuffle": arr.dtype.itemsize > 1}
+
+    # -- writing
+    def members(self) -> list[dict[str, Any]]:
+        out = [{"name": "manifest.json", "data": json.dumps(self.manifest).encode()}]
+        for key, arr in self.blobs.items():
+            if arr.dtype.itemsize > 1:
+                arr = np.ascontiguousarray(arr.view(np.uint8).reshape(arr.size, arr.dtype.itemsize).T)
+            out.append({"name": f"{key}.npy", "data": _npy(arr)})
+        return [m for m in out if m["name"] not in self.drop] + self.extra
+
+    def write(self, dst: Path) -> None:
+        write_zip(dst, self.members())
+
+
+Make = Callable[[Path, Path], None]
+CASES: dict[str, Make] = {}
+
+
+def case(name: str) -> Callable[[Callable[[Bundle], None]], Callable[[Bundle], None]]:
+    """Register ``edit(bundle)`` as case ``name``: load the valid bundle, edit it, write it."""
+
+    def register(edit: Callable[[Bundle], None]) -> Callable[[Bundle], None]:
+        def make(src: Path, dst: Path) -> None:
+            b = Bundle(src)
+            edit(b)
+            b.write(dst)
+
+        CASES[name] = make
+        return edit
+
+    return register
+
+
+def raw_case(name: str) -> Callable[[Make], Make]:
+    """Register ``make(src, dst)`` as case ``name`` (cases that write bytes themselves)."""
+
+    def register(make: Make) -> Make:
+        CASES[name] = make
+        return make
+
+    return register
+
+
+def _conv(b: Bundle, i: int = 0) -> dict[str, Any]:
+    return b.nodes("conv2d")[i]
+
+
+# ---------------------------------------------------------------------------------------------- offsets
+
+
+@case("offset-past-end")
+def _(b: Bundle) -> None:
+    t = b.manifest["tensors"][b.layer("linear")["values"]]
+    t["offset"] = b.manifest["blobs"]["float32"]["count"] - 1  # the tensor runs past the blob's end
+
+
+@case("offset-huge")
+def _(b: Bundle) -> None:
+    b.manifest["tensors"][b.layer("conv2d")["indices"]]["offset"] = 2**62
+
+
+@case("offset-negative")
+def _(b: Bundle) -> None:
+    b.manifest["tensors"][b.layer("conv2d")["values"]]["offset"] = -3
+
+
+@case("offset-float")
+def _(b: Bundle) -> None:
+    b.manifest["tensors"][b.layer("linear")["indptr"]]["offset"] = 1.5
+
+
+@case("blob-count-huge")
+def _(b: Bundle) -> None:
+    b.manifest["blobs"]["float32"]["count"] = 2**40  # 4 TB declared: refused before anything is read
+
+
+@case("blob-count-short")
+def _(b: Bundle) -> None:
+    b.manifest["blobs"]["float32"]["count"] -= 1  # the member holds one more value than declared
+
+
+# ---------------------------------------------------------------------------------------------- column indices
+
+
+@case("indices-ge-cols")
+def _(b: Bundle) -> None:
+    info = b.layer("conv2d")
+    indptr, _ = b.decoded_indices(info)
+    cols = int(np.prod(info["shape"][1:]))
+    r = int(np.flatnonzero(np.diff(indptr))[-1])  # the last non-empty row
+    last = int(indptr[r + 1]) - 1
+    b.tensor(info["indices"])[last] += cols  # its last column moves past the end
+
+
+@case("indices-first-ge-cols")
+def _(b: Bundle) -> None:
+    info = b.layer("linear")
+    indptr, _ = b.decoded_indices(info)
+    r = int(np.flatnonzero(np.diff(indptr))[0])
+    b.tensor(info["indices"])[indptr[r]] = info["shape"][1]  # first (absolute) index == cols
+
+
+@case("indices-not-increasing")
+def _(b: Bundle) -> None:
+    info = b.layer("linear")
+    indptr, _ = b.decoded_indices(info)
+    r = int(np.flatnonzero(np.diff(indptr) >= 2)[0])
+    b.tensor(info["indices"])[indptr[r] + 1] = 0  # a repeated column: delta 0
+
+
+@case("indices-uint64-negative")
+def _(b: Bundle) -> None:
+    # uint64 deltas wrap to negative int64: the first column of a row becomes -1 (reads before the input)
+    info = b.layer("conv2d")
+    d = b.tensor(info["indices"]).astype(np.uint64)
+    d[0] = np.uint64(2**64 - 1)
+    b.set_tensor(info["indices"], d)
+
+
+@case("indices-uint64-decreasing")
+def _(b: Bundle) -> None:
+    # a row [a, b] with b = a - 1 written as the delta 2**64 - 1: in range, but not increasing
+    info = b.layer("linear")
+    indptr, idx = b.decoded_indices(info)
+    r = int(np.flatnonzero(np.diff(indptr) >= 2)[0])
+    d = b.tensor(info["indices"]).astype(np.uint64)
+    j = int(indptr[r])
+    d[j] = max(int(idx[j]), 1)
+    d[j + 1] = np.uint64(2**64 - 1)
+    b.set_tensor(info["indices"], d)
+
+
+@case("indices-wrong-count")
+def _(b: Bundle) -> None:
+    info = b.layer("conv2d")
+    b.manifest["tensors"][info["indices"]]["shape"][0] -= 1
+
+
+# ---------------------------------------------------------------------------------------------- indptr
+
+
+@case("indptr-not-monotone")
+def _(b: Bundle) -> None:
+    ptr = b.tensor(b.layer("conv2d")["indptr"])
+    assert ptr[2] < ptr[-1]
+    ptr[1] = ptr[-1]  # jumps to nnz, then falls back
+
+
+@case("indptr-wrong-end")
+def _(b: Bundle) -> None:
+    b.tensor(b.layer("linear")["indptr"])[-1] -= 1
+
+
+@case("indptr-end-beyond-nnz")
+def _(b: Bundle) -> None:
+    b.tensor(b.layer("conv2d", "csr")["indptr"])[-1] += 7
+
+
+@case("indptr-nonzero-start")
+def _(b: Bundle) -> None:
+    b.tensor(b.layer("linear")["indptr"])[0] = 1
+
+
+@case("indptr-too-short")
+def _(b: Bundle) -> None:
+    b.manifest["tensors"][b.layer("linear")["indptr"]]["shape"][0] -= 1
+
+
+@case("indptr-too-long")
+def _(b: Bundle) -> None:
+    info = b.layer("conv2d")
+    ptr = b.tensor(info["indptr"])
+    b.set_tensor(info["indptr"], np.concatenate([ptr, ptr[-1:]]))
+
+
+@case("indptr-signed-dtype")
+def _(b: Bundle) -> None:
+    info = b.layer("linear")
+    b.set_tensor(info["indptr"], b.tensor(info["indptr"]).astype(np.float32))  # float row pointers
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+
+@case("shape-layer-cols")
+def _(b: Bundle) -> None:
+    b.layer("linear")["shape"][1] += 1  # the weight no longer fits its input features
+
+
+@case("shape-layer-rows")
+def _(b: Bundle) -> None:
+    b.layer("conv2d")["shape"][0] += 1  # one more output channel than indptr rows
+
+
+@case("shape-layer-zero")
+def _(b: Bundle) -> None:
+    b.layer("linear")["shape"] = [0, 12]
+
+
+@case("shape-layer-1d")
+def _(b: Bundle) -> None:
+    b.layer("linear", "dense")["shape"] = [30]
+
+
+@case("shape-dense-values")
+def _(b: Bundle) -> None:
+    b.layer("linear", "dense")["shape"][0] += 1  # dense values hold fewer elements than the shape needs
+
+
+@case("shape-value-declared")
+def _(b: Bundle) -> None:
+    name = _conv(b, 1)["outputs"][0]
+    b.manifest["value_shapes"][name] = [6, 3, 3]
+
+
+@case("shape-input-2d")
+def _(b: Bundle) -> None:
+    b.manifest["input_shape"] = [8, 8]
+    b.manifest["value_shapes"][b.manifest["input"]] = [8, 8]
+
+
+@case("shape-output")
+def _(b: Bundle) -> None:
+    b.manifest["output_shape"] = [4]
+
+
+@case("shape-overflow")
+def _(b: Bundle) -> None:
+    # 2**32 · 2**32 wraps to 0 in int64: a tensor that claims 2**64 elements but "needs" none
+    b.manifest["tensors"][b.layer("linear")["values"]]["shape"] = [2**32, 2**32]
+
+
+@case("shape-overflow-negative")
+def _(b: Bundle) -> None:
+    b.manifest["tensors"][b.layer("conv2d")["values"]]["shape"] = [2**62, 3]
+
+
+@case("shape-bias")
+def _(b: Bundle) -> None:
+    node = b.nodes("linear")[0]
+    b.manifest["tensors"][node["params"]["bias"]]["shape"] = [3]
+
+
+@case("shape-reshape-target")
+def _(b: Bundle) -> None:
+    b.nodes("reshape")[0]["attrs"]["shape"] = [25]
+
+
+@case("shape-value-huge")
+def _(b: Bundle) -> None:
+    # a reshape into 2**30 elements per example: more than a value may hold
+    n = b.nodes("reshape")[0]
+    n["attrs"]["shape"] = [2**15, 2**15]
+
+
+# ---------------------------------------------------------------------------------------------- attributes
+
+
+@case("attr-stride-zero")
+def _(b: Bundle) -> None:
+    _conv(b)["attrs"]["stride"] = [0, 1]
+
+
+@case("attr-groups-not-dividing")
+def _(b: Bundle) -> None:
+    _conv(b, 1)["attrs"]["groups"] = 3  # 4 input channels
+
+
+@case("attr-groups-zero")
+def _(b: Bundle) -> None:
+    _conv(b, 1)["attrs"]["groups"] = 0
+
+
+@case("attr-negative-padding")
+def _(b: Bundle) -> None:
+    _conv(b)["attrs"]["padding"] = [-1, 1]
+
+
+@case("attr-kernel-bigger-than-input")
+def _(b: Bundle) -> None:
+    _conv(b, 1)["attrs"]["dilation"] = [5, 5]  # a 3×3 kernel spanning 11×11 on a 4×4 plane
+
+
+@case("attr-kernel-size-mismatch")
+def _(b: Bundle) -> None:
+    _conv(b)["attrs"]["kernel_size"] = [5, 5]  # the weight is 3×3
+
+
+@case("attr-padding-huge")
+def _(b: Bundle) -> None:
+    # 2**20 padding with 2**20 stride: a small output over a padded plane of 4·10**12 values
+    conv = _conv(b)
+    conv["attrs"]["padding"] = [2**20, 2**20]
+    conv["attrs"]["stride"] = [2**20, 2**20]
+    for n in b.manifest["nodes"]:  # keep the rest of the graph consistent: (4, 3, 3) → pool → (4, 1, 1)
+        if n["op"] == "max_pool2d":
+            n["attrs"].update(kernel_size=[3, 3], stride=[3, 3])
+    b.manifest["value_shapes"] = {b.manifest["input"]: b.manifest["input_shape"]}
+
+
+@case("attr-padding-type")
+def _(b: Bundle) -> None:
+    _conv(b)["attrs"]["padding"] = "full"
+
+
+@case("attr-pool-kernel-bigger-than-plane")
+def _(b: Bundle) -> None:
+    b.nodes("max_pool2d")[0]["attrs"].update(kernel_size=[20, 20], stride=[20, 20])
+
+
+@case("attr-pool-padding-over-half")
+def _(b: Bundle) -> None:
+    b.nodes("max_pool2d")[0]["attrs"]["padding"] = [2, 2]  # kernel 2×2
+
+
+@case("attr-pool-stride-bool")
+def _(b: Bundle) -> None:
+    b.nodes("max_pool2d")[0]["attrs"]["stride"] = [True, True]
+
+
+@case("attr-gather-index-out-of-range")
+def _(b: Bundle) -> None:
+    node = b.nodes("gather")[0]
+    b.tensor(node["params"]["index"])[-1] = 24  # the gather reads 24 features
+
+
+@case("attr-leaky-slope-nan")
+def _(b: Bundle) -> None:
+    node = b.nodes("relu")[0]
+    node["op"] = "leaky_relu"
+    node["attrs"]["negative_slope"] = float("nan")
+
+
+# ---------------------------------------------------------------------------------------------- graph
+
+
+@case("graph-cycle")
+def _(b: Bundle) -> None:
+    nodes = b.manifest["nodes"]
+    nodes[0]["inputs"] = [nodes[-1]["outputs"][0]]  # the first node reads the last one's output
+
+
+@case("graph-self-loop")
+def _(b: Bundle) -> None:
+    n = b.nodes("gather")[0]
+    n["inputs"] = [n["outputs"][0]]
+
+
+@case("graph-undefined-input")
+def _(b: Bundle) -> None:
+    b.nodes("linear")[0]["inputs"] = ["nowhere"]
+
+
+@case("graph-undefined-output")
+def _(b: Bundle) -> None:
+    b.manifest["output"] = "nowhere"
+
+
+@case("graph-duplicate-value")
+def _(b: Bundle) -> None:
+    lin = b.nodes("linear")
+    lin[1]["outputs"] = [lin[0]["outputs"][0]]
+
+
+@case("graph-redefines-input")
+def _(b: Bundle) -> None:
+    b.nodes("reshape")[0]["outputs"] = [b.manifest["input"]]
+
+
+@case("graph-unknown-op")
+def _(b: Bundle) -> None:
+    b.nodes("reshape")[0]["op"] = "conv3d"
+
+
+@case("graph-node-not-object")
+def _(b: Bundle) -> None:
+    b.manifest["nodes"].insert(1, ["relu"])
+
+
+@case("graph-two-outputs")
+def _(b: Bundle) -> None:
+    n = b.nodes("gather")[0]
+    n["outputs"] = [n["outputs"][0], "extra"]
+
+
+@case("graph-missing-weight")
+def _(b: Bundle) -> None:
+    b.nodes("linear")[0]["params"]["weight"] = "no.such.weight"
+
+
+@case("graph-nodes-not-list")
+def _(b: Bundle) -> None:
+    b.manifest["nodes"] = {"a": 1}
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+
+@case("values-nan")
+def _(b: Bundle) -> None:
+    b.tensor(b.layer("conv2d")["values"])[0] = np.nan
+
+
+@case("values-inf")
+def _(b: Bundle) -> None:
+    b.tensor(b.layer("linear", "dense")["values"])[-1] = -np.inf
+
+
+@case("bias-inf")
+def _(b: Bundle) -> None:
+    b.tensor(b.nodes("linear")[0]["params"]["bias"])[0] = np.inf
+
+
+@case("values-integer")
+def _(b: Bundle) -> None:
+    info = b.layer("linear")
+    b.set_tensor(info["values"], np.ones(info["nnz"], np.uint8))
+
+
+@case("encoding-unknown")
+def _(b: Bundle) -> None:
+    b.manifest["tensors"][b.layer("conv2d")["indices"]]["encoding"] = "zstd"
+
+
+@case("storage-unknown")
+def _(b: Bundle) -> None:
+    b.layer("linear")["storage"] = "coo"
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+
+
+@case("format-name")
+def _(b: Bundle) -> None:
+    b.manifest["format"] = "onnx"
+
+
+@case("format-version-newer")
+def _(b: Bundle) -> None:
+    b.manifest["format_version"] = 2
+
+
+@case("format-version-string")
+def _(b: Bundle) -> None:
+    b.manifest["format_version"] = "1"
+
+
+@case("manifest-field-missing")
+def _(b: Bundle) -> None:
+    del b.manifest["layers"]
+
+
+@case("manifest-input-shape-strings")
+def _(b: Bundle) -> None:
+    b.manifest["input_shape"] = ["one", 8, 8]
+
+
+@case("manifest-deep-inside")
+def _(b: Bundle) -> None:
+    deep: Any = 0
+    for _ in range(40):
+        deep = {"a": deep}
+    b.manifest["provenance"] = deep  # 40 levels where 32 are allowed
+
+
+@raw_case("manifest-not-object")
+def _(src: Path, dst: Path) -> None:
+    b = Bundle(src)
+    members = b.members()
+    members[0]["data"] = b"[1, 2, 3]"
+    write_zip(dst, members)
+
+
+@raw_case("manifest-not-json")
+def _(src: Path, dst: Path) -> None:
+    members = Bundle(src).members()
+    members[0]["data"] = b'{"format": "svdcompress-csr", '
+    write_zip(dst, members)
+
+
+@raw_case("manifest-deeply-nested")
+def _(src: Path, dst: Path) -> None:
+    members = Bundle(src).members()
+    members[0]["data"] = b"[" * 100_000 + b"]" * 100_000
+    write_zip(dst, members)
+
+
+@raw_case("manifest-declares-huge")
+def _(src: Path, dst: Path) -> None:
+    members = Bundle(src).members()
+    members[0]["declared_size"] = 1 << 31  # a 2 GB manifest, by its header
+    write_zip(dst, members)
+
+
+@raw_case("manifest-missing")
+def _(src: Path, dst: Path) -> None:
+    write_zip(dst, Bundle(src).members()[1:])
+
+
+# ---------------------------------------------------------------------------------------------- members
+
+
+@case("member-missing")
+def _(b: Bundle) -> None:
+    b.drop.add("uint8.npy")
+
+
+@case("member-dotdot")
+def _(b: Bundle) -> None:
+    b.extra.append({"name": "../../evil.npy", "data": _npy(np.zeros(3, np.float32))})
+
+
+@case("member-absolute")
+def _(b: Bundle) -> None:
+    b.extra.append({"name": "/etc/evil.npy", "data": b"x"})
+
+
+@case("member-named-by-manifest-dotdot")
+def _(b: Bundle) -> None:
+    b.manifest["blobs"]["float32"]["member"] = "../float32.npy"
+
+
+@case("member-not-npy")
+def _(b: Bundle) -> None:
+    b.drop.add("uint8.npy")
+    b.extra.append({"name": "uint8.npy", "data": b"\x93NUMPY garbage"})
+
+
+@case("member-pickled-object-array")
+def _(b: Bundle) -> None:
+    b.drop.add("uint8.npy")
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
+    b.extra.append({"name": "uint8.npy", "data": buf.getvalue()})
+
+
+@case("member-wrong-dtype")
+def _(b: Bundle) -> None:
+    b.drop.add("uint8.npy")
+    count = b.manifest["blobs"]["uint8"]["count"]
+    b.extra.append({"name": "uint8.npy", "data": _npy(np.zeros(count, np.int8))})
+
+
+@case("blob-dtype-unknown")
+def _(b: Bundle) -> None:
+    b.manifest["blobs"]["int64"] = {"member": "int64.npy", "count": 1, "byteshuffle": True}
+    b.extra.append({"name": "int64.npy", "data": _npy(np.zeros((8, 1), np.uint8))})
+
+
+# ---------------------------------------------------------------------------------------------- bombs
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """A version-1.0 .npy header for a uint8 array of ``shape`` (no data)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _bomb(src: Path, dst: Path, declared: int | None) -> None:
+    """Replace float32.npy by a valid .npy header and 1 GiB of zeros, deflated to about 1 MB.
+
+    The stream is one compressed 16 MiB block repeated: after a full flush the compressor starts afresh,
+    so every block compresses to the same bytes and the 1 GiB never has to be compressed.
+    """
+    b = Bundle(src)
+    count = b.manifest["blobs"]["float32"]["count"]
+    header = _npy_header((4, count))
+    chunk = bytes(1 << 24)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = c.compress(header) + c.flush(zlib.Z_FULL_FLUSH)
+    block = c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)
+    crc = zlib.crc32(header)
+    for _ in range(_BOMB_BYTES // len(chunk)):
+        crc = zlib.crc32(chunk, crc)
+    raw = head + block * (_BOMB_BYTES // len(chunk)) + c.flush()
+    members = [m for m in b.members() if m["name"] != "float32.npy"]
+    member: dict[str, Any] = {"name": "float32.npy", "raw": raw, "crc": crc, "size": len(header) + _BOMB_BYTES}
+    if declared is not None:
+        member["declared_size"] = declared
+    members.append(member)
+    write_zip(dst, members)
+
+
+@raw_case("bomb-declared-1gb")
+def _(src: Path, dst: Path) -> None:
+    _bomb(src, dst, declared=None)  # honest headers: 1 GiB of zeros where the manifest needs < 1 KB
+
+
+@raw_case("bomb-lying-header")
+def _(src: Path, dst: Path) -> None:
+    _bomb(src, dst, declared=800)  # the zip headers claim 800 bytes; the stream inflates to 1 GiB
+
+
+@raw_case("bomb-npy-header-huge-shape")
+def _(src: Path, dst: Path) -> None:
+    # a small member whose .npy header declares 2**40 bytes: memory must not follow the header's word
+    b = Bundle(src)
+    members = [m for m in b.members() if m["name"] != "uint8.npy"]
+    members.append({"name": "uint8.npy", "data": _npy_header((2**40,)) + bytes(64)})
+    write_zip(dst, members)
+
+
+# ---------------------------------------------------------------------------------------------- containers
+
+
+@raw_case("zip-truncated")
+def _(src: Path, dst: Path) -> None:
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 2])
+
+
+@raw_case("zip-truncated-tail")
+def _(src: Path, dst: Path) -> None:
+    data = src.read_bytes()
+    dst.write_bytes(data[:-10])  # the end-of-central-directory record is cut
+
+
+@raw_case("not-a-zip")
+def _(src: Path, dst: Path) -> None:
+    dst.write_bytes(b"svdcompress-csr but not a zip archive\n" * 20)
+
+
+@raw_case("empty-file")
+def _(src: Path, dst: Path) -> None:
+    dst.write_bytes(b"")
+
+
+@raw_case("zip-bad-crc")
+def _(src: Path, dst: Path) -> None:
+    members = Bundle(src).members()
+    data = members[1]["data"]
+    members[1] = {"name": members[1]["name"], "raw": _deflate(data), "crc": zlib.crc32(data) ^ 1,
+                  "size": len(data)}
+    write_zip(dst, members)
+
+
+@raw_case("zip-encrypted-flag")
+def _(src: Path, dst: Path) -> None:
+    members = Bundle(src).members()
+    members[1]["flags"] = 1  # "encrypted": zipfile asks for a password
+    write_zip(dst, members)
+
+
+@raw_case("zip-unknown-method")
+def _(src: Path, dst: Path) -> None:
+    members = Bundle(src).members()
+    members[0]["method"] = 99
+    members[0]["raw"] = members[0]["data"]
+    members[0]["crc"] = zlib.crc32(members[0]["data"])
+    members[0]["size"] = len(members[0]["data"])
+    write_zip(dst, members)
+
+
+@raw_case("zip-garbage-deflate")
+def _(src: Path, dst: Path) -> None:
+    members = Bundle(src).members()
+    data = members[1]["data"]
+    members[1] = {"name": members[1]["name"], "raw": bytes(range(256)) * 4, "crc": zlib.crc32(data),
+                  "size": len(data)}
+    write_zip(dst, members)
+
+
+def build(case_id: str, src: Path, dst: Path) -> Path:
+    """Write case ``case_id`` made from the valid bundle ``src`` to ``dst``; returns ``dst``."""
+    CASES[case_id](src, dst)
+    return dst
