@@ -148,18 +148,27 @@ class Bundle:
         write_zip(dst, self.members())
 
 
-Make = Callable[[Path, Path], None]
+Make = Callable[[Path, Path], "str | None"]
 CASES: dict[str, Make] = {}
+"""Case id → ``make(src, dst)``: writes the case and returns a name the error message must contain (the
+offending tensor, layer, node, value or member), or None where the whole file is at fault."""
+
+Expect = Callable[[Bundle], str] | str | None
 
 
-def case(name: str) -> Callable[[Callable[[Bundle], None]], Callable[[Bundle], None]]:
-    """Register ``edit(bundle)`` as case ``name``: load the valid bundle, edit it, write it."""
+def case(name: str, expect: Expect = None) -> Callable[[Callable[[Bundle], None]], Callable[[Bundle], None]]:
+    """Register ``edit(bundle)`` as case ``name``: load the valid bundle, edit it, write it.
+
+    ``expect``: the name the message must contain, or a function of the unedited bundle returning it.
+    """
 
     def register(edit: Callable[[Bundle], None]) -> Callable[[Bundle], None]:
-        def make(src: Path, dst: Path) -> None:
+        def make(src: Path, dst: Path) -> str | None:
             b = Bundle(src)
+            want = expect(b) if callable(expect) else expect
             edit(b)
             b.write(dst)
+            return want
 
         CASES[name] = make
         return edit
@@ -167,14 +176,36 @@ def case(name: str) -> Callable[[Callable[[Bundle], None]], Callable[[Bundle], N
     return register
 
 
-def raw_case(name: str) -> Callable[[Make], Make]:
+def raw_case(name: str, expect: str | None = None) -> Callable[[Callable[[Path, Path], None]],
+                                                               Callable[[Path, Path], None]]:
     """Register ``make(src, dst)`` as case ``name`` (cases that write bytes themselves)."""
 
-    def register(make: Make) -> Make:
-        CASES[name] = make
+    def register(make: Callable[[Path, Path], None]) -> Callable[[Path, Path], None]:
+        def run(src: Path, dst: Path) -> str | None:
+            make(src, dst)
+            return expect
+
+        CASES[name] = run
         return make
 
     return register
+
+
+def _layer(op: str, role: str | None = None, storage: str = "csr") -> Callable[[Bundle], str]:
+    """The weight name of the first ``op`` layer (or the name of its ``role`` tensor)."""
+
+    def name(b: Bundle) -> str:
+        for n in b.nodes(op):
+            if b.manifest["layers"][n["params"]["weight"]]["storage"] == storage:
+                return str(n["params"]["weight"]) if role is None else str(b.layer(op, storage)[role])
+        raise LookupError(op)
+
+    return name
+
+
+def _node(op: str, i: int = 0, role: str | None = None) -> Callable[[Bundle], str]:
+    """The name of the ``i``-th ``op`` node (or of its ``role`` parameter tensor)."""
+    return lambda b: str(b.nodes(op)[i]["name"] if role is None else b.nodes(op)[i]["params"][role])
 
 
 def _conv(b: Bundle, i: int = 0) -> dict[str, Any]:
@@ -184,23 +215,23 @@ def _conv(b: Bundle, i: int = 0) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- offsets
 
 
-@case("offset-past-end")
+@case("offset-past-end", _layer("linear", "values"))
 def _(b: Bundle) -> None:
     t = b.manifest["tensors"][b.layer("linear")["values"]]
     t["offset"] = b.manifest["blobs"]["float32"]["count"] - 1  # the tensor runs past the blob's end
 
 
-@case("offset-huge")
+@case("offset-huge", _layer("conv2d", "indices"))
 def _(b: Bundle) -> None:
     b.manifest["tensors"][b.layer("conv2d")["indices"]]["offset"] = 2**62
 
 
-@case("offset-negative")
+@case("offset-negative", _layer("conv2d", "values"))
 def _(b: Bundle) -> None:
     b.manifest["tensors"][b.layer("conv2d")["values"]]["offset"] = -3
 
 
-@case("offset-float")
+@case("offset-float", _layer("linear", "indptr"))
 def _(b: Bundle) -> None:
     b.manifest["tensors"][b.layer("linear")["indptr"]]["offset"] = 1.5
 
@@ -210,7 +241,7 @@ def _(b: Bundle) -> None:
     b.manifest["blobs"]["float32"]["count"] = 2**40  # 4 TB declared: refused before anything is read
 
 
-@case("blob-count-short")
+@case("blob-count-short", "float32.npy")
 def _(b: Bundle) -> None:
     b.manifest["blobs"]["float32"]["count"] -= 1  # the member holds one more value than declared
 
@@ -218,7 +249,7 @@ def _(b: Bundle) -> None:
 # ---------------------------------------------------------------------------------------------- column indices
 
 
-@case("indices-ge-cols")
+@case("indices-ge-cols", _layer("conv2d"))
 def _(b: Bundle) -> None:
     info = b.layer("conv2d")
     indptr, _ = b.decoded_indices(info)
@@ -228,7 +259,7 @@ def _(b: Bundle) -> None:
     b.tensor(info["indices"])[last] += cols  # its last column moves past the end
 
 
-@case("indices-first-ge-cols")
+@case("indices-first-ge-cols", _layer("linear"))
 def _(b: Bundle) -> None:
     info = b.layer("linear")
     indptr, _ = b.decoded_indices(info)
@@ -236,7 +267,7 @@ def _(b: Bundle) -> None:
     b.tensor(info["indices"])[indptr[r]] = info["shape"][1]  # first (absolute) index == cols
 
 
-@case("indices-not-increasing")
+@case("indices-not-increasing", _layer("linear"))
 def _(b: Bundle) -> None:
     info = b.layer("linear")
     indptr, _ = b.decoded_indices(info)
@@ -244,7 +275,7 @@ def _(b: Bundle) -> None:
     b.tensor(info["indices"])[indptr[r] + 1] = 0  # a repeated column: delta 0
 
 
-@case("indices-uint64-negative")
+@case("indices-uint64-negative", _layer("conv2d"))
 def _(b: Bundle) -> None:
     # uint64 deltas wrap to negative int64: the first column of a row becomes -1 (reads before the input)
     info = b.layer("conv2d")
@@ -253,7 +284,7 @@ def _(b: Bundle) -> None:
     b.set_tensor(info["indices"], d)
 
 
-@case("indices-uint64-decreasing")
+@case("indices-uint64-decreasing", _layer("linear"))
 def _(b: Bundle) -> None:
     # a row [a, b] with b = a - 1 written as the delta 2**64 - 1: in range, but not increasing
     info = b.layer("linear")
@@ -266,7 +297,7 @@ def _(b: Bundle) -> None:
     b.set_tensor(info["indices"], d)
 
 
-@case("indices-wrong-count")
+@case("indices-wrong-count", _layer("conv2d"))
 def _(b: Bundle) -> None:
     info = b.layer("conv2d")
     b.manifest["tensors"][info["indices"]]["shape"][0] -= 1
@@ -275,41 +306,41 @@ def _(b: Bundle) -> None:
 # ---------------------------------------------------------------------------------------------- indptr
 
 
-@case("indptr-not-monotone")
+@case("indptr-not-monotone", _layer("conv2d"))
 def _(b: Bundle) -> None:
     ptr = b.tensor(b.layer("conv2d")["indptr"])
     assert ptr[2] < ptr[-1]
     ptr[1] = ptr[-1]  # jumps to nnz, then falls back
 
 
-@case("indptr-wrong-end")
+@case("indptr-wrong-end", _layer("linear"))
 def _(b: Bundle) -> None:
     b.tensor(b.layer("linear")["indptr"])[-1] -= 1
 
 
-@case("indptr-end-beyond-nnz")
+@case("indptr-end-beyond-nnz", _layer("conv2d"))
 def _(b: Bundle) -> None:
     b.tensor(b.layer("conv2d", "csr")["indptr"])[-1] += 7
 
 
-@case("indptr-nonzero-start")
+@case("indptr-nonzero-start", _layer("linear"))
 def _(b: Bundle) -> None:
     b.tensor(b.layer("linear")["indptr"])[0] = 1
 
 
-@case("indptr-too-short")
+@case("indptr-too-short", _layer("linear"))
 def _(b: Bundle) -> None:
     b.manifest["tensors"][b.layer("linear")["indptr"]]["shape"][0] -= 1
 
 
-@case("indptr-too-long")
+@case("indptr-too-long", _layer("conv2d"))
 def _(b: Bundle) -> None:
     info = b.layer("conv2d")
     ptr = b.tensor(info["indptr"])
     b.set_tensor(info["indptr"], np.concatenate([ptr, ptr[-1:]]))
 
 
-@case("indptr-signed-dtype")
+@case("indptr-signed-dtype", _layer("linear"))
 def _(b: Bundle) -> None:
     info = b.layer("linear")
     b.set_tensor(info["indptr"], b.tensor(info["indptr"]).astype(np.float32))  # float row pointers
@@ -318,38 +349,38 @@ def _(b: Bundle) -> None:
 # ---------------------------------------------------------------------------------------------- shapes
 
 
-@case("shape-layer-cols")
+@case("shape-layer-cols", _node("linear"))
 def _(b: Bundle) -> None:
     b.layer("linear")["shape"][1] += 1  # the weight no longer fits its input features
 
 
-@case("shape-layer-rows")
+@case("shape-layer-rows", _layer("conv2d"))
 def _(b: Bundle) -> None:
     b.layer("conv2d")["shape"][0] += 1  # one more output channel than indptr rows
 
 
-@case("shape-layer-zero")
+@case("shape-layer-zero", _layer("linear"))
 def _(b: Bundle) -> None:
     b.layer("linear")["shape"] = [0, 12]
 
 
-@case("shape-layer-1d")
+@case("shape-layer-1d", _layer("linear", storage="dense"))
 def _(b: Bundle) -> None:
     b.layer("linear", "dense")["shape"] = [30]
 
 
-@case("shape-dense-values")
+@case("shape-dense-values", _layer("linear", storage="dense"))
 def _(b: Bundle) -> None:
     b.layer("linear", "dense")["shape"][0] += 1  # dense values hold fewer elements than the shape needs
 
 
-@case("shape-value-declared")
+@case("shape-value-declared", _node("conv2d", 1))
 def _(b: Bundle) -> None:
     name = _conv(b, 1)["outputs"][0]
     b.manifest["value_shapes"][name] = [6, 3, 3]
 
 
-@case("shape-input-2d")
+@case("shape-input-2d", _node("conv2d"))
 def _(b: Bundle) -> None:
     b.manifest["input_shape"] = [8, 8]
     b.manifest["value_shapes"][b.manifest["input"]] = [8, 8]
@@ -360,107 +391,107 @@ def _(b: Bundle) -> None:
     b.manifest["output_shape"] = [4]
 
 
-@case("shape-overflow")
+@case("shape-overflow", _layer("linear", "values"))
 def _(b: Bundle) -> None:
     # 2**32 · 2**32 wraps to 0 in int64: a tensor that claims 2**64 elements but "needs" none
     b.manifest["tensors"][b.layer("linear")["values"]]["shape"] = [2**32, 2**32]
 
 
-@case("shape-overflow-negative")
+@case("shape-overflow-negative", _layer("conv2d", "values"))
 def _(b: Bundle) -> None:
     b.manifest["tensors"][b.layer("conv2d")["values"]]["shape"] = [2**62, 3]
 
 
-@case("shape-bias")
+@case("shape-bias", _node("linear"))
 def _(b: Bundle) -> None:
     node = b.nodes("linear")[0]
     b.manifest["tensors"][node["params"]["bias"]]["shape"] = [3]
 
 
-@case("shape-reshape-target")
+@case("shape-reshape-target", _node("reshape"))
 def _(b: Bundle) -> None:
     b.nodes("reshape")[0]["attrs"]["shape"] = [25]
 
 
-@case("shape-value-huge")
+@case("shape-value-huge", _node("max_pool2d"))
 def _(b: Bundle) -> None:
-    # a reshape into 2**30 elements per example: more than a value may hold
-    n = b.nodes("reshape")[0]
-    n["attrs"]["shape"] = [2**15, 2**15]
+    # an adaptive pool to 2**15 × 2**15: 4 · 2**30 values per example, more than a value may hold
+    n = b.nodes("max_pool2d")[0]
+    n["op"] = "adaptive_avg_pool2d"
+    n["attrs"] = {"output_size": [2**15, 2**15]}
 
 
 # ---------------------------------------------------------------------------------------------- attributes
 
 
-@case("attr-stride-zero")
+@case("attr-stride-zero", _node("conv2d"))
 def _(b: Bundle) -> None:
     _conv(b)["attrs"]["stride"] = [0, 1]
 
 
-@case("attr-groups-not-dividing")
+@case("attr-groups-not-dividing", _node("conv2d", 1))
 def _(b: Bundle) -> None:
     _conv(b, 1)["attrs"]["groups"] = 3  # 4 input channels
 
 
-@case("attr-groups-zero")
+@case("attr-groups-zero", _node("conv2d", 1))
 def _(b: Bundle) -> None:
     _conv(b, 1)["attrs"]["groups"] = 0
 
 
-@case("attr-negative-padding")
+@case("attr-negative-padding", _node("conv2d"))
 def _(b: Bundle) -> None:
     _conv(b)["attrs"]["padding"] = [-1, 1]
 
 
-@case("attr-kernel-bigger-than-input")
+@case("attr-kernel-bigger-than-input", _node("conv2d", 1))
 def _(b: Bundle) -> None:
     _conv(b, 1)["attrs"]["dilation"] = [5, 5]  # a 3×3 kernel spanning 11×11 on a 4×4 plane
 
 
-@case("attr-kernel-size-mismatch")
+@case("attr-kernel-size-mismatch", _node("conv2d"))
 def _(b: Bundle) -> None:
     _conv(b)["attrs"]["kernel_size"] = [5, 5]  # the weight is 3×3
 
 
-@case("attr-padding-huge")
+@case("attr-padding-huge", _node("conv2d"))
 def _(b: Bundle) -> None:
-    # 2**20 padding with 2**20 stride: a small output over a padded plane of 4·10**12 values
+    # padding 2**20 on an 8×8 input, with a stride that brings the output back to 8×8: the graph stays valid,
+    # but the padded plane has 4.4·10**12 values
     conv = _conv(b)
+    hp = 8 + 2 * 2**20
+    stride = (hp - 3) // 7  # (hp - 3) // stride + 1 == 8
     conv["attrs"]["padding"] = [2**20, 2**20]
-    conv["attrs"]["stride"] = [2**20, 2**20]
-    for n in b.manifest["nodes"]:  # keep the rest of the graph consistent: (4, 3, 3) → pool → (4, 1, 1)
-        if n["op"] == "max_pool2d":
-            n["attrs"].update(kernel_size=[3, 3], stride=[3, 3])
-    b.manifest["value_shapes"] = {b.manifest["input"]: b.manifest["input_shape"]}
+    conv["attrs"]["stride"] = [stride, stride]
 
 
-@case("attr-padding-type")
+@case("attr-padding-type", _node("conv2d"))
 def _(b: Bundle) -> None:
     _conv(b)["attrs"]["padding"] = "full"
 
 
-@case("attr-pool-kernel-bigger-than-plane")
+@case("attr-pool-kernel-bigger-than-plane", _node("max_pool2d"))
 def _(b: Bundle) -> None:
     b.nodes("max_pool2d")[0]["attrs"].update(kernel_size=[20, 20], stride=[20, 20])
 
 
-@case("attr-pool-padding-over-half")
+@case("attr-pool-padding-over-half", _node("max_pool2d"))
 def _(b: Bundle) -> None:
     b.nodes("max_pool2d")[0]["attrs"]["padding"] = [2, 2]  # kernel 2×2
 
 
-@case("attr-pool-stride-bool")
+@case("attr-pool-stride-bool", _node("max_pool2d"))
 def _(b: Bundle) -> None:
     b.nodes("max_pool2d")[0]["attrs"]["stride"] = [True, True]
 
 
-@case("attr-gather-index-out-of-range")
+@case("attr-gather-index-out-of-range", _node("gather"))
 def _(b: Bundle) -> None:
     node = b.nodes("gather")[0]
     b.tensor(node["params"]["index"])[-1] = 24  # the gather reads 24 features
 
 
-@case("attr-leaky-slope-nan")
+@case("attr-leaky-slope-nan", _node("relu"))
 def _(b: Bundle) -> None:
     node = b.nodes("relu")[0]
     node["op"] = "leaky_relu"
@@ -470,40 +501,40 @@ def _(b: Bundle) -> None:
 # ---------------------------------------------------------------------------------------------- graph
 
 
-@case("graph-cycle")
+@case("graph-cycle", lambda b: b.manifest["nodes"][0]["name"])
 def _(b: Bundle) -> None:
     nodes = b.manifest["nodes"]
     nodes[0]["inputs"] = [nodes[-1]["outputs"][0]]  # the first node reads the last one's output
 
 
-@case("graph-self-loop")
+@case("graph-self-loop", _node("gather"))
 def _(b: Bundle) -> None:
     n = b.nodes("gather")[0]
     n["inputs"] = [n["outputs"][0]]
 
 
-@case("graph-undefined-input")
+@case("graph-undefined-input", "nowhere")
 def _(b: Bundle) -> None:
     b.nodes("linear")[0]["inputs"] = ["nowhere"]
 
 
-@case("graph-undefined-output")
+@case("graph-undefined-output", "nowhere")
 def _(b: Bundle) -> None:
     b.manifest["output"] = "nowhere"
 
 
-@case("graph-duplicate-value")
+@case("graph-duplicate-value", lambda b: b.nodes("linear")[0]["outputs"][0])
 def _(b: Bundle) -> None:
     lin = b.nodes("linear")
     lin[1]["outputs"] = [lin[0]["outputs"][0]]
 
 
-@case("graph-redefines-input")
+@case("graph-redefines-input", lambda b: b.manifest["input"])
 def _(b: Bundle) -> None:
     b.nodes("reshape")[0]["outputs"] = [b.manifest["input"]]
 
 
-@case("graph-unknown-op")
+@case("graph-unknown-op", "conv3d")
 def _(b: Bundle) -> None:
     b.nodes("reshape")[0]["op"] = "conv3d"
 
@@ -519,12 +550,12 @@ def _(b: Bundle) -> None:
     n["outputs"] = [n["outputs"][0], "extra"]
 
 
-@case("graph-missing-weight")
+@case("graph-missing-weight", "no.such.weight")
 def _(b: Bundle) -> None:
     b.nodes("linear")[0]["params"]["weight"] = "no.such.weight"
 
 
-@case("graph-nodes-not-list")
+@case("graph-nodes-not-list", "nodes")
 def _(b: Bundle) -> None:
     b.manifest["nodes"] = {"a": 1}
 
@@ -532,33 +563,33 @@ def _(b: Bundle) -> None:
 # ---------------------------------------------------------------------------------------------- values
 
 
-@case("values-nan")
+@case("values-nan", _layer("conv2d", "values"))
 def _(b: Bundle) -> None:
     b.tensor(b.layer("conv2d")["values"])[0] = np.nan
 
 
-@case("values-inf")
+@case("values-inf", _layer("linear", "values", storage="dense"))
 def _(b: Bundle) -> None:
     b.tensor(b.layer("linear", "dense")["values"])[-1] = -np.inf
 
 
-@case("bias-inf")
+@case("bias-inf", _node("linear", role="bias"))
 def _(b: Bundle) -> None:
     b.tensor(b.nodes("linear")[0]["params"]["bias"])[0] = np.inf
 
 
-@case("values-integer")
+@case("values-integer", _layer("linear"))
 def _(b: Bundle) -> None:
     info = b.layer("linear")
     b.set_tensor(info["values"], np.ones(info["nnz"], np.uint8))
 
 
-@case("encoding-unknown")
+@case("encoding-unknown", _layer("conv2d", "indices"))
 def _(b: Bundle) -> None:
     b.manifest["tensors"][b.layer("conv2d")["indices"]]["encoding"] = "zstd"
 
 
-@case("storage-unknown")
+@case("storage-unknown", _layer("linear"))
 def _(b: Bundle) -> None:
     b.layer("linear")["storage"] = "coo"
 
@@ -581,7 +612,7 @@ def _(b: Bundle) -> None:
     b.manifest["format_version"] = "1"
 
 
-@case("manifest-field-missing")
+@case("manifest-field-missing", "layers")
 def _(b: Bundle) -> None:
     del b.manifest["layers"]
 
@@ -591,7 +622,7 @@ def _(b: Bundle) -> None:
     b.manifest["input_shape"] = ["one", 8, 8]
 
 
-@case("manifest-deep-inside")
+@case("manifest-deep-inside", "manifest.json")
 def _(b: Bundle) -> None:
     deep: Any = 0
     for _ in range(40):
@@ -599,7 +630,7 @@ def _(b: Bundle) -> None:
     b.manifest["provenance"] = deep  # 40 levels where 32 are allowed
 
 
-@raw_case("manifest-not-object")
+@raw_case("manifest-not-object", "manifest.json")
 def _(src: Path, dst: Path) -> None:
     b = Bundle(src)
     members = b.members()
@@ -607,28 +638,28 @@ def _(src: Path, dst: Path) -> None:
     write_zip(dst, members)
 
 
-@raw_case("manifest-not-json")
+@raw_case("manifest-not-json", "manifest.json")
 def _(src: Path, dst: Path) -> None:
     members = Bundle(src).members()
     members[0]["data"] = b'{"format": "svdcompress-csr", '
     write_zip(dst, members)
 
 
-@raw_case("manifest-deeply-nested")
+@raw_case("manifest-deeply-nested", "manifest.json")
 def _(src: Path, dst: Path) -> None:
     members = Bundle(src).members()
     members[0]["data"] = b"[" * 100_000 + b"]" * 100_000
     write_zip(dst, members)
 
 
-@raw_case("manifest-declares-huge")
+@raw_case("manifest-declares-huge", "manifest.json")
 def _(src: Path, dst: Path) -> None:
     members = Bundle(src).members()
     members[0]["declared_size"] = 1 << 31  # a 2 GB manifest, by its header
     write_zip(dst, members)
 
 
-@raw_case("manifest-missing")
+@raw_case("manifest-missing", "manifest.json")
 def _(src: Path, dst: Path) -> None:
     write_zip(dst, Bundle(src).members()[1:])
 
@@ -636,33 +667,33 @@ def _(src: Path, dst: Path) -> None:
 # ---------------------------------------------------------------------------------------------- members
 
 
-@case("member-missing")
+@case("member-missing", "uint8.npy")
 def _(b: Bundle) -> None:
     b.drop.add("uint8.npy")
 
 
-@case("member-dotdot")
+@case("member-dotdot", "../../evil.npy")
 def _(b: Bundle) -> None:
     b.extra.append({"name": "../../evil.npy", "data": _npy(np.zeros(3, np.float32))})
 
 
-@case("member-absolute")
+@case("member-absolute", "/etc/evil.npy")
 def _(b: Bundle) -> None:
     b.extra.append({"name": "/etc/evil.npy", "data": b"x"})
 
 
-@case("member-named-by-manifest-dotdot")
+@case("member-named-by-manifest-dotdot", "float32")
 def _(b: Bundle) -> None:
     b.manifest["blobs"]["float32"]["member"] = "../float32.npy"
 
 
-@case("member-not-npy")
+@case("member-not-npy", "uint8.npy")
 def _(b: Bundle) -> None:
     b.drop.add("uint8.npy")
     b.extra.append({"name": "uint8.npy", "data": b"\x93NUMPY garbage"})
 
 
-@case("member-pickled-object-array")
+@case("member-pickled-object-array", "uint8.npy")
 def _(b: Bundle) -> None:
     b.drop.add("uint8.npy")
     buf = io.BytesIO()
@@ -670,14 +701,14 @@ def _(b: Bundle) -> None:
     b.extra.append({"name": "uint8.npy", "data": buf.getvalue()})
 
 
-@case("member-wrong-dtype")
+@case("member-wrong-dtype", "uint8.npy")
 def _(b: Bundle) -> None:
     b.drop.add("uint8.npy")
     count = b.manifest["blobs"]["uint8"]["count"]
     b.extra.append({"name": "uint8.npy", "data": _npy(np.zeros(count, np.int8))})
 
 
-@case("blob-dtype-unknown")
+@case("blob-dtype-unknown", "int64")
 def _(b: Bundle) -> None:
     b.manifest["blobs"]["int64"] = {"member": "int64.npy", "count": 1, "byteshuffle": True}
     b.extra.append({"name": "int64.npy", "data": _npy(np.zeros((8, 1), np.uint8))})
@@ -718,17 +749,17 @@ def _bomb(src: Path, dst: Path, declared: int | None) -> None:
     write_zip(dst, members)
 
 
-@raw_case("bomb-declared-1gb")
+@raw_case("bomb-declared-1gb", "float32.npy")
 def _(src: Path, dst: Path) -> None:
     _bomb(src, dst, declared=None)  # honest headers: 1 GiB of zeros where the manifest needs < 1 KB
 
 
-@raw_case("bomb-lying-header")
+@raw_case("bomb-lying-header", "float32.npy")
 def _(src: Path, dst: Path) -> None:
     _bomb(src, dst, declared=800)  # the zip headers claim 800 bytes; the stream inflates to 1 GiB
 
 
-@raw_case("bomb-npy-header-huge-shape")
+@raw_case("bomb-npy-header-huge-shape", "uint8.npy")
 def _(src: Path, dst: Path) -> None:
     # a small member whose .npy header declares 2**40 bytes: memory must not follow the header's word
     b = Bundle(src)
@@ -762,7 +793,7 @@ def _(src: Path, dst: Path) -> None:
     dst.write_bytes(b"")
 
 
-@raw_case("zip-bad-crc")
+@raw_case("zip-bad-crc", "float32.npy")
 def _(src: Path, dst: Path) -> None:
     members = Bundle(src).members()
     data = members[1]["data"]
@@ -797,7 +828,9 @@ def _(src: Path, dst: Path) -> None:
     write_zip(dst, members)
 
 
-def build(case_id: str, src: Path, dst: Path) -> Path:
-    """Write case ``case_id`` made from the valid bundle ``src`` to ``dst``; returns ``dst``."""
-    CASES[case_id](src, dst)
-    return dst
+def build(case_id: str, src: Path, dst: Path) -> str | None:
+    """Write case ``case_id`` made from the valid bundle ``src`` to ``dst``.
+
+    Returns the name its error message must contain (see :data:`CASES`), or None.
+    """
+    return CASES[case_id](src, dst)

@@ -95,17 +95,20 @@ def valid_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+Result = tuple[Path, "str | None", "subprocess.CompletedProcess[str] | None"]
+
+
 @pytest.fixture(scope="module")
-def results(valid_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
-        str, tuple[Path, subprocess.CompletedProcess[str] | None]]:
+def results(valid_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
     """Every case built, then run in child processes, :data:`WORKERS` at a time."""
     d = tmp_path_factory.mktemp("corpus")
-    paths = {cid: corrupt.build(cid, valid_bundle, d / f"{cid}.csr") for cid in CASES}
-    # "auto" times each layer's kernels at load: validation must come first there too
+    paths = {cid: d / f"{cid}.csr" for cid in CASES}
+    expect = {cid: corrupt.build(cid, valid_bundle, paths[cid]) for cid in CASES}
+    # "auto" runs each layer's kernels at load to time them: validation must come first there too
     kernels = {cid: ("auto" if i % 2 else "sparse") for i, cid in enumerate(CASES)}
     with ThreadPoolExecutor(WORKERS) as pool:
         procs = dict(zip(CASES, pool.map(lambda c: run_child(paths[c], kernels[c]), CASES), strict=True))
-    return {cid: (paths[cid], procs[cid]) for cid in CASES}
+    return {cid: (paths[cid], expect[cid], procs[cid]) for cid in CASES}
 
 
 def test_corpus_is_large_and_the_generator_keeps_a_valid_bundle_valid(valid_bundle: Path, tmp_path: Path) -> None:
@@ -120,9 +123,8 @@ def test_corpus_is_large_and_the_generator_keeps_a_valid_bundle_valid(valid_bund
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_corrupted_bundle_fails_cleanly(case: str, results: dict[str, tuple[Path, subprocess.CompletedProcess[str]
-                                                                              | None]]) -> None:
-    path, proc = results[case]
+def test_corrupted_bundle_fails_cleanly(case: str, results: dict[str, Result]) -> None:
+    path, expect, proc = results[case]
     assert proc is not None, f"{case}: load + call did not finish within {TIMEOUT_S} s"
     assert proc.returncode >= 0, f"{case}: the process died of signal {-proc.returncode}\n{proc.stderr[-3000:]}"
     assert "LOADED AND RAN" not in proc.stdout, f"{case}: the corrupted bundle was accepted"
@@ -130,4 +132,6 @@ def test_corrupted_bundle_fails_cleanly(case: str, results: dict[str, tuple[Path
                                                   f"{proc.stderr[-3000:]}")
     message = proc.stdout.strip()
     assert str(path) in message, f"{case}: the message does not name the bundle: {message!r}"
+    if expect is not None:
+        assert expect in message, f"{case}: the message does not name {expect!r}: {message!r}"
     assert "\n" not in message and len(message) < 2000, f"{case}: one short line expected: {message[:500]!r}"
