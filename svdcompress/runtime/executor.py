@@ -27,11 +27,13 @@ from ..errors import BundleError
 from . import kernels as K
 from .bundle import Bundle, LayerWeight
 
-__all__ = ["BATCHED", "BLOCKED_MIN_BATCH", "KERNELS", "OPS", "Plan", "build_plan"]
+__all__ = ["BATCHED", "BLOCKED_MIN_BATCH", "CHAIN_MIN_BATCH", "KERNELS", "OPS", "Plan", "build_plan"]
 
 KERNELS = ("auto", "sparse", "dense")
 BATCHED = 64
 """Batch size at which the batched regime's kernel choice is measured."""
+CHAIN_MIN_BATCH = 4
+"""From this batch size on, Linear chains run batch-blocked (SpMM); below it, one example at a time (SpMV)."""
 BLOCKED_MIN_BATCH = 8
 """From this batch size on, convolutions run on blocks of interleaved images (``kernels.conv.LANES``)."""
 
@@ -437,14 +439,14 @@ def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> Step
     itype = np.uint16 if max(lay.cols for lay in layers) <= 1 << 16 else np.uint32  # fewer bytes per nonzero
     meta, fpar, ptr, idx, vals, bias, dflags = _chain_arrays(layers, dense, itype)
     x, o, rows = layers[0].in_slot, layers[-1].out_slot, layers[-1].rows
-    tile = K.spmm_tile(max(lay.cols for lay in layers))
 
     def step(v: list[Any], par: bool) -> None:
         xin = v[x]
         xin = np.ascontiguousarray(xin.reshape(xin.shape[0], -1))
         y = np.empty((xin.shape[0], rows), np.float32)
         if batched:
-            (K.chain_parallel if par else K.chain_serial)(xin, y, meta, fpar, ptr, idx, vals, bias, tile)
+            kern = K.chain_parallel if par else K.chain_serial
+            kern(xin, y, meta, fpar, ptr, idx, vals, bias, K.spmm_tile(xin.shape[0]))
         else:
             for i in range(xin.shape[0]):
                 K.chain_single(xin[i:i + 1], y[i:i + 1], meta, fpar, ptr, idx, vals, bias, dflags)
@@ -469,10 +471,10 @@ def _op_linear(b: _Builder, n: dict[str, Any]) -> None:
         sb, db = _chain_step([lay], [False], True), _chain_step([lay], [True], True)
 
         def sparse(v: list[Any], par: bool, s1: Step = s1, sb: Step = sb, i: int = lay.in_slot) -> None:
-            (sb if v[i].shape[0] > 1 else s1)(v, par)
+            (sb if v[i].shape[0] >= CHAIN_MIN_BATCH else s1)(v, par)
 
         def dense(v: list[Any], par: bool, d1: Step = d1, db: Step = db, i: int = lay.in_slot) -> None:
-            (db if v[i].shape[0] > 1 else d1)(v, par)
+            (db if v[i].shape[0] >= CHAIN_MIN_BATCH else d1)(v, par)
 
         k_small, k_big = b.choose(lay.name, sparse, dense, (lay.cols,), (lay.in_slot, lay.out_slot), (lay.rows,))
         small.append(k_small == "dense")
@@ -484,7 +486,7 @@ def _op_linear(b: _Builder, n: dict[str, Any]) -> None:
     x = layers[0].in_slot
 
     def run(v: list[Any], par: bool) -> None:
-        (many if v[x].shape[0] > 1 else one)(v, par)
+        (many if v[x].shape[0] >= CHAIN_MIN_BATCH else one)(v, par)
     b.plan.steps.append(run)
     b.plan.uses_parallel = True
 
