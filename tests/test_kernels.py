@@ -33,6 +33,9 @@ THREADS = (1, 2)
 _SETTINGS = settings(max_examples=120, deadline=None, derandomize=True,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
+# Batch sizes around the runtime's regime switches (one example / batch-blocked, partial interleaved blocks).
+BATCH = st.one_of(st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 64]), st.integers(1, 64))
+
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "elu", "hardtanh", "silu", "softplus",
                "mish", "selu", "hardswish", "relu6")
 
@@ -159,7 +162,7 @@ def conv_nets(draw: Any) -> tuple[nn.Module, tuple[int, int, int], int, int, str
         assume(False)
     desc = (f"conv {cin}->{cout} k=({kh},{kw}) s={stride} p={padding} d={dil} g={groups} in=({h},{w}) "
             f"density={density:.3g} empty_rows={empty_rows} act={act} pool={pool} {pdesc}")
-    return model, (cin, h, w), draw(st.integers(1, 64)), seed, desc
+    return model, (cin, h, w), draw(BATCH), seed, desc
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
@@ -192,7 +195,7 @@ def linear_chains(draw: Any) -> tuple[nn.Module, int, int, int, str]:
         if act is not None:
             layers.append(make_activation(act, draw))
         desc.append(f"linear {sizes[i]}->{sizes[i + 1]} density={density:.3g} empty_rows={empty} act={act}")
-    return nn.Sequential(*layers).eval(), sizes[0], draw(st.integers(1, 64)), seed, "; ".join(desc)
+    return nn.Sequential(*layers).eval(), sizes[0], draw(BATCH), seed, "; ".join(desc)
 
 
 @_SETTINGS
