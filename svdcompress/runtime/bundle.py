@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import zipfile
 import zlib
@@ -301,15 +302,22 @@ def _read_blobs(zf: zipfile.ZipFile, manifest: dict[str, Any], path: str) -> dic
             raise BundleError(f"{path}: blob {key}: byteshuffle must be {dt.itemsize > 1}")
         with zf.open(zi) as f:
             data = f.read(nbytes + _NPY_HEADER_SLACK + 1)
-        try:
-            arr = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise BundleError(f"{path}: member {member} is not a valid .npy array ({exc})") from None
         want = (dt.itemsize, count) if shuffle else (count,)
         want_dtype = np.dtype(np.uint8) if shuffle else dt
-        if arr.dtype != want_dtype or arr.shape != want:
-            raise BundleError(f"{path}: member {member} holds {arr.shape} {arr.dtype}, manifest says "
+        buf = io.BytesIO(data)
+        try:  # the header first: its shape is checked before any array is allocated
+            major, _ = np.lib.format.read_magic(buf)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, got_dtype = read_header(buf)
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+            raise BundleError(f"{path}: member {member} is not a valid .npy array ({exc})") from None
+        if got_dtype != want_dtype or tuple(shape) != want or fortran:
+            raise BundleError(f"{path}: member {member} holds {tuple(shape)} {got_dtype}, manifest says "
                               f"{want} {want_dtype}")
+        body = data[buf.tell():]
+        if len(body) != nbytes:
+            raise BundleError(f"{path}: member {member} holds {len(body):,} bytes of data, manifest says {nbytes:,}")
+        arr = np.frombuffer(body, dtype=want_dtype).reshape(want)
         if shuffle:  # (itemsize, count) byte planes → (count,) values
             arr = np.ascontiguousarray(arr.T).view(dt).reshape(-1)
         blobs[key] = arr
@@ -326,7 +334,7 @@ def _slice_tensors(manifest: dict[str, Any], blobs: dict[str, np.ndarray], path:
             raise BundleError(f"{path}: tensor {name}: dtype {key!r} has no blob")
         shape = _shape(t.get("shape"), f"tensor {name} shape", path)
         offset = _int(t.get("offset"), f"tensor {name} offset", path)
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)  # Python ints: np.prod would wrap around for hostile shapes
         blob = blobs[key]
         if offset + size > blob.size:
             raise BundleError(f"{path}: tensor {name} (offset {offset}, {size} elements) runs past the end of "
@@ -346,7 +354,7 @@ def _decode_layer(name: str, info: Any, tensors: dict[str, np.ndarray], path: st
     shape = _shape(info.get("shape"), f"layer {name} shape", path)
     if len(shape) < 2 or 0 in shape:
         raise BundleError(f"{path}: layer {name}: weight shape {list(shape)} must have >= 2 non-zero dimensions")
-    rows, cols = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+    rows, cols = shape[0], math.prod(shape[1:])
 
     def get(role: str) -> np.ndarray:
         tname = info.get(role)
@@ -379,13 +387,15 @@ def _decode_layer(name: str, info: Any, tensors: dict[str, np.ndarray], path: st
                           f"{indptr[-1] if indptr.size else None}, {deltas.size} indices)")
     if (np.diff(indptr) < 0).any():
         raise BundleError(f"{path}: layer {name}: indptr is not monotone")
+    if deltas.size and int(deltas.max()) >= cols:  # any valid delta (or first column) is below cols
+        raise BundleError(f"{path}: layer {name}: column indices must be below {cols}")
     d = deltas.astype(np.int64).reshape(-1)
     cs = np.cumsum(d)  # undo row_delta: restart the running sum at each row
     base = np.concatenate([[0], cs])[indptr[:-1]]
     idx = cs - np.repeat(base, np.diff(indptr))
     first = np.zeros(nnz, bool)
     first[indptr[:-1][np.diff(indptr) > 0]] = True
-    if nnz and ((idx >= cols).any() or ((d == 0) & ~first).any()):
+    if nnz and ((idx >= cols).any() or (idx < 0).any() or ((d <= 0) & ~first).any()):
         raise BundleError(f"{path}: layer {name}: column indices must be below {cols} and strictly "
                           f"increasing within each row")
     return LayerWeight(shape, indptr, idx.astype(np.int32), values.astype(np.float32).reshape(-1))

@@ -38,6 +38,7 @@ BLOCKED_MIN_BATCH = 8
 """From this batch size on, convolutions run on blocks of interleaved images (``kernels.conv.LANES``)."""
 
 _MAX_ELEMENTS = 1 << 26  # per example and value: 256 MB of fp32, far above any SVDO model
+_MAX_BLOCK_SCRATCH = 1 << 24  # floats of scratch per worker for a block of interleaved images (64 MB)
 Step = Callable[[list[Any], bool], None]  # (value slots, run in parallel?)
 
 # Elementwise ops: manifest name → (attribute names with defaults, activation code or None for numpy-only).
@@ -288,6 +289,9 @@ def _op_conv2d(b: _Builder, n: dict[str, Any]) -> None:
         ph_, pw_ = b.attr_ints(n, "padding", 2, 0, default=0)
         pads = (ph_, ph_, pw_, pw_)
     hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
+    if cin * hp * wp > _MAX_ELEMENTS:  # the kernels hold one zero-padded image per worker
+        raise b.err(name, f"padding {list(pads)} makes the padded input {cin}×{hp}×{wp}: more than "
+                          f"{_MAX_ELEMENTS:,} values")
     oh, ow = _conv_out(hp, kh, st[0], 0, dil[0]), _conv_out(wp, kw, st[1], 0, dil[1])
     if oh < 1 or ow < 1:
         raise b.err(name, f"a {kh}×{kw} kernel (dilation {list(dil)}) does not fit the {hp}×{wp} padded input")
@@ -315,6 +319,7 @@ def _op_conv2d(b: _Builder, n: dict[str, Any]) -> None:
     sizes = np.array(K.conv_scratch_sizes(ip), np.int64)
 
     sizes_b = np.array(K.blocked_scratch_sizes(ip, cout), np.int64)
+    blocked_ok = int(sizes_b.sum()) <= _MAX_BLOCK_SCRATCH  # else batches run image by image too
 
     def make(layer: LayerWeight) -> tuple[Step, int]:
         off = K.conv_offsets(layer.indices, layer.indptr, cin_g, kh, kw, hp, wp, dil[0], dil[1], cout // groups)
@@ -324,7 +329,7 @@ def _op_conv2d(b: _Builder, n: dict[str, Any]) -> None:
             xin = v[x]
             xf = xin.reshape(xin.shape[0], -1)
             out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
-            if xf.shape[0] >= BLOCKED_MIN_BATCH:  # images interleaved in blocks: whole-vector epilogue
+            if xf.shape[0] >= BLOCKED_MIN_BATCH and blocked_ok:  # interleaved images: whole-vector epilogue
                 kern = K.conv2d_blocked_parallel if par else K.conv2d_blocked_serial
                 kern(xf, out, indptr, off, vals, bias, ip, fp, sizes_b)
             else:
