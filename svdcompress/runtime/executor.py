@@ -183,6 +183,20 @@ class _Builder:
             picks.append("dense" if best[1] < 0.9 * best[0] else "sparse")
         return picks[0], picks[1]
 
+    def fastest(self, steps: list[Step], in_shape: tuple[int, ...], slot: int) -> Step:
+        """The step (one layer, several layouts of the same arithmetic) measured fastest at :data:`BATCHED`."""
+        if len(steps) == 1:
+            return steps[0]
+        v: list[Any] = [None] * self.plan.nslots
+        v[slot] = np.random.default_rng(0).standard_normal((BATCHED, *in_shape)).astype(np.float32)
+        best = [math.inf] * len(steps)
+        for _ in range(3):
+            for k, step in enumerate(steps):
+                t0 = time.perf_counter()
+                step(v, False)
+                best[k] = min(best[k], time.perf_counter() - t0)
+        return steps[int(np.argmin(best))]
+
     # -- graph
     def build(self) -> Plan:
         m = self.m
@@ -318,35 +332,53 @@ def _op_conv2d(b: _Builder, n: dict[str, Any]) -> None:
     fp = np.array([a0, a1], np.float32)
     sizes = np.array(K.conv_scratch_sizes(ip), np.int64)
 
-    sizes_b = np.array(K.blocked_scratch_sizes(ip, cout), np.int64)
-    blocked_ok = int(sizes_b.sum()) <= _MAX_BLOCK_SCRATCH  # else batches run image by image too
+    # Batched layouts to try: image by image, or blocks of 16 or 32 interleaved images (while the scratch fits).
+    layouts: list[np.ndarray | None] = [None]
+    for lanes in (K.LANES, 2 * K.LANES):
+        sizes_b = np.array(K.blocked_scratch_sizes(ip, cout, lanes), np.int64)
+        if int(sizes_b[:3].sum()) <= _MAX_BLOCK_SCRATCH:
+            layouts.append(sizes_b)
 
-    def make(layer: LayerWeight) -> tuple[Step, int]:
+    def make(layer: LayerWeight) -> tuple[Step, Step]:
+        """(batch-1 step, fastest batched step) for ``layer``."""
         off = K.conv_offsets(layer.indices, layer.indptr, cin_g, kh, kw, hp, wp, dil[0], dil[1], cout // groups)
         indptr, vals = layer.indptr, layer.values
 
-        def step(v: list[Any], par: bool) -> None:
-            xin = v[x]
-            xf = xin.reshape(xin.shape[0], -1)
-            out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
-            if xf.shape[0] >= BLOCKED_MIN_BATCH and blocked_ok:  # interleaved images: whole-vector epilogue
-                kern = K.conv2d_blocked_parallel if par else K.conv2d_blocked_serial
-                kern(xf, out, indptr, off, vals, bias, ip, fp, sizes_b)
-            else:
-                (K.conv2d_parallel if par else K.conv2d_serial)(xf, out, indptr, off, vals, bias, ip, fp, sizes)
-            v[o] = out.reshape(xf.shape[0], cout, ph, pw)
-        return step, layer.nnz
+        def variant(sizes_b: np.ndarray | None) -> Step:
+            def step(v: list[Any], par: bool) -> None:
+                xin = v[x]
+                xf = xin.reshape(xin.shape[0], -1)
+                out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
+                if sizes_b is not None and xf.shape[0] >= BLOCKED_MIN_BATCH:
+                    kern = K.conv2d_blocked_parallel if par else K.conv2d_blocked_serial
+                    kern(xf, out, indptr, off, vals, bias, ip, fp, sizes_b)
+                else:
+                    kern = K.conv2d_parallel if par else K.conv2d_serial
+                    kern(xf, out, indptr, off, vals, bias, ip, fp, sizes)
+                v[o] = out.reshape(xf.shape[0], cout, ph, pw)
+            return step
 
-    sparse, nnz = make(wt)
+        steps = [variant(sz) for sz in layouts]
+        return steps[0], b.fastest(steps, (cin, h, w), x)
+
+    sparse_1, sparse_b = make(wt)
     full = LayerWeight(wt.shape, np.arange(cout + 1, dtype=np.int64) * wt.cols,
                        np.tile(np.arange(wt.cols, dtype=np.int32), cout), wt.dense().reshape(-1))
-    dense, dense_nnz = make(full)
+    dense_1, dense_b = make(full)
+
+    def sparse(v: list[Any], par: bool) -> None:
+        (sparse_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else sparse_1)(v, par)
+
+    def dense(v: list[Any], par: bool) -> None:
+        (dense_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else dense_1)(v, par)
+
     small, big = b.choose(name, sparse, dense, (cin, h, w), (x, o), (cout, ph, pw))
-    _record(b, name, wt, small, big, nnz * oh * ow, dense_nnz * oh * ow, nnz * 12, dense_nnz * 8)
+    _record(b, name, wt, small, big, wt.nnz * oh * ow, full.nnz * oh * ow, wt.nnz * 12, full.nnz * 8)
+    small_step = sparse_1 if small == "sparse" else dense_1
+    big_step = sparse_b if big == "sparse" else dense_b
 
     def run(v: list[Any], par: bool) -> None:
-        (big_step if v[x].shape[0] > 1 else small_step)(v, par)
-    small_step, big_step = (sparse if small == "sparse" else dense), (sparse if big == "sparse" else dense)
+        (big_step if v[x].shape[0] >= BLOCKED_MIN_BATCH else small_step)(v, par)
     b.plan.steps.append(run)
     b.plan.uses_parallel = True
 

@@ -18,6 +18,7 @@ __all__ = [
     "POOL_AVG",
     "POOL_MAX",
     "POOL_NONE",
+    "REDUCE_FASTMATH",
     "VEC",
     "accumulate_taps",
     "act",
@@ -26,9 +27,12 @@ __all__ = [
     "pool_plane",
 ]
 
-# Reassociation lets LLVM vectorise reductions (SpMV dot products); contraction gives FMAs. No nnan/ninf:
-# NaN and inf must propagate as they do in PyTorch.
-FASTMATH = {"reassoc", "contract"}
+# Contraction gives FMAs. No reassociation in the elementwise kernels: with it LLVM turns the 8-tap sum
+# tree of accumulate_taps into one serial chain of 8 dependent FMAs per vector (latency-bound), and no
+# nnan/ninf anywhere: NaN and inf must propagate as they do in PyTorch.
+FASTMATH = {"contract"}
+REDUCE_FASTMATH = {"reassoc", "contract"}
+"""For reductions (dot products): reassociation lets LLVM vectorise them."""
 
 ACT_CODES: dict[str, int] = {
     "identity": 0, "relu": 1, "relu6": 2, "sigmoid": 3, "tanh": 4, "silu": 5, "leaky_relu": 6, "elu": 7,

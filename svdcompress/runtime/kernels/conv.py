@@ -176,13 +176,14 @@ def conv2d_parallel(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, off: np.
 
 
 LANES = 16
-"""Images per block in the batched kernels: one AVX-512 register (two AVX2 ones) per output position."""
+"""Default images per block in the batched kernels: one AVX-512 register (two AVX2 ones) per output position.
+The executor may pick 8 for layers whose interleaved image would not fit in L1 (``sizes[3]``)."""
 
 
-def blocked_scratch_sizes(ip: np.ndarray, cout: int) -> tuple[int, int, int]:
-    """Elements of the interleaved input, accumulator and output block one worker needs."""
+def blocked_scratch_sizes(ip: np.ndarray, cout: int, lanes: int = LANES) -> tuple[int, int, int, int]:
+    """Elements of the interleaved input, accumulator and output block one worker needs, and the lanes."""
     cin, hp, wp, oh, ow, ph, pw = (int(ip[i]) for i in (0, 7, 8, 9, 10, 12, 13))
-    return cin * hp * wp * LANES + LANES, oh * ow * LANES, cout * ph * pw * LANES
+    return cin * hp * wp * lanes + lanes, oh * ow * lanes, cout * ph * pw * lanes, lanes
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -291,8 +292,9 @@ def conv2d_blocked_serial(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, of
     acc = np.empty(sizes[1], np.float32)
     ob = np.empty(sizes[2], np.float32)
     n = x.shape[0]
-    for n0 in range(0, n, LANES):
-        _conv_block(x, out, n0, min(LANES, n - n0), indptr, off, vals, bias, ip, fp, xi, acc, ob, LANES)
+    lanes = sizes[3]
+    for n0 in range(0, n, lanes):
+        _conv_block(x, out, n0, min(lanes, n - n0), indptr, off, vals, bias, ip, fp, xi, acc, ob, lanes)
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
@@ -301,10 +303,11 @@ def conv2d_blocked_parallel(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, 
                             sizes: np.ndarray) -> None:
     """:func:`conv2d_blocked_serial` with blocks split across numba's threads, each with its own scratch."""
     n = x.shape[0]
-    nblocks = (n + LANES - 1) // LANES
+    lanes = sizes[3]
+    nblocks = (n + lanes - 1) // lanes
     for blk in prange(nblocks):
         xi = np.zeros(sizes[0], np.float32)
         acc = np.empty(sizes[1], np.float32)
         ob = np.empty(sizes[2], np.float32)
-        n0 = blk * LANES
-        _conv_block(x, out, n0, min(LANES, n - n0), indptr, off, vals, bias, ip, fp, xi, acc, ob, LANES)
+        n0 = blk * lanes
+        _conv_block(x, out, n0, min(lanes, n - n0), indptr, off, vals, bias, ip, fp, xi, acc, ob, lanes)

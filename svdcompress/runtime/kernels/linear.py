@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._scalar import FASTMATH, accumulate_taps, act
+from ._scalar import FASTMATH, REDUCE_FASTMATH, accumulate_taps, act
 
 __all__ = [
     "chain_parallel",
@@ -79,7 +79,7 @@ def spmv(x: np.ndarray, y: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals
             yn[r] = act(((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + bias[r], kind, a0, a1)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=REDUCE_FASTMATH)
 def dense_gemv(x: np.ndarray, y: np.ndarray, w: np.ndarray, bias: np.ndarray, kind: int, a0: float,
                a1: float) -> None:
     """``y[n] = act(w @ x[n] + bias)`` with ``w`` dense ``(out, in)``: contiguous dot products."""
