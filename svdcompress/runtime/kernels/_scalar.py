@@ -23,6 +23,7 @@ __all__ = [
     "accumulate_taps",
     "act",
     "act_bias_row",
+    "aligned_zeros",
     "max_pool_inside",
     "pool_plane",
 ]
@@ -241,3 +242,12 @@ def accumulate_taps(acc: np.ndarray, abase: np.uint64, src: np.ndarray, sbase: n
         o2 = np.uint64(off[j + u2]) * scale + sbase if rest > u2 else o0
         for p in range(length):
             acc[abase + p] += w0 * src[o0 + p] + w1 * src[o1 + p] + w2 * src[o2 + p]
+
+
+@njit(cache=True, inline="always")
+def aligned_zeros(n: int) -> np.ndarray:
+    """``np.zeros(n, float32)`` starting on a 64-byte boundary: whole-vector loads at multiples of 16 floats
+    then never straddle two cache lines."""
+    buf = np.zeros(n + 16, np.float32)
+    shift = ((-buf.ctypes.data) // 4) % 16
+    return buf[shift:shift + n]

@@ -29,6 +29,7 @@ from ._scalar import (
     VEC,
     accumulate_taps,
     act_bias_row,
+    aligned_zeros,
     max_pool_inside,
     pool_plane,
 )
@@ -151,9 +152,9 @@ def conv2d_serial(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, off: np.nd
         ip, fp: integer parameters (:data:`CONV_PARAMS` then the pool spec) and activation attributes.
         sizes: scratch sizes from :func:`conv_scratch_sizes`.
     """
-    acc = np.empty(sizes[0], np.float32)
+    acc = aligned_zeros(sizes[0])
     plane = np.empty(sizes[1], np.float32)
-    src = np.zeros(sizes[2], np.float32)
+    src = aligned_zeros(sizes[2])
     for n in range(x.shape[0]):
         _conv_image(x[n], out[n], indptr, off, vals, bias, ip, fp, acc, plane, src)
 
@@ -165,9 +166,9 @@ def conv2d_parallel(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, off: np.
     n_img = x.shape[0]
     chunk = 4
     for c in prange((n_img + chunk - 1) // chunk):
-        acc = np.empty(sizes[0], np.float32)
+        acc = aligned_zeros(sizes[0])
         plane = np.empty(sizes[1], np.float32)
-        src = np.zeros(sizes[2], np.float32)
+        src = aligned_zeros(sizes[2])
         for n in range(c * chunk, min(n_img, (c + 1) * chunk)):
             _conv_image(x[n], out[n], indptr, off, vals, bias, ip, fp, acc, plane, src)
 
@@ -288,9 +289,9 @@ def conv2d_blocked_serial(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, of
     ``off`` holds tap offsets in pixels (as for :func:`conv2d_serial`); ``sizes`` is
     :func:`blocked_scratch_sizes`.
     """
-    xi = np.zeros(sizes[0], np.float32)
-    acc = np.empty(sizes[1], np.float32)
-    ob = np.empty(sizes[2], np.float32)
+    xi = aligned_zeros(sizes[0])
+    acc = aligned_zeros(sizes[1])
+    ob = aligned_zeros(sizes[2])
     n = x.shape[0]
     lanes = sizes[3]
     for n0 in range(0, n, lanes):
@@ -306,8 +307,8 @@ def conv2d_blocked_parallel(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, 
     lanes = sizes[3]
     nblocks = (n + lanes - 1) // lanes
     for blk in prange(nblocks):
-        xi = np.zeros(sizes[0], np.float32)
-        acc = np.empty(sizes[1], np.float32)
-        ob = np.empty(sizes[2], np.float32)
+        xi = aligned_zeros(sizes[0])
+        acc = aligned_zeros(sizes[1])
+        ob = aligned_zeros(sizes[2])
         n0 = blk * lanes
         _conv_block(x, out, n0, min(lanes, n - n0), indptr, off, vals, bias, ip, fp, xi, acc, ob, lanes)
