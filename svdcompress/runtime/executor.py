@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError
+from ..errors import BundleError, InvalidInputError
 from . import kernels as K
 from .bundle import Bundle, LayerWeight
 
@@ -39,6 +39,8 @@ BLOCKED_MIN_BATCH = 8
 
 _MAX_ELEMENTS = 1 << 26  # per example and value: 256 MB of fp32, far above any SVDO model
 _MAX_BLOCK_SCRATCH = 1 << 24  # floats of scratch per worker for a block of interleaved images (64 MB)
+_MAX_DENSE = 1 << 24  # weights of one layer in dense form (64 MB of fp32 values)
+_DENSE_WORK_LIMIT = 50
 Step = Callable[[list[Any], bool], None]  # (value slots, run in parallel?)
 
 # Elementwise ops: manifest name → (attribute names with defaults, activation code or None for numpy-only).
@@ -163,9 +165,28 @@ class _Builder:
         return code, vals[0], vals[1]
 
     # -- kernel choice
-    def choose(self, name: str, sparse: Step, dense: Step, in_shape: tuple[int, ...], slots: tuple[int, int],
-               out_shape: tuple[int, ...]) -> tuple[str, str]:
+    def dense_allowed(self, name: str, elements: int, nnz: int) -> bool:
+        """Whether to build (and time) the dense form of a layer with ``elements`` weights, ``nnz`` nonzero.
+
+        Not when it would hold more than :data:`_MAX_DENSE` weights (memory), and with ``kernel="auto"`` not
+        when it does over :data:`_DENSE_WORK_LIMIT` × the sparse kernel's multiply-adds: the dense loops are
+        at most ~10× faster per multiply-add here (contiguous rows against gathers), so they cannot win, and
+        timing them would cost seconds at load on wide layers.
+        """
+        if self.kernel == "sparse":
+            return False
+        if elements > _MAX_DENSE:
+            if self.kernel == "dense":
+                raise InvalidInputError(f"{self.path}: layer {name} has {elements:,} weights: too many to run dense "
+                                        f"(limit {_MAX_DENSE:,}); use kernel='sparse' or 'auto'")
+            return False
+        return self.kernel == "dense" or elements <= _DENSE_WORK_LIMIT * max(1, nnz)
+
+    def choose(self, name: str, sparse: Step, dense: Step | None, in_shape: tuple[int, ...],
+               slots: tuple[int, int], out_shape: tuple[int, ...]) -> tuple[str, str]:
         """Time both kernels on the layer's shape at batch 1 and :data:`BATCHED`; the faster wins each regime."""
+        if dense is None:
+            return "sparse", "sparse"
         if self.kernel != "auto":
             return self.kernel, self.kernel
         rng = np.random.default_rng(0)
@@ -183,14 +204,14 @@ class _Builder:
             picks.append("dense" if best[1] < 0.9 * best[0] else "sparse")
         return picks[0], picks[1]
 
-    def fastest(self, steps: list[Step], in_shape: tuple[int, ...], slot: int) -> Step:
-        """The step (one layer, several layouts of the same arithmetic) measured fastest at :data:`BATCHED`."""
+    def fastest(self, steps: list[Step], in_shape: tuple[int, ...], slot: int, batch: int = BATCHED) -> Step:
+        """The step (one layer, several layouts of the same arithmetic) measured fastest at ``batch``."""
         if len(steps) == 1:
             return steps[0]
         v: list[Any] = [None] * self.plan.nslots
-        v[slot] = np.random.default_rng(0).standard_normal((BATCHED, *in_shape)).astype(np.float32)
+        v[slot] = np.random.default_rng(0).standard_normal((batch, *in_shape)).astype(np.float32)
         best = [math.inf] * len(steps)
-        for _ in range(3):
+        for _ in range(5 if batch == 1 else 3):
             for k, step in enumerate(steps):
                 t0 = time.perf_counter()
                 step(v, False)
@@ -358,22 +379,40 @@ def _op_conv2d(b: _Builder, n: dict[str, Any]) -> None:
                 v[o] = out.reshape(xf.shape[0], cout, ph, pw)
             return step
 
+        used, tap = K.im2col_taps(layer.indices)
+        sizes_i = np.array([*K.im2col_scratch_sizes(ip, used.size), kh, kw, dil[0], dil[1]], np.int64)
+
+        def im2col(v: list[Any], par: bool) -> None:
+            xin = v[x]
+            xf = xin.reshape(xin.shape[0], -1)
+            out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
+            kern = K.conv2d_im2col_parallel if par else K.conv2d_im2col_serial
+            kern(xf, out, indptr, tap, used, vals, bias, ip, fp, sizes_i)
+            v[o] = out.reshape(xf.shape[0], cout, ph, pw)
+
         steps = [variant(sz) for sz in layouts]
-        return steps[0], b.fastest(steps, (cin, h, w), x)
+        # A column matrix of the used taps (pays off for strides > 1); its columns ignore groups.
+        if groups == 1 and int(sizes_i[1]) <= _MAX_BLOCK_SCRATCH:
+            steps.append(im2col)
+        return b.fastest(steps[:1] + steps[len(layouts):], (cin, h, w), x, 1), b.fastest(steps, (cin, h, w), x)
 
     sparse_1, sparse_b = make(wt)
-    full = LayerWeight(wt.shape, np.arange(cout + 1, dtype=np.int64) * wt.cols,
-                       np.tile(np.arange(wt.cols, dtype=np.int32), cout), wt.dense().reshape(-1))
-    dense_1, dense_b = make(full)
+    elements = cout * wt.cols
+    dense: Step | None = None
+    if b.dense_allowed(name, elements * oh * ow, wt.nnz * oh * ow):
+        full = LayerWeight(wt.shape, np.arange(cout + 1, dtype=np.int64) * wt.cols,
+                           np.tile(np.arange(wt.cols, dtype=np.int32), cout), wt.dense().reshape(-1))
+        dense_1, dense_b = make(full)
+
+        def dense_step(v: list[Any], par: bool) -> None:
+            (dense_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else dense_1)(v, par)
+        dense = dense_step
 
     def sparse(v: list[Any], par: bool) -> None:
         (sparse_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else sparse_1)(v, par)
 
-    def dense(v: list[Any], par: bool) -> None:
-        (dense_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else dense_1)(v, par)
-
     small, big = b.choose(name, sparse, dense, (cin, h, w), (x, o), (cout, ph, pw))
-    _record(b, name, wt, small, big, wt.nnz * oh * ow, full.nnz * oh * ow, wt.nnz * 12, full.nnz * 8)
+    _record(b, name, wt, small, big, wt.nnz * oh * ow, elements * oh * ow, wt.nnz * 12, elements * 8)
     small_step = sparse_1 if small == "sparse" else dense_1
     big_step = sparse_b if big == "sparse" else dense_b
 
@@ -504,14 +543,18 @@ def _op_linear(b: _Builder, n: dict[str, Any]) -> None:
     small: list[bool] = []  # per layer: dense at batch 1?
     big: list[bool] = []  # per layer: dense in batches?
     for lay in layers:  # each layer's kernel is chosen on its own shape
-        s1, d1 = _chain_step([lay], [False], False), _chain_step([lay], [True], False)
-        sb, db = _chain_step([lay], [False], True), _chain_step([lay], [True], True)
+        s1, sb = _chain_step([lay], [False], False), _chain_step([lay], [False], True)
 
         def sparse(v: list[Any], par: bool, s1: Step = s1, sb: Step = sb, i: int = lay.in_slot) -> None:
             (sb if v[i].shape[0] >= CHAIN_MIN_BATCH else s1)(v, par)
 
-        def dense(v: list[Any], par: bool, d1: Step = d1, db: Step = db, i: int = lay.in_slot) -> None:
-            (db if v[i].shape[0] >= CHAIN_MIN_BATCH else d1)(v, par)
+        dense: Step | None = None
+        if b.dense_allowed(lay.name, lay.rows * lay.cols, lay.wt.nnz):
+            d1, db = _chain_step([lay], [True], False), _chain_step([lay], [True], True)
+
+            def dense_step(v: list[Any], par: bool, d1: Step = d1, db: Step = db, i: int = lay.in_slot) -> None:
+                (db if v[i].shape[0] >= CHAIN_MIN_BATCH else d1)(v, par)
+            dense = dense_step
 
         k_small, k_big = b.choose(lay.name, sparse, dense, (lay.cols,), (lay.in_slot, lay.out_slot), (lay.rows,))
         small.append(k_small == "dense")

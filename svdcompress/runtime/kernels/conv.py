@@ -40,10 +40,14 @@ __all__ = [
     "blocked_scratch_sizes",
     "conv2d_blocked_parallel",
     "conv2d_blocked_serial",
+    "conv2d_im2col_parallel",
+    "conv2d_im2col_serial",
     "conv2d_parallel",
     "conv2d_serial",
     "conv_offsets",
     "conv_scratch_sizes",
+    "im2col_scratch_sizes",
+    "im2col_taps",
 ]
 
 CONV_PARAMS = ("cin", "h", "w", "pad_h", "pad_w", "stride_h", "stride_w", "hp", "wp", "oh", "ow", "act", "ph",
@@ -312,3 +316,114 @@ def conv2d_blocked_parallel(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, 
         ob = aligned_zeros(sizes[2])
         n0 = blk * lanes
         _conv_block(x, out, n0, min(lanes, n - n0), indptr, off, vals, bias, ip, fp, xi, acc, ob, lanes)
+
+
+# ---------------------------------------------------------------------------------------------- im2col
+
+
+def im2col_taps(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct weight columns the taps use, each tap's position in that list), both int32."""
+    used, pos = np.unique(indices, return_inverse=True)
+    return used.astype(np.int32), pos.astype(np.int32).reshape(-1)
+
+
+def im2col_scratch_sizes(ip: np.ndarray, n_used: int) -> tuple[int, int, int, int]:
+    """Elements of the padded image, the column matrix and the output plane; and the column row pitch."""
+    cin, hp, wp, oh, ow = (int(ip[i]) for i in (0, 7, 8, 9, 10))
+    pitch = -(-(oh * ow) // VEC) * VEC
+    return cin * hp * wp, max(1, n_used) * pitch, pitch, pitch
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _im2col_image(xn: np.ndarray, outn: np.ndarray, indptr: np.ndarray, tap: np.ndarray, used: np.ndarray,
+                  vals: np.ndarray, bias: np.ndarray, ip: np.ndarray, fp: np.ndarray, src: np.ndarray,
+                  col: np.ndarray, acc: np.ndarray, pitch: int, kh: int, kw: int, dil_h: int, dil_w: int) -> None:
+    cin, h, w, pad_h, pad_w, st_h, st_w, hp, wp, oh, ow, kind, ph, pw = (
+        ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7], ip[8], ip[9], ip[10], ip[11], ip[12], ip[13])
+    pool = ip[14:25]
+    a0, a1 = fp[0], fp[1]
+    uw = np.uint64(w)
+    for c in range(cin):
+        for i in range(h):
+            d = np.uint64((c * hp + i + pad_h) * wp + pad_w)
+            s = np.uint64((c * h + i) * w)
+            for k in range(uw):
+                src[d + k] = xn[s + k]
+    # Columns: one row of oh·ow output positions per weight column some tap uses (no wide-row waste).
+    upitch = np.uint64(pitch)
+    for u in range(used.size):
+        k = used[u]
+        ci = k // (kh * kw)
+        r = k - ci * kh * kw
+        a = r // kw
+        b = r - a * kw
+        row = np.uint64(u) * upitch
+        for oy in range(oh):
+            s0 = np.uint64((ci * hp + oy * st_h + a * dil_h) * wp + b * dil_w)
+            d0 = row + np.uint64(oy * ow)
+            if st_w == 1:
+                for ox in range(np.uint64(ow)):
+                    col[d0 + ox] = src[s0 + ox]
+            else:
+                for ox in range(np.uint64(ow)):
+                    col[d0 + ox] = src[s0 + ox * np.uint64(st_w)]
+    cout = indptr.size - 1
+    npos = oh * ow
+    plane_out = ph * pw
+    pool_first = (pool[0] == POOL_MAX and pool[5] == 0 and pool[6] == 0
+                  and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
+                  and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow)
+    if pool_first:
+        pool_first = False
+        for k in _MONOTONE:
+            if kind == k:
+                pool_first = True
+    for co in range(cout):
+        for p in range(upitch):
+            acc[p] = 0.0
+        accumulate_taps(acc, np.uint64(0), col, np.uint64(0), upitch, tap, vals, indptr[co], indptr[co + 1],
+                        upitch)
+        b = bias[co]
+        dst = outn[co * plane_out:(co + 1) * plane_out]
+        if pool_first:
+            max_pool_inside(acc, ow, dst, ph, pw, pool)
+            act_bias_row(dst, 0, dst, 0, plane_out, b, kind, a0, a1)
+        elif pool[0] == POOL_NONE:
+            act_bias_row(dst, 0, acc, 0, npos, b, kind, a0, a1)
+        else:
+            act_bias_row(acc, 0, acc, 0, npos, b, kind, a0, a1)
+            pool_plane(acc, oh, ow, dst, ph, pw, pool)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def conv2d_im2col_serial(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, tap: np.ndarray, used: np.ndarray,
+                         vals: np.ndarray, bias: np.ndarray, ip: np.ndarray, fp: np.ndarray,
+                         sizes: np.ndarray) -> None:
+    """:func:`conv2d_serial`'s result through a per-image column matrix of the *used* weight columns.
+
+    Each tap then multiplies one contiguous, 64-byte aligned row of ``oh·ow`` positions: no wide-row waste,
+    any stride. ``tap[j]`` is nonzero ``j``'s row in the column matrix, ``used[u]`` the weight column of row
+    ``u``; ``sizes`` is :func:`im2col_scratch_sizes` followed by kh, kw, dil_h, dil_w.
+    """
+    src = aligned_zeros(sizes[0])
+    col = aligned_zeros(sizes[1])
+    acc = aligned_zeros(sizes[2])
+    for n in range(x.shape[0]):
+        _im2col_image(x[n], out[n], indptr, tap, used, vals, bias, ip, fp, src, col, acc, sizes[3], sizes[4],
+                      sizes[5], sizes[6], sizes[7])
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def conv2d_im2col_parallel(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, tap: np.ndarray,
+                           used: np.ndarray, vals: np.ndarray, bias: np.ndarray, ip: np.ndarray, fp: np.ndarray,
+                           sizes: np.ndarray) -> None:
+    """:func:`conv2d_im2col_serial` with images split across numba's threads, each chunk with its own scratch."""
+    n_img = x.shape[0]
+    chunk = 4
+    for c in prange((n_img + chunk - 1) // chunk):
+        src = aligned_zeros(sizes[0])
+        col = aligned_zeros(sizes[1])
+        acc = aligned_zeros(sizes[2])
+        for n in range(c * chunk, min(n_img, (c + 1) * chunk)):
+            _im2col_image(x[n], out[n], indptr, tap, used, vals, bias, ip, fp, src, col, acc, sizes[3],
+                          sizes[4], sizes[5], sizes[6], sizes[7])
