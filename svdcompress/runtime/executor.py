@@ -521,8 +521,11 @@ def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> Step
         xin = np.ascontiguousarray(xin.reshape(xin.shape[0], -1))
         y = np.empty((xin.shape[0], rows), np.float32)
         if batched:
-            kern = K.chain_parallel if par else K.chain_serial
-            kern(xin, y, meta, fpar, ptr, idx, vals, bias, K.spmm_tile(xin.shape[0]))
+            n = xin.shape[0]
+            tile = K.spmm_tile(n)
+            xt = np.zeros((xin.shape[1], -(-n // tile) * tile), np.float32)  # (cols, N padded to whole tiles)
+            xt[:, :n] = xin.T
+            (K.chain_parallel if par else K.chain_serial)(xt, y, meta, fpar, ptr, idx, vals, bias, tile)
         else:
             for i in range(xin.shape[0]):
                 K.chain_single(xin[i:i + 1], y[i:i + 1], meta, fpar, ptr, idx, vals, bias, dflags)
