@@ -16,9 +16,9 @@ import os
 import sys
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numba
 import numpy as np
 
 from ..errors import BundleError, InvalidInputError
@@ -31,7 +31,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "KERNELS",
-    "PARALLEL_MIN_BATCH",
+    "PARALLEL_MIN_MACS",
     "SUPPORTED_OPS",
     "Bundle",
     "CSRModel",
@@ -42,24 +42,26 @@ __all__ = [
 SUPPORTED_OPS = frozenset(OPS)
 """Manifest op names this runtime executes."""
 
-PARALLEL_MIN_BATCH = 8
-"""Batches smaller than this run on one thread whatever ``threads`` says: a numba parallel launch costs
-more than it saves on a few LeNet-sized examples."""
-
-# numba's workqueue layer does not accept parallel launches from several Python threads at once.
-_PARALLEL_LOCK = threading.Lock()
+PARALLEL_MIN_MACS = 4_000_000
+"""A call is split across ``threads`` only when it executes at least this many multiply-adds (~200-400 µs of
+work here): handing part of a batch to a waiting worker thread and collecting it costs ~70 µs on this 2-core
+VM, so smaller calls run whole on the caller's thread."""
 
 
 class CSRModel:
     """A loaded bundle: call it on a batch ``(N, *input_shape)`` to get ``(N, *output_shape)`` in fp32.
 
-    Safe to call from many threads at once: each call allocates its own activations and scratch, and
-    parallel kernel launches are serialised by a lock.
+    Safe to call from many threads at once: each call allocates its own activations and scratch; the kernels
+    share nothing but the read-only weights.
+
+    With ``threads > 1``, a large batch is split into ``threads`` parts: the caller's thread runs one, the
+    model's worker threads (created on first need, blocked on a queue while idle: they never spin) the rest,
+    and the kernels release the GIL.
 
     Attributes:
         manifest: The bundle's manifest, as read.
         input_shape, output_shape: One example's shapes, without the batch dim.
-        threads: Threads used for batches of :data:`PARALLEL_MIN_BATCH` or more.
+        threads: Threads a call of :data:`PARALLEL_MIN_MACS` or more multiply-adds is split across.
         layer_kernels: Layer name → ``"sparse"`` or ``"dense"``: the kernel that runs it at batch 1.
         layer_kernels_batched: The same for larger batches.
         nnz: Layer name → non-zero weights.
@@ -70,14 +72,17 @@ class CSRModel:
     def __init__(self, bundle: Bundle, kernel: str = "auto", threads: int | None = None) -> None:
         if kernel not in KERNELS:
             raise InvalidInputError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
-        avail = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # built at runtime
+        avail = os.cpu_count() or 1
         if threads is None:
             threads = 1
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise InvalidInputError(f"threads must be a positive integer, got {threads!r}")
         if threads > avail:
-            warnings.warn(f"threads={threads} but numba has {avail}; using {avail}", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"threads={threads} but this machine has {avail} cores; using {avail}", RuntimeWarning,
+                          stacklevel=3)
             threads = avail
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self.manifest = bundle.manifest
         self.path = bundle.path
         self.threads = threads
@@ -112,22 +117,41 @@ class CSRModel:
         n = arr.shape[0]
         if n == 0:
             out = np.zeros((0, *self.output_shape), np.float32)
-        elif self.threads > 1 and n >= PARALLEL_MIN_BATCH:
-            with _PARALLEL_LOCK:
-                numba.set_num_threads(self.threads)
-                out = self._run(arr, True)
+        elif self.threads > 1 and n > 1 and n * self.macs_per_item >= PARALLEL_MIN_MACS:
+            parts = np.array_split(arr, min(self.threads, n))
+            pending = [self._workers().submit(self._run, p) for p in parts[1:]]
+            first = self._run(parts[0])
+            out = np.concatenate([first, *(f.result() for f in pending)])
         else:
-            out = self._run(arr, False)
+            out = self._run(arr)
         if is_torch:
             return sys.modules["torch"].from_numpy(out)
         return out
 
-    def _run(self, arr: np.ndarray, par: bool) -> np.ndarray:
+    def _workers(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="svdcompress-runtime")
+            return self._pool
+
+    def _run(self, arr: np.ndarray) -> np.ndarray:
         v: list[Any] = [None] * self._plan.nslots
         v[0] = arr
         for step in self._plan.steps:
-            step(v, par)
+            step(v)
         return np.ascontiguousarray(v[self._plan.output_slot], dtype=np.float32)
+
+    def close(self) -> None:
+        """Stop the worker threads (they are also stopped when the model is garbage-collected or at exit)."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def __repr__(self) -> str:
         kinds = ", ".join(f"{k}={v}" for k, v in self.layer_kernels.items())
@@ -140,8 +164,8 @@ def load(path: str | os.PathLike[str], *, threads: int | None = None, kernel: st
 
     Args:
         path: The bundle file (``.csr`` by custom).
-        threads: Threads for batches of :data:`PARALLEL_MIN_BATCH` or more (default 1). Affects this model
-            only, never the process.
+        threads: Threads a large call is split across (default 1; see :data:`PARALLEL_MIN_MACS`). Affects
+            this model only, never the process.
         kernel: ``"auto"`` (each layer runs the kernel measured faster on its shape, at batch 1 and at
             :data:`BATCHED`), ``"sparse"`` or ``"dense"``.
 

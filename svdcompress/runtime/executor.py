@@ -41,7 +41,7 @@ _MAX_ELEMENTS = 1 << 26  # per example and value: 256 MB of fp32, far above any 
 _MAX_BLOCK_SCRATCH = 1 << 24  # floats of scratch per worker for a block of interleaved images (64 MB)
 _MAX_DENSE = 1 << 24  # weights of one layer in dense form (64 MB of fp32 values)
 _DENSE_WORK_LIMIT = 50
-Step = Callable[[list[Any], bool], None]  # (value slots, run in parallel?)
+Step = Callable[[list[Any]], None]  # reads and writes value slots
 
 # Elementwise ops: manifest name → (attribute names with defaults, activation code or None for numpy-only).
 _SCALAR_ACTS: dict[str, tuple[tuple[tuple[str, Any], ...], int]] = {
@@ -74,7 +74,6 @@ class Plan:
     nnz: dict[str, int] = field(default_factory=dict)
     macs_per_item: int = 0
     weight_bytes: int = 0
-    uses_parallel: bool = False
 
 
 class _Builder:
@@ -198,7 +197,7 @@ class _Builder:
             for _ in range(5):  # interleaved, best of 5: other processes on the machine hit both alike
                 for k, step in enumerate((sparse, dense)):
                     t0 = time.perf_counter()
-                    step(v, False)
+                    step(v)
                     best[k] = min(best[k], time.perf_counter() - t0)
             # Dense must win clearly: on a shared machine a few percent is noise, and sparse reads fewer bytes.
             picks.append("dense" if best[1] < 0.9 * best[0] else "sparse")
@@ -214,7 +213,7 @@ class _Builder:
         for _ in range(5 if batch == 1 else 3):
             for k, step in enumerate(steps):
                 t0 = time.perf_counter()
-                step(v, False)
+                step(v)
                 best[k] = min(best[k], time.perf_counter() - t0)
         return steps[int(np.argmin(best))]
 
@@ -366,28 +365,26 @@ def _op_conv2d(b: _Builder, n: dict[str, Any]) -> None:
         indptr, vals = layer.indptr, layer.values
 
         def variant(sizes_b: np.ndarray | None) -> Step:
-            def step(v: list[Any], par: bool) -> None:
+            def step(v: list[Any]) -> None:
                 xin = v[x]
                 xf = xin.reshape(xin.shape[0], -1)
                 out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
-                if sizes_b is not None and xf.shape[0] >= BLOCKED_MIN_BATCH:
-                    kern = K.conv2d_blocked_parallel if par else K.conv2d_blocked_serial
-                    kern(xf, out, indptr, off, vals, bias, ip, fp, sizes_b)
+                if sizes_b is not None and xf.shape[0] >= max(BLOCKED_MIN_BATCH, int(sizes_b[3]) // 2):
+                    # interleaved blocks, at least half full: a block of 32 for 8 images wastes 3/4 of it
+                    K.conv2d_blocked(xf, out, indptr, off, vals, bias, ip, fp, sizes_b)
                 else:
-                    kern = K.conv2d_parallel if par else K.conv2d_serial
-                    kern(xf, out, indptr, off, vals, bias, ip, fp, sizes)
+                    K.conv2d(xf, out, indptr, off, vals, bias, ip, fp, sizes)
                 v[o] = out.reshape(xf.shape[0], cout, ph, pw)
             return step
 
         used, tap = K.im2col_taps(layer.indices)
         sizes_i = np.array([*K.im2col_scratch_sizes(ip, used.size), kh, kw, dil[0], dil[1]], np.int64)
 
-        def im2col(v: list[Any], par: bool) -> None:
+        def im2col(v: list[Any]) -> None:
             xin = v[x]
             xf = xin.reshape(xin.shape[0], -1)
             out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
-            kern = K.conv2d_im2col_parallel if par else K.conv2d_im2col_serial
-            kern(xf, out, indptr, tap, used, vals, bias, ip, fp, sizes_i)
+            K.conv2d_im2col(xf, out, indptr, tap, used, vals, bias, ip, fp, sizes_i)
             v[o] = out.reshape(xf.shape[0], cout, ph, pw)
 
         steps = [variant(sz) for sz in layouts]
@@ -404,22 +401,21 @@ def _op_conv2d(b: _Builder, n: dict[str, Any]) -> None:
                            np.tile(np.arange(wt.cols, dtype=np.int32), cout), wt.dense().reshape(-1))
         dense_1, dense_b = make(full)
 
-        def dense_step(v: list[Any], par: bool) -> None:
-            (dense_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else dense_1)(v, par)
+        def dense_step(v: list[Any]) -> None:
+            (dense_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else dense_1)(v)
         dense = dense_step
 
-    def sparse(v: list[Any], par: bool) -> None:
-        (sparse_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else sparse_1)(v, par)
+    def sparse(v: list[Any]) -> None:
+        (sparse_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else sparse_1)(v)
 
     small, big = b.choose(name, sparse, dense, (cin, h, w), (x, o), (cout, ph, pw))
     _record(b, name, wt, small, big, wt.nnz * oh * ow, elements * oh * ow, wt.nnz * 12, elements * 8)
     small_step = sparse_1 if small == "sparse" else dense_1
     big_step = sparse_b if big == "sparse" else dense_b
 
-    def run(v: list[Any], par: bool) -> None:
-        (big_step if v[x].shape[0] >= BLOCKED_MIN_BATCH else small_step)(v, par)
+    def run(v: list[Any]) -> None:
+        (big_step if v[x].shape[0] >= BLOCKED_MIN_BATCH else small_step)(v)
     b.plan.steps.append(run)
-    b.plan.uses_parallel = True
 
 
 def _spatial_input(b: _Builder, n: dict[str, Any]) -> tuple[int, tuple[int, int, int]]:
@@ -516,7 +512,7 @@ def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> Step
     meta, fpar, ptr, idx, vals, bias, dflags = _chain_arrays(layers, dense, itype)
     x, o, rows = layers[0].in_slot, layers[-1].out_slot, layers[-1].rows
 
-    def step(v: list[Any], par: bool) -> None:
+    def step(v: list[Any]) -> None:
         xin = v[x]
         xin = np.ascontiguousarray(xin.reshape(xin.shape[0], -1))
         y = np.empty((xin.shape[0], rows), np.float32)
@@ -525,7 +521,7 @@ def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> Step
             tile = K.spmm_tile(n)
             xt = np.zeros((xin.shape[1], -(-n // tile) * tile), np.float32)  # (cols, N padded to whole tiles)
             xt[:, :n] = xin.T
-            (K.chain_parallel if par else K.chain_serial)(xt, y, meta, fpar, ptr, idx, vals, bias, tile)
+            K.chain_batched(xt, y, meta, fpar, ptr, idx, vals, bias, tile)
         else:
             for i in range(xin.shape[0]):
                 K.chain_single(xin[i:i + 1], y[i:i + 1], meta, fpar, ptr, idx, vals, bias, dflags)
@@ -548,15 +544,15 @@ def _op_linear(b: _Builder, n: dict[str, Any]) -> None:
     for lay in layers:  # each layer's kernel is chosen on its own shape
         s1, sb = _chain_step([lay], [False], False), _chain_step([lay], [False], True)
 
-        def sparse(v: list[Any], par: bool, s1: Step = s1, sb: Step = sb, i: int = lay.in_slot) -> None:
-            (sb if v[i].shape[0] >= CHAIN_MIN_BATCH else s1)(v, par)
+        def sparse(v: list[Any], s1: Step = s1, sb: Step = sb, i: int = lay.in_slot) -> None:
+            (sb if v[i].shape[0] >= CHAIN_MIN_BATCH else s1)(v)
 
         dense: Step | None = None
         if b.dense_allowed(lay.name, lay.rows * lay.cols, lay.wt.nnz):
             d1, db = _chain_step([lay], [True], False), _chain_step([lay], [True], True)
 
-            def dense_step(v: list[Any], par: bool, d1: Step = d1, db: Step = db, i: int = lay.in_slot) -> None:
-                (db if v[i].shape[0] >= CHAIN_MIN_BATCH else d1)(v, par)
+            def dense_step(v: list[Any], d1: Step = d1, db: Step = db, i: int = lay.in_slot) -> None:
+                (db if v[i].shape[0] >= CHAIN_MIN_BATCH else d1)(v)
             dense = dense_step
 
         k_small, k_big = b.choose(lay.name, sparse, dense, (lay.cols,), (lay.in_slot, lay.out_slot), (lay.rows,))
@@ -568,10 +564,9 @@ def _op_linear(b: _Builder, n: dict[str, Any]) -> None:
     one, many = _chain_step(layers, small, False), _chain_step(layers, big, True)
     x = layers[0].in_slot
 
-    def run(v: list[Any], par: bool) -> None:
-        (many if v[x].shape[0] >= CHAIN_MIN_BATCH else one)(v, par)
+    def run(v: list[Any]) -> None:
+        (many if v[x].shape[0] >= CHAIN_MIN_BATCH else one)(v)
     b.plan.steps.append(run)
-    b.plan.uses_parallel = True
 
 
 def _op_activation(b: _Builder, n: dict[str, Any]) -> None:
@@ -581,7 +576,7 @@ def _op_activation(b: _Builder, n: dict[str, Any]) -> None:
     code, a0, a1 = b.act_spec(n)
     o = b.new(n["outputs"][0], shape, n["name"])
 
-    def step(v: list[Any], par: bool) -> None:
+    def step(v: list[Any]) -> None:
         xin = np.ascontiguousarray(v[x])
         y = np.empty_like(xin)
         K.activation(xin.reshape(-1), y.reshape(-1), code, a0, a1)
@@ -597,7 +592,7 @@ def _op_prelu(b: _Builder, n: dict[str, Any]) -> None:
     s = slope.reshape((1, -1) + (1,) * (len(shape) - 1)) if slope.size > 1 else slope.reshape(())
     o = b.new(n["outputs"][0], shape, n["name"])
 
-    def step(v: list[Any], par: bool) -> None:
+    def step(v: list[Any]) -> None:
         xin = v[x]
         v[o] = np.where(xin >= 0, xin, xin * s).astype(np.float32)
     b.plan.steps.append(step)
@@ -612,7 +607,7 @@ def _op_softmax(b: _Builder, n: dict[str, Any]) -> None:
     log = n["op"] == "log_softmax"
     o = b.new(n["outputs"][0], shape, n["name"])
 
-    def step(v: list[Any], par: bool) -> None:
+    def step(v: list[Any]) -> None:
         z = v[x] - v[x].max(axis=1, keepdims=True)
         if log:
             v[o] = (z - np.log(np.exp(z).sum(axis=1, keepdims=True))).astype(np.float32)
@@ -630,7 +625,7 @@ def _op_batchnorm(b: _Builder, n: dict[str, Any]) -> None:
     s, t = scale.reshape(bshape), shift.reshape(bshape)
     o = b.new(n["outputs"][0], shape, n["name"])
 
-    def step(v: list[Any], par: bool) -> None:
+    def step(v: list[Any]) -> None:
         v[o] = v[x] * s + t
     b.plan.steps.append(step)
 
@@ -640,7 +635,7 @@ def _op_pool(b: _Builder, n: dict[str, Any]) -> None:
     spec, oh, ow = _pool_spec(b, n, h, w)
     o = b.new(n["outputs"][0], (c, oh, ow), n["name"])
 
-    def step(v: list[Any], par: bool) -> None:
+    def step(v: list[Any]) -> None:
         xin = np.ascontiguousarray(v[x]).reshape(-1, h * w)
         y = np.empty((xin.shape[0], oh * ow), np.float32)
         K.pool2d(xin, y, h, w, oh, ow, spec)
@@ -653,7 +648,7 @@ def _op_adaptive_avg_pool2d(b: _Builder, n: dict[str, Any]) -> None:
     oh, ow = b.attr_ints(n, "output_size", 2, 1)
     o = b.new(n["outputs"][0], (c, oh, ow), n["name"])
 
-    def step(v: list[Any], par: bool) -> None:
+    def step(v: list[Any]) -> None:
         xin = np.ascontiguousarray(v[x]).reshape(-1, h * w)
         y = np.empty((xin.shape[0], oh * ow), np.float32)
         K.adaptive_avg_pool2d(xin, y, h, w, oh, ow)
@@ -672,7 +667,7 @@ def _op_reshape(b: _Builder, n: dict[str, Any]) -> None:
     tshape = tuple(target)
     o = b.new(n["outputs"][0], tshape, n["name"])
 
-    def step(v: list[Any], par: bool) -> None:
+    def step(v: list[Any]) -> None:
         v[o] = np.ascontiguousarray(v[x]).reshape(v[x].shape[0], *tshape)
     b.plan.steps.append(step)
 
@@ -685,7 +680,7 @@ def _op_add(b: _Builder, n: dict[str, Any]) -> None:
         raise b.err(n["name"], f"add of shapes {list(si)} and {list(sj)}: shapes must be equal")
     o = b.new(n["outputs"][0], si, n["name"])
 
-    def step(v: list[Any], par: bool) -> None:
+    def step(v: list[Any]) -> None:
         v[o] = v[i] + v[j]
     b.plan.steps.append(step)
 
@@ -701,7 +696,7 @@ def _op_cat(b: _Builder, n: dict[str, Any]) -> None:
     slots = [s for s, _ in ins]
     o = b.new(n["outputs"][0], shape, n["name"])
 
-    def step(v: list[Any], par: bool) -> None:
+    def step(v: list[Any]) -> None:
         v[o] = np.concatenate([v[s] for s in slots], axis=1)
     b.plan.steps.append(step)
 
@@ -715,7 +710,7 @@ def _op_gather(b: _Builder, n: dict[str, Any]) -> None:
     idx = index.astype(np.int64)
     o = b.new(n["outputs"][0], (int(idx.size),), n["name"])
 
-    def step(v: list[Any], par: bool) -> None:
+    def step(v: list[Any]) -> None:
         xin = v[x]
         v[o] = np.ascontiguousarray(xin.reshape(xin.shape[0], -1)[:, idx])
     b.plan.steps.append(step)

@@ -10,7 +10,7 @@ applies the activation, pools (if the graph has a pool right after) and writes o
 non-decreasing activation followed by max pooling it pools the raw sums first.
 
 Everything is per image, so the working set (one image, one accumulator plane, the weight) stays in L1/L2 at
-any batch size, and the parallel variant splits the batch across threads, each chunk with its own scratch.
+any batch size.
 
 The "dense" kernel is the same loop over a weight whose CSR holds every entry (zeros included): the direct
 convolution without sparsity, for layers where skipping zeros does not pay.
@@ -19,7 +19,7 @@ convolution without sparsity, for layers where skipping zeros does not pay.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._scalar import (
     FASTMATH,
@@ -38,12 +38,9 @@ __all__ = [
     "CONV_PARAMS",
     "LANES",
     "blocked_scratch_sizes",
-    "conv2d_blocked_parallel",
-    "conv2d_blocked_serial",
-    "conv2d_im2col_parallel",
-    "conv2d_im2col_serial",
-    "conv2d_parallel",
-    "conv2d_serial",
+    "conv2d",
+    "conv2d_blocked",
+    "conv2d_im2col",
     "conv_offsets",
     "conv_scratch_sizes",
     "im2col_scratch_sizes",
@@ -143,8 +140,8 @@ def _conv_image(xn: np.ndarray, outn: np.ndarray, indptr: np.ndarray, off: np.nd
                 pool_plane(plane, oh, ow, dst, ph, pw, pool)
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def conv2d_serial(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, off: np.ndarray, vals: np.ndarray,
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
+def conv2d(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, off: np.ndarray, vals: np.ndarray,
                   bias: np.ndarray, ip: np.ndarray, fp: np.ndarray, sizes: np.ndarray) -> None:
     """``out[n] = pool(act(conv(x[n]) + bias))`` for each image, one thread.
 
@@ -161,20 +158,6 @@ def conv2d_serial(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, off: np.nd
     src = aligned_zeros(sizes[2])
     for n in range(x.shape[0]):
         _conv_image(x[n], out[n], indptr, off, vals, bias, ip, fp, acc, plane, src)
-
-
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def conv2d_parallel(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, off: np.ndarray, vals: np.ndarray,
-                    bias: np.ndarray, ip: np.ndarray, fp: np.ndarray, sizes: np.ndarray) -> None:
-    """:func:`conv2d_serial` with the batch split across numba's threads; each chunk has its own scratch."""
-    n_img = x.shape[0]
-    chunk = 4
-    for c in prange((n_img + chunk - 1) // chunk):
-        acc = aligned_zeros(sizes[0])
-        plane = np.empty(sizes[1], np.float32)
-        src = aligned_zeros(sizes[2])
-        for n in range(c * chunk, min(n_img, (c + 1) * chunk)):
-            _conv_image(x[n], out[n], indptr, off, vals, bias, ip, fp, acc, plane, src)
 
 
 # ---------------------------------------------------------------------------------------------- batched
@@ -285,12 +268,12 @@ def _conv_block(x: np.ndarray, out: np.ndarray, n0: int, m: int, indptr: np.ndar
             row[k] = ob[k * L + t]
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def conv2d_blocked_serial(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, off: np.ndarray, vals: np.ndarray,
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
+def conv2d_blocked(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, off: np.ndarray, vals: np.ndarray,
                           bias: np.ndarray, ip: np.ndarray, fp: np.ndarray, sizes: np.ndarray) -> None:
-    """:func:`conv2d_serial`'s result through blocks of :data:`LANES` interleaved images, one thread.
+    """:func:`conv2d`'s result through blocks of :data:`LANES` interleaved images, one thread.
 
-    ``off`` holds tap offsets in pixels (as for :func:`conv2d_serial`); ``sizes`` is
+    ``off`` holds tap offsets in pixels (as for :func:`conv2d`); ``sizes`` is
     :func:`blocked_scratch_sizes`.
     """
     xi = aligned_zeros(sizes[0])
@@ -299,22 +282,6 @@ def conv2d_blocked_serial(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, of
     n = x.shape[0]
     lanes = sizes[3]
     for n0 in range(0, n, lanes):
-        _conv_block(x, out, n0, min(lanes, n - n0), indptr, off, vals, bias, ip, fp, xi, acc, ob, lanes)
-
-
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def conv2d_blocked_parallel(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, off: np.ndarray,
-                            vals: np.ndarray, bias: np.ndarray, ip: np.ndarray, fp: np.ndarray,
-                            sizes: np.ndarray) -> None:
-    """:func:`conv2d_blocked_serial` with blocks split across numba's threads, each with its own scratch."""
-    n = x.shape[0]
-    lanes = sizes[3]
-    nblocks = (n + lanes - 1) // lanes
-    for blk in prange(nblocks):
-        xi = aligned_zeros(sizes[0])
-        acc = aligned_zeros(sizes[1])
-        ob = aligned_zeros(sizes[2])
-        n0 = blk * lanes
         _conv_block(x, out, n0, min(lanes, n - n0), indptr, off, vals, bias, ip, fp, xi, acc, ob, lanes)
 
 
@@ -395,11 +362,11 @@ def _im2col_image(xn: np.ndarray, outn: np.ndarray, indptr: np.ndarray, tap: np.
             pool_plane(acc, oh, ow, dst, ph, pw, pool)
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def conv2d_im2col_serial(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, tap: np.ndarray, used: np.ndarray,
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
+def conv2d_im2col(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, tap: np.ndarray, used: np.ndarray,
                          vals: np.ndarray, bias: np.ndarray, ip: np.ndarray, fp: np.ndarray,
                          sizes: np.ndarray) -> None:
-    """:func:`conv2d_serial`'s result through a per-image column matrix of the *used* weight columns.
+    """:func:`conv2d`'s result through a per-image column matrix of the *used* weight columns.
 
     Each tap then multiplies one contiguous, 64-byte aligned row of ``oh·ow`` positions: no wide-row waste,
     any stride. ``tap[j]`` is nonzero ``j``'s row in the column matrix, ``used[u]`` the weight column of row
@@ -411,19 +378,3 @@ def conv2d_im2col_serial(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, tap
     for n in range(x.shape[0]):
         _im2col_image(x[n], out[n], indptr, tap, used, vals, bias, ip, fp, src, col, acc, sizes[3], sizes[4],
                       sizes[5], sizes[6], sizes[7])
-
-
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def conv2d_im2col_parallel(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, tap: np.ndarray,
-                           used: np.ndarray, vals: np.ndarray, bias: np.ndarray, ip: np.ndarray, fp: np.ndarray,
-                           sizes: np.ndarray) -> None:
-    """:func:`conv2d_im2col_serial` with images split across numba's threads, each chunk with its own scratch."""
-    n_img = x.shape[0]
-    chunk = 4
-    for c in prange((n_img + chunk - 1) // chunk):
-        src = aligned_zeros(sizes[0])
-        col = aligned_zeros(sizes[1])
-        acc = aligned_zeros(sizes[2])
-        for n in range(c * chunk, min(n_img, (c + 1) * chunk)):
-            _im2col_image(x[n], out[n], indptr, tap, used, vals, bias, ip, fp, src, col, acc, sizes[3],
-                          sizes[4], sizes[5], sizes[6], sizes[7])

@@ -2,7 +2,7 @@
 
 - :func:`spmv`: one example. Each output row is a dot product of its nonzeros with gathered inputs; with
   reassociation allowed LLVM vectorises it with gather loads.
-- :func:`spmm_serial`: a batch. Blocks of ``tile`` examples are transposed into a feature-major scratch
+- :func:`spmm`: a batch. Blocks of ``tile`` examples are transposed into a feature-major scratch
   ``[in, tile]`` so that every nonzero multiplies one contiguous row of ``tile`` activations (broadcast
   multiply-add, no gathers); the result is written back batch-major. Transposing costs ``(in + out) · tile``
   moves against ``nnz · tile`` multiply-adds.
@@ -16,17 +16,15 @@ so the narrowest type that fits (uint16 below 65,536 inputs) cuts the bytes read
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._scalar import FASTMATH, REDUCE_FASTMATH, accumulate_taps, act, aligned_zeros
 
 __all__ = [
-    "chain_parallel",
-    "chain_serial",
+    "chain_batched",
     "chain_single",
     "dense_gemv",
-    "spmm_parallel",
-    "spmm_serial",
+    "spmm",
     "spmm_tile",
     "spmv",
 ]
@@ -39,7 +37,7 @@ def spmm_tile(batch: int) -> int:
     return 64 if batch > 32 else 32 if batch > 16 else 16
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, fastmath={"contract"}, nogil=True)
 def spmv(x: np.ndarray, y: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals: np.ndarray, bias: np.ndarray,
          kind: int, a0: float, a1: float) -> None:
     """``y[n, r] = act(Σ_j vals[j] · x[n, idx[j]] + bias[r])`` row by row, one example at a time.
@@ -79,7 +77,7 @@ def spmv(x: np.ndarray, y: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals
             yn[r] = act(((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + bias[r], kind, a0, a1)
 
 
-@njit(cache=True, fastmath=REDUCE_FASTMATH)
+@njit(cache=True, fastmath=REDUCE_FASTMATH, nogil=True)
 def dense_gemv(x: np.ndarray, y: np.ndarray, w: np.ndarray, bias: np.ndarray, kind: int, a0: float,
                a1: float) -> None:
     """``y[n] = act(w @ x[n] + bias)`` with ``w`` dense ``(out, in)``: contiguous dot products."""
@@ -125,25 +123,13 @@ def _spmm_tile(x: np.ndarray, y: np.ndarray, n0: int, n1: int, indptr: np.ndarra
                 y[n0 + t, r] = act(yt[r * tile + t] + bias[r], kind, a0, a1)
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def spmm_serial(x: np.ndarray, y: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals: np.ndarray,
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
+def spmm(x: np.ndarray, y: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals: np.ndarray,
                 bias: np.ndarray, kind: int, a0: float, a1: float, tile: int) -> None:
     """Batched :func:`spmv` through feature-major blocks of ``tile`` examples, one thread."""
     xt = np.empty(x.shape[1] * tile, np.float32)
     yt = np.empty((indptr.size - 1) * tile, np.float32)
     for n0 in range(0, x.shape[0], tile):
-        _spmm_tile(x, y, n0, min(n0 + tile, x.shape[0]), indptr, idx, vals, bias, kind, a0, a1, xt, yt, tile)
-
-
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def spmm_parallel(x: np.ndarray, y: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals: np.ndarray,
-                  bias: np.ndarray, kind: int, a0: float, a1: float, tile: int) -> None:
-    """:func:`spmm_serial` with batch blocks split across numba's threads, each with its own scratch."""
-    nblocks = (x.shape[0] + tile - 1) // tile
-    for blk in prange(nblocks):
-        xt = np.empty(x.shape[1] * tile, np.float32)
-        yt = np.empty((indptr.size - 1) * tile, np.float32)
-        n0 = blk * tile
         _spmm_tile(x, y, n0, min(n0 + tile, x.shape[0]), indptr, idx, vals, bias, kind, a0, a1, xt, yt, tile)
 
 
@@ -207,8 +193,8 @@ def _chain_block(xt: np.ndarray, pitch: int, y: np.ndarray, n0: int, n1: int, me
                 y[n0 + t, r] = out[r * tile + t]
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def chain_serial(xt: np.ndarray, y: np.ndarray, meta: np.ndarray, fpar: np.ndarray, ptr: np.ndarray,
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
+def chain_batched(xt: np.ndarray, y: np.ndarray, meta: np.ndarray, fpar: np.ndarray, ptr: np.ndarray,
                  idx: np.ndarray, vals: np.ndarray, bias: np.ndarray, tile: int) -> None:
     """A chain of Linear layers (+ activations) on a batch, in feature-major blocks of ``tile`` examples.
 
@@ -233,27 +219,7 @@ def chain_serial(xt: np.ndarray, y: np.ndarray, meta: np.ndarray, fpar: np.ndarr
                      tile)
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def chain_parallel(xt: np.ndarray, y: np.ndarray, meta: np.ndarray, fpar: np.ndarray, ptr: np.ndarray,
-                   idx: np.ndarray, vals: np.ndarray, bias: np.ndarray, tile: int) -> None:
-    """:func:`chain_serial` with blocks split across numba's threads, each with its own buffers."""
-    width = 0
-    for layer in range(meta.shape[0]):
-        width = max(width, meta[layer, 0])
-    n = y.shape[0]
-    pitch = xt.shape[1]
-    flat = xt.reshape(-1)
-    nblocks = (n + tile - 1) // tile
-    for blk in prange(nblocks):
-        buf_a = aligned_zeros(width * tile)
-        buf_b = aligned_zeros(width * tile)
-        buf_x = aligned_zeros(xt.shape[0] * tile if xt.size > _IN_PLACE_LIMIT else 0)
-        n0 = blk * tile
-        _chain_block(flat, pitch, y, n0, min(n0 + tile, n), meta, fpar, ptr, idx, vals, bias, buf_a, buf_b, buf_x,
-                     tile)
-
-
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, fastmath={"contract"}, nogil=True)
 def chain_single(x: np.ndarray, y: np.ndarray, meta: np.ndarray, fpar: np.ndarray, ptr: np.ndarray,
                  idx: np.ndarray, vals: np.ndarray, bias: np.ndarray, dense: np.ndarray) -> None:
     """The chain for one example (``x``: ``(1, cols)``), one call for all layers.

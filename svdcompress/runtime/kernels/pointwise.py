@@ -10,21 +10,21 @@ from ._scalar import act, pool_plane
 __all__ = ["activation", "adaptive_avg_pool2d", "pool2d"]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def activation(x: np.ndarray, y: np.ndarray, kind: int, a0: float, a1: float) -> None:
     """``y = act(x)`` elementwise over flat float32 arrays."""
     for i in range(x.size):
         y[i] = act(x[i], kind, a0, a1)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pool2d(x: np.ndarray, y: np.ndarray, h: int, w: int, oh: int, ow: int, ip: np.ndarray) -> None:
     """Pool every ``(h, w)`` plane of ``x`` (``(planes, h·w)``) into ``y`` (``(planes, oh·ow)``)."""
     for p in range(x.shape[0]):
         pool_plane(x[p], h, w, y[p], oh, ow, ip)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def adaptive_avg_pool2d(x: np.ndarray, y: np.ndarray, h: int, w: int, oh: int, ow: int) -> None:
     """PyTorch's adaptive average pooling: window ``[floor(i·h/oh), ceil((i+1)·h/oh))`` per output row."""
     for p in range(x.shape[0]):
