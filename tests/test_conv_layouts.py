@@ -2,7 +2,7 @@
 
 At load the runtime times several layouts of the same arithmetic (image by image on wide rows, blocks of 16 or
 32 interleaved images, a column matrix of the used taps) and keeps the fastest, so which one a test exercises
-depends on the machine. Here ``_Builder.fastest`` is patched to pick layout ``k``, so every layout is checked
+depends on the machine. Here ``Builder.fastest`` is patched to pick layout ``k``, so every layout is checked
 on every case, whatever the timings say.
 """
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from svdcompress import runtime
 from svdcompress.export import export_csr
-from svdcompress.runtime import executor
+from svdcompress.runtime import _builder
 
 torch.set_num_threads(1)
 
@@ -63,7 +63,7 @@ def test_every_layout_matches_torch(case: tuple[Any, ...], layout: int, tmp_path
     def pick(self: Any, steps: list[Any], in_shape: Any, slot: int, batch: int = 64) -> Any:
         return steps[min(layout, len(steps) - 1)]
 
-    monkeypatch.setattr(executor._Builder, "fastest", pick)
+    monkeypatch.setattr(_builder.Builder, "fastest", pick)
     model = runtime.load(path, kernel="sparse")
     for n in (1, 5, 37):
         x = torch.randn(n, case[0], size, size)

@@ -1,0 +1,264 @@
+"""The plan builder's shared state: value slots and shapes, attribute validation, fusion lookups, and the
+timing that picks each layer's kernel. The op builders (:mod:`.layers`, :mod:`.simple_ops`) use it; the op
+table and :func:`build_plan` are in :mod:`.executor`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import BundleError, InvalidInputError
+from . import kernels as K
+from .bundle import Bundle
+
+__all__ = [
+    "BATCHED",
+    "BLOCKED_MIN_BATCH",
+    "CHAIN_MIN_BATCH",
+    "KERNELS",
+    "MAX_BLOCK_SCRATCH",
+    "MAX_ELEMENTS",
+    "SCALAR_ACTS",
+    "Builder",
+    "Plan",
+    "Step",
+]
+
+KERNELS = ("auto", "sparse", "dense")
+BATCHED = 64
+"""Batch size at which the batched regime's kernel choice is measured."""
+CHAIN_MIN_BATCH = 4
+"""From this batch size on, Linear chains run batch-blocked (SpMM); below it, one example at a time (SpMV)."""
+BLOCKED_MIN_BATCH = 8
+"""From this batch size on, convolutions run on blocks of interleaved images (``kernels.conv.LANES``)."""
+
+MAX_ELEMENTS = 1 << 26  # per example and value: 256 MB of fp32, far above any SVDO model
+MAX_BLOCK_SCRATCH = 1 << 24  # floats of scratch per worker for a block of interleaved images (64 MB)
+MAX_DENSE = 1 << 24  # weights of one layer in dense form (64 MB of fp32 values)
+DENSE_WORK_LIMIT = 50
+Step = Callable[[list[Any]], None]  # reads and writes value slots
+
+# Elementwise ops: manifest name → (attribute names with defaults, activation code or None for numpy-only).
+SCALAR_ACTS: dict[str, tuple[tuple[tuple[str, Any], ...], int]] = {
+    "relu": ((), K.ACT_CODES["relu"]),
+    "relu6": ((), K.ACT_CODES["relu6"]),
+    "sigmoid": ((), K.ACT_CODES["sigmoid"]),
+    "tanh": ((), K.ACT_CODES["tanh"]),
+    "silu": ((), K.ACT_CODES["silu"]),
+    "leaky_relu": ((("negative_slope", 0.01),), K.ACT_CODES["leaky_relu"]),
+    "elu": ((("alpha", 1.0),), K.ACT_CODES["elu"]),
+    "gelu": ((("approximate", "none"),), K.ACT_CODES["gelu"]),
+    "hardtanh": ((("min_val", -1.0), ("max_val", 1.0)), K.ACT_CODES["hardtanh"]),
+    "mish": ((), K.ACT_CODES["mish"]),
+    "selu": ((), K.ACT_CODES["selu"]),
+    "hardswish": ((), K.ACT_CODES["hardswish"]),
+    "softplus": ((("beta", 1.0), ("threshold", 20.0)), K.ACT_CODES["softplus"]),
+}
+
+
+@dataclass
+class Plan:
+    """What :func:`build_plan` produced: the steps and what the model is made of."""
+
+    steps: list[Step]
+    nslots: int
+    output_slot: int
+    output_shape: tuple[int, ...]
+    layer_kernels: dict[str, str] = field(default_factory=dict)
+    layer_kernels_batched: dict[str, str] = field(default_factory=dict)
+    nnz: dict[str, int] = field(default_factory=dict)
+    macs_per_item: int = 0
+    weight_bytes: int = 0
+
+
+class Builder:
+    def __init__(self, bundle: Bundle, kernel: str, ops: dict[str, Callable[[Builder, dict[str, Any]], None]]) -> None:
+        self.ops = ops
+        self.b = bundle
+        self.m = bundle.manifest
+        self.kernel = kernel
+        self.path = bundle.path
+        self.slot: dict[str, int] = {}
+        self.shape: dict[str, tuple[int, ...]] = {}
+        self.plan = Plan([], 0, 0, ())
+        self.readers: dict[str, list[dict[str, Any]]] = {}
+        self.fused: set[int] = set()
+
+    # -- helpers
+    def err(self, node: str, msg: str) -> BundleError:
+        return BundleError(f"{self.path}: node {node}: {msg}")
+
+    def new(self, name: str, shape: tuple[int, ...], node: str) -> int:
+        if name in self.slot:
+            raise self.err(node, f"value {name!r} is defined twice")
+        if math.prod(shape) > MAX_ELEMENTS or any(d < 1 for d in shape):
+            raise self.err(node, f"value {name!r} has shape {list(shape)}: dimensions must be >= 1 and hold at "
+                                 f"most {MAX_ELEMENTS:,} elements per example")
+        declared = self.m["value_shapes"].get(name)
+        if declared is not None and (not isinstance(declared, list) or tuple(declared) != shape):
+            raise self.err(node, f"value {name!r}: manifest shape {declared} differs from the inferred {list(shape)}")
+        self.slot[name] = self.plan.nslots
+        self.shape[name] = shape
+        self.plan.nslots += 1
+        return self.slot[name]
+
+    def attr_ints(self, n: dict[str, Any], key: str, count: int, lo: int, default: Any = None) -> tuple[int, ...]:
+        v = n["attrs"].get(key, default)
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = [v] * count
+        if (not isinstance(v, list) or len(v) != count
+                or any(isinstance(e, bool) or not isinstance(e, int) or e < lo or e > 1 << 20 for e in v)):
+            raise self.err(n["name"], f"attribute {key} must be {count} integers >= {lo}, got {v!r}")
+        return tuple(v)
+
+    def attr_float(self, n: dict[str, Any], key: str, default: float) -> float:
+        v = n["attrs"].get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise self.err(n["name"], f"attribute {key} must be a finite number, got {v!r}")
+        return float(v)
+
+    def attr_bool(self, n: dict[str, Any], key: str, default: bool) -> bool:
+        v = n["attrs"].get(key, default)
+        if not isinstance(v, bool):
+            raise self.err(n["name"], f"attribute {key} must be true or false, got {v!r}")
+        return v
+
+    def inp(self, n: dict[str, Any], i: int = 0) -> tuple[int, tuple[int, ...]]:
+        name = n["inputs"][i]
+        return self.slot[name], self.shape[name]
+
+    def param_f32(self, n: dict[str, Any], role: str, size: int | None) -> np.ndarray:
+        arr = self.b.param(n["params"].get(role), role, n["name"])
+        if arr.dtype.kind != "f" or (size is not None and arr.size != size):
+            raise self.err(n["name"], f"{role} tensor must hold {size} floats, got {arr.size} {arr.dtype}")
+        return np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
+
+    def bias(self, n: dict[str, Any], rows: int) -> np.ndarray:
+        if "bias" not in n["params"]:
+            return np.zeros(rows, np.float32)
+        return self.param_f32(n, "bias", rows)
+
+    def sole_reader(self, value: str, op_ok: Callable[[str], bool]) -> dict[str, Any] | None:
+        """The node that alone reads ``value`` (and ``value`` is not the graph output), if its op qualifies."""
+        readers = self.readers.get(value, [])
+        if len(readers) != 1 or value == self.m["output"] or not op_ok(readers[0]["op"]):
+            return None
+        return readers[0]
+
+    def act_spec(self, n: dict[str, Any]) -> tuple[int, float, float]:
+        """(code, a0, a1) of a scalar activation node, attributes validated."""
+        op = n["op"]
+        names, code = SCALAR_ACTS[op]
+        if op == "gelu":
+            approx = n["attrs"].get("approximate", "none")
+            if approx not in ("none", "tanh"):
+                raise self.err(n["name"], f"attribute approximate must be 'none' or 'tanh', got {approx!r}")
+            return (K.ACT_CODES["gelu_tanh"] if approx == "tanh" else code), 0.0, 0.0
+        vals = [self.attr_float(n, k, d) for k, d in names] + [0.0, 0.0]
+        if op == "softplus" and vals[0] == 0.0:
+            raise self.err(n["name"], "attribute beta must be non-zero")
+        return code, vals[0], vals[1]
+
+    # -- kernel choice
+    def dense_allowed(self, name: str, elements: int, nnz: int) -> bool:
+        """Whether to build (and time) the dense form of a layer with ``elements`` weights, ``nnz`` nonzero.
+
+        Not when it would hold more than :data:`MAX_DENSE` weights (memory), and with ``kernel="auto"`` not
+        when it does over :data:`DENSE_WORK_LIMIT` × the sparse kernel's multiply-adds: the dense loops are
+        at most ~10× faster per multiply-add here (contiguous rows against gathers), so they cannot win, and
+        timing them would cost seconds at load on wide layers.
+        """
+        if self.kernel == "sparse":
+            return False
+        if elements > MAX_DENSE:
+            if self.kernel == "dense":
+                raise InvalidInputError(f"{self.path}: layer {name} has {elements:,} weights: too many to run dense "
+                                        f"(limit {MAX_DENSE:,}); use kernel='sparse' or 'auto'")
+            return False
+        return self.kernel == "dense" or elements <= DENSE_WORK_LIMIT * max(1, nnz)
+
+    def choose(self, name: str, sparse: Step, dense: Step | None, in_shape: tuple[int, ...],
+               slots: tuple[int, int], out_shape: tuple[int, ...]) -> tuple[str, str]:
+        """Time both kernels on the layer's shape at batch 1 and :data:`BATCHED`; the faster wins each regime."""
+        if dense is None:
+            return "sparse", "sparse"
+        if self.kernel != "auto":
+            return self.kernel, self.kernel
+        rng = np.random.default_rng(0)
+        picks = []
+        for batch in (1, BATCHED):
+            v: list[Any] = [None] * self.plan.nslots
+            v[slots[0]] = rng.standard_normal((batch, *in_shape)).astype(np.float32)
+            best = [math.inf, math.inf]
+            for _ in range(5):  # interleaved, best of 5: other processes on the machine hit both alike
+                for k, step in enumerate((sparse, dense)):
+                    t0 = time.perf_counter()
+                    step(v)
+                    best[k] = min(best[k], time.perf_counter() - t0)
+            # Dense must win clearly: on a shared machine a few percent is noise, and sparse reads fewer bytes.
+            picks.append("dense" if best[1] < 0.9 * best[0] else "sparse")
+        return picks[0], picks[1]
+
+    def fastest(self, steps: list[Step], in_shape: tuple[int, ...], slot: int, batch: int = BATCHED) -> Step:
+        """The step (one layer, several layouts of the same arithmetic) measured fastest at ``batch``."""
+        if len(steps) == 1:
+            return steps[0]
+        v: list[Any] = [None] * self.plan.nslots
+        v[slot] = np.random.default_rng(0).standard_normal((batch, *in_shape)).astype(np.float32)
+        best = [math.inf] * len(steps)
+        for _ in range(5 if batch == 1 else 3):
+            for k, step in enumerate(steps):
+                t0 = time.perf_counter()
+                step(v)
+                best[k] = min(best[k], time.perf_counter() - t0)
+        return steps[int(np.argmin(best))]
+
+    # -- graph
+    def build(self) -> Plan:
+        m = self.m
+        shape = tuple(int(d) for d in m.get("input_shape", []))
+        if not shape:
+            raise BundleError(f"{self.path}: manifest input_shape is missing")
+        self.new(m["input"], shape, "input")
+        nodes = m["nodes"]
+        for i, n in enumerate(nodes):
+            if (not isinstance(n, dict) or not isinstance(n.get("name"), str) or not isinstance(n.get("op"), str)
+                    or not isinstance(n.get("inputs"), list) or not all(isinstance(x, str) for x in n["inputs"])
+                    or not isinstance(n.get("outputs"), list) or len(n["outputs"]) != 1
+                    or not isinstance(n["outputs"][0], str) or not isinstance(n.get("attrs", {}), dict)
+                    or not isinstance(n.get("params", {}), dict)):
+                raise BundleError(f"{self.path}: node #{i} is malformed (needs name, op, inputs, one output, "
+                                  f"attrs, params)")
+            n.setdefault("attrs", {})
+            n.setdefault("params", {})
+            for x in n["inputs"]:
+                self.readers.setdefault(x, []).append(n)
+        for i, n in enumerate(nodes):
+            if i in self.fused:
+                continue
+            for x in n["inputs"]:
+                if x not in self.slot:  # also rules out cycles: every input must be computed earlier
+                    raise self.err(n["name"], f"input {x!r} is not defined by an earlier node")
+            builder = self.ops.get(n["op"])
+            if builder is None:
+                raise self.err(n["name"], f"op {n['op']!r} is unknown to this runtime; upgrade svdcompress")
+            builder(self, n)
+        out = m["output"]
+        if out not in self.slot:
+            raise BundleError(f"{self.path}: graph output {out!r} is not computed by any node")
+        declared = m.get("output_shape")
+        if declared is not None and tuple(declared) != self.shape[out]:
+            raise BundleError(f"{self.path}: output_shape {declared} differs from the inferred "
+                              f"{list(self.shape[out])}")
+        self.plan.output_slot = self.slot[out]
+        self.plan.output_shape = self.shape[out]
+        return self.plan
+
+    def mark_fused(self, n: dict[str, Any]) -> None:
+        self.fused.add(next(i for i, x in enumerate(self.m["nodes"]) if x is n))

@@ -1,0 +1,322 @@
+"""Builders for the weight layers: Conv2d (with a fused activation and pool) and chains of Linear layers.
+
+Each builds the sparse and, where it could win, the dense form of the layer, lets :class:`Builder` time them
+(and the batched layouts) on the layer's real shape, and appends one step that runs the chosen kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import kernels as K
+from ._builder import BLOCKED_MIN_BATCH, CHAIN_MIN_BATCH, MAX_BLOCK_SCRATCH, MAX_ELEMENTS, SCALAR_ACTS, Builder, Step
+from .bundle import LayerWeight
+
+__all__ = ["conv2d", "linear", "pool_spec", "spatial_input"]
+
+
+def _conv_out(size: int, k: int, s: int, p_total: int, d: int) -> int:
+    return (size + p_total - d * (k - 1) - 1) // s + 1
+
+
+def _pool_out(size: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    num = size + 2 * p - d * (k - 1) - 1
+    out = (-(-num // s) if ceil else num // s) + 1
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def pool_spec(b: Builder, n: dict[str, Any], h: int, w: int) -> tuple[np.ndarray, int, int]:
+    """The 11-integer pool vector for the kernels and the output size, PyTorch's rules, validated."""
+    max_pool = n["op"] == "max_pool2d"
+    k = b.attr_ints(n, "kernel_size", 2, 1)
+    s = b.attr_ints(n, "stride", 2, 1, default=list(k))
+    p = b.attr_ints(n, "padding", 2, 0, default=0)
+    d = b.attr_ints(n, "dilation", 2, 1, default=1) if max_pool else (1, 1)
+    ceil = b.attr_bool(n, "ceil_mode", False)
+    cip = True if max_pool else b.attr_bool(n, "count_include_pad", True)
+    div = None if max_pool else n["attrs"].get("divisor_override")
+    if div is not None and (isinstance(div, bool) or not isinstance(div, int) or div < 1):
+        raise b.err(n["name"], f"attribute divisor_override must be a positive integer or null, got {div!r}")
+    if p[0] * 2 > k[0] or p[1] * 2 > k[1]:
+        raise b.err(n["name"], f"padding {list(p)} must be at most half of kernel_size {list(k)}")
+    oh, ow = _pool_out(h, k[0], s[0], p[0], d[0], ceil), _pool_out(w, k[1], s[1], p[1], d[1], ceil)
+    if oh < 1 or ow < 1:
+        raise b.err(n["name"], f"pooling a {h}×{w} plane with kernel {list(k)} leaves nothing")
+    kind = K.POOL_MAX if max_pool else K.POOL_AVG
+    spec = np.array([kind, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], int(cip), div or 0], np.int64)
+    return spec, oh, ow
+
+
+def conv2d(b: Builder, n: dict[str, Any]) -> None:
+    name = n["name"]
+    x, (cin, h, w) = spatial_input(b, n)
+    wt = b.b.weight(n["params"].get("weight"), name)
+    groups = b.attr_ints(n, "groups", 1, 1, default=1)[0]
+    if len(wt.shape) != 4:
+        raise b.err(name, f"conv2d weight must be 4-D, got shape {list(wt.shape)}")
+    cout, cin_g, kh, kw = wt.shape
+    if cin % groups or cout % groups or cin_g * groups != cin:
+        raise b.err(name, f"weight {list(wt.shape)} with groups={groups} does not fit {cin} input channels")
+    if b.attr_ints(n, "kernel_size", 2, 1, default=[kh, kw]) != (kh, kw):
+        raise b.err(name, f"kernel_size {n['attrs'].get('kernel_size')} differs from the weight's {kh}×{kw}")
+    st = b.attr_ints(n, "stride", 2, 1, default=1)
+    dil = b.attr_ints(n, "dilation", 2, 1, default=1)
+    pad_attr = n["attrs"].get("padding", 0)
+    if pad_attr == "valid":
+        pads = (0, 0, 0, 0)
+    elif pad_attr == "same":
+        th, tw = dil[0] * (kh - 1), dil[1] * (kw - 1)
+        pads = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    else:
+        ph_, pw_ = b.attr_ints(n, "padding", 2, 0, default=0)
+        pads = (ph_, ph_, pw_, pw_)
+    hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
+    if cin * hp * wp > MAX_ELEMENTS:  # the kernels hold one zero-padded image per worker
+        raise b.err(name, f"padding {list(pads)} makes the padded input {cin}×{hp}×{wp}: more than "
+                          f"{MAX_ELEMENTS:,} values")
+    oh, ow = _conv_out(hp, kh, st[0], 0, dil[0]), _conv_out(wp, kw, st[1], 0, dil[1])
+    if oh < 1 or ow < 1:
+        raise b.err(name, f"a {kh}×{kw} kernel (dilation {list(dil)}) does not fit the {hp}×{wp} padded input")
+    bias = b.bias(n, cout)
+    # Fuse a following activation and pool when nothing else reads the intermediate values.
+    out_name = n["outputs"][0]
+    act_code, a0, a1 = 0, 0.0, 0.0
+    act_node = b.sole_reader(out_name, lambda op: op in SCALAR_ACTS)
+    if act_node is not None:
+        act_code, a0, a1 = b.act_spec(act_node)
+        b.mark_fused(act_node)
+        b.new(out_name, (cout, oh, ow), name)  # declared for shape checks; never materialised
+        out_name = act_node["outputs"][0]
+    pool = np.zeros(11, np.int64)
+    ph, pw = oh, ow
+    pool_node = b.sole_reader(out_name, lambda op: op in ("max_pool2d", "avg_pool2d"))
+    if pool_node is not None:
+        pool, ph, pw = pool_spec(b, pool_node, oh, ow)
+        b.mark_fused(pool_node)
+        b.new(out_name, (cout, oh, ow), (act_node or n)["name"])
+        out_name = pool_node["outputs"][0]
+    o = b.new(out_name, (cout, ph, pw), name)
+    ip = np.array([cin, h, w, pads[0], pads[2], st[0], st[1], hp, wp, oh, ow, act_code, ph, pw, *pool], np.int64)
+    fp = np.array([a0, a1], np.float32)
+    sizes = np.array(K.conv_scratch_sizes(ip), np.int64)
+
+    # Batched layouts to try: image by image, or blocks of 16 or 32 interleaved images (while the scratch fits).
+    layouts: list[np.ndarray | None] = [None]
+    for lanes in (K.LANES, 2 * K.LANES):
+        sizes_b = np.array(K.blocked_scratch_sizes(ip, cout, lanes), np.int64)
+        if int(sizes_b[:3].sum()) <= MAX_BLOCK_SCRATCH:
+            layouts.append(sizes_b)
+
+    def make(layer: LayerWeight) -> tuple[Step, Step]:
+        """(batch-1 step, fastest batched step) for ``layer``."""
+        off = K.conv_offsets(layer.indices, layer.indptr, cin_g, kh, kw, hp, wp, dil[0], dil[1], cout // groups)
+        indptr, vals = layer.indptr, layer.values
+
+        def variant(sizes_b: np.ndarray | None) -> Step:
+            def step(v: list[Any]) -> None:
+                xin = v[x]
+                xf = xin.reshape(xin.shape[0], -1)
+                out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
+                if sizes_b is not None and xf.shape[0] >= max(BLOCKED_MIN_BATCH, int(sizes_b[3]) // 2):
+                    # interleaved blocks, at least half full: a block of 32 for 8 images wastes 3/4 of it
+                    K.conv2d_blocked(xf, out, indptr, off, vals, bias, ip, fp, sizes_b)
+                else:
+                    K.conv2d(xf, out, indptr, off, vals, bias, ip, fp, sizes)
+                v[o] = out.reshape(xf.shape[0], cout, ph, pw)
+            return step
+
+        used, tap = K.im2col_taps(layer.indices)
+        sizes_i = np.array([*K.im2col_scratch_sizes(ip, used.size), kh, kw, dil[0], dil[1]], np.int64)
+
+        def im2col(v: list[Any]) -> None:
+            xin = v[x]
+            xf = xin.reshape(xin.shape[0], -1)
+            out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
+            K.conv2d_im2col(xf, out, indptr, tap, used, vals, bias, ip, fp, sizes_i)
+            v[o] = out.reshape(xf.shape[0], cout, ph, pw)
+
+        steps = [variant(sz) for sz in layouts]
+        # A column matrix of the used taps (pays off for strides > 1); its columns ignore groups.
+        if groups == 1 and int(sizes_i[1]) <= MAX_BLOCK_SCRATCH:
+            steps.append(im2col)
+        return b.fastest(steps[:1] + steps[len(layouts):], (cin, h, w), x, 1), b.fastest(steps, (cin, h, w), x)
+
+    sparse_1, sparse_b = make(wt)
+    elements = cout * wt.cols
+    dense: Step | None = None
+    if b.dense_allowed(name, elements * oh * ow, wt.nnz * oh * ow):
+        full = LayerWeight(wt.shape, np.arange(cout + 1, dtype=np.int64) * wt.cols,
+                           np.tile(np.arange(wt.cols, dtype=np.int32), cout), wt.dense().reshape(-1))
+        dense_1, dense_b = make(full)
+
+        def dense_step(v: list[Any]) -> None:
+            (dense_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else dense_1)(v)
+        dense = dense_step
+
+    def sparse(v: list[Any]) -> None:
+        (sparse_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else sparse_1)(v)
+
+    small, big = b.choose(name, sparse, dense, (cin, h, w), (x, o), (cout, ph, pw))
+    _record(b, name, wt, small, big, wt.nnz * oh * ow, elements * oh * ow, wt.nnz * 12, elements * 8)
+    small_step = sparse_1 if small == "sparse" else dense_1
+    big_step = sparse_b if big == "sparse" else dense_b
+
+    def run(v: list[Any]) -> None:
+        (big_step if v[x].shape[0] >= BLOCKED_MIN_BATCH else small_step)(v)
+    b.plan.steps.append(run)
+
+
+def spatial_input(b: Builder, n: dict[str, Any]) -> tuple[int, tuple[int, int, int]]:
+    if len(n["inputs"]) != 1:
+        raise b.err(n["name"], f"{n['op']} takes one input, got {len(n['inputs'])}")
+    x, shape = b.inp(n)
+    if len(shape) != 3:
+        raise b.err(n["name"], f"{n['op']} needs a (C, H, W) input, got shape {list(shape)}")
+    return x, (shape[0], shape[1], shape[2])
+
+
+def _record(b: Builder, name: str, wt: LayerWeight, small: str, big: str, macs: int, dense_macs: int,
+            sparse_bytes: int, dense_bytes: int) -> None:
+    p = b.plan
+    p.layer_kernels[name], p.layer_kernels_batched[name] = small, big
+    p.nnz[name] = wt.nnz
+    p.macs_per_item += macs if small == "sparse" else dense_macs
+    p.weight_bytes += sparse_bytes if small == "sparse" else dense_bytes
+
+
+@dataclass
+class _Linear:
+    """One validated Linear layer (+ fused activation) of a chain, in both storage forms."""
+
+    name: str
+    wt: LayerWeight
+    bias: np.ndarray
+    act: tuple[int, float, float]
+    in_slot: int
+    out_slot: int
+
+    @property
+    def rows(self) -> int:
+        return self.wt.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.wt.shape[1]
+
+
+def _linear_layer(b: Builder, n: dict[str, Any]) -> tuple[_Linear, str]:
+    """Validate a Linear node and absorb the activation right after it; returns the layer and its output name."""
+    name = n["name"]
+    if len(n["inputs"]) != 1:
+        raise b.err(name, f"linear takes one input, got {len(n['inputs'])}")
+    x, shape = b.inp(n)
+    wt = b.b.weight(n["params"].get("weight"), name)
+    if len(shape) != 1 or len(wt.shape) != 2 or wt.shape[1] != shape[0]:
+        raise b.err(name, f"weight {list(wt.shape)} does not fit an input of shape {list(shape)} (needs (features,))")
+    rows = wt.shape[0]
+    bias = b.bias(n, rows)
+    out_name = n["outputs"][0]
+    spec = (0, 0.0, 0.0)
+    act_node = b.sole_reader(out_name, lambda op: op in SCALAR_ACTS)
+    if act_node is not None:
+        spec = b.act_spec(act_node)
+        b.mark_fused(act_node)
+        b.new(out_name, (rows,), name)
+        out_name = act_node["outputs"][0]
+    o = b.new(out_name, (rows,), name)
+    return _Linear(name, wt, bias, spec, x, o), out_name
+
+
+def _chain_arrays(layers: list[_Linear], dense: list[bool], itype: type[np.unsignedinteger[Any]]) -> tuple[
+        np.ndarray, ...]:
+    """Concatenate the layers' CSR arrays for the chain kernels; a dense layer holds every entry, row-major."""
+    meta = np.zeros((len(layers), 5), np.int64)
+    fpar = np.zeros((len(layers), 2), np.float32)
+    ptrs, idxs, vals, biases = [], [], [], []
+    nnz_base = pbase = bbase = 0
+    for k, (lay, dn) in enumerate(zip(layers, dense, strict=True)):
+        if dn:
+            ptr = np.arange(lay.rows + 1, dtype=np.int64) * lay.cols
+            idx = np.tile(np.arange(lay.cols, dtype=itype), lay.rows)
+            val = lay.wt.dense().reshape(-1)
+        else:
+            ptr, idx, val = lay.wt.indptr.astype(np.int64), lay.wt.indices.astype(itype), lay.wt.values
+        meta[k] = (lay.rows, lay.cols, pbase, bbase, lay.act[0])
+        fpar[k] = lay.act[1:]
+        ptrs.append(ptr + nnz_base)
+        idxs.append(idx)
+        vals.append(val)
+        biases.append(lay.bias)
+        nnz_base += val.size
+        pbase += lay.rows + 1
+        bbase += lay.rows
+    return (meta, fpar, np.concatenate(ptrs), np.concatenate(idxs), np.concatenate(vals).astype(np.float32),
+            np.concatenate(biases).astype(np.float32), np.array(dense, np.bool_))
+
+
+def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> Step:
+    """One step running ``layers`` back to back: one kernel call, activations feature-major in between."""
+    itype = np.uint16 if max(lay.cols for lay in layers) <= 1 << 16 else np.uint32  # fewer bytes per nonzero
+    meta, fpar, ptr, idx, vals, bias, dflags = _chain_arrays(layers, dense, itype)
+    x, o, rows = layers[0].in_slot, layers[-1].out_slot, layers[-1].rows
+
+    def step(v: list[Any]) -> None:
+        xin = v[x]
+        xin = np.ascontiguousarray(xin.reshape(xin.shape[0], -1))
+        y = np.empty((xin.shape[0], rows), np.float32)
+        if batched:
+            n = xin.shape[0]
+            tile = K.spmm_tile(n)
+            xt = np.zeros((xin.shape[1], -(-n // tile) * tile), np.float32)  # (cols, N padded to whole tiles)
+            xt[:, :n] = xin.T
+            K.chain_batched(xt, y, meta, fpar, ptr, idx, vals, bias, tile)
+        else:
+            for i in range(xin.shape[0]):
+                K.chain_single(xin[i:i + 1], y[i:i + 1], meta, fpar, ptr, idx, vals, bias, dflags)
+        v[o] = y
+    return step
+
+
+def linear(b: Builder, n: dict[str, Any]) -> None:
+    """A Linear layer and every Linear that alone reads its (activated) output: one chain, one kernel call."""
+    layers: list[_Linear] = []
+    node: dict[str, Any] | None = n
+    while node is not None:
+        lay, out_name = _linear_layer(b, node)
+        layers.append(lay)
+        node = b.sole_reader(out_name, lambda op: op == "linear")
+        if node is not None:
+            b.mark_fused(node)
+    small: list[bool] = []  # per layer: dense at batch 1?
+    big: list[bool] = []  # per layer: dense in batches?
+    for lay in layers:  # each layer's kernel is chosen on its own shape
+        s1, sb = _chain_step([lay], [False], False), _chain_step([lay], [False], True)
+
+        def sparse(v: list[Any], s1: Step = s1, sb: Step = sb, i: int = lay.in_slot) -> None:
+            (sb if v[i].shape[0] >= CHAIN_MIN_BATCH else s1)(v)
+
+        dense: Step | None = None
+        if b.dense_allowed(lay.name, lay.rows * lay.cols, lay.wt.nnz):
+            d1, db = _chain_step([lay], [True], False), _chain_step([lay], [True], True)
+
+            def dense_step(v: list[Any], d1: Step = d1, db: Step = db, i: int = lay.in_slot) -> None:
+                (db if v[i].shape[0] >= CHAIN_MIN_BATCH else d1)(v)
+            dense = dense_step
+
+        k_small, k_big = b.choose(lay.name, sparse, dense, (lay.cols,), (lay.in_slot, lay.out_slot), (lay.rows,))
+        small.append(k_small == "dense")
+        big.append(k_big == "dense")
+        itemsize = 2 if lay.cols <= 1 << 16 else 4
+        _record(b, lay.name, lay.wt, k_small, k_big, lay.wt.nnz, lay.rows * lay.cols,
+                lay.wt.nnz * (4 + itemsize) + 8 * (lay.rows + 1), lay.rows * lay.cols * 4)
+    one, many = _chain_step(layers, small, False), _chain_step(layers, big, True)
+    x = layers[0].in_slot
+
+    def run(v: list[Any]) -> None:
+        (many if v[x].shape[0] >= CHAIN_MIN_BATCH else one)(v)
+    b.plan.steps.append(run)
