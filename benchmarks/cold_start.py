@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             bundle = Path(tmp) / f"{name}.csr"
-            export_model(f"bundled:{name}", "csr", bundle)
+            export_model(svdcompress.bundled_checkpoint(name), "csr", bundle)
             cache = Path(tmp) / f"cache-{name}"
             cache.mkdir()
             print(f"{name}: cold cache ...", file=sys.stderr, flush=True)
