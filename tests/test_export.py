@@ -199,8 +199,8 @@ def test_csr_size_vs_compression_factor(tmp_path: Path) -> None:
     weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
     factor = sum(w.numel() for w in weights) / sum(int(w.count_nonzero()) for w in weights)
     assert factor > 45  # ~98% sparse
-    r32 = export_csr(model, tmp_path / "a.svdz", input_shape=MNIST)
-    r16 = export_csr(model, tmp_path / "b.svdz", input_shape=MNIST, dtype="fp16")
+    r32 = export_csr(model, tmp_path / "a.csr", input_shape=MNIST)
+    r16 = export_csr(model, tmp_path / "b.csr", input_shape=MNIST, dtype="fp16")
     # Exact fp32 values of random weights carry ~26 bits of entropy and random positions ~7 bits more
     # (H(0.02)/0.02), so no lossless format can spend < 4 bytes per non-zero: fp32 reaches ~0.83 of the
     # parameter-compression factor, fp16 values beat it.
@@ -219,7 +219,7 @@ def test_verification_failure_leaves_no_file(tmp_path: Path, monkeypatch: pytest
         export_onnx(model, tmp_path / "m.onnx", input_shape=MNIST, reference=other, sparse=True)
     monkeypatch.setattr(runtime.CSRModel, "__call__", lambda self, x: torch.zeros(x.shape[0], 10) + 2.0)
     with pytest.raises(ExportError, match="no file was written"):
-        export_csr(model, tmp_path / "m.svdz", input_shape=MNIST)
+        export_csr(model, tmp_path / "m.csr", input_shape=MNIST)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -268,7 +268,7 @@ def test_unsupported_op_is_named(tmp_path: Path) -> None:
 def test_manifest_and_container(tmp_path: Path) -> None:
     model = _rescnn()
     res = export_csr(
-        model, tmp_path / "m.svdz", input_shape=(1, 12, 12), threshold=3.0, provenance={"source": "unit test"}
+        model, tmp_path / "m.csr", input_shape=(1, 12, 12), threshold=3.0, provenance={"source": "unit test"}
     )
     with zipfile.ZipFile(res.path) as zf:
         manifest = json.loads(zf.read("manifest.json"))
@@ -286,7 +286,7 @@ def test_manifest_and_container(tmp_path: Path) -> None:
         assert {"float32", "uint8"} <= set(npz.files)
         assert npz["float32"].dtype == np.uint8  # byte-shuffled planes
     again = export_csr(
-        model, tmp_path / "n.svdz", input_shape=(1, 12, 12), threshold=3.0, provenance={"source": "unit test"}
+        model, tmp_path / "n.csr", input_shape=(1, 12, 12), threshold=3.0, provenance={"source": "unit test"}
     )
     assert again.path.read_bytes() == res.path.read_bytes()  # reproducible byte for byte
 

@@ -5,7 +5,7 @@ Example:
     >>> from pathlib import Path
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()).eval()
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     res = export_csr(model, Path(d) / "m.svdz", input_shape=(8,))
+    ...     res = export_csr(model, Path(d) / "m.csr", input_shape=(8,))
     >>> res.format, res.dense_fp32_bytes
     ('csr', 144)
 """

@@ -56,8 +56,8 @@ class ExportResult:
         """One line for logs and the CLI.
 
         Example:
-            >>> ExportResult(Path("m.svdz"), "csr", 2048, 1024000, 500.0, 1e-6).summary()
-            'm.svdz: csr, 2.0 KB (dense fp32 1000.0 KB, 500.0x smaller), max |diff| 1.0e-06'
+            >>> ExportResult(Path("m.csr"), "csr", 2048, 1024000, 500.0, 1e-6).summary()
+            'm.csr: csr, 2.0 KB (dense fp32 1000.0 KB, 500.0x smaller), max |diff| 1.0e-06'
         """
         return (
             f"{self.path}: {self.format}, {self.file_bytes / 1024:.1f} KB "

@@ -328,7 +328,7 @@ def export_csr(
 
     Args:
         model: Eval-mode masked dense or structurally pruned model.
-        path: Output file (any name; ``.svdz`` is customary).
+        path: Output file (any name; ``.csr`` is customary).
         input_shape: One example's shape, without the batch dim, e.g. ``(1, 28, 28)``.
         reference: Model the bundle must reproduce; default ``model``.
         dtype: ``"fp32"`` or ``"fp16"`` for weight values. Biases and BatchNorm stay fp32 (they are
