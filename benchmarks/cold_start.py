@@ -51,8 +51,9 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_call_s": t3 - t
 
 def _child(bundle: Path, cache: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), **(extra_env or {})}
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(bundle)], env=env, capture_output=True, text=True,
-                         check=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(bundle)], env=env, capture_output=True, text=True, check=True, timeout=900
+    )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -81,20 +82,29 @@ def main(argv: list[str] | None = None) -> None:
                     rec[key] = statistics.median(r[key] for r in runs)
                 rec["torch_imported"] = any(r["torch_imported"] for r in runs)
                 records.append(rec)
-    result = {"machine": machine_info(), "python": platform.python_version(), "svdcompress": svdcompress.__version__,
-              "records": records}
+    result = {
+        "machine": machine_info(),
+        "python": platform.python_version(),
+        "svdcompress": svdcompress.__version__,
+        "records": records,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cold_start.json").write_text(json.dumps(result, indent=2))
     m = result["machine"]
-    lines = [f"Fresh `python -c` process per row; CPU: {m.get('cpu', '?')}; medians of {args.repeats} warm runs.",
-             "`load` includes validation, kernel compilation or cache load, and the per-layer kernel timing.", "",
-             "| model | numba cache | import s | load s | first call s | total s (import+load+call) | "
-             "first batch-64 call s | torch imported |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"Fresh `python -c` process per row; CPU: {m.get('cpu', '?')}; medians of {args.repeats} warm runs.",
+        "`load` includes validation, kernel compilation or cache load, and the per-layer kernel timing.",
+        "",
+        "| model | numba cache | import s | load s | first call s | total s (import+load+call) | "
+        "first batch-64 call s | torch imported |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in records:
-        lines.append(f"| {r['model']} | {r['case']} | {r['import_s']:.2f} | {r['load_s']:.2f} | "
-                     f"{r['first_call_s']:.3f} | **{r['total_s']:.2f}** | {r['first_batch64_s']:.3f} | "
-                     f"{'yes' if r['torch_imported'] else 'no'} |")
+        lines.append(
+            f"| {r['model']} | {r['case']} | {r['import_s']:.2f} | {r['load_s']:.2f} | "
+            f"{r['first_call_s']:.3f} | **{r['total_s']:.2f}** | {r['first_batch64_s']:.3f} | "
+            f"{'yes' if r['torch_imported'] else 'no'} |"
+        )
     (args.out / "cold_start.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -68,12 +68,15 @@ def _markdown(everything: dict[str, Any]) -> str:
     run = everything["run"]
     m = run["machine"]
     peaks = ", ".join(f"{v:,.1f} GMAC/s at {k} thread(s)" for k, v in m.get("sgemm_peak_gmac_per_s", {}).items())
-    md = ["# Latency, every contender, one run per model", "",
-          f"Run {run['started']} → {run['finished'] or 'unfinished'}: `{run['command']}`.",
-          f"CPU: {m.get('cpu', '?')}, {m.get('logical_cores', '?')} logical cores; "
-          f"SIMD: {', '.join(m.get('simd', []))}.",
-          *([f"Practical peak (fp32 sgemm, measured in this run): {peaks}."] if peaks else []),
-          "Versions: " + ", ".join(f"{k} {v}" for k, v in run["versions"].items()) + ".", ""]
+    md = [
+        "# Latency, every contender, one run per model",
+        "",
+        f"Run {run['started']} → {run['finished'] or 'unfinished'}: `{run['command']}`.",
+        f"CPU: {m.get('cpu', '?')}, {m.get('logical_cores', '?')} logical cores; SIMD: {', '.join(m.get('simd', []))}.",
+        *([f"Practical peak (fp32 sgemm, measured in this run): {peaks}."] if peaks else []),
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in run["versions"].items()) + ".",
+        "",
+    ]
     for name, rep in everything["models"].items():
         md += [f"## {name}", "", rep["markdown"], ""]
     return "\n".join(md)
@@ -85,21 +88,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", default="1,16,256")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--allow-missing-peers", action="store_true",
-                    help="run without openvino (its contenders are then skipped with a note)")
+    ap.add_argument(
+        "--allow-missing-peers",
+        action="store_true",
+        help="run without openvino (its contenders are then skipped with a note)",
+    )
     a = ap.parse_args(argv)
     if importlib.util.find_spec("openvino") is None and not a.allow_missing_peers:
-        print("latency.py: openvino is not installed, so openvino-dense/-compact cannot run; "
-              "pip install -e '.[peers]' (or pass --allow-missing-peers)", file=sys.stderr)
+        print(
+            "latency.py: openvino is not installed, so openvino-dense/-compact cannot run; "
+            "pip install -e '.[peers]' (or pass --allow-missing-peers)",
+            file=sys.stderr,
+        )
         return 2
     batch_sizes = tuple(int(b) for b in a.batch_sizes.split(","))
     threads = tuple(int(t) for t in a.threads.split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json = RESULTS / "latency.json"
     everything: dict[str, Any] = {
-        "run": {"command": " ".join(["python", "benchmarks/latency.py", *(sys.argv[1:] if argv is None else argv)]),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None, "complete": False,
-                "machine": {}, "versions": {}},
+        "run": {
+            "command": " ".join(["python", "benchmarks/latency.py", *(sys.argv[1:] if argv is None else argv)]),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "finished": None,
+            "complete": False,
+            "machine": {},
+            "versions": {},
+        },
         "models": {},
     }
     data = load_dataset("fashion-mnist", "test")

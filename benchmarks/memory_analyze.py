@@ -76,8 +76,9 @@ def _child_env() -> dict[str, str]:
 
 def measure(argv: list[str]) -> dict[str, Any]:
     """Run ``argv`` under a fresh wrapper process; return rc, wall time and peak RSS in bytes."""
-    res = subprocess.run([sys.executable, "-c", _WRAPPER, *argv], capture_output=True, text=True, env=_child_env(),
-                         check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *argv], capture_output=True, text=True, env=_child_env(), check=True
+    )
     rec: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
     rec["peak_rss_bytes"] = rec.pop("maxrss_kb") * 1024  # Linux reports KiB
     rec["sampled_peak_bytes"] = {k: v * 1024 for k, v in rec.pop("sampled_peak_kb").items()}
@@ -154,9 +155,11 @@ def main() -> int:
             rec["ratio_over_torch_baseline"] = (rec["peak_rss_bytes"] - base_torch["peak_rss_bytes"]) / largest
             runs[label] = rec
             s = rec["sampled_peak_bytes"]
-            _stage(f"  peak RSS {_fmt_mb(rec['peak_rss_bytes'])} (sampled anon {_fmt_mb(s['RssAnon'])}, file "
-                   f"{_fmt_mb(s['RssFile'])}); (peak − baseline) / largest pair = {rec['ratio_over_baseline']:.2f}, "
-                   f"over the torch baseline {rec['ratio_over_torch_baseline']:.2f}; {rec['wall_s']:.1f}s")
+            _stage(
+                f"  peak RSS {_fmt_mb(rec['peak_rss_bytes'])} (sampled anon {_fmt_mb(s['RssAnon'])}, file "
+                f"{_fmt_mb(s['RssFile'])}); (peak − baseline) / largest pair = {rec['ratio_over_baseline']:.2f}, "
+                f"over the torch baseline {rec['ratio_over_torch_baseline']:.2f}; {rec['wall_s']:.1f}s"
+            )
 
         # The constant is what analyze costs before it reads data (torch imported); see the .md for both ratios.
         target = 1.5 * largest + base_torch["peak_rss_bytes"]
@@ -195,7 +198,7 @@ def _markdown(r: dict[str, Any]) -> str:
         f"Checkpoint: {len(r['layers'])} SVDO Linear layers, theta + log σ² pairs totalling "
         f"{_fmt_mb(r['all_pairs_bytes'])}; largest pair {_fmt_mb(largest)} ({largest:,} B).",
         "",
-        f"Baselines: `python -c \"import svdcompress.cli\"` peak RSS {_fmt_mb(base)} (the CLI imports lazily, "
+        f'Baselines: `python -c "import svdcompress.cli"` peak RSS {_fmt_mb(base)} (the CLI imports lazily, '
         f"without torch); `import svdcompress.cli, svdcompress.analysis` (torch loaded, what analyze needs before "
         f"reading data) {_fmt_mb(r['baseline_import_with_torch_rss_bytes'])}. Target: peak ≤ 1.5 × largest pair + "
         f"the torch baseline = {_fmt_mb(r['target_peak_bytes'])}.",
@@ -206,13 +209,19 @@ def _markdown(r: dict[str, Any]) -> str:
     ]
     for k, run in r["runs"].items():
         s = run["sampled_peak_bytes"]
-        lines.append(f"| {k} | {_fmt_mb(r['file_bytes'][k])} | {_fmt_mb(run['peak_rss_bytes'])} | "
-                     f"{_fmt_mb(s['RssAnon'])} / {_fmt_mb(s['RssFile'])} | {run['ratio_over_baseline']:.2f} | "
-                     f"{run['ratio_over_torch_baseline']:.2f} | {run['wall_s']:.1f} s | "
-                     f"{'yes' if r['meets_target'][k] else 'NO'} |")
-    lines += ["", f"Python {r['python']}, torch {r['torch']}, {r['date']}. Peak RSS is getrusage(RUSAGE_CHILDREN)"
-              ".ru_maxrss of a fresh wrapper process; anon/file are peaks of /proc/PID/status RssAnon and RssFile "
-              "sampled every 20 ms. MB = 2^20 bytes.", ""]
+        lines.append(
+            f"| {k} | {_fmt_mb(r['file_bytes'][k])} | {_fmt_mb(run['peak_rss_bytes'])} | "
+            f"{_fmt_mb(s['RssAnon'])} / {_fmt_mb(s['RssFile'])} | {run['ratio_over_baseline']:.2f} | "
+            f"{run['ratio_over_torch_baseline']:.2f} | {run['wall_s']:.1f} s | "
+            f"{'yes' if r['meets_target'][k] else 'NO'} |"
+        )
+    lines += [
+        "",
+        f"Python {r['python']}, torch {r['torch']}, {r['date']}. Peak RSS is getrusage(RUSAGE_CHILDREN)"
+        ".ru_maxrss of a fresh wrapper process; anon/file are peaks of /proc/PID/status RssAnon and RssFile "
+        "sampled every 20 ms. MB = 2^20 bytes.",
+        "",
+    ]
     return "\n".join(lines)
 
 

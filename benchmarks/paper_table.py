@@ -40,9 +40,24 @@ SCHEDULES = {
 
 def _train(arch: str, data: str) -> None:
     dense, svdo, warm, decay = SCHEDULES[(arch, data)]
-    cmd = [sys.executable, str(HERE / "train_zoo.py"), "--arch", arch, "--data", data, "--dense-epochs", str(dense),
-           "--svdo-epochs", str(svdo), "--kl-warmup-epochs", str(warm), "--decay-frac", str(decay),
-           "--out-dir", str(RUNS)]
+    cmd = [
+        sys.executable,
+        str(HERE / "train_zoo.py"),
+        "--arch",
+        arch,
+        "--data",
+        data,
+        "--dense-epochs",
+        str(dense),
+        "--svdo-epochs",
+        str(svdo),
+        "--kl-warmup-epochs",
+        str(warm),
+        "--decay-frac",
+        str(decay),
+        "--out-dir",
+        str(RUNS),
+    ]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -82,9 +97,11 @@ def _md(rows: list[dict[str, Any]]) -> str:
         "|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for arch, p in PAPER.items():
-        out.append(f"| {arch} | MNIST (paper) | {p['dense_error']:.2f} | {p['svdo_error']:.2f} | "
-                   f"{p['svdo_error'] - p['dense_error']:+.2f} | {'-'.join(f'{s:g}' for s in p['sparsity'])} | "
-                   f"{p['compression']:.0f}× | – | – |")
+        out.append(
+            f"| {arch} | MNIST (paper) | {p['dense_error']:.2f} | {p['svdo_error']:.2f} | "
+            f"{p['svdo_error'] - p['dense_error']:+.2f} | {'-'.join(f'{s:g}' for s in p['sparsity'])} | "
+            f"{p['compression']:.0f}× | – | – |"
+        )
         for r in rows:
             if r["arch"] != arch:
                 continue
@@ -94,8 +111,11 @@ def _md(rows: list[dict[str, Any]]) -> str:
                 f"{'-'.join(f'{s:.1f}' for s in r['sparsity'])} | {r['compression']:.1f}× | {r['svdo_epochs']} | "
                 f"{r['train_seconds'] / 60:.1f} min |"
             )
-    out += ["", "Sparsity is the % of weights with log α ≥ 3 (removed); compression is |W| / |W≠0| over weights, "
-            "biases apart. Gap = SVDO error − dense error. Times are one CPU thread on a shared 2-core machine."]
+    out += [
+        "",
+        "Sparsity is the % of weights with log α ≥ 3 (removed); compression is |W| / |W≠0| over weights, "
+        "biases apart. Gap = SVDO error − dense error. Times are one CPU thread on a shared 2-core machine.",
+    ]
     return "\n".join(out)
 
 

@@ -49,21 +49,35 @@ def main(argv: list[str] | None = None) -> int:
         for thr in tqdm(thresholds, desc=name):
             total = svdcompress.analyze(r.module, threshold=thr).total
             acc = accuracy(mask_model(r.module, thr), x, y)
-            cfg = BenchConfig(batch_sizes=(1, 256), threads=(1,), repeats=a.repeats, contenders=CONTENDERS,
-                              threshold=thr)
+            cfg = BenchConfig(
+                batch_sizes=(1, 256), threads=(1,), repeats=a.repeats, contenders=CONTENDERS, threshold=thr
+            )
             rep = bench(r.module, input_shape=r.input_shape, config=cfg, progress=False, name=name)
             lat = {f"{q.contender}@{q.batch_size}": q.median_us for q in rep.results}
-            rows.append({"model": name, "threshold": thr, "accuracy": acc, "compression": total["compression"],
-                         "kept": total["kept"], "latency_us": lat})
+            rows.append(
+                {
+                    "model": name,
+                    "threshold": thr,
+                    "accuracy": acc,
+                    "compression": total["compression"],
+                    "kept": total["kept"],
+                    "latency_us": lat,
+                }
+            )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "threshold_sweep.json").write_text(json.dumps(rows, indent=2))
     cols = [f"{c}@{b}" for b in (1, 256) for c in CONTENDERS]
-    md = ["# Threshold sweep (Fashion-MNIST test, 1 thread, fp32, median µs per batch)", "",
-          "| model | threshold | accuracy % | compression | " + " | ".join(cols) + " |",
-          "|---|---:|---:|---:|" + "---:|" * len(cols)]
+    md = [
+        "# Threshold sweep (Fashion-MNIST test, 1 thread, fp32, median µs per batch)",
+        "",
+        "| model | threshold | accuracy % | compression | " + " | ".join(cols) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(cols),
+    ]
     for row in rows:
-        md.append(f"| {row['model']} | {row['threshold']:g} | {100 * row['accuracy']:.2f} | "
-                  f"{row['compression']:.1f}× | " + " | ".join(f"{row['latency_us'][c]:,.0f}" for c in cols) + " |")
+        md.append(
+            f"| {row['model']} | {row['threshold']:g} | {100 * row['accuracy']:.2f} | "
+            f"{row['compression']:.1f}× | " + " | ".join(f"{row['latency_us'][c]:,.0f}" for c in cols) + " |"
+        )
     (RESULTS / "threshold_sweep.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

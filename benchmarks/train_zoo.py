@@ -110,18 +110,26 @@ def train(
         rec: dict[str, Any] = {"phase": desc, "epoch": epoch + 1, "test_acc": acc, "seconds": time.perf_counter() - t0}
         if svdo:
             st = sparsity_stats(model)
-            rec.update(compression=st["compression"], kept=st["kept"], kl=float(kl_divergence(model)),
-                       kl_weight=elbo.kl_weight)
+            rec.update(
+                compression=st["compression"], kept=st["kept"], kl=float(kl_divergence(model)), kl_weight=elbo.kl_weight
+            )
         log.append(rec)
         extra = f" compression {rec['compression']:.1f}x" if svdo else ""
-        print(f"[{desc}] epoch {epoch + 1}/{epochs} test acc {acc:.4f}{extra} ({rec['seconds']:.0f}s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{desc}] epoch {epoch + 1}/{epochs} test acc {acc:.4f}{extra} ({rec['seconds']:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
@@ -133,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dense-epochs", type=int, default=10)
     p.add_argument("--svdo-epochs", type=int, default=30)
     p.add_argument("--from-scratch", action="store_true", help="train SVDO from random init, not from the dense net")
-    p.add_argument("--init-from", type=Path,
-                   help="start SVDO from this dense svdcompress checkpoint (skips dense training)")
+    p.add_argument(
+        "--init-from", type=Path, help="start SVDO from this dense svdcompress checkpoint (skips dense training)"
+    )
     p.add_argument("--kl-warmup-epochs", type=float, default=5.0)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -154,9 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     log: list[dict[str, Any]] = []
     common = dict(batch=a.batch, lr=a.lr, decay_frac=a.decay_frac, log=log)
     base_prov = {
-        "data": a.data, "train_size": len(xtr), "test_size": len(xte), "seed": a.seed, "batch": a.batch, "lr": a.lr,
-        "torch": torch.__version__, "python": platform.python_version(), "threads": a.threads,
-        "git_commit": _git_commit(), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "data": a.data,
+        "train_size": len(xtr),
+        "test_size": len(xte),
+        "seed": a.seed,
+        "batch": a.batch,
+        "lr": a.lr,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": a.threads,
+        "git_commit": _git_commit(),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d"),
     }
 
@@ -173,28 +190,68 @@ def main(argv: list[str] | None = None) -> int:
     elif a.dense_epochs > 0:
         train(dense, xtr, ytr, xte, yte, epochs=a.dense_epochs, svdo=False, kl_warmup_epochs=0, desc="dense", **common)
         dense_acc = evaluate(dense, xte, yte)
-        save_checkpoint(a.out_dir / f"{stem}-dense.pt", dense, arch=a.arch, arch_kwargs={"svdo": False},
-                        input_shape=INPUT_SHAPES[a.arch],
-                        provenance={**base_prov, "epochs": a.dense_epochs, "test_acc": dense_acc,
-                                    "train_seconds": time.perf_counter() - t0})
+        save_checkpoint(
+            a.out_dir / f"{stem}-dense.pt",
+            dense,
+            arch=a.arch,
+            arch_kwargs={"svdo": False},
+            input_shape=INPUT_SHAPES[a.arch],
+            provenance={
+                **base_prov,
+                "epochs": a.dense_epochs,
+                "test_acc": dense_acc,
+                "train_seconds": time.perf_counter() - t0,
+            },
+        )
     t1 = time.perf_counter()
     scratch = a.from_scratch or (a.dense_epochs == 0 and a.init_from is None)
     model = build(a.arch, svdo=True) if scratch else sparsify(dense)
-    train(model, xtr, ytr, xte, yte, epochs=a.svdo_epochs, svdo=True, kl_warmup_epochs=a.kl_warmup_epochs,
-          desc="svdo", **common)
+    train(
+        model,
+        xtr,
+        ytr,
+        xte,
+        yte,
+        epochs=a.svdo_epochs,
+        svdo=True,
+        kl_warmup_epochs=a.kl_warmup_epochs,
+        desc="svdo",
+        **common,
+    )
     acc = evaluate(model, xte, yte)
     st = sparsity_stats(model)
-    prov = {**base_prov, "epochs": a.svdo_epochs, "dense_epochs": a.dense_epochs,
-            "init": "scratch" if scratch else "dense",
-            "kl_warmup_epochs": a.kl_warmup_epochs, "lr_decay_frac": a.decay_frac, "log_sigma2_init": -10.0,
-            "test_acc": acc, "dense_test_acc": dense_acc, "compression": st["compression"],
-            "kept": st["kept"], "weights": st["weights"], "train_seconds": time.perf_counter() - t1}
-    out = save_checkpoint(a.out_dir / f"{stem}-svdo.pt", model, arch=a.arch, arch_kwargs={"svdo": True},
-                          input_shape=INPUT_SHAPES[a.arch], threshold=3.0, provenance=prov)
-    (a.out_dir / f"{stem}-log.json").write_text(json.dumps({"provenance": prov, "epochs": log, "layers": st["layers"]},
-                                                           indent=2))
-    print(f"{stem}: dense acc {dense_acc:.4f}, svdo acc {acc:.4f}, compression {st['compression']:.1f}x, "
-          f"svdo time {prov['train_seconds']:.0f}s -> {out}", flush=True)
+    prov = {
+        **base_prov,
+        "epochs": a.svdo_epochs,
+        "dense_epochs": a.dense_epochs,
+        "init": "scratch" if scratch else "dense",
+        "kl_warmup_epochs": a.kl_warmup_epochs,
+        "lr_decay_frac": a.decay_frac,
+        "log_sigma2_init": -10.0,
+        "test_acc": acc,
+        "dense_test_acc": dense_acc,
+        "compression": st["compression"],
+        "kept": st["kept"],
+        "weights": st["weights"],
+        "train_seconds": time.perf_counter() - t1,
+    }
+    out = save_checkpoint(
+        a.out_dir / f"{stem}-svdo.pt",
+        model,
+        arch=a.arch,
+        arch_kwargs={"svdo": True},
+        input_shape=INPUT_SHAPES[a.arch],
+        threshold=3.0,
+        provenance=prov,
+    )
+    (a.out_dir / f"{stem}-log.json").write_text(
+        json.dumps({"provenance": prov, "epochs": log, "layers": st["layers"]}, indent=2)
+    )
+    print(
+        f"{stem}: dense acc {dense_acc:.4f}, svdo acc {acc:.4f}, compression {st['compression']:.1f}x, "
+        f"svdo time {prov['train_seconds']:.0f}s -> {out}",
+        flush=True,
+    )
     if a.bundle:
         PACKAGE_CKPT_DIR.mkdir(exist_ok=True)
         dst = PACKAGE_CKPT_DIR / f"{a.arch}.pt"

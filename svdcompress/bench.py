@@ -75,8 +75,17 @@ __all__ = [
     "torch_threads",
 ]
 
-CONTENDERS = ("torch-dense", "ort-dense", "openvino-dense", "torch-masked", "torch-pruned", "ort-compact",
-              "openvino-compact", "ort-sparse", "csr-runtime")
+CONTENDERS = (
+    "torch-dense",
+    "ort-dense",
+    "openvino-dense",
+    "torch-masked",
+    "torch-pruned",
+    "ort-compact",
+    "openvino-compact",
+    "ort-sparse",
+    "csr-runtime",
+)
 OPENVINO_CONTENDERS = ("openvino-dense", "openvino-compact")
 # speedup_vs_best_dense divides the faster of these (same batch size and threads) by a contender's median.
 DENSE_REFERENCES = ("ort-dense", "openvino-dense")
@@ -134,8 +143,14 @@ class BenchReport:
     floor: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"results": [asdict(r) for r in self.results], "machine": self.machine, "versions": self.versions,
-                "model": self.model, "accuracy": self.accuracy, "floor": self.floor}
+        return {
+            "results": [asdict(r) for r in self.results],
+            "machine": self.machine,
+            "versions": self.versions,
+            "model": self.model,
+            "accuracy": self.accuracy,
+            "floor": self.floor,
+        }
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
         with atomic_path(path) as tmp:
@@ -173,11 +188,16 @@ class BenchReport:
         if f:
             per = f"{f['nnz']:,} nonzeros in sparse layers, 4 B per element in dense ones"
             if f.get("source") == "runtime":
-                per = "values + indices + indptr of sparse layers and 4 B per element of dense ones, as the runtime " \
-                      "reports"
-            lines += ["", f"Memory-bandwidth floor for csr-runtime: {f['weight_bytes']:,} B of weights read per call "
-                      f"({per}) ÷ {f['copy_gb_per_s']:.1f} GB/s copy bandwidth ({f['threads']} thread) = "
-                      f"{f['floor_us']:.1f} µs per call."]
+                per = (
+                    "values + indices + indptr of sparse layers and 4 B per element of dense ones, as the runtime "
+                    "reports"
+                )
+            lines += [
+                "",
+                f"Memory-bandwidth floor for csr-runtime: {f['weight_bytes']:,} B of weights read per call "
+                f"({per}) ÷ {f['copy_gb_per_s']:.1f} GB/s copy bandwidth ({f['threads']} thread) = "
+                f"{f['floor_us']:.1f} µs per call.",
+            ]
             if f.get("macs_per_item") is not None:
                 lines.append(f"csr-runtime executes {f['macs_per_item']:,} multiply-adds per item.")
         peaks = m.get("sgemm_peak_gmac_per_s")
@@ -199,8 +219,9 @@ class BenchReport:
         fig, axes = plt.subplots(1, len(threads), figsize=(5.5 * len(threads), 4), squeeze=False)
         for ax, t in zip(axes[0], threads, strict=True):
             for c in dict.fromkeys(r.contender for r in self.results):
-                rows = sorted((r for r in self.results if r.contender == c and r.threads == t),
-                              key=lambda r: r.batch_size)
+                rows = sorted(
+                    (r for r in self.results if r.contender == c and r.threads == t), key=lambda r: r.batch_size
+                )
                 ax.plot([r.batch_size for r in rows], [r.median_us for r in rows], marker="o", label=c)
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -246,8 +267,13 @@ def machine_info() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "simd": cpu_simd_flags(flags), "logical_cores": os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "simd": cpu_simd_flags(flags),
+        "logical_cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -256,8 +282,13 @@ def _versions() -> dict[str, str]:
 
     from . import __version__
 
-    out = {"svdcompress": __version__, "torch": torch.__version__, "onnxruntime": ort.__version__,
-           "onnx": onnx.__version__, "numpy": np.__version__}
+    out = {
+        "svdcompress": __version__,
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "onnx": onnx.__version__,
+        "numpy": np.__version__,
+    }
     ov = _import_openvino()
     if ov is not None:
         out["openvino"] = str(ov.__version__)
@@ -431,8 +462,9 @@ class _Models:
     info: dict[str, Any]
 
 
-def _prepare_models(model: nn.Module, input_shape: tuple[int, ...], cfg: BenchConfig, workdir: Path,
-                    log: Callable[[str], None]) -> _Models:
+def _prepare_models(
+    model: nn.Module, input_shape: tuple[int, ...], cfg: BenchConfig, workdir: Path, log: Callable[[str], None]
+) -> _Models:
     from .structured import prune
 
     dense = _dense_original(model)
@@ -443,8 +475,11 @@ def _prepare_models(model: nn.Module, input_shape: tuple[int, ...], cfg: BenchCo
         log("pruning")
         result = prune(model, threshold=cfg.threshold, input_shape=input_shape)
         pruned = result.model
-        info["prune"] = {"params_before": result.report.params_before, "params_after": result.report.params_after,
-                         "max_abs_diff": result.report.max_abs_diff}
+        info["prune"] = {
+            "params_before": result.report.params_before,
+            "params_after": result.report.params_after,
+            "max_abs_diff": result.report.max_abs_diff,
+        }
     forms = {"dense": dense, "masked": masked, **({"pruned": pruned} if pruned is not None else {})}
     sizes = {k: _state_bytes(m, workdir, k) for k, m in forms.items()}
     return _Models(dense, masked, pruned, sizes, info)
@@ -462,8 +497,9 @@ def _onnx_artifact(models: _Models, form: str, input_shape: tuple[int, ...], wor
     return path
 
 
-def _check_outputs(name: str, fn: Callable[[np.ndarray], np.ndarray], reference: nn.Module,
-                   input_shape: tuple[int, ...]) -> None:
+def _check_outputs(
+    name: str, fn: Callable[[np.ndarray], np.ndarray], reference: nn.Module, input_shape: tuple[int, ...]
+) -> None:
     """A third-party engine must compute what the model computes before its time means anything."""
     from .errors import VerificationError
 
@@ -477,8 +513,14 @@ def _check_outputs(name: str, fn: Callable[[np.ndarray], np.ndarray], reference:
         raise VerificationError(f"{name}: outputs differ from the PyTorch model by {diff:.3g} (tolerance {tol:.3g})")
 
 
-def _build_contenders(models: _Models, input_shape: tuple[int, ...], cfg: BenchConfig, workdir: Path,
-                      threads: int, log: Callable[[str], None]) -> tuple[list[_Contender], dict[str, Any]]:
+def _build_contenders(
+    models: _Models,
+    input_shape: tuple[int, ...],
+    cfg: BenchConfig,
+    workdir: Path,
+    threads: int,
+    log: Callable[[str], None],
+) -> tuple[list[_Contender], dict[str, Any]]:
     dense, masked, pruned = models.dense, models.masked, models.pruned
     out: list[_Contender] = []
     info: dict[str, Any] = dict(models.info)
@@ -501,16 +543,16 @@ def _build_contenders(models: _Models, input_shape: tuple[int, ...], cfg: BenchC
             path = _onnx_artifact(models, form, input_shape, workdir)
             run = _openvino_runner(ov, _openvino_compiled(ov, path, threads))
             _check_outputs(name, run, dense if form == "dense" else masked, input_shape)
-            out.append(_Contender(name, run, True, path.stat().st_size,
-                                  settle_s=_OPENVINO_SETTLE_S if threads > 1 else 0.0))
+            out.append(
+                _Contender(name, run, True, path.stat().st_size, settle_s=_OPENVINO_SETTLE_S if threads > 1 else 0.0)
+            )
         elif name == "csr-runtime" and pruned is not None:
             from .export import export_csr
             from .runtime import load as load_runtime
 
             path = workdir / "model.csr"
             if not path.exists():
-                export_csr(pruned, path, input_shape=input_shape, reference=masked, threshold=cfg.threshold,
-                           force=True)
+                export_csr(pruned, path, input_shape=input_shape, reference=masked, threshold=cfg.threshold, force=True)
             rt = load_runtime(path, threads=threads)
             info.update(_runtime_info(rt))
             # The numba kernel runtime (it reports macs_per_item) works on numpy arrays and converts torch
@@ -534,8 +576,10 @@ def _runtime_info(rt: Any) -> dict[str, Any]:
     macs = getattr(rt, "macs_per_item", None)
     weight_bytes = getattr(rt, "weight_bytes", None)
     nnz = getattr(rt, "nnz", None)
-    info: dict[str, Any] = {"csr_kernels": dict(getattr(rt, "layer_kernels", {}) or {}),
-                            "csr_macs_per_item": None if macs is None else int(macs)}
+    info: dict[str, Any] = {
+        "csr_kernels": dict(getattr(rt, "layer_kernels", {}) or {}),
+        "csr_macs_per_item": None if macs is None else int(macs),
+    }
     if nnz is not None:
         info["csr_nnz"] = int(sum(nnz.values()))
     if weight_bytes is not None:
@@ -632,8 +676,16 @@ def bench(
     return report
 
 
-def _run(model: nn.Module, shape: tuple[int, ...], cfg: BenchConfig, data: tuple[torch.Tensor, torch.Tensor] | None,
-         wd: Path, progress: bool, name: str, skipped: dict[str, str]) -> BenchReport:
+def _run(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    cfg: BenchConfig,
+    data: tuple[torch.Tensor, torch.Tensor] | None,
+    wd: Path,
+    progress: bool,
+    name: str,
+    skipped: dict[str, str],
+) -> BenchReport:
     """The body of :func:`bench`, which restores the process state around it."""
     from tqdm import tqdm
 
@@ -653,19 +705,26 @@ def _run(model: nn.Module, shape: tuple[int, ...], cfg: BenchConfig, data: tuple
                     accuracy = {c.name: _accuracy(c, *data) for c in contenders}
                 for b in cfg.batch_sizes:
                     bar.set_postfix_str(f"timing batch {b}, {t} thread(s)")
-                    results += _time_batch(contenders, torch.randn(b, *shape, generator=gen), t, cfg, bar.update,
-                                           accuracy)
+                    results += _time_batch(
+                        contenders, torch.randn(b, *shape, generator=gen), t, cfg, bar.update, accuracy
+                    )
     _add_speedups(results)
-    mach = {**machine_info(), "repeats": cfg.repeats, "sample_ms": cfg.sample_ms, "warmup": cfg.warmup,
-            "dtype": "fp32"}
+    mach = {**machine_info(), "repeats": cfg.repeats, "sample_ms": cfg.sample_ms, "warmup": cfg.warmup, "dtype": "fp32"}
     floor: dict[str, Any] = {}
     if "csr_weight_bytes" in info:
         floor_threads = min(cfg.threads)
         bw = copy_bandwidth(threads=floor_threads)
-        floor = {"nnz": info.get("csr_nnz"), "bytes_per_nnz": 8, "weight_bytes": info["csr_weight_bytes"],
-                 "source": info["csr_weight_bytes_source"], "macs_per_item": info.get("csr_macs_per_item"),
-                 "copy_gb_per_s": bw / 1e9, "floor_us": info["csr_weight_bytes"] / bw * 1e6,
-                 "threads": floor_threads, "convention": "STREAM copy: (bytes read + bytes written) / s"}
+        floor = {
+            "nnz": info.get("csr_nnz"),
+            "bytes_per_nnz": 8,
+            "weight_bytes": info["csr_weight_bytes"],
+            "source": info["csr_weight_bytes_source"],
+            "macs_per_item": info.get("csr_macs_per_item"),
+            "copy_gb_per_s": bw / 1e9,
+            "floor_us": info["csr_weight_bytes"] / bw * 1e6,
+            "threads": floor_threads,
+            "convention": "STREAM copy: (bytes read + bytes written) / s",
+        }
         if floor["source"] == "runtime":
             del floor["bytes_per_nnz"]
         n = 1024
@@ -673,16 +732,23 @@ def _run(model: nn.Module, shape: tuple[int, ...], cfg: BenchConfig, data: tuple
         mach["sgemm_n"] = n
         mach["sgemm_peak_gmac_per_s"] = {str(t): p["peak"] for t, p in peaks.items()}
         mach["sgemm_by_library_gmac_per_s"] = {str(t): p for t, p in peaks.items()}
-        _add_compute_figures(results, info.get("csr_macs_per_item"), {t: p["peak"] for t, p in peaks.items()},
-                             floor["floor_us"])
+        _add_compute_figures(
+            results, info.get("csr_macs_per_item"), {t: p["peak"] for t, p in peaks.items()}, floor["floor_us"]
+        )
     model_info = {"name": name, "input_shape": list(shape), "threshold": cfg.threshold, **info}
     if skipped:
         model_info["skipped"] = skipped
     return BenchReport(results, mach, _versions(), model_info, accuracy, floor)
 
 
-def _time_batch(contenders: list[_Contender], x: torch.Tensor, threads: int, cfg: BenchConfig,
-                tick: Callable[[int], object], accuracy: dict[str, float]) -> list[BenchResult]:
+def _time_batch(
+    contenders: list[_Contender],
+    x: torch.Tensor,
+    threads: int,
+    cfg: BenchConfig,
+    tick: Callable[[int], object],
+    accuracy: dict[str, float],
+) -> list[BenchResult]:
     """Round-robin timed samples of every contender on one input batch."""
     b = len(x)
     xn = x.numpy()
@@ -706,8 +772,9 @@ def _time_batch(contenders: list[_Contender], x: torch.Tensor, threads: int, cfg
         s = sorted(samples[c.name])
         med = statistics.median(s)
         p90 = s[min(len(s) - 1, round(0.9 * (len(s) - 1)))]
-        out.append(BenchResult(c.name, b, threads, med, p90, b / (med / 1e6), c.artifact_bytes,
-                               accuracy=accuracy.get(c.name)))
+        out.append(
+            BenchResult(c.name, b, threads, med, p90, b / (med / 1e6), c.artifact_bytes, accuracy=accuracy.get(c.name))
+        )
     return out
 
 
@@ -727,8 +794,9 @@ def _add_speedups(results: list[BenchResult]) -> None:
             res.speedup_vs_best_dense = best.median_us / res.median_us
 
 
-def _add_compute_figures(results: list[BenchResult], macs_per_item: int | None, peak_gmac: dict[int, float],
-                         floor_us: float) -> None:
+def _add_compute_figures(
+    results: list[BenchResult], macs_per_item: int | None, peak_gmac: dict[int, float], floor_us: float
+) -> None:
     """csr-runtime records: multiply-adds per item, GMAC/s, fraction of the sgemm peak, bandwidth floor."""
     for r in results:
         if r.contender != "csr-runtime":

@@ -59,12 +59,34 @@ def write_zip(path: Path, members: list[dict[str, Any]]) -> None:
         size = m.get("declared_size", size)
         flags = m.get("flags", 0)
         offset = out.tell()
-        out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, flags, method, 0, _DOS_DATE, crc, len(comp), size,
-                              len(name), 0))
+        out.write(
+            struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, flags, method, 0, _DOS_DATE, crc, len(comp), size, len(name), 0)
+        )
         out.write(name)
         out.write(comp)
-        central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, flags, method, 0, _DOS_DATE, crc,
-                                   len(comp), size, len(name), 0, 0, 0, 0, 0, offset) + name)
+        central.append(
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                20,
+                20,
+                flags,
+                method,
+                0,
+                _DOS_DATE,
+                crc,
+                len(comp),
+                size,
+                len(name),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+            + name
+        )
     cd_offset = out.tell()
     cd = b"".join(central)
     out.write(cd)
@@ -112,7 +134,7 @@ class Bundle:
         """A writable view of tensor ``name`` in its blob."""
         t = self.manifest["tensors"][name]
         size = int(np.prod(t["shape"], dtype=np.int64))
-        return self.blobs[t["dtype"]][t["offset"]:t["offset"] + size]
+        return self.blobs[t["dtype"]][t["offset"] : t["offset"] + size]
 
     def decoded_indices(self, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """(indptr, absolute column indices) of a CSR layer."""
@@ -120,7 +142,7 @@ class Bundle:
         d = self.tensor(info["indices"]).astype(np.int64)
         idx = d.copy()
         for r in range(indptr.size - 1):
-            idx[indptr[r]:indptr[r + 1]] = np.cumsum(d[indptr[r]:indptr[r + 1]])
+            idx[indptr[r] : indptr[r + 1]] = np.cumsum(d[indptr[r] : indptr[r + 1]])
         return indptr, idx
 
     def set_tensor(self, name: str, arr: np.ndarray, encoding: str | None = None) -> None:
@@ -132,8 +154,11 @@ class Bundle:
         if encoding is not None:
             t["encoding"] = encoding
         self.blobs[key] = np.concatenate([blob, arr.ravel()])
-        self.manifest["blobs"][key] = {"member": f"{key}.npy", "count": int(self.blobs[key].size),
-                                       "byteshuffle": arr.dtype.itemsize > 1}
+        self.manifest["blobs"][key] = {
+            "member": f"{key}.npy",
+            "count": int(self.blobs[key].size),
+            "byteshuffle": arr.dtype.itemsize > 1,
+        }
 
     # -- writing
     def members(self) -> list[dict[str, Any]]:
@@ -176,8 +201,9 @@ def case(name: str, expect: Expect = None) -> Callable[[Callable[[Bundle], None]
     return register
 
 
-def raw_case(name: str, expect: str | None = None) -> Callable[[Callable[[Path, Path], None]],
-                                                               Callable[[Path, Path], None]]:
+def raw_case(
+    name: str, expect: str | None = None
+) -> Callable[[Callable[[Path, Path], None]], Callable[[Path, Path], None]]:
     """Register ``make(src, dst)`` as case ``name`` (cases that write bytes themselves)."""
 
     def register(make: Callable[[Path, Path], None]) -> Callable[[Path, Path], None]:
@@ -797,8 +823,7 @@ def _(src: Path, dst: Path) -> None:
 def _(src: Path, dst: Path) -> None:
     members = Bundle(src).members()
     data = members[1]["data"]
-    members[1] = {"name": members[1]["name"], "raw": _deflate(data), "crc": zlib.crc32(data) ^ 1,
-                  "size": len(data)}
+    members[1] = {"name": members[1]["name"], "raw": _deflate(data), "crc": zlib.crc32(data) ^ 1, "size": len(data)}
     write_zip(dst, members)
 
 
@@ -823,8 +848,7 @@ def _(src: Path, dst: Path) -> None:
 def _(src: Path, dst: Path) -> None:
     members = Bundle(src).members()
     data = members[1]["data"]
-    members[1] = {"name": members[1]["name"], "raw": bytes(range(256)) * 4, "crc": zlib.crc32(data),
-                  "size": len(data)}
+    members[1] = {"name": members[1]["name"], "raw": bytes(range(256)) * 4, "crc": zlib.crc32(data), "size": len(data)}
     write_zip(dst, members)
 
 

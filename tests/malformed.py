@@ -109,8 +109,9 @@ def valid_checkpoint(path: Path) -> Path:
         for name, p in model.named_parameters():
             if name.endswith("log_sigma2"):
                 p.copy_(torch.empty_like(p).uniform_(-12.0, 2.0))
-    return save_checkpoint(path, model, arch="lenet300", arch_kwargs={"svdo": True}, input_shape=(1, 28, 28),
-                           provenance={"test": True})
+    return save_checkpoint(
+        path, model, arch="lenet300", arch_kwargs={"svdo": True}, input_shape=(1, 28, 28), provenance={"test": True}
+    )
 
 
 def _write(name: str, data: bytes) -> Callable[[Path], Path]:
@@ -131,8 +132,9 @@ def _torch_save(name: str, obj: Callable[[Path], Any], *, legacy: bool = False) 
     return make
 
 
-def _svdc(name: str, edit: Callable[[dict[str, torch.Tensor]], None] | None = None, **overrides: Any
-          ) -> Callable[[Path], Path]:
+def _svdc(
+    name: str, edit: Callable[[dict[str, torch.Tensor]], None] | None = None, **overrides: Any
+) -> Callable[[Path], Path]:
     """An svdcompress-format checkpoint whose state_dict ``edit`` damages in place."""
 
     def obj(_d: Path) -> dict[str, Any]:
@@ -346,8 +348,12 @@ def _random_bytes(prefix: bytes = b"") -> bytes:
 
 def _linear_state() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    return {k: v.detach() for k, v in torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(),
-                                                           torch.nn.Linear(4, 2)).state_dict().items()}
+    return {
+        k: v.detach()
+        for k, v in torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        .state_dict()
+        .items()
+    }
 
 
 # ------------------------------------------------------------------------------------------------ cases
@@ -365,36 +371,72 @@ CASES: tuple[Case, ...] = (
     Case("missing_path", lambda d: d / "does_not_exist.pt"),
     Case("no_read_permission", _unreadable, needs_non_root=True),
     # --- truncated / corrupt torch files
-    Case("truncated_svdcompress_half", _truncated_copy("trunc_half.pt", lambda d: valid_checkpoint(d / "v.pt"),
-                                                       lambda n: n // 2)),
-    Case("truncated_svdcompress_tail", _truncated_copy("trunc_tail.pt", lambda d: valid_checkpoint(d / "v.pt"),
-                                                       lambda n: n - 200)),
-    Case("truncated_svdcompress_head", _truncated_copy("trunc_head.pt", lambda d: valid_checkpoint(d / "v.pt"),
-                                                       lambda n: 40)),
-    Case("truncated_legacy_pickle", _truncated_copy(
-        "legacy_trunc.pt", _torch_save("legacy.pt", lambda _d: _lenet300_state(), legacy=True),
-        lambda n: n // 2)),
+    Case(
+        "truncated_svdcompress_half",
+        _truncated_copy("trunc_half.pt", lambda d: valid_checkpoint(d / "v.pt"), lambda n: n // 2),
+    ),
+    Case(
+        "truncated_svdcompress_tail",
+        _truncated_copy("trunc_tail.pt", lambda d: valid_checkpoint(d / "v.pt"), lambda n: n - 200),
+    ),
+    Case(
+        "truncated_svdcompress_head",
+        _truncated_copy("trunc_head.pt", lambda d: valid_checkpoint(d / "v.pt"), lambda n: 40),
+    ),
+    Case(
+        "truncated_legacy_pickle",
+        _truncated_copy(
+            "legacy_trunc.pt", _torch_save("legacy.pt", lambda _d: _lenet300_state(), legacy=True), lambda n: n // 2
+        ),
+    ),
     Case("torch_zip_missing_storage", _torch_zip_without_storage),
     # --- pickles that would run code or need trust
-    Case("pickle_runs_code_raw", lambda d: _write("evil.pt", pickle.dumps(_RunsCode(d / MARKER), protocol=2))(d),
-         runs_code=True),
-    Case("pickle_runs_code_torch_zip", _torch_save("evil_zip.pt", lambda d: {"state_dict": _RunsCode(d / MARKER)}),
-         runs_code=True),
-    Case("pickle_runs_code_legacy", _torch_save("evil_legacy.pt", lambda d: {"net": _RunsCode(d / MARKER)},
-                                                legacy=True), runs_code=True),
+    Case(
+        "pickle_runs_code_raw",
+        lambda d: _write("evil.pt", pickle.dumps(_RunsCode(d / MARKER), protocol=2))(d),
+        runs_code=True,
+    ),
+    Case(
+        "pickle_runs_code_torch_zip",
+        _torch_save("evil_zip.pt", lambda d: {"state_dict": _RunsCode(d / MARKER)}),
+        runs_code=True,
+    ),
+    Case(
+        "pickle_runs_code_legacy",
+        _torch_save("evil_legacy.pt", lambda d: {"net": _RunsCode(d / MARKER)}, legacy=True),
+        runs_code=True,
+    ),
     Case("npy_non_numpy_pickle", _npy_runs_code, runs_code=True),
     Case("npz_object_pickle", _npz_runs_code, runs_code=True),
     Case("whole_module_pickle", _torch_save("module.pt", lambda _d: _lenet300_module())),
     # --- unusable tensors in a named state_dict (no architecture recorded)
     Case("plain_nan_theta", _plain("plain_nan.pt", lambda: _demo_layer(**{"fc.W": _with_nan(torch.ones(8, 16))}))),
-    Case("plain_inf_log_sigma", _plain("plain_inf.pt", lambda: _demo_layer(
-        **{"fc.log_sigma": _with_inf(torch.zeros(8, 16))}))),
-    Case("plain_integer_tensors", _plain("plain_int.pt", lambda: _demo_layer(
-        **{"fc.W": torch.ones(8, 16, dtype=torch.int64), "fc.log_sigma": torch.zeros(8, 16, dtype=torch.int64)}))),
-    Case("plain_scalar_theta", _plain("plain_scalar.pt", lambda: _demo_layer(
-        **{"fc.W": torch.tensor(1.0), "fc.log_sigma": torch.tensor(-3.0)}))),
-    Case("plain_theta_5d", _plain("plain_5d.pt", lambda: _demo_layer(
-        **{"fc.W": torch.ones(2, 2, 2, 2, 2), "fc.log_sigma": torch.ones(2, 2, 2, 2, 2)}))),
+    Case(
+        "plain_inf_log_sigma",
+        _plain("plain_inf.pt", lambda: _demo_layer(**{"fc.log_sigma": _with_inf(torch.zeros(8, 16))})),
+    ),
+    Case(
+        "plain_integer_tensors",
+        _plain(
+            "plain_int.pt",
+            lambda: _demo_layer(
+                **{"fc.W": torch.ones(8, 16, dtype=torch.int64), "fc.log_sigma": torch.zeros(8, 16, dtype=torch.int64)}
+            ),
+        ),
+    ),
+    Case(
+        "plain_scalar_theta",
+        _plain(
+            "plain_scalar.pt", lambda: _demo_layer(**{"fc.W": torch.tensor(1.0), "fc.log_sigma": torch.tensor(-3.0)})
+        ),
+    ),
+    Case(
+        "plain_theta_5d",
+        _plain(
+            "plain_5d.pt",
+            lambda: _demo_layer(**{"fc.W": torch.ones(2, 2, 2, 2, 2), "fc.log_sigma": torch.ones(2, 2, 2, 2, 2)}),
+        ),
+    ),
     Case("plain_shape_mismatch", _plain("plain_shapes.pt", lambda: _demo_layer(**{"fc.log_sigma": torch.ones(16, 8)}))),
     Case("plain_bias_wrong_size", _plain("plain_bias.pt", lambda: _demo_layer(**{"fc.bias": torch.zeros(7)}))),
     # --- unusable tensors in an svdcompress checkpoint (architecture recorded: the model would build)
@@ -406,36 +448,71 @@ CASES: tuple[Case, ...] = (
     Case("svdc_scalar_theta", _svdc("svdc_scalar.pt", _set("fc2.weight", lambda t: torch.tensor(0.5)))),
     Case("svdc_shape_mismatch", _svdc("svdc_shapes.pt", _set("fc2.log_sigma2", lambda t: t.t().contiguous()))),
     Case("svdc_bias_wrong_size", _svdc("svdc_bias.pt", _set("fc1.bias", lambda t: torch.zeros(299)))),
-    Case("svdc_missing_key", _svdc("svdc_missing.pt", _drop("fc3.log_sigma2")),
-         analyze_ok="fc3 without log_sigma2 reads as a plain layer; fc1 and fc2 are still analysed"),
+    Case(
+        "svdc_missing_key",
+        _svdc("svdc_missing.pt", _drop("fc3.log_sigma2")),
+        analyze_ok="fc3 without log_sigma2 reads as a plain layer; fc1 and fc2 are still analysed",
+    ),
     Case("svdc_wrong_shape_for_arch", _svdc("svdc_arch_shape.pt", _set("fc1.weight", lambda t: torch.zeros(300, 700)))),
     Case("svdc_future_version", _svdc("svdc_future.pt", format_version=99)),
     Case("svdc_version_not_int", _svdc("svdc_version_str.pt", format_version="2.0")),
-    Case("svdc_unknown_arch", _svdc("svdc_unknown_arch.pt", arch="resnet9000"),
-         analyze_ok="analyze needs the tensors, not the architecture"),
-    Case("svdc_bad_arch_kwargs", _svdc("svdc_arch_kwargs.pt", arch_kwargs={"hidden": "lots"}),
-         analyze_ok="analyze needs the tensors, not the architecture"),
+    Case(
+        "svdc_unknown_arch",
+        _svdc("svdc_unknown_arch.pt", arch="resnet9000"),
+        analyze_ok="analyze needs the tensors, not the architecture",
+    ),
+    Case(
+        "svdc_bad_arch_kwargs",
+        _svdc("svdc_arch_kwargs.pt", arch_kwargs={"hidden": "lots"}),
+        analyze_ok="analyze needs the tensors, not the architecture",
+    ),
     Case("svdc_arch_not_str", _svdc("svdc_arch_type.pt", arch=["lenet300"])),
     Case("svdc_bad_input_shape", _svdc("svdc_input_shape.pt", input_shape=["one", 28, 28])),
     Case("svdc_negative_input_shape", _svdc("svdc_neg_shape.pt", input_shape=[-1, 28, 28])),
     Case("svdc_no_state_dict", _svdc("svdc_empty_state.pt", state_dict={})),
     # --- readable, but not SVDO
     Case("plain_state_dict", _plain("plain.pt", _linear_state)),
-    Case("lookalike_bayesian_compression", _plain("bc.pt", lambda: {
-        "fc1.weight": torch.randn(8, 16), "fc1.z_mu": torch.randn(16), "fc1.z_logvar": torch.randn(16),
-        "fc1.log_sigma2": torch.randn(8, 16)})),
-    Case("lookalike_l0_log_alpha", _plain("l0.pt", lambda: {
-        "fc1.weight": torch.randn(8, 16), "fc1.log_alpha": torch.randn(16), "fc1.bias": torch.zeros(8)})),
-    Case("lookalike_sbp_mu_log_sigma", _plain("sbp.pt", lambda: {
-        "fc1.weight": torch.randn(8, 16), "fc1.mu": torch.randn(8), "fc1.log_sigma": torch.randn(8)})),
+    Case(
+        "lookalike_bayesian_compression",
+        _plain(
+            "bc.pt",
+            lambda: {
+                "fc1.weight": torch.randn(8, 16),
+                "fc1.z_mu": torch.randn(16),
+                "fc1.z_logvar": torch.randn(16),
+                "fc1.log_sigma2": torch.randn(8, 16),
+            },
+        ),
+    ),
+    Case(
+        "lookalike_l0_log_alpha",
+        _plain(
+            "l0.pt",
+            lambda: {"fc1.weight": torch.randn(8, 16), "fc1.log_alpha": torch.randn(16), "fc1.bias": torch.zeros(8)},
+        ),
+    ),
+    Case(
+        "lookalike_sbp_mu_log_sigma",
+        _plain(
+            "sbp.pt",
+            lambda: {"fc1.weight": torch.randn(8, 16), "fc1.mu": torch.randn(8), "fc1.log_sigma": torch.randn(8)},
+        ),
+    ),
     Case("only_non_tensor_values", _plain("scalars.pt", lambda: {"epoch": 3, "lr": 0.1, "name": "run-7"})),
     Case("nested_dict_no_tensors", _plain("nested.pt", lambda: {"net": {"cfg": {"widths": [1, 2]}}, "epoch": 1})),
     Case("tensor_list_not_state_dict", _plain("list.pt", lambda: [torch.ones(3), torch.ones(3)])),
     # --- safetensors
     Case("safetensors_lying_offsets", _write("lie.safetensors", _safetensors_lying_offsets())),
     Case("safetensors_shape_vs_offsets", _write("shape.safetensors", _safetensors_shape_vs_offsets())),
-    Case("safetensors_header_len_too_big", _write("long_header.safetensors", _safetensors_bytes(
-        {"fc.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, header_len=1 << 40))),
+    Case(
+        "safetensors_header_len_too_big",
+        _write(
+            "long_header.safetensors",
+            _safetensors_bytes(
+                {"fc.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, header_len=1 << 40
+            ),
+        ),
+    ),
     Case("safetensors_bad_json", _write("bad_json.safetensors", struct.pack("<Q", 12) + b"{not json!!}")),
     Case("safetensors_nan", _safetensors_nan),
     # --- Lasagne .npy / .npz lists

@@ -44,8 +44,14 @@ def _modes(model: torch.nn.Module) -> dict[str, bool]:
 
 
 def _tiny_config(**kw: object) -> BenchConfig:
-    base: dict[str, object] = {"batch_sizes": (1,), "threads": (2,), "repeats": 3, "warmup": 1, "sample_ms": 0.1,
-                               "contenders": ("torch-dense", "torch-masked")}
+    base: dict[str, object] = {
+        "batch_sizes": (1,),
+        "threads": (2,),
+        "repeats": 3,
+        "warmup": 1,
+        "sample_ms": 0.1,
+        "contenders": ("torch-dense", "torch-masked"),
+    }
     base.update(kw)
     return BenchConfig(**base)  # type: ignore[arg-type]
 
@@ -105,8 +111,13 @@ def _r(contender: str, median: float, batch: int = 1, threads: int = 1) -> Bench
 
 def test_speedup_vs_best_dense_takes_the_faster_dense_peer_per_batch_and_threads() -> None:
     results = [
-        _r("ort-dense", 100.0), _r("openvino-dense", 80.0), _r("csr-runtime", 20.0), _r("torch-dense", 400.0),
-        _r("ort-dense", 1000.0, batch=16), _r("openvino-dense", 1200.0, batch=16), _r("csr-runtime", 250.0, batch=16),
+        _r("ort-dense", 100.0),
+        _r("openvino-dense", 80.0),
+        _r("csr-runtime", 20.0),
+        _r("torch-dense", 400.0),
+        _r("ort-dense", 1000.0, batch=16),
+        _r("openvino-dense", 1200.0, batch=16),
+        _r("csr-runtime", 250.0, batch=16),
         _r("csr-runtime", 10.0, threads=2),  # no dense peer at 2 threads
     ]
     bench_mod._add_speedups(results)
@@ -148,8 +159,11 @@ def test_runtime_info_prefers_what_the_runtime_reports() -> None:
     assert info["csr_macs_per_item"] == 350_000
     assert (info["csr_weight_bytes"], info["csr_weight_bytes_source"]) == (40_000, "runtime")
     assert info["csr_kernels"] == {"conv1": "dense", "fc1": "sparse"}
-    old = SimpleNamespace(layer_kernels={"fc1": "csr", "fc2": "dense"}, nnz={"fc1": 100, "fc2": 30},
-                          manifest={"layers": {"fc2.weight": {"shape": [10, 5]}}})
+    old = SimpleNamespace(
+        layer_kernels={"fc1": "csr", "fc2": "dense"},
+        nnz={"fc1": 100, "fc2": 30},
+        manifest={"layers": {"fc2.weight": {"shape": [10, 5]}}},
+    )
     info = bench_mod._runtime_info(old)
     assert info["csr_macs_per_item"] is None
     assert (info["csr_weight_bytes"], info["csr_weight_bytes_source"]) == (8 * 100 + 4 * 50, "estimate")
@@ -157,8 +171,20 @@ def test_runtime_info_prefers_what_the_runtime_reports() -> None:
 
 
 def test_cpu_simd_flags_keeps_vector_extensions_only() -> None:
-    simd = ["sse", "sse2", "ssse3", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16",
-            "amx_tile"]
+    simd = [
+        "sse",
+        "sse2",
+        "ssse3",
+        "sse4_1",
+        "sse4_2",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512_bf16",
+        "amx_tile",
+    ]
     assert cpu_simd_flags(["fpu", "vme", *simd, "misalignsse", "aes"]) == sorted(simd)
     assert cpu_simd_flags(["fp", "asimd", "asimdhp", "sve", "sve2", "crc32"]) == ["asimd", "asimdhp", "sve", "sve2"]
 
@@ -175,8 +201,9 @@ def test_machine_info_records_cpu_and_simd() -> None:
         assert "avx2" in info["simd"]
 
 
-def test_missing_openvino_is_skipped_with_one_note(monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_openvino_is_skipped_with_one_note(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(bench_mod, "_import_openvino", lambda: None)
     cfg = _tiny_config(threads=(1, 2), contenders=("torch-dense", "openvino-dense", "openvino-compact"))
     report = bench(TinySVDO(), input_shape=(20,), config=cfg, progress=False)

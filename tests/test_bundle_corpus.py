@@ -68,9 +68,18 @@ print("LOADED AND RAN")
 def valid_model() -> nn.Module:
     """Conv (CSR) + relu + max-pool, a grouped conv, flatten, gather, a CSR Linear and a dense-stored Linear."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(4, 6, 3, groups=2), nn.ReLU(), nn.Flatten(),
-                          InputGather(torch.arange(0, 24, 2), 24), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, groups=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        InputGather(torch.arange(0, 24, 2), 24),
+        nn.Linear(12, 10),
+        nn.ReLU(),
+        nn.Linear(10, 3),
+    )
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in (model[0], model[3], model[7]):
@@ -82,8 +91,13 @@ def run_child(path: Path, kernel: str = "sparse") -> subprocess.CompletedProcess
     """Load and call ``path`` in a fresh process; None on timeout."""
     script = _CHILD.format(limit=MEMORY_LIMIT, code=BUNDLE_ERROR_EXIT)
     try:
-        return subprocess.run([sys.executable, "-c", script, str(path), kernel], capture_output=True, text=True,
-                              timeout=TIMEOUT_S, check=False)
+        return subprocess.run(
+            [sys.executable, "-c", script, str(path), kernel],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return None
 
@@ -116,8 +130,9 @@ def test_corpus_is_large_and_the_generator_keeps_a_valid_bundle_valid(valid_bund
     same = tmp_path / "rewritten.csr"
     corrupt.Bundle(valid_bundle).write(same)  # our zip writer, no edit: must still load and agree
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
-    np.testing.assert_array_equal(runtime.load(same, kernel="sparse")(x), runtime.load(valid_bundle,
-                                                                                       kernel="sparse")(x))
+    np.testing.assert_array_equal(
+        runtime.load(same, kernel="sparse")(x), runtime.load(valid_bundle, kernel="sparse")(x)
+    )
     proc = run_child(same)
     assert proc is not None and proc.returncode == 0 and "LOADED AND RAN" in proc.stdout, proc
 
@@ -128,8 +143,9 @@ def test_corrupted_bundle_fails_cleanly(case: str, results: dict[str, Result]) -
     assert proc is not None, f"{case}: load + call did not finish within {TIMEOUT_S} s"
     assert proc.returncode >= 0, f"{case}: the process died of signal {-proc.returncode}\n{proc.stderr[-3000:]}"
     assert "LOADED AND RAN" not in proc.stdout, f"{case}: the corrupted bundle was accepted"
-    assert proc.returncode == BUNDLE_ERROR_EXIT, (f"{case}: expected a BundleError, got exit {proc.returncode}\n"
-                                                  f"{proc.stderr[-3000:]}")
+    assert proc.returncode == BUNDLE_ERROR_EXIT, (
+        f"{case}: expected a BundleError, got exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    )
     message = proc.stdout.strip()
     assert str(path) in message, f"{case}: the message does not name the bundle: {message!r}"
     if expect is not None:

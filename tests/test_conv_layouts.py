@@ -40,8 +40,12 @@ class Net(nn.Module):
         cin, cout, _, k, s, p, d, g, pool = case
         self.conv = nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g)
         self.act = nn.ReLU()
-        self.pool = {"max": nn.MaxPool2d(2), "avg": nn.AvgPool2d(2, ceil_mode=True),
-                     "max3": nn.MaxPool2d(3, 2, padding=1, ceil_mode=True), None: nn.Identity()}[pool]
+        self.pool = {
+            "max": nn.MaxPool2d(2),
+            "avg": nn.AvgPool2d(2, ceil_mode=True),
+            "max3": nn.MaxPool2d(3, 2, padding=1, ceil_mode=True),
+            None: nn.Identity(),
+        }[pool]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.act(self.conv(x)))
@@ -49,8 +53,9 @@ class Net(nn.Module):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("layout", [0, 1, 2, 3])
-def test_every_layout_matches_torch(case: tuple[Any, ...], layout: int, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_layout_matches_torch(
+    case: tuple[Any, ...], layout: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(layout)
     net = Net(case).eval()
     with torch.no_grad():

@@ -30,14 +30,32 @@ torch.set_num_threads(1)
 RTOL = 1e-5
 KERNELS = ("sparse", "dense")
 THREADS = (1, 2)
-_SETTINGS = settings(max_examples=120, deadline=None, derandomize=True,
-                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+_SETTINGS = settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # Batch sizes around the runtime's regime switches (one example / batch-blocked, partial interleaved blocks).
 BATCH = st.one_of(st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 64]), st.integers(1, 64))
 
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "elu", "hardtanh", "silu", "softplus",
-               "mish", "selu", "hardswish", "relu6")
+ACTIVATIONS = (
+    "relu",
+    "leaky_relu",
+    "gelu",
+    "gelu_tanh",
+    "tanh",
+    "sigmoid",
+    "elu",
+    "hardtanh",
+    "silu",
+    "softplus",
+    "mish",
+    "selu",
+    "hardswish",
+    "relu6",
+)
 
 
 def make_activation(name: str, draw: Any) -> nn.Module:
@@ -53,12 +71,22 @@ def make_activation(name: str, draw: Any) -> nn.Module:
         return nn.Softplus(beta=draw(st.sampled_from([1.0, 2.0, 0.5])), threshold=draw(st.sampled_from([20.0, 1.0])))
     if name == "gelu_tanh":
         return nn.GELU(approximate="tanh")
-    return {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU,
-            "mish": nn.Mish, "selu": nn.SELU, "hardswish": nn.Hardswish, "relu6": nn.ReLU6}[name]()
+    return {
+        "relu": nn.ReLU,
+        "gelu": nn.GELU,
+        "tanh": nn.Tanh,
+        "sigmoid": nn.Sigmoid,
+        "silu": nn.SiLU,
+        "mish": nn.Mish,
+        "selu": nn.SELU,
+        "hardswish": nn.Hardswish,
+        "relu6": nn.ReLU6,
+    }[name]()
 
 
-def sparsify_(layer: nn.Conv2d | nn.Linear, density: float, empty_rows: float, gen: torch.Generator,
-              scale: float = 1.0) -> None:
+def sparsify_(
+    layer: nn.Conv2d | nn.Linear, density: float, empty_rows: float, gen: torch.Generator, scale: float = 1.0
+) -> None:
     """Keep each weight with probability ``density``, then zero a fraction ``empty_rows`` of whole output rows."""
     with torch.no_grad():
         w = layer.weight
@@ -77,8 +105,9 @@ def assert_matches(got: Any, ref: torch.Tensor, msg: str) -> None:
     torch.testing.assert_close(got_t.double(), ref, rtol=RTOL, atol=atol, msg=lambda m: f"{msg}\n{m}")
 
 
-def check_bundle(model: nn.Module, path: Path, input_shape: tuple[int, ...], batches: tuple[int, ...],
-                 seed: int = 0, what: str = "") -> None:
+def check_bundle(
+    model: nn.Module, path: Path, input_shape: tuple[int, ...], batches: tuple[int, ...], seed: int = 0, what: str = ""
+) -> None:
     """Export ``model``, then run the bundle with each kernel and thread count against float64 torch."""
     model = model.eval()
     export_csr(model, path, input_shape=input_shape, force=True)
@@ -127,8 +156,9 @@ def conv_nets(draw: Any) -> tuple[nn.Module, tuple[int, int, int], int, int, str
     else:
         oh, ow = h, w
     assume(oh >= 1 and ow >= 1)
-    conv = nn.Conv2d(cin, cout, (kh, kw), stride=stride, padding=padding, dilation=dil, groups=groups,
-                     bias=draw(st.booleans()))
+    conv = nn.Conv2d(
+        cin, cout, (kh, kw), stride=stride, padding=padding, dilation=dil, groups=groups, bias=draw(st.booleans())
+    )
     seed = draw(st.integers(0, 2**16))
     gen = torch.Generator().manual_seed(seed)
     density = draw(st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0)))
@@ -160,16 +190,19 @@ def conv_nets(draw: Any) -> tuple[nn.Module, tuple[int, int, int], int, int, str
             model(torch.zeros(1, cin, h, w))
     except RuntimeError:
         assume(False)
-    desc = (f"conv {cin}->{cout} k=({kh},{kw}) s={stride} p={padding} d={dil} g={groups} in=({h},{w}) "
-            f"density={density:.3g} empty_rows={empty_rows} act={act} pool={pool} {pdesc}")
+    desc = (
+        f"conv {cin}->{cout} k=({kh},{kw}) s={stride} p={padding} d={dil} g={groups} in=({h},{w}) "
+        f"density={density:.3g} empty_rows={empty_rows} act={act} pool={pool} {pdesc}"
+    )
     return model, (cin, h, w), draw(BATCH), seed, desc
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 @_SETTINGS
 @given(case=conv_nets())
-def test_conv2d_act_pool_matches_torch(case: tuple[nn.Module, tuple[int, int, int], int, int, str],
-                                       tmp_path: Path) -> None:
+def test_conv2d_act_pool_matches_torch(
+    case: tuple[nn.Module, tuple[int, int, int], int, int, str], tmp_path: Path
+) -> None:
     model, shape, batch, seed, desc = case
     check_bundle(model, tmp_path / "conv.csr", shape, (batch,), seed, desc)
 
@@ -320,15 +353,27 @@ OTHER_OPS: dict[str, tuple[Any, tuple[int, ...], set[str]]] = {
     "batchnorm-not-foldable": (BatchNormNotFoldable, (3, 6, 6), {"batchnorm", "add"}),
     "add-cat": (AddCat, (2, 5, 5), {"add", "cat", "reshape"}),
     "unfused-act-pool": (Unfused, (2, 9, 9), {"silu", "max_pool2d", "avg_pool2d", "add", "cat", "reshape"}),
-    "softmax": (lambda: nn.Sequential(nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 5), nn.Softmax(dim=1)), (12,),
-                {"softmax"}),
-    "log_softmax": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.LogSoftmax(dim=-1)), (3, 4),
-                    {"log_softmax", "reshape"}),
+    "softmax": (
+        lambda: nn.Sequential(nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 5), nn.Softmax(dim=1)),
+        (12,),
+        {"softmax"},
+    ),
+    "log_softmax": (
+        lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.LogSoftmax(dim=-1)),
+        (3, 4),
+        {"log_softmax", "reshape"},
+    ),
     "prelu": (PReLUs, (3, 6, 6), {"prelu"}),
-    "adaptive_avg_pool2d": (lambda: nn.Sequential(nn.Conv2d(2, 4, 2), nn.AdaptiveAvgPool2d((3, 2)), nn.Flatten(),
-                                                  nn.Linear(24, 3)), (2, 8, 10), {"adaptive_avg_pool2d"}),
-    "adaptive_avg_pool2d-1": (lambda: nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                                    nn.Flatten()), (2, 7, 5), {"adaptive_avg_pool2d"}),
+    "adaptive_avg_pool2d": (
+        lambda: nn.Sequential(nn.Conv2d(2, 4, 2), nn.AdaptiveAvgPool2d((3, 2)), nn.Flatten(), nn.Linear(24, 3)),
+        (2, 8, 10),
+        {"adaptive_avg_pool2d"},
+    ),
+    "adaptive_avg_pool2d-1": (
+        lambda: nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        (2, 7, 5),
+        {"adaptive_avg_pool2d"},
+    ),
     "reshape": (ViewConv, (72,), {"reshape"}),
     "gather": (_gather_net, (1, 10, 10), {"gather"}),
 }

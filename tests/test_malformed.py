@@ -55,8 +55,10 @@ COMMANDS: dict[str, tuple[Callable[[Path, Path], list[str]], str | None]] = {
     "prune": (lambda i, o: ["prune", str(i), "-o", str(o / "out.pt2")], "out.pt2"),
     "export-onnx": (lambda i, o: ["export", str(i), "--format", "onnx", "-o", str(o / "out.onnx")], "out.onnx"),
     "export-csr": (lambda i, o: ["export", str(i), "--format", "csr", "-o", str(o / "out.csr")], "out.csr"),
-    "bench": (lambda i, o: ["bench", str(i), "--batch-sizes", "1", "--repeats", "3", "--json", str(o / "out.json")],
-              "out.json"),
+    "bench": (
+        lambda i, o: ["bench", str(i), "--batch-sizes", "1", "--repeats", "3", "--json", str(o / "out.json")],
+        "out.json",
+    ),
 }
 
 # The same commands writing to an explicit path (for the output-path rules).
@@ -186,8 +188,10 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(not IS_ROOT or shutil.which("setpriv") is None,
-                    reason="not root (the corpus case covers it) or no setpriv to drop privileges")
+@pytest.mark.skipif(
+    not IS_ROOT or shutil.which("setpriv") is None,
+    reason="not root (the corpus case covers it) or no setpriv to drop privileges",
+)
 def test_unreadable_input_as_unprivileged_user() -> None:
     """Root reads anything, so the no-read-permission case re-runs every command as uid 65534 (nobody)."""
     root = Path(tempfile.mkdtemp(prefix="svdc-perm-"))
@@ -200,9 +204,22 @@ def test_unreadable_input_as_unprivileged_user() -> None:
         out.chmod(0o777)
         before = _fingerprint(inp)
         argvs = {name: argv(inp, out) for name, (argv, _) in COMMANDS.items()}
-        res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-                              _AS_NOBODY, json.dumps(argvs)], capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        res = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                _AS_NOBODY,
+                json.dumps(argvs),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         assert res.returncode == 0, res.stderr
         for name, (code, text, exc) in json.loads(res.stdout.splitlines()[-1]).items():
             lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -247,19 +264,33 @@ def test_whole_module_pickle_needs_trust(corpus: _Corpus) -> None:
     assert _fingerprint(inp) == before
 
 
-@pytest.mark.parametrize("args", [
-    ["export", "{ckpt}", "--format", "tflite", "-o", "{out}/x.tflite"],
-    ["export", "{ckpt}", "--format", "onnx", "--opset", "7", "-o", "{out}/x.onnx"],
-    ["prune", "{ckpt}"],
-    ["bench", "{ckpt}", "--batch-sizes", "0", "--json", "{out}/x.json"],
-    ["bench", "{ckpt}", "--batch-sizes", "1,a", "--json", "{out}/x.json"],
-    ["bench", "{ckpt}", "--repeats", "1", "--json", "{out}/x.json"],
-    ["bench", "{ckpt}", "--contenders", "torch-dense,warp-drive", "--json", "{out}/x.json"],
-    ["analyze", "{ckpt}", "--threshold", "high"],
-    ["analyze", "{ckpt}", "--no-such-option"],
-    ["analyze"],
-], ids=["unknown-format", "opset-range", "missing-output", "batch-size-zero", "batch-size-text", "repeats-1",
-        "unknown-contender", "threshold-text", "unknown-option", "missing-ckpt"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "{ckpt}", "--format", "tflite", "-o", "{out}/x.tflite"],
+        ["export", "{ckpt}", "--format", "onnx", "--opset", "7", "-o", "{out}/x.onnx"],
+        ["prune", "{ckpt}"],
+        ["bench", "{ckpt}", "--batch-sizes", "0", "--json", "{out}/x.json"],
+        ["bench", "{ckpt}", "--batch-sizes", "1,a", "--json", "{out}/x.json"],
+        ["bench", "{ckpt}", "--repeats", "1", "--json", "{out}/x.json"],
+        ["bench", "{ckpt}", "--contenders", "torch-dense,warp-drive", "--json", "{out}/x.json"],
+        ["analyze", "{ckpt}", "--threshold", "high"],
+        ["analyze", "{ckpt}", "--no-such-option"],
+        ["analyze"],
+    ],
+    ids=[
+        "unknown-format",
+        "opset-range",
+        "missing-output",
+        "batch-size-zero",
+        "batch-size-text",
+        "repeats-1",
+        "unknown-contender",
+        "threshold-text",
+        "unknown-option",
+        "missing-ckpt",
+    ],
+)
 def test_bad_usage_exits_2(args: list[str], valid_ckpt: Path, tmp_path: Path) -> None:
     before = _fingerprint(valid_ckpt)
     res = _invoke([a.format(ckpt=valid_ckpt, out=tmp_path) for a in args])

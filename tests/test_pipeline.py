@@ -62,8 +62,9 @@ def test_pruned_predictions_equal_masked_on_every_test_example(pruned, test_imag
     assert any(row.units_after < row.units_before for row in rep.layers)
 
 
-def test_csr_bundle_predictions_equal_masked_on_2000_test_images(pruned, test_images: torch.Tensor,
-                                                                   tmp_path: Path) -> None:
+def test_csr_bundle_predictions_equal_masked_on_2000_test_images(
+    pruned, test_images: torch.Tensor, tmp_path: Path
+) -> None:
     name, result = pruned
     x = test_images[:2000]
     assert len(x) == 2000
@@ -73,10 +74,15 @@ def test_csr_bundle_predictions_equal_masked_on_2000_test_images(pruned, test_im
     for kernel in runtime.KERNELS:
         for threads in (1, 2):
             model = runtime.load(csr, kernel=kernel, threads=threads)
-            got = torch.cat([torch.from_numpy(model(x[i:i + 500].numpy())) for i in range(0, len(x), 500)])
+            got = torch.cat([torch.from_numpy(model(x[i : i + 500].numpy())) for i in range(0, len(x), 500)])
             assert torch.equal(got.argmax(1), ref.argmax(1)), (name, kernel, threads)
-            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()),
-                                       msg=lambda m, k=kernel, t=threads: f"{name} kernel={k} threads={t}: {m}")
+            torch.testing.assert_close(
+                got,
+                ref,
+                rtol=1e-4,
+                atol=1e-4 * float(ref.abs().max()),
+                msg=lambda m, k=kernel, t=threads: f"{name} kernel={k} threads={t}: {m}",
+            )
 
 
 def test_onnx_matches_masked_on_test_images(pruned, test_images: torch.Tensor, tmp_path: Path) -> None:
@@ -119,8 +125,7 @@ def test_smallest_artifact_beats_parameter_compression(name: str, tmp_path: Path
     ratios = {}
     for fmt, dtype in (("onnx", "fp32"), ("onnx-sparse", "fp32"), ("csr", "fp32"), ("csr", "fp16")):
         out = tmp_path / f"{name}-{fmt}-{dtype}"
-        res = CliRunner().invoke(main, ["export", f"bundled:{name}", "--format", fmt, "--dtype", dtype,
-                                        "-o", str(out)])
+        res = CliRunner().invoke(main, ["export", f"bundled:{name}", "--format", fmt, "--dtype", dtype, "-o", str(out)])
         assert res.exit_code == 0, res.output
         assert "parameter compression" in res.output
         ratios[(fmt, dtype)] = dense / out.stat().st_size
@@ -151,8 +156,10 @@ def test_runtime_runs_a_bundle_in_a_fresh_process(tmp_path: Path) -> None:
 
 def test_cli_bench_writes_records(tmp_path: Path) -> None:
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    res = CliRunner().invoke(main, ["bench", "bundled:lenet300", "--batch-sizes", "1,4", "--repeats", "3",
-                                    "--json", str(out), "--plot", str(png)])
+    res = CliRunner().invoke(
+        main,
+        ["bench", "bundled:lenet300", "--batch-sizes", "1,4", "--repeats", "3", "--json", str(out), "--plot", str(png)],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     names = {r["contender"] for r in data["results"]}
@@ -166,8 +173,19 @@ def test_cli_bench_writes_records(tmp_path: Path) -> None:
     assert names == expected
     assert {(r["contender"], r["batch_size"]) for r in data["results"]} == {(c, b) for c in expected for b in (1, 4)}
     row = data["results"][0]
-    for key in ("contender", "batch_size", "threads", "median_us", "p90_us", "items_per_s", "artifact_bytes",
-                "speedup_vs_ort_dense", "speedup_vs_torch_dense", "speedup_vs_best_dense", "best_dense"):
+    for key in (
+        "contender",
+        "batch_size",
+        "threads",
+        "median_us",
+        "p90_us",
+        "items_per_s",
+        "artifact_bytes",
+        "speedup_vs_ort_dense",
+        "speedup_vs_torch_dense",
+        "speedup_vs_best_dense",
+        "best_dense",
+    ):
         assert key in row
     for r in data["results"]:
         assert r["speedup_vs_best_dense"] is not None and r["speedup_vs_best_dense"] > 0, r
@@ -234,8 +252,10 @@ def test_foreign_convention_with_model_factory(tmp_path: Path, monkeypatch: pyte
     with torch.no_grad():
         torch.testing.assert_close(load_pruned(out)(x), masked(x), rtol=1e-4, atol=1e-5)
     onnx_out = tmp_path / "ard.onnx"
-    res = CliRunner().invoke(main, ["export", str(ckpt), "--model", "ardnet:make", "--input-shape", "12",
-                                    "--format", "onnx", "-o", str(onnx_out)])
+    res = CliRunner().invoke(
+        main,
+        ["export", str(ckpt), "--model", "ardnet:make", "--input-shape", "12", "--format", "onnx", "-o", str(onnx_out)],
+    )
     assert res.exit_code == 0, res.output
     kept = svdcompress.analyze(ckpt).total["kept"]
     assert kept == sum(int(svdcompress.mask_model(net)[i].weight.count_nonzero()) for i in (0, 2, 4))

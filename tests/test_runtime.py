@@ -89,9 +89,21 @@ def _ref(model: nn.Module, x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- fresh processes
 
 # Modules a served model must not pay for: torch (and fx, which export uses) and all model code.
-_BANNED = ("torch", "onnx", "onnxruntime", "svdcompress.zoo", "svdcompress.svdo", "svdcompress.masking",
-           "svdcompress.checkpoint", "svdcompress.structured", "svdcompress.graph", "svdcompress.export",
-           "svdcompress.models", "svdcompress.ops", "svdcompress.bench")
+_BANNED = (
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "svdcompress.zoo",
+    "svdcompress.svdo",
+    "svdcompress.masking",
+    "svdcompress.checkpoint",
+    "svdcompress.structured",
+    "svdcompress.graph",
+    "svdcompress.export",
+    "svdcompress.models",
+    "svdcompress.ops",
+    "svdcompress.bench",
+)
 
 _SCRIPT = """
 import sys, numpy as np
@@ -121,8 +133,9 @@ def _run_fresh(bundle: tuple[Path, nn.Module], tmp_path: Path, prelude: str) -> 
     x = np.random.default_rng(0).standard_normal((3, *MNIST)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "ref.npy", _ref(model, x))
-    script = _SCRIPT.format(prelude=prelude, path=str(path), x=str(tmp_path / "x.npy"),
-                            ref=str(tmp_path / "ref.npy"), banned=_BANNED)
+    script = _SCRIPT.format(
+        prelude=prelude, path=str(path), x=str(tmp_path / "x.npy"), ref=str(tmp_path / "ref.npy"), banned=_BANNED
+    )
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -154,8 +167,11 @@ def test_kernels_agree(tmp_path: Path, batch: int) -> None:
 def _positions(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
     """Output positions per example of each conv/linear layer (1 for Linear)."""
     out: dict[str, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: out.__setitem__(n, int(np.prod(o.shape[2:]))))
-             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, n=n: out.__setitem__(n, int(np.prod(o.shape[2:]))))
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     with torch.no_grad():
         model(torch.zeros(1, *shape))
     for h in hooks:
@@ -237,8 +253,19 @@ def test_wrong_input_shape(lenet5_bundle: tuple[Path, nn.Module], shape: tuple[i
         m(np.zeros(shape, np.float32))
 
 
-@pytest.mark.parametrize("kwargs", [{"kernel": "fast"}, {"kernel": "csr"}, {"kernel": None}, {"threads": 0},
-                                    {"threads": -1}, {"threads": 1.5}, {"threads": True}, {"threads": "2"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel": "fast"},
+        {"kernel": "csr"},
+        {"kernel": None},
+        {"threads": 0},
+        {"threads": -1},
+        {"threads": 1.5},
+        {"threads": True},
+        {"threads": "2"},
+    ],
+)
 def test_bad_arguments(lenet5_bundle: tuple[Path, nn.Module], kwargs: dict[str, Any]) -> None:
     with pytest.raises(InvalidInputError, match="kernel" if "kernel" in kwargs else "threads"):
         runtime.load(lenet5_bundle[0], **kwargs)
@@ -324,8 +351,14 @@ def _read_only_runner(pkg_root: Path) -> list[str]:
     if not probe:
         pytest.skip("running as root without unshare(1): cannot make a directory read-only for root")
     p = str(pkg_root)
-    return [str(unshare), "-m", "sh", "-c", f'mount --bind "{p}" "{p}" && mount -o remount,bind,ro "{p}" "{p}" '
-            '&& exec "$@"', "sh"]
+    return [
+        str(unshare),
+        "-m",
+        "sh",
+        "-c",
+        f'mount --bind "{p}" "{p}" && mount -o remount,bind,ro "{p}" "{p}" && exec "$@"',
+        "sh",
+    ]
 
 
 @pytest.mark.parametrize("home", ["writable", "read-only"])
@@ -353,9 +386,23 @@ def test_numba_cache_works_with_a_read_only_package(tmp_path: Path, home: str) -
     try:
         runs = []
         for _ in range(2):
-            proc = subprocess.run([*prefix, sys.executable, "-c", _CACHE_SCRIPT, str(bundle), str(tmp_path / "x.npy"),
-                                   str(tmp_path / "ref.npy")], capture_output=True, text=True, env=env, timeout=300,
-                                  check=False, cwd=tmp_path)
+            proc = subprocess.run(
+                [
+                    *prefix,
+                    sys.executable,
+                    "-c",
+                    _CACHE_SCRIPT,
+                    str(bundle),
+                    str(tmp_path / "x.npy"),
+                    str(tmp_path / "ref.npy"),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=300,
+                check=False,
+                cwd=tmp_path,
+            )
             assert proc.returncode == 0, proc.stderr
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     finally:

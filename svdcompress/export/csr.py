@@ -104,11 +104,18 @@ class _Capture:
             raise ExportError(f"{node.name}: input {arg!r} is not a tensor computed from the model input")
         return self.values[arg]
 
-    def _emit(self, node: fx.Node, op: str, inputs: list[str], attrs: dict[str, Any] | None = None,
-              params: dict[str, str] | None = None) -> None:
+    def _emit(
+        self,
+        node: fx.Node,
+        op: str,
+        inputs: list[str],
+        attrs: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> None:
         name = self._define(node, node.name)
-        self.nodes.append({"name": name, "op": op, "inputs": inputs, "outputs": [name],
-                           "attrs": attrs or {}, "params": params or {}})
+        self.nodes.append(
+            {"name": name, "op": op, "inputs": inputs, "outputs": [name], "attrs": attrs or {}, "params": params or {}}
+        )
 
     def _param(self, name: str, t: torch.Tensor | np.ndarray) -> str:
         arr = t.detach().cpu().double().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, np.float64)
@@ -153,8 +160,10 @@ class _Capture:
         dim = softmax_dim(self.gm, node)
         ndim = self._ndim(node, node.args[0])
         if ndim != 2 or dim not in (1, -1):
-            raise ExportError(f"{describe_node(self.gm, node)}: the CSR format has {op.name} over the features of "
-                              f"an (N, features) tensor only, got dim={dim} on a {ndim}-D input")
+            raise ExportError(
+                f"{describe_node(self.gm, node)}: the CSR format has {op.name} over the features of "
+                f"an (N, features) tensor only, got dim={dim} on a {ndim}-D input"
+            )
         self._emit(node, op.name, [self._in(node, node.args[0])], {"dim": 1})
 
     def _write_alias(self, node: fx.Node, op: Op) -> None:
@@ -172,28 +181,45 @@ class _Capture:
         ndim = self._ndim(node, node.args[0])
         if ndim != 2:
             raise ExportError(f"{node.target}: Linear on a {ndim}-D input is not supported (only (N, features))")
-        self._emit(node, "linear", [self._in(node, node.args[0])],
-                   {"in_features": m.in_features, "out_features": m.out_features}, self._weight_bias(node.name, m))
+        self._emit(
+            node,
+            "linear",
+            [self._in(node, node.args[0])],
+            {"in_features": m.in_features, "out_features": m.out_features},
+            self._weight_bias(node.name, m),
+        )
 
     def _write_conv2d(self, node: fx.Node, op: Op) -> None:
         m: nn.Conv2d = self._module(node)  # type: ignore[assignment]  # the registry maps nn.Conv2d here
         if m.padding_mode != "zeros":
             raise ExportError(f"{node.target}: padding_mode={m.padding_mode!r} is not supported (only 'zeros')")
-        attrs = {"in_channels": m.in_channels, "out_channels": m.out_channels,
-                 "kernel_size": _pair(m.kernel_size), "stride": _pair(m.stride), "padding": _pair(m.padding),
-                 "dilation": _pair(m.dilation), "groups": m.groups}
+        attrs = {
+            "in_channels": m.in_channels,
+            "out_channels": m.out_channels,
+            "kernel_size": _pair(m.kernel_size),
+            "stride": _pair(m.stride),
+            "padding": _pair(m.padding),
+            "dilation": _pair(m.dilation),
+            "groups": m.groups,
+        }
         self._emit(node, "conv2d", [self._in(node, node.args[0])], attrs, self._weight_bias(node.name, m))
 
     def _write_batchnorm(self, node: fx.Node, op: Op) -> None:
         m: nn.BatchNorm1d | nn.BatchNorm2d = self._module(node)  # type: ignore[assignment]  # registry: BN modules
         if m.running_mean is None or m.running_var is None:
             raise ExportError(f"{node.target}: BatchNorm without running statistics cannot be exported")
-        scale = (m.weight.detach().double() if m.weight is not None else torch.ones(m.num_features,
-                 dtype=torch.float64)) / torch.sqrt(m.running_var.double() + m.eps)
+        scale = (
+            m.weight.detach().double() if m.weight is not None else torch.ones(m.num_features, dtype=torch.float64)
+        ) / torch.sqrt(m.running_var.double() + m.eps)
         shift = (m.bias.detach().double() if m.bias is not None else 0.0) - m.running_mean.double() * scale
         name = node.name
-        self._emit(node, "batchnorm", [self._in(node, node.args[0])], {"num_features": m.num_features},
-                   {"scale": self._param(f"{name}.scale", scale), "shift": self._param(f"{name}.shift", shift)})
+        self._emit(
+            node,
+            "batchnorm",
+            [self._in(node, node.args[0])],
+            {"num_features": m.num_features},
+            {"scale": self._param(f"{name}.scale", scale), "shift": self._param(f"{name}.shift", shift)},
+        )
 
     def _write_pool(self, node: fx.Node, op: Op) -> None:
         m = self._module(node)
@@ -220,16 +246,26 @@ class _Capture:
     def _write_gather(self, node: fx.Node, op: Op) -> None:
         m = self._module(node)
         if isinstance(m, InputGather):
-            self._emit(node, "gather", [self._in(node, node.args[0])], {"in_features": m.in_features},
-                       {"index": self._index_param(f"{node.name}.index", m.index)})
+            self._emit(
+                node,
+                "gather",
+                [self._in(node, node.args[0])],
+                {"in_features": m.in_features},
+                {"index": self._index_param(f"{node.name}.index", m.index)},
+            )
             return
         # torch.index_select(x2d, 1, <constant index>): InputGather traced through.
         x, dim, index = node.args[0], node.args[1], node.args[2]
         if dim != 1 or self._ndim(node, x) != 2 or not isinstance(index, fx.Node) or index.op != "get_attr":
             raise ExportError(f"{node.name}: only index_select(x2d, 1, constant index) is supported")
         idx = operator.attrgetter(str(index.target))(self.gm)
-        self._emit(node, "gather", [self._in(node, x)], {"in_features": self.shapes[self._in(node, x)][0]},
-                   {"index": self._index_param(f"{node.name}.index", idx)})
+        self._emit(
+            node,
+            "gather",
+            [self._in(node, x)],
+            {"in_features": self.shapes[self._in(node, x)][0]},
+            {"index": self._index_param(f"{node.name}.index", idx)},
+        )
 
     def _weight_bias(self, name: str, m: nn.Module) -> dict[str, str]:
         params = {"weight": self._param(f"{name}.weight", m.weight)}  # type: ignore[arg-type]  # Linear/Conv2d
@@ -256,19 +292,24 @@ class _Capture:
         if a.get("return_indices"):
             raise ExportError(f"{node.name}: max pooling with return_indices=True is not supported")
         k = a["kernel_size"]
-        attrs: dict[str, Any] = {"kernel_size": _pair(k), "stride": _pair(a.get("stride") or k),
-                                 "padding": _pair(a.get("padding", 0)),
-                                 "ceil_mode": bool(a.get("ceil_mode", False))}
+        attrs: dict[str, Any] = {
+            "kernel_size": _pair(k),
+            "stride": _pair(a.get("stride") or k),
+            "padding": _pair(a.get("padding", 0)),
+            "ceil_mode": bool(a.get("ceil_mode", False)),
+        }
         if kind == "max_pool2d":
             attrs["dilation"] = _pair(a.get("dilation", 1))
         else:
-            attrs.update(count_include_pad=bool(a.get("count_include_pad", True)),
-                         divisor_override=a.get("divisor_override"))
+            attrs.update(
+                count_include_pad=bool(a.get("count_include_pad", True)), divisor_override=a.get("divisor_override")
+            )
         self._emit(node, kind, [x], attrs)
 
 
-def _fold_batchnorm(nodes: list[dict[str, Any]], params: dict[str, np.ndarray], output: str) -> tuple[
-        list[dict[str, Any]], str]:
+def _fold_batchnorm(
+    nodes: list[dict[str, Any]], params: dict[str, np.ndarray], output: str
+) -> tuple[list[dict[str, Any]], str]:
     """Fold each BatchNorm whose only input is a Linear/Conv read by nothing else into its weights.
 
     Exact in eval mode: ``(W x + b) * s + t == (s W) x + (s b + t)``. Zeros stay zero, so sparsity is kept.
@@ -284,8 +325,13 @@ def _fold_batchnorm(nodes: list[dict[str, Any]], params: dict[str, np.ndarray], 
     for n in nodes:
         n["inputs"] = [rename.get(i, i) for i in n["inputs"]]
         src = producer.get(n["inputs"][0]) if n["inputs"] else None
-        if (n["op"] == "batchnorm" and src is not None and src["op"] in ("linear", "conv2d")
-                and readers.get(src["outputs"][0], 0) == 1 and src["outputs"][0] != output):
+        if (
+            n["op"] == "batchnorm"
+            and src is not None
+            and src["op"] in ("linear", "conv2d")
+            and readers.get(src["outputs"][0], 0) == 1
+            and src["outputs"][0] != output
+        ):
             s, t = params.pop(n["params"]["scale"]), params.pop(n["params"]["shift"])
             w = src["params"]["weight"]
             params[w] = params[w] * s.reshape((-1,) + (1,) * (params[w].ndim - 1))  # (out, ...) row scaling
@@ -296,8 +342,6 @@ def _fold_batchnorm(nodes: list[dict[str, Any]], params: dict[str, np.ndarray], 
             continue
         kept.append(n)
     return kept, rename.get(output, output)
-
-
 
 
 def export_csr(
@@ -371,11 +415,16 @@ def export_csr(
     used = {v for n in nodes for v in [*n["inputs"], *n["outputs"]]} | {inp, output}
     manifest: dict[str, Any] = {
         "producer": {"name": "svdcompress", "version": __version__},
-        "dtype": vname, "input_shape": list(input_shape), "output_shape": capture.shapes[output],
-        "input": inp, "output": output,
+        "dtype": vname,
+        "input_shape": list(input_shape),
+        "output_shape": capture.shapes[output],
+        "input": inp,
+        "output": output,
         "value_shapes": {k: v for k, v in capture.shapes.items() if k in used},
-        "nodes": nodes, "layers": layers,
-        "threshold": threshold, "provenance": provenance or {},
+        "nodes": nodes,
+        "layers": layers,
+        "threshold": threshold,
+        "provenance": provenance or {},
     }
     with atomic_path(out) as tmp:
         writer.write(tmp, manifest)

@@ -78,8 +78,9 @@ class CSRModel:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise InvalidInputError(f"threads must be a positive integer, got {threads!r}")
         if threads > avail:
-            warnings.warn(f"threads={threads} but this machine has {avail} cores; using {avail}", RuntimeWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"threads={threads} but this machine has {avail} cores; using {avail}", RuntimeWarning, stacklevel=3
+            )
             threads = avail
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -112,8 +113,10 @@ class CSRModel:
         arr = x.detach().cpu().numpy() if is_torch else x
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if arr.ndim != len(self.input_shape) + 1 or tuple(arr.shape[1:]) != self.input_shape:
-            raise InvalidInputError(f"{self.path}: expected input of shape (N, "
-                                    f"{', '.join(map(str, self.input_shape))}), got {tuple(arr.shape)}")
+            raise InvalidInputError(
+                f"{self.path}: expected input of shape (N, "
+                f"{', '.join(map(str, self.input_shape))}), got {tuple(arr.shape)}"
+            )
         n = arr.shape[0]
         if n == 0:
             out = np.zeros((0, *self.output_shape), np.float32)
@@ -155,8 +158,10 @@ class CSRModel:
 
     def __repr__(self) -> str:
         kinds = ", ".join(f"{k}={v}" for k, v in self.layer_kernels.items())
-        return (f"CSRModel({os.path.basename(self.path)}, input_shape={self.input_shape}, "
-                f"output_shape={self.output_shape}, threads={self.threads}, kernels: {kinds})")
+        return (
+            f"CSRModel({os.path.basename(self.path)}, input_shape={self.input_shape}, "
+            f"output_shape={self.output_shape}, threads={self.threads}, kernels: {kinds})"
+        )
 
 
 def load(path: str | os.PathLike[str], *, threads: int | None = None, kernel: str = "auto") -> CSRModel:

@@ -98,8 +98,11 @@ class Builder:
         if name in self.slot:
             raise self.err(node, f"value {name!r} is defined twice")
         if math.prod(shape) > MAX_ELEMENTS or any(d < 1 for d in shape):
-            raise self.err(node, f"value {name!r} has shape {list(shape)}: dimensions must be >= 1 and hold at "
-                                 f"most {MAX_ELEMENTS:,} elements per example")
+            raise self.err(
+                node,
+                f"value {name!r} has shape {list(shape)}: dimensions must be >= 1 and hold at "
+                f"most {MAX_ELEMENTS:,} elements per example",
+            )
         declared = self.m["value_shapes"].get(name)
         if declared is not None and (not isinstance(declared, list) or tuple(declared) != shape):
             raise self.err(node, f"value {name!r}: manifest shape {declared} differs from the inferred {list(shape)}")
@@ -112,8 +115,11 @@ class Builder:
         v = n["attrs"].get(key, default)
         if isinstance(v, int) and not isinstance(v, bool):
             v = [v] * count
-        if (not isinstance(v, list) or len(v) != count
-                or any(isinstance(e, bool) or not isinstance(e, int) or e < lo or e > 1 << 20 for e in v)):
+        if (
+            not isinstance(v, list)
+            or len(v) != count
+            or any(isinstance(e, bool) or not isinstance(e, int) or e < lo or e > 1 << 20 for e in v)
+        ):
             raise self.err(n["name"], f"attribute {key} must be {count} integers >= {lo}, got {v!r}")
         return tuple(v)
 
@@ -178,13 +184,22 @@ class Builder:
             return False
         if elements > MAX_DENSE:
             if self.kernel == "dense":
-                raise InvalidInputError(f"{self.path}: layer {name} has {elements:,} weights: too many to run dense "
-                                        f"(limit {MAX_DENSE:,}); use kernel='sparse' or 'auto'")
+                raise InvalidInputError(
+                    f"{self.path}: layer {name} has {elements:,} weights: too many to run dense "
+                    f"(limit {MAX_DENSE:,}); use kernel='sparse' or 'auto'"
+                )
             return False
         return self.kernel == "dense" or elements <= DENSE_WORK_LIMIT * max(1, nnz)
 
-    def choose(self, name: str, sparse: Step, dense: Step | None, in_shape: tuple[int, ...],
-               slots: tuple[int, int], out_shape: tuple[int, ...]) -> tuple[str, str]:
+    def choose(
+        self,
+        name: str,
+        sparse: Step,
+        dense: Step | None,
+        in_shape: tuple[int, ...],
+        slots: tuple[int, int],
+        out_shape: tuple[int, ...],
+    ) -> tuple[str, str]:
         """Time both kernels on the layer's shape at batch 1 and :data:`BATCHED`; the faster wins each regime."""
         if dense is None:
             return "sparse", "sparse"
@@ -228,13 +243,21 @@ class Builder:
         self.new(m["input"], shape, "input")
         nodes = m["nodes"]
         for i, n in enumerate(nodes):
-            if (not isinstance(n, dict) or not isinstance(n.get("name"), str) or not isinstance(n.get("op"), str)
-                    or not isinstance(n.get("inputs"), list) or not all(isinstance(x, str) for x in n["inputs"])
-                    or not isinstance(n.get("outputs"), list) or len(n["outputs"]) != 1
-                    or not isinstance(n["outputs"][0], str) or not isinstance(n.get("attrs", {}), dict)
-                    or not isinstance(n.get("params", {}), dict)):
-                raise BundleError(f"{self.path}: node #{i} is malformed (needs name, op, inputs, one output, "
-                                  f"attrs, params)")
+            if (
+                not isinstance(n, dict)
+                or not isinstance(n.get("name"), str)
+                or not isinstance(n.get("op"), str)
+                or not isinstance(n.get("inputs"), list)
+                or not all(isinstance(x, str) for x in n["inputs"])
+                or not isinstance(n.get("outputs"), list)
+                or len(n["outputs"]) != 1
+                or not isinstance(n["outputs"][0], str)
+                or not isinstance(n.get("attrs", {}), dict)
+                or not isinstance(n.get("params", {}), dict)
+            ):
+                raise BundleError(
+                    f"{self.path}: node #{i} is malformed (needs name, op, inputs, one output, attrs, params)"
+                )
             n.setdefault("attrs", {})
             n.setdefault("params", {})
             for x in n["inputs"]:
@@ -254,8 +277,7 @@ class Builder:
             raise BundleError(f"{self.path}: graph output {out!r} is not computed by any node")
         declared = m.get("output_shape")
         if declared is not None and tuple(declared) != self.shape[out]:
-            raise BundleError(f"{self.path}: output_shape {declared} differs from the inferred "
-                              f"{list(self.shape[out])}")
+            raise BundleError(f"{self.path}: output_shape {declared} differs from the inferred {list(self.shape[out])}")
         self.plan.output_slot = self.slot[out]
         self.plan.output_shape = self.shape[out]
         return self.plan

@@ -97,8 +97,12 @@ class BundleWriter:
         key = arr.dtype.name
         if key not in _BLOB_DTYPES:
             raise BundleError(f"tensor {name}: dtype {key} cannot be stored in a bundle")  # internal: writers
-        self.tensors[name] = {"dtype": key, "offset": self._sizes.get(key, 0), "shape": list(arr.shape),
-                              "encoding": encoding}
+        self.tensors[name] = {
+            "dtype": key,
+            "offset": self._sizes.get(key, 0),
+            "shape": list(arr.shape),
+            "encoding": encoding,
+        }
         self._parts.setdefault(key, []).append(arr.ravel())
         self._sizes[key] = self._sizes.get(key, 0) + arr.size
         return name
@@ -120,13 +124,20 @@ class BundleWriter:
         indices = narrow_uint(deltas)
         itemsize = np.dtype(vdtype).itemsize
         csr_bytes = nnz * (itemsize + indices.itemsize) + indptr.nbytes
-        info: dict[str, Any] = {"shape": list(w.shape), "nnz": nnz, "density": nnz / max(1, w.size),
-                                "dtype": np.dtype(vdtype).name}
+        info: dict[str, Any] = {
+            "shape": list(w.shape),
+            "nnz": nnz,
+            "density": nnz / max(1, w.size),
+            "dtype": np.dtype(vdtype).name,
+        }
         if csr_bytes < w.size * itemsize:
-            info.update(storage="csr", matrix_shape=list(mat.shape),
-                        indptr=self.add(f"{name}.indptr", indptr),
-                        indices=self.add(f"{name}.indices", indices, "row_delta"),
-                        values=self.add(f"{name}.values", mat[rows, cols].astype(vdtype)))
+            info.update(
+                storage="csr",
+                matrix_shape=list(mat.shape),
+                indptr=self.add(f"{name}.indptr", indptr),
+                indices=self.add(f"{name}.indices", indices, "row_delta"),
+                values=self.add(f"{name}.values", mat[rows, cols].astype(vdtype)),
+            )
         else:
             info.update(storage="dense", values=self.add(f"{name}.values", w.astype(vdtype)))
         return info
@@ -142,8 +153,13 @@ class BundleWriter:
                 flat = np.ascontiguousarray(flat.view(np.uint8).reshape(flat.size, flat.itemsize).T)
             blobs[key] = {"member": f"{key}.npy", "count": self._sizes[key], "byteshuffle": shuffle}
             arrays[f"{key}.npy"] = flat
-        full = {**manifest, "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                "tensors": self.tensors, "blobs": blobs}
+        full = {
+            **manifest,
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "tensors": self.tensors,
+            "blobs": blobs,
+        }
 
         def info(name: str) -> zipfile.ZipInfo:  # fixed timestamps: byte-for-byte reproducible bundles
             zi = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
@@ -259,19 +275,27 @@ def _read_manifest(zf: zipfile.ZipFile, path: str) -> dict[str, Any]:
     if _depth(manifest, _MAX_JSON_DEPTH) > _MAX_JSON_DEPTH:
         raise BundleError(f"{path}: manifest.json is nested deeper than {_MAX_JSON_DEPTH} levels")
     if manifest.get("format") != FORMAT_NAME:
-        raise BundleError(f"{path}: not a CSR bundle (format {manifest.get('format')!r}, "
-                          f"expected {FORMAT_NAME!r})")
+        raise BundleError(f"{path}: not a CSR bundle (format {manifest.get('format')!r}, expected {FORMAT_NAME!r})")
     version = manifest.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise BundleError(f"{path}: format_version {version!r} is not a positive integer")
     if version > FORMAT_VERSION:
-        raise BundleError(f"{path}: format_version {version} is newer than this runtime reads "
-                          f"({FORMAT_VERSION}); upgrade svdcompress")
-    for key, kind in (("blobs", dict), ("tensors", dict), ("layers", dict), ("nodes", list),
-                      ("value_shapes", dict), ("input", str), ("output", str)):
+        raise BundleError(
+            f"{path}: format_version {version} is newer than this runtime reads ({FORMAT_VERSION}); upgrade svdcompress"
+        )
+    for key, kind in (
+        ("blobs", dict),
+        ("tensors", dict),
+        ("layers", dict),
+        ("nodes", list),
+        ("value_shapes", dict),
+        ("input", str),
+        ("output", str),
+    ):
         if not isinstance(manifest.get(key), kind):
-            raise BundleError(f"{path}: manifest field {key!r} must be a {kind.__name__}, "
-                              f"got {type(manifest.get(key)).__name__}")
+            raise BundleError(
+                f"{path}: manifest field {key!r} must be a {kind.__name__}, got {type(manifest.get(key)).__name__}"
+            )
     return manifest
 
 
@@ -295,8 +319,10 @@ def _read_blobs(zf: zipfile.ZipFile, manifest: dict[str, Any], path: str) -> dic
         except KeyError:
             raise BundleError(f"{path}: member {member} (blob {key}) is missing") from None
         if zi.file_size > nbytes + _NPY_HEADER_SLACK:  # caps decompression before it starts: no bombs
-            raise BundleError(f"{path}: member {member} declares {zi.file_size:,} bytes, but the manifest's "
-                              f"{count:,} × {key} need only {nbytes:,}")
+            raise BundleError(
+                f"{path}: member {member} declares {zi.file_size:,} bytes, but the manifest's "
+                f"{count:,} × {key} need only {nbytes:,}"
+            )
         shuffle = meta.get("byteshuffle")
         if not isinstance(shuffle, bool) or shuffle != (dt.itemsize > 1):
             raise BundleError(f"{path}: blob {key}: byteshuffle must be {dt.itemsize > 1}")
@@ -312,9 +338,10 @@ def _read_blobs(zf: zipfile.ZipFile, manifest: dict[str, Any], path: str) -> dic
         except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
             raise BundleError(f"{path}: member {member} is not a valid .npy array ({exc})") from None
         if got_dtype != want_dtype or tuple(shape) != want or fortran:
-            raise BundleError(f"{path}: member {member} holds {tuple(shape)} {got_dtype}, manifest says "
-                              f"{want} {want_dtype}")
-        body = data[buf.tell():]
+            raise BundleError(
+                f"{path}: member {member} holds {tuple(shape)} {got_dtype}, manifest says {want} {want_dtype}"
+            )
+        body = data[buf.tell() :]
         if len(body) != nbytes:
             raise BundleError(f"{path}: member {member} holds {len(body):,} bytes of data, manifest says {nbytes:,}")
         arr = np.frombuffer(body, dtype=want_dtype).reshape(want)
@@ -337,11 +364,13 @@ def _slice_tensors(manifest: dict[str, Any], blobs: dict[str, np.ndarray], path:
         size = math.prod(shape)  # Python ints: np.prod would wrap around for hostile shapes
         blob = blobs[key]
         if offset + size > blob.size:
-            raise BundleError(f"{path}: tensor {name} (offset {offset}, {size} elements) runs past the end of "
-                              f"its {key} blob ({blob.size} elements)")
+            raise BundleError(
+                f"{path}: tensor {name} (offset {offset}, {size} elements) runs past the end of "
+                f"its {key} blob ({blob.size} elements)"
+            )
         if t.get("encoding", "raw") not in ("raw", "row_delta"):
             raise BundleError(f"{path}: tensor {name}: unknown encoding {t.get('encoding')!r}")
-        arr = blob[offset:offset + size].reshape(shape)
+        arr = blob[offset : offset + size].reshape(shape)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise BundleError(f"{path}: tensor {name} holds NaN or infinite values")
         tensors[name] = arr
@@ -368,8 +397,10 @@ def _decode_layer(name: str, info: Any, tensors: dict[str, np.ndarray], path: st
     storage = info.get("storage")
     if storage == "dense":
         if values.size != rows * cols:
-            raise BundleError(f"{path}: layer {name}: dense values hold {values.size} elements, shape "
-                              f"{list(shape)} needs {rows * cols}")
+            raise BundleError(
+                f"{path}: layer {name}: dense values hold {values.size} elements, shape "
+                f"{list(shape)} needs {rows * cols}"
+            )
         mat = values.astype(np.float32).reshape(rows, cols)
         r, c = np.nonzero(mat)
         indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=rows))]).astype(np.int64)
@@ -382,9 +413,11 @@ def _decode_layer(name: str, info: Any, tensors: dict[str, np.ndarray], path: st
     indptr = indptr_raw.astype(np.int64).reshape(-1)
     nnz = values.size
     if indptr.size != rows + 1 or indptr[0] != 0 or indptr[-1] != nnz or deltas.size != nnz:
-        raise BundleError(f"{path}: layer {name}: indptr must have {rows + 1} entries from 0 to nnz={nnz} "
-                          f"and indices {nnz} entries (got {indptr.size} entries ending at "
-                          f"{indptr[-1] if indptr.size else None}, {deltas.size} indices)")
+        raise BundleError(
+            f"{path}: layer {name}: indptr must have {rows + 1} entries from 0 to nnz={nnz} "
+            f"and indices {nnz} entries (got {indptr.size} entries ending at "
+            f"{indptr[-1] if indptr.size else None}, {deltas.size} indices)"
+        )
     if (np.diff(indptr) < 0).any():
         raise BundleError(f"{path}: layer {name}: indptr is not monotone")
     if deltas.size and int(deltas.max()) >= cols:  # any valid delta (or first column) is below cols
@@ -396,8 +429,9 @@ def _decode_layer(name: str, info: Any, tensors: dict[str, np.ndarray], path: st
     first = np.zeros(nnz, bool)
     first[indptr[:-1][np.diff(indptr) > 0]] = True
     if nnz and ((idx >= cols).any() or (idx < 0).any() or ((d <= 0) & ~first).any()):
-        raise BundleError(f"{path}: layer {name}: column indices must be below {cols} and strictly "
-                          f"increasing within each row")
+        raise BundleError(
+            f"{path}: layer {name}: column indices must be below {cols} and strictly increasing within each row"
+        )
     return LayerWeight(shape, indptr, idx.astype(np.int32), values.astype(np.float32).reshape(-1))
 
 
@@ -426,10 +460,16 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
         raise
     except FileNotFoundError:
         raise BundleError(f"{p}: no such file") from None
-    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, zlib.error,
-            RuntimeError) as exc:  # RuntimeError: zipfile's 'encrypted member' and similar
+    except (
+        OSError,
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        NotImplementedError,
+        zlib.error,
+        RuntimeError,
+    ) as exc:  # RuntimeError: zipfile's 'encrypted member' and similar
         raise BundleError(f"{p}: cannot read CSR bundle ({type(exc).__name__}: {exc})") from None
     tensors = _slice_tensors(manifest, blobs, p)
     layers = {name: _decode_layer(name, info, tensors, p) for name, info in manifest["layers"].items()}
     return Bundle(p, manifest, tensors, layers)
-

@@ -77,8 +77,9 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
         pads = (ph_, ph_, pw_, pw_)
     hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
     if cin * hp * wp > MAX_ELEMENTS:  # the kernels hold one zero-padded image per worker
-        raise b.err(name, f"padding {list(pads)} makes the padded input {cin}×{hp}×{wp}: more than "
-                          f"{MAX_ELEMENTS:,} values")
+        raise b.err(
+            name, f"padding {list(pads)} makes the padded input {cin}×{hp}×{wp}: more than {MAX_ELEMENTS:,} values"
+        )
     oh, ow = _conv_out(hp, kh, st[0], 0, dil[0]), _conv_out(wp, kw, st[1], 0, dil[1])
     if oh < 1 or ow < 1:
         raise b.err(name, f"a {kh}×{kw} kernel (dilation {list(dil)}) does not fit the {hp}×{wp} padded input")
@@ -128,6 +129,7 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
                 else:
                     K.conv2d(xf, out, indptr, off, vals, bias, ip, fp, sizes)
                 v[o] = out.reshape(xf.shape[0], cout, ph, pw)
+
             return step
 
         used, tap = K.im2col_taps(layer.indices)
@@ -144,18 +146,23 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
         # A column matrix of the used taps (pays off for strides > 1); its columns ignore groups.
         if groups == 1 and int(sizes_i[1]) <= MAX_BLOCK_SCRATCH:
             steps.append(im2col)
-        return b.fastest(steps[:1] + steps[len(layouts):], (cin, h, w), x, 1), b.fastest(steps, (cin, h, w), x)
+        return b.fastest(steps[:1] + steps[len(layouts) :], (cin, h, w), x, 1), b.fastest(steps, (cin, h, w), x)
 
     sparse_1, sparse_b = make(wt)
     elements = cout * wt.cols
     dense: Step | None = None
     if b.dense_allowed(name, elements * oh * ow, wt.nnz * oh * ow):
-        full = LayerWeight(wt.shape, np.arange(cout + 1, dtype=np.int64) * wt.cols,
-                           np.tile(np.arange(wt.cols, dtype=np.int32), cout), wt.dense().reshape(-1))
+        full = LayerWeight(
+            wt.shape,
+            np.arange(cout + 1, dtype=np.int64) * wt.cols,
+            np.tile(np.arange(wt.cols, dtype=np.int32), cout),
+            wt.dense().reshape(-1),
+        )
         dense_1, dense_b = make(full)
 
         def dense_step(v: list[Any]) -> None:
             (dense_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else dense_1)(v)
+
         dense = dense_step
 
     def sparse(v: list[Any]) -> None:
@@ -168,6 +175,7 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
 
     def run(v: list[Any]) -> None:
         (big_step if v[x].shape[0] >= BLOCKED_MIN_BATCH else small_step)(v)
+
     b.plan.steps.append(run)
 
 
@@ -180,8 +188,17 @@ def spatial_input(b: Builder, n: dict[str, Any]) -> tuple[int, tuple[int, int, i
     return x, (shape[0], shape[1], shape[2])
 
 
-def _record(b: Builder, name: str, wt: LayerWeight, small: str, big: str, macs: int, dense_macs: int,
-            sparse_bytes: int, dense_bytes: int) -> None:
+def _record(
+    b: Builder,
+    name: str,
+    wt: LayerWeight,
+    small: str,
+    big: str,
+    macs: int,
+    dense_macs: int,
+    sparse_bytes: int,
+    dense_bytes: int,
+) -> None:
     p = b.plan
     p.layer_kernels[name], p.layer_kernels_batched[name] = small, big
     p.nnz[name] = wt.nnz
@@ -232,8 +249,9 @@ def _linear_layer(b: Builder, n: dict[str, Any]) -> tuple[_Linear, str]:
     return _Linear(name, wt, bias, spec, x, o), out_name
 
 
-def _chain_arrays(layers: list[_Linear], dense: list[bool], itype: type[np.unsignedinteger[Any]]) -> tuple[
-        np.ndarray, ...]:
+def _chain_arrays(
+    layers: list[_Linear], dense: list[bool], itype: type[np.unsignedinteger[Any]]
+) -> tuple[np.ndarray, ...]:
     """Concatenate the layers' CSR arrays for the chain kernels; a dense layer holds every entry, row-major."""
     meta = np.zeros((len(layers), 5), np.int64)
     fpar = np.zeros((len(layers), 2), np.float32)
@@ -255,8 +273,15 @@ def _chain_arrays(layers: list[_Linear], dense: list[bool], itype: type[np.unsig
         nnz_base += val.size
         pbase += lay.rows + 1
         bbase += lay.rows
-    return (meta, fpar, np.concatenate(ptrs), np.concatenate(idxs), np.concatenate(vals).astype(np.float32),
-            np.concatenate(biases).astype(np.float32), np.array(dense, np.bool_))
+    return (
+        meta,
+        fpar,
+        np.concatenate(ptrs),
+        np.concatenate(idxs),
+        np.concatenate(vals).astype(np.float32),
+        np.concatenate(biases).astype(np.float32),
+        np.array(dense, np.bool_),
+    )
 
 
 def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> Step:
@@ -277,8 +302,9 @@ def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> Step
             K.chain_batched(xt, y, meta, fpar, ptr, idx, vals, bias, tile)
         else:
             for i in range(xin.shape[0]):
-                K.chain_single(xin[i:i + 1], y[i:i + 1], meta, fpar, ptr, idx, vals, bias, dflags)
+                K.chain_single(xin[i : i + 1], y[i : i + 1], meta, fpar, ptr, idx, vals, bias, dflags)
         v[o] = y
+
     return step
 
 
@@ -306,17 +332,28 @@ def linear(b: Builder, n: dict[str, Any]) -> None:
 
             def dense_step(v: list[Any], d1: Step = d1, db: Step = db, i: int = lay.in_slot) -> None:
                 (db if v[i].shape[0] >= CHAIN_MIN_BATCH else d1)(v)
+
             dense = dense_step
 
         k_small, k_big = b.choose(lay.name, sparse, dense, (lay.cols,), (lay.in_slot, lay.out_slot), (lay.rows,))
         small.append(k_small == "dense")
         big.append(k_big == "dense")
         itemsize = 2 if lay.cols <= 1 << 16 else 4
-        _record(b, lay.name, lay.wt, k_small, k_big, lay.wt.nnz, lay.rows * lay.cols,
-                lay.wt.nnz * (4 + itemsize) + 8 * (lay.rows + 1), lay.rows * lay.cols * 4)
+        _record(
+            b,
+            lay.name,
+            lay.wt,
+            k_small,
+            k_big,
+            lay.wt.nnz,
+            lay.rows * lay.cols,
+            lay.wt.nnz * (4 + itemsize) + 8 * (lay.rows + 1),
+            lay.rows * lay.cols * 4,
+        )
     one, many = _chain_step(layers, small, False), _chain_step(layers, big, True)
     x = layers[0].in_slot
 
     def run(v: list[Any]) -> None:
         (many if v[x].shape[0] >= CHAIN_MIN_BATCH else one)(v)
+
     b.plan.steps.append(run)

@@ -38,6 +38,7 @@ def activation(b: Builder, n: dict[str, Any]) -> None:
         y = np.empty_like(xin)
         K.activation(xin.reshape(-1), y.reshape(-1), code, a0, a1)
         v[o] = y
+
     b.plan.steps.append(step)
 
 
@@ -52,6 +53,7 @@ def prelu(b: Builder, n: dict[str, Any]) -> None:
     def step(v: list[Any]) -> None:
         xin = v[x]
         v[o] = np.where(xin >= 0, xin, xin * s).astype(np.float32)
+
     b.plan.steps.append(step)
 
 
@@ -59,8 +61,11 @@ def softmax(b: Builder, n: dict[str, Any]) -> None:
     x, shape = b.inp(n)
     dim = n["attrs"].get("dim", 1)
     if len(shape) != 1 or dim not in (1, -1):
-        raise b.err(n["name"], f"{n['op']} is supported over the features of a (features,) value (dim=1), "
-                               f"got dim={dim!r} on shape {list(shape)}")
+        raise b.err(
+            n["name"],
+            f"{n['op']} is supported over the features of a (features,) value (dim=1), "
+            f"got dim={dim!r} on shape {list(shape)}",
+        )
     log = n["op"] == "log_softmax"
     o = b.new(n["outputs"][0], shape, n["name"])
 
@@ -71,6 +76,7 @@ def softmax(b: Builder, n: dict[str, Any]) -> None:
         else:
             e = np.exp(z)
             v[o] = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
     b.plan.steps.append(step)
 
 
@@ -84,6 +90,7 @@ def batchnorm(b: Builder, n: dict[str, Any]) -> None:
 
     def step(v: list[Any]) -> None:
         v[o] = v[x] * s + t
+
     b.plan.steps.append(step)
 
 
@@ -97,6 +104,7 @@ def pool(b: Builder, n: dict[str, Any]) -> None:
         y = np.empty((xin.shape[0], oh * ow), np.float32)
         K.pool2d(xin, y, h, w, oh, ow, spec)
         v[o] = y.reshape(-1, c, oh, ow)
+
     b.plan.steps.append(step)
 
 
@@ -110,22 +118,30 @@ def adaptive_avg_pool2d(b: Builder, n: dict[str, Any]) -> None:
         y = np.empty((xin.shape[0], oh * ow), np.float32)
         K.adaptive_avg_pool2d(xin, y, h, w, oh, ow)
         v[o] = y.reshape(-1, c, oh, ow)
+
     b.plan.steps.append(step)
 
 
 def reshape(b: Builder, n: dict[str, Any]) -> None:
     x, shape = b.inp(n)
     target = n["attrs"].get("shape")
-    if (not isinstance(target, list) or not target
-            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in target)
-            or math.prod(target) != math.prod(shape)):
-        raise b.err(n["name"], f"reshape target {target!r} must be positive integers holding the "
-                               f"{math.prod(shape)} elements of shape {list(shape)}")
+    if (
+        not isinstance(target, list)
+        or not target
+        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in target)
+        or math.prod(target) != math.prod(shape)
+    ):
+        raise b.err(
+            n["name"],
+            f"reshape target {target!r} must be positive integers holding the "
+            f"{math.prod(shape)} elements of shape {list(shape)}",
+        )
     tshape = tuple(target)
     o = b.new(n["outputs"][0], tshape, n["name"])
 
     def step(v: list[Any]) -> None:
         v[o] = np.ascontiguousarray(v[x]).reshape(v[x].shape[0], *tshape)
+
     b.plan.steps.append(step)
 
 
@@ -139,6 +155,7 @@ def add(b: Builder, n: dict[str, Any]) -> None:
 
     def step(v: list[Any]) -> None:
         v[o] = v[i] + v[j]
+
     b.plan.steps.append(step)
 
 
@@ -155,6 +172,7 @@ def cat(b: Builder, n: dict[str, Any]) -> None:
 
     def step(v: list[Any]) -> None:
         v[o] = np.concatenate([v[s] for s in slots], axis=1)
+
     b.plan.steps.append(step)
 
 
@@ -170,4 +188,5 @@ def gather(b: Builder, n: dict[str, Any]) -> None:
     def step(v: list[Any]) -> None:
         xin = v[x]
         v[o] = np.ascontiguousarray(xin.reshape(xin.shape[0], -1)[:, idx])
+
     b.plan.steps.append(step)

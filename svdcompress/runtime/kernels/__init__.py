@@ -38,8 +38,10 @@ def _cache_dir() -> str | None:
     """
     if os.environ.get("NUMBA_CACHE_DIR") or _writable(Path(__file__).parent / "__pycache__"):
         return None
-    candidates = [Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "svdcompress-numba",
-                  Path(tempfile.gettempdir()) / f"svdcompress-numba-{os.getuid() if hasattr(os, 'getuid') else 0}"]
+    candidates = [
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "svdcompress-numba",
+        Path(tempfile.gettempdir()) / f"svdcompress-numba-{os.getuid() if hasattr(os, 'getuid') else 0}",
+    ]
     for c in candidates:
         try:
             if _writable(c):

@@ -36,8 +36,21 @@ REDUCE_FASTMATH = {"reassoc", "contract"}
 """For reductions (dot products): reassociation lets LLVM vectorise them."""
 
 ACT_CODES: dict[str, int] = {
-    "identity": 0, "relu": 1, "relu6": 2, "sigmoid": 3, "tanh": 4, "silu": 5, "leaky_relu": 6, "elu": 7,
-    "gelu": 8, "gelu_tanh": 9, "hardtanh": 10, "mish": 11, "selu": 12, "hardswish": 13, "softplus": 14,
+    "identity": 0,
+    "relu": 1,
+    "relu6": 2,
+    "sigmoid": 3,
+    "tanh": 4,
+    "silu": 5,
+    "leaky_relu": 6,
+    "elu": 7,
+    "gelu": 8,
+    "gelu_tanh": 9,
+    "hardtanh": 10,
+    "mish": 11,
+    "selu": 12,
+    "hardswish": 13,
+    "softplus": 14,
 }
 POOL_NONE, POOL_MAX, POOL_AVG = 0, 1, 2
 MONOTONE_ACTS = frozenset({0, 1, 2, 3, 4, 10})
@@ -94,8 +107,9 @@ def act(v: float, kind: int, a0: float, a1: float) -> float:
 
 
 @njit(cache=True, inline="always")
-def act_bias_row(dst: np.ndarray, doff: int, src: np.ndarray, soff: int, n: int, b: float, kind: int, a0: float,
-                 a1: float) -> None:
+def act_bias_row(
+    dst: np.ndarray, doff: int, src: np.ndarray, soff: int, n: int, b: float, kind: int, a0: float, a1: float
+) -> None:
     """``dst[doff:doff+n] = act(src[soff:soff+n] + b)``; the common activations get their own vector loops.
 
     Offsets instead of slices: a numba slice costs ~10 ns, which adds up over thousands of output rows.
@@ -158,7 +172,18 @@ def pool_plane(src: np.ndarray, sh: int, sw: int, dst: np.ndarray, dh: int, dw: 
     padded input and divides as ``count_include_pad`` / ``divisor_override`` say.
     """
     kind, kh, kw, st_h, st_w, ph, pw, dil_h, dil_w, cip, divisor = (
-        ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7], ip[8], ip[9], ip[10])
+        ip[0],
+        ip[1],
+        ip[2],
+        ip[3],
+        ip[4],
+        ip[5],
+        ip[6],
+        ip[7],
+        ip[8],
+        ip[9],
+        ip[10],
+    )
     for i in range(dh):
         hs = i * st_h - ph
         for j in range(dw):
@@ -196,8 +221,18 @@ def pool_plane(src: np.ndarray, sh: int, sw: int, dst: np.ndarray, dh: int, dw: 
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def accumulate_taps(acc: np.ndarray, abase: np.uint64, src: np.ndarray, sbase: np.uint64, scale: np.uint64,
-                    off: np.ndarray, vals: np.ndarray, j0: int, j1: int, length: np.uint64) -> None:
+def accumulate_taps(
+    acc: np.ndarray,
+    abase: np.uint64,
+    src: np.ndarray,
+    sbase: np.uint64,
+    scale: np.uint64,
+    off: np.ndarray,
+    vals: np.ndarray,
+    j0: int,
+    j1: int,
+    length: np.uint64,
+) -> None:
     """``acc[abase : abase+length] += Σ_j vals[j] · src[off[j]·scale + sbase : … + length]`` for j in [j0, j1).
 
     Eight taps per pass (then four, then the rest in one pass) cut the accumulator's load/store traffic per
@@ -221,7 +256,8 @@ def accumulate_taps(acc: np.ndarray, abase: np.uint64, src: np.ndarray, sbase: n
         o7 = np.uint64(off[j + u7]) * scale + sbase
         for p in range(length):
             acc[abase + p] += ((w0 * src[o0 + p] + w1 * src[o1 + p]) + (w2 * src[o2 + p] + w3 * src[o3 + p])) + (
-                (w4 * src[o4 + p] + w5 * src[o5 + p]) + (w6 * src[o6 + p] + w7 * src[o7 + p]))
+                (w4 * src[o4 + p] + w5 * src[o5 + p]) + (w6 * src[o6 + p] + w7 * src[o7 + p])
+            )
         j += u8
     if j + u4 <= end:
         w0, w1, w2, w3 = vals[j], vals[j + u1], vals[j + u2], vals[j + u3]
@@ -250,4 +286,4 @@ def aligned_zeros(n: int) -> np.ndarray:
     then never straddle two cache lines."""
     buf = np.zeros(n + 16, np.float32)
     shift = ((-buf.ctypes.data) // 4) % 16
-    return buf[shift:shift + n]
+    return buf[shift : shift + n]

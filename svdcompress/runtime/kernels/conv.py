@@ -47,15 +47,24 @@ __all__ = [
     "im2col_taps",
 ]
 
-CONV_PARAMS = ("cin", "h", "w", "pad_h", "pad_w", "stride_h", "stride_w", "hp", "wp", "oh", "ow", "act", "ph",
-               "pw")
+CONV_PARAMS = ("cin", "h", "w", "pad_h", "pad_w", "stride_h", "stride_w", "hp", "wp", "oh", "ow", "act", "ph", "pw")
 """Order of the integer parameter vector ``ip[0:14]``; ``ip[14:25]`` is the pool spec (see ``pool_plane``)."""
 
 _MONOTONE = np.array(sorted(MONOTONE_ACTS), np.int64)
 
 
-def conv_offsets(indices: np.ndarray, indptr: np.ndarray, cin_g: int, kh: int, kw: int, hp: int, wp: int,
-                 dil_h: int, dil_w: int, rows_per_group: int) -> np.ndarray:
+def conv_offsets(
+    indices: np.ndarray,
+    indptr: np.ndarray,
+    cin_g: int,
+    kh: int,
+    kw: int,
+    hp: int,
+    wp: int,
+    dil_h: int,
+    dil_w: int,
+    rows_per_group: int,
+) -> np.ndarray:
     """Offsets into a padded ``(cin, hp, wp)`` image of each nonzero's tap (int32; validated by the caller)."""
     rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
     g = rows // max(1, rows_per_group)
@@ -73,11 +82,35 @@ def conv_scratch_sizes(ip: np.ndarray) -> tuple[int, int, int]:
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _conv_image(xn: np.ndarray, outn: np.ndarray, indptr: np.ndarray, off: np.ndarray, vals: np.ndarray,
-                bias: np.ndarray, ip: np.ndarray, fp: np.ndarray, acc: np.ndarray, plane: np.ndarray,
-                src: np.ndarray) -> None:
+def _conv_image(
+    xn: np.ndarray,
+    outn: np.ndarray,
+    indptr: np.ndarray,
+    off: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    ip: np.ndarray,
+    fp: np.ndarray,
+    acc: np.ndarray,
+    plane: np.ndarray,
+    src: np.ndarray,
+) -> None:
     cin, h, w, pad_h, pad_w, st_h, st_w, hp, wp, oh, ow, kind, ph, pw = (
-        ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7], ip[8], ip[9], ip[10], ip[11], ip[12], ip[13])
+        ip[0],
+        ip[1],
+        ip[2],
+        ip[3],
+        ip[4],
+        ip[5],
+        ip[6],
+        ip[7],
+        ip[8],
+        ip[9],
+        ip[10],
+        ip[11],
+        ip[12],
+        ip[13],
+    )
     pool = ip[14:25]
     a0, a1 = fp[0], fp[1]
     # The padded copy also gives whole-vector reads past the last row a zeroed tail to land in.
@@ -91,9 +124,13 @@ def _conv_image(xn: np.ndarray, outn: np.ndarray, indptr: np.ndarray, off: np.nd
     cout = indptr.size - 1
     plane_out = ph * pw
     # Max pooling with every window inside the plane, after a non-decreasing activation, is done first.
-    pool_first = (pool[0] == POOL_MAX and pool[5] == 0 and pool[6] == 0
-                  and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
-                  and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow)
+    pool_first = (
+        pool[0] == POOL_MAX
+        and pool[5] == 0
+        and pool[6] == 0
+        and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
+        and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow
+    )
     if pool_first:
         pool_first = False
         for k in _MONOTONE:
@@ -104,10 +141,11 @@ def _conv_image(xn: np.ndarray, outn: np.ndarray, indptr: np.ndarray, off: np.nd
         for co in range(cout):
             a = acc[:wide]
             a[:] = 0.0
-            accumulate_taps(a, np.uint64(0), src, np.uint64(0), np.uint64(1), off, vals, indptr[co], indptr[co + 1],
-                        np.uint64(wide))
+            accumulate_taps(
+                a, np.uint64(0), src, np.uint64(0), np.uint64(1), off, vals, indptr[co], indptr[co + 1], np.uint64(wide)
+            )
             b = bias[co]
-            dst = outn[co * plane_out:(co + 1) * plane_out]
+            dst = outn[co * plane_out : (co + 1) * plane_out]
             if pool_first:
                 # max(act(a + b)) == act(max(a) + b) for non-decreasing act: pool the wide sums directly.
                 max_pool_inside(a, wp, dst, ph, pw, pool)
@@ -127,12 +165,12 @@ def _conv_image(xn: np.ndarray, outn: np.ndarray, indptr: np.ndarray, off: np.nd
             for j in range(indptr[co], indptr[co + 1]):
                 wv = vals[j]
                 for y in range(oh):
-                    s = src[off[j] + y * st_h * wp:]
-                    r = a[y * ow:(y + 1) * ow]
+                    s = src[off[j] + y * st_h * wp :]
+                    r = a[y * ow : (y + 1) * ow]
                     for x in range(ow):
                         r[x] += wv * s[x * st_w]
             b = bias[co]
-            dst = outn[co * plane_out:(co + 1) * plane_out]
+            dst = outn[co * plane_out : (co + 1) * plane_out]
             if pool[0] == POOL_NONE:
                 act_bias_row(dst, 0, a, 0, npos, b, kind, a0, a1)
             else:
@@ -141,8 +179,17 @@ def _conv_image(xn: np.ndarray, outn: np.ndarray, indptr: np.ndarray, off: np.nd
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
-def conv2d(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, off: np.ndarray, vals: np.ndarray,
-                  bias: np.ndarray, ip: np.ndarray, fp: np.ndarray, sizes: np.ndarray) -> None:
+def conv2d(
+    x: np.ndarray,
+    out: np.ndarray,
+    indptr: np.ndarray,
+    off: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    ip: np.ndarray,
+    fp: np.ndarray,
+    sizes: np.ndarray,
+) -> None:
     """``out[n] = pool(act(conv(x[n]) + bias))`` for each image, one thread.
 
     Args:
@@ -175,16 +222,43 @@ def blocked_scratch_sizes(ip: np.ndarray, cout: int, lanes: int = LANES) -> tupl
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _conv_block(x: np.ndarray, out: np.ndarray, n0: int, m: int, indptr: np.ndarray, off: np.ndarray,
-                vals: np.ndarray, bias: np.ndarray, ip: np.ndarray, fp: np.ndarray, xi: np.ndarray, acc: np.ndarray,
-                ob: np.ndarray, lanes: int) -> None:
+def _conv_block(
+    x: np.ndarray,
+    out: np.ndarray,
+    n0: int,
+    m: int,
+    indptr: np.ndarray,
+    off: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    ip: np.ndarray,
+    fp: np.ndarray,
+    xi: np.ndarray,
+    acc: np.ndarray,
+    ob: np.ndarray,
+    lanes: int,
+) -> None:
     """One block of ``m <= lanes`` images in the image-interleaved layout ``[c, y, x, image]``.
 
     Every tap then multiplies whole output rows of ``ow · lanes`` contiguous floats: no wide-row waste, no
     gathers, and the epilogue (bias, activation, pooling) runs on full vectors of images.
     """
     cin, h, w, pad_h, pad_w, st_h, st_w, hp, wp, oh, ow, kind, ph, pw = (
-        ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7], ip[8], ip[9], ip[10], ip[11], ip[12], ip[13])
+        ip[0],
+        ip[1],
+        ip[2],
+        ip[3],
+        ip[4],
+        ip[5],
+        ip[6],
+        ip[7],
+        ip[8],
+        ip[9],
+        ip[10],
+        ip[11],
+        ip[12],
+        ip[13],
+    )
     pool = ip[14:25]
     a0, a1 = fp[0], fp[1]
     L = np.uint64(lanes)
@@ -203,9 +277,13 @@ def _conv_block(x: np.ndarray, out: np.ndarray, n0: int, m: int, indptr: np.ndar
     npos = np.uint64(oh * ow)
     plane_out = np.uint64(ph * pw)
     rowlen = np.uint64(ow) * L
-    pool_first = (pool[0] == POOL_MAX and pool[5] == 0 and pool[6] == 0
-                  and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
-                  and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow)
+    pool_first = (
+        pool[0] == POOL_MAX
+        and pool[5] == 0
+        and pool[6] == 0
+        and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
+        and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow
+    )
     if pool_first:
         pool_first = False
         for k in _MONOTONE:
@@ -269,8 +347,17 @@ def _conv_block(x: np.ndarray, out: np.ndarray, n0: int, m: int, indptr: np.ndar
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
-def conv2d_blocked(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, off: np.ndarray, vals: np.ndarray,
-                          bias: np.ndarray, ip: np.ndarray, fp: np.ndarray, sizes: np.ndarray) -> None:
+def conv2d_blocked(
+    x: np.ndarray,
+    out: np.ndarray,
+    indptr: np.ndarray,
+    off: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    ip: np.ndarray,
+    fp: np.ndarray,
+    sizes: np.ndarray,
+) -> None:
     """:func:`conv2d`'s result through blocks of :data:`LANES` interleaved images, one thread.
 
     ``off`` holds tap offsets in pixels (as for :func:`conv2d`); ``sizes`` is
@@ -302,11 +389,41 @@ def im2col_scratch_sizes(ip: np.ndarray, n_used: int) -> tuple[int, int, int, in
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _im2col_image(xn: np.ndarray, outn: np.ndarray, indptr: np.ndarray, tap: np.ndarray, used: np.ndarray,
-                  vals: np.ndarray, bias: np.ndarray, ip: np.ndarray, fp: np.ndarray, src: np.ndarray,
-                  col: np.ndarray, acc: np.ndarray, pitch: int, kh: int, kw: int, dil_h: int, dil_w: int) -> None:
+def _im2col_image(
+    xn: np.ndarray,
+    outn: np.ndarray,
+    indptr: np.ndarray,
+    tap: np.ndarray,
+    used: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    ip: np.ndarray,
+    fp: np.ndarray,
+    src: np.ndarray,
+    col: np.ndarray,
+    acc: np.ndarray,
+    pitch: int,
+    kh: int,
+    kw: int,
+    dil_h: int,
+    dil_w: int,
+) -> None:
     cin, h, w, pad_h, pad_w, st_h, st_w, hp, wp, oh, ow, kind, ph, pw = (
-        ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7], ip[8], ip[9], ip[10], ip[11], ip[12], ip[13])
+        ip[0],
+        ip[1],
+        ip[2],
+        ip[3],
+        ip[4],
+        ip[5],
+        ip[6],
+        ip[7],
+        ip[8],
+        ip[9],
+        ip[10],
+        ip[11],
+        ip[12],
+        ip[13],
+    )
     pool = ip[14:25]
     a0, a1 = fp[0], fp[1]
     uw = np.uint64(w)
@@ -337,9 +454,13 @@ def _im2col_image(xn: np.ndarray, outn: np.ndarray, indptr: np.ndarray, tap: np.
     cout = indptr.size - 1
     npos = oh * ow
     plane_out = ph * pw
-    pool_first = (pool[0] == POOL_MAX and pool[5] == 0 and pool[6] == 0
-                  and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
-                  and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow)
+    pool_first = (
+        pool[0] == POOL_MAX
+        and pool[5] == 0
+        and pool[6] == 0
+        and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
+        and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow
+    )
     if pool_first:
         pool_first = False
         for k in _MONOTONE:
@@ -348,10 +469,9 @@ def _im2col_image(xn: np.ndarray, outn: np.ndarray, indptr: np.ndarray, tap: np.
     for co in range(cout):
         for p in range(upitch):
             acc[p] = 0.0
-        accumulate_taps(acc, np.uint64(0), col, np.uint64(0), upitch, tap, vals, indptr[co], indptr[co + 1],
-                        upitch)
+        accumulate_taps(acc, np.uint64(0), col, np.uint64(0), upitch, tap, vals, indptr[co], indptr[co + 1], upitch)
         b = bias[co]
-        dst = outn[co * plane_out:(co + 1) * plane_out]
+        dst = outn[co * plane_out : (co + 1) * plane_out]
         if pool_first:
             max_pool_inside(acc, ow, dst, ph, pw, pool)
             act_bias_row(dst, 0, dst, 0, plane_out, b, kind, a0, a1)
@@ -363,9 +483,18 @@ def _im2col_image(xn: np.ndarray, outn: np.ndarray, indptr: np.ndarray, tap: np.
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
-def conv2d_im2col(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, tap: np.ndarray, used: np.ndarray,
-                         vals: np.ndarray, bias: np.ndarray, ip: np.ndarray, fp: np.ndarray,
-                         sizes: np.ndarray) -> None:
+def conv2d_im2col(
+    x: np.ndarray,
+    out: np.ndarray,
+    indptr: np.ndarray,
+    tap: np.ndarray,
+    used: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    ip: np.ndarray,
+    fp: np.ndarray,
+    sizes: np.ndarray,
+) -> None:
     """:func:`conv2d`'s result through a per-image column matrix of the *used* weight columns.
 
     Each tap then multiplies one contiguous, 64-byte aligned row of ``oh·ow`` positions: no wide-row waste,
@@ -376,5 +505,22 @@ def conv2d_im2col(x: np.ndarray, out: np.ndarray, indptr: np.ndarray, tap: np.nd
     col = aligned_zeros(sizes[1])
     acc = aligned_zeros(sizes[2])
     for n in range(x.shape[0]):
-        _im2col_image(x[n], out[n], indptr, tap, used, vals, bias, ip, fp, src, col, acc, sizes[3], sizes[4],
-                      sizes[5], sizes[6], sizes[7])
+        _im2col_image(
+            x[n],
+            out[n],
+            indptr,
+            tap,
+            used,
+            vals,
+            bias,
+            ip,
+            fp,
+            src,
+            col,
+            acc,
+            sizes[3],
+            sizes[4],
+            sizes[5],
+            sizes[6],
+            sizes[7],
+        )

@@ -38,8 +38,17 @@ def spmm_tile(batch: int) -> int:
 
 
 @njit(cache=True, fastmath={"contract"}, nogil=True)
-def spmv(x: np.ndarray, y: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals: np.ndarray, bias: np.ndarray,
-         kind: int, a0: float, a1: float) -> None:
+def spmv(
+    x: np.ndarray,
+    y: np.ndarray,
+    indptr: np.ndarray,
+    idx: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    kind: int,
+    a0: float,
+    a1: float,
+) -> None:
     """``y[n, r] = act(Σ_j vals[j] · x[n, idx[j]] + bias[r])`` row by row, one example at a time.
 
     Eight independent partial sums per row hide the FMA latency. Measured on a 4096×4096 layer at 2%, one
@@ -78,8 +87,7 @@ def spmv(x: np.ndarray, y: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals
 
 
 @njit(cache=True, fastmath=REDUCE_FASTMATH, nogil=True)
-def dense_gemv(x: np.ndarray, y: np.ndarray, w: np.ndarray, bias: np.ndarray, kind: int, a0: float,
-               a1: float) -> None:
+def dense_gemv(x: np.ndarray, y: np.ndarray, w: np.ndarray, bias: np.ndarray, kind: int, a0: float, a1: float) -> None:
     """``y[n] = act(w @ x[n] + bias)`` with ``w`` dense ``(out, in)``: contiguous dot products."""
     rows, cols = w.shape
     for n in range(x.shape[0]):
@@ -93,9 +101,22 @@ def dense_gemv(x: np.ndarray, y: np.ndarray, w: np.ndarray, bias: np.ndarray, ki
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _spmm_tile(x: np.ndarray, y: np.ndarray, n0: int, n1: int, indptr: np.ndarray, idx: np.ndarray,
-               vals: np.ndarray, bias: np.ndarray, kind: int, a0: float, a1: float, xt: np.ndarray,
-               yt: np.ndarray, tile: int) -> None:
+def _spmm_tile(
+    x: np.ndarray,
+    y: np.ndarray,
+    n0: int,
+    n1: int,
+    indptr: np.ndarray,
+    idx: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    kind: int,
+    a0: float,
+    a1: float,
+    xt: np.ndarray,
+    yt: np.ndarray,
+    tile: int,
+) -> None:
     cols = x.shape[1]
     rows = indptr.size - 1
     m = n1 - n0
@@ -114,8 +135,7 @@ def _spmm_tile(x: np.ndarray, y: np.ndarray, n0: int, n1: int, indptr: np.ndarra
         base = np.uint64(r) * ut
         for t in range(ut):
             yt[base + t] = 0.0
-        accumulate_taps(yt, base, xt, np.uint64(0), ut, idx, vals, np.uint64(indptr[r]), np.uint64(indptr[r + 1]),
-                        ut)
+        accumulate_taps(yt, base, xt, np.uint64(0), ut, idx, vals, np.uint64(indptr[r]), np.uint64(indptr[r + 1]), ut)
     for r0 in range(0, rows, 16):  # transpose the block out, 16 outputs at a time, bias and activation fused
         r1 = min(r0 + 16, rows)
         for t in range(m):
@@ -124,8 +144,18 @@ def _spmm_tile(x: np.ndarray, y: np.ndarray, n0: int, n1: int, indptr: np.ndarra
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
-def spmm(x: np.ndarray, y: np.ndarray, indptr: np.ndarray, idx: np.ndarray, vals: np.ndarray,
-                bias: np.ndarray, kind: int, a0: float, a1: float, tile: int) -> None:
+def spmm(
+    x: np.ndarray,
+    y: np.ndarray,
+    indptr: np.ndarray,
+    idx: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    kind: int,
+    a0: float,
+    a1: float,
+    tile: int,
+) -> None:
     """Batched :func:`spmv` through feature-major blocks of ``tile`` examples, one thread."""
     xt = np.empty(x.shape[1] * tile, np.float32)
     yt = np.empty((indptr.size - 1) * tile, np.float32)
@@ -139,9 +169,20 @@ _IN_PLACE_LIMIT = 1 << 18  # floats (1 MB, the L2 of one core here) of transpose
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _chain_rows(src: np.ndarray, sbase: np.uint64, pitch: np.uint64, dst: np.ndarray, meta: np.ndarray,
-                fpar: np.ndarray, ptr: np.ndarray, idx: np.ndarray, vals: np.ndarray, bias: np.ndarray, layer: int,
-                tile: int) -> None:
+def _chain_rows(
+    src: np.ndarray,
+    sbase: np.uint64,
+    pitch: np.uint64,
+    dst: np.ndarray,
+    meta: np.ndarray,
+    fpar: np.ndarray,
+    ptr: np.ndarray,
+    idx: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    layer: int,
+    tile: int,
+) -> None:
     """One layer of a chain on a feature-major block: ``dst[r, :] = act(W[r] · src + b[r])``.
 
     Feature ``c`` of the block's examples is ``src[c·pitch + sbase : … + tile]``; ``dst`` has pitch ``tile``.
@@ -153,17 +194,32 @@ def _chain_rows(src: np.ndarray, sbase: np.uint64, pitch: np.uint64, dst: np.nda
         base = np.uint64(r) * ut
         for t in range(ut):
             dst[base + t] = 0.0
-        accumulate_taps(dst, base, src, sbase, pitch, idx, vals, np.uint64(ptr[pbase + r]),
-                        np.uint64(ptr[pbase + r + 1]), ut)
+        accumulate_taps(
+            dst, base, src, sbase, pitch, idx, vals, np.uint64(ptr[pbase + r]), np.uint64(ptr[pbase + r + 1]), ut
+        )
         b = bias[bbase + r]
         for t in range(ut):
             dst[base + t] = act(dst[base + t] + b, kind, a0, a1)
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _chain_block(xt: np.ndarray, pitch: int, y: np.ndarray, n0: int, n1: int, meta: np.ndarray, fpar: np.ndarray,
-                 ptr: np.ndarray, idx: np.ndarray, vals: np.ndarray, bias: np.ndarray, buf_a: np.ndarray,
-                 buf_b: np.ndarray, buf_x: np.ndarray, tile: int) -> None:
+def _chain_block(
+    xt: np.ndarray,
+    pitch: int,
+    y: np.ndarray,
+    n0: int,
+    n1: int,
+    meta: np.ndarray,
+    fpar: np.ndarray,
+    ptr: np.ndarray,
+    idx: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    buf_a: np.ndarray,
+    buf_b: np.ndarray,
+    buf_x: np.ndarray,
+    tile: int,
+) -> None:
     nlayers = meta.shape[0]
     ut = np.uint64(tile)
     # Layer 0 reads the batch's feature-major input in place while it fits in L2; a larger one is first copied
@@ -194,8 +250,17 @@ def _chain_block(xt: np.ndarray, pitch: int, y: np.ndarray, n0: int, n1: int, me
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
-def chain_batched(xt: np.ndarray, y: np.ndarray, meta: np.ndarray, fpar: np.ndarray, ptr: np.ndarray,
-                 idx: np.ndarray, vals: np.ndarray, bias: np.ndarray, tile: int) -> None:
+def chain_batched(
+    xt: np.ndarray,
+    y: np.ndarray,
+    meta: np.ndarray,
+    fpar: np.ndarray,
+    ptr: np.ndarray,
+    idx: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    tile: int,
+) -> None:
     """A chain of Linear layers (+ activations) on a batch, in feature-major blocks of ``tile`` examples.
 
     ``xt`` is the input transposed, ``(cols, pitch)`` with ``pitch`` a multiple of ``tile`` >= N (columns past
@@ -215,13 +280,21 @@ def chain_batched(xt: np.ndarray, y: np.ndarray, meta: np.ndarray, fpar: np.ndar
     flat = xt.reshape(-1)
     buf_x = aligned_zeros(xt.shape[0] * tile if xt.size > _IN_PLACE_LIMIT else 0)
     for n0 in range(0, n, tile):
-        _chain_block(flat, pitch, y, n0, min(n0 + tile, n), meta, fpar, ptr, idx, vals, bias, buf_a, buf_b, buf_x,
-                     tile)
+        _chain_block(flat, pitch, y, n0, min(n0 + tile, n), meta, fpar, ptr, idx, vals, bias, buf_a, buf_b, buf_x, tile)
 
 
 @njit(cache=True, fastmath={"contract"}, nogil=True)
-def chain_single(x: np.ndarray, y: np.ndarray, meta: np.ndarray, fpar: np.ndarray, ptr: np.ndarray,
-                 idx: np.ndarray, vals: np.ndarray, bias: np.ndarray, dense: np.ndarray) -> None:
+def chain_single(
+    x: np.ndarray,
+    y: np.ndarray,
+    meta: np.ndarray,
+    fpar: np.ndarray,
+    ptr: np.ndarray,
+    idx: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    dense: np.ndarray,
+) -> None:
     """The chain for one example (``x``: ``(1, cols)``), one call for all layers.
 
     Sparse layers run :func:`spmv`'s loop; a layer with ``dense[l]`` set holds every entry in row-major order,
