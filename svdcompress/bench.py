@@ -39,16 +39,13 @@ train/eval flags are restored on return, also after an error.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,13 +54,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import contenders as C
 from ._io import atomic_path
-from .masking import mask_model
+from .contenders import CONTENDERS, DENSE_REFERENCES, OPENVINO_CONTENDERS
+from .machine import copy_bandwidth, cpu_simd_flags, machine_info, sgemm_peak, time_once, torch_threads
 from .svdo import DEFAULT_THRESHOLD
 
 __all__ = [
     "CONTENDERS",
     "DENSE_REFERENCES",
+    "OPENVINO_CONTENDERS",
     "BenchConfig",
     "BenchReport",
     "BenchResult",
@@ -74,25 +74,6 @@ __all__ = [
     "sgemm_peak",
     "torch_threads",
 ]
-
-CONTENDERS = (
-    "torch-dense",
-    "ort-dense",
-    "openvino-dense",
-    "torch-masked",
-    "torch-pruned",
-    "ort-compact",
-    "openvino-compact",
-    "ort-sparse",
-    "csr-runtime",
-)
-OPENVINO_CONTENDERS = ("openvino-dense", "openvino-compact")
-# speedup_vs_best_dense divides the faster of these (same batch size and threads) by a contender's median.
-DENSE_REFERENCES = ("ort-dense", "openvino-dense")
-# oneTBB workers busy-wait about 1 ms after a multi-threaded OpenVINO call (measured: 1.1 ms of CPU time
-# in the 10 ms after a 2-thread call, 0.1 ms after a 1-thread call); sleeping this long after each sample
-# lets them go idle before the next contender is timed.
-_OPENVINO_SETTLE_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -241,41 +222,6 @@ def _fx(x: float | None) -> str:
     return "" if x is None else f"{x:.2f}×"
 
 
-# /proc/cpuinfo flags that say which vector instructions kernels can use (x86 and Arm).
-_SIMD_PREFIXES = ("sse", "ssse3", "avx", "fma", "f16c", "amx", "asimd", "sve", "neon", "vnni")
-
-
-def cpu_simd_flags(flags: Sequence[str]) -> list[str]:
-    """The SIMD-relevant entries of a CPU flag list (SSE/AVX/AVX-512/AMX/FMA/F16C on x86, NEON/SVE on Arm)."""
-    return sorted({f for f in flags if f.startswith(_SIMD_PREFIXES)})
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, its SIMD extensions (from ``/proc/cpuinfo`` flags), core count, platform and Python."""
-    cpu = platform.processor() or "unknown"
-    flags: list[str] = []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and cpu in ("unknown", platform.processor()):
-                    cpu = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = value.split()
-                if cpu != "unknown" and flags:
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "simd": cpu_simd_flags(flags),
-        "logical_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
 def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime as ort
@@ -289,7 +235,7 @@ def _versions() -> dict[str, str]:
         "onnx": onnx.__version__,
         "numpy": np.__version__,
     }
-    ov = _import_openvino()
+    ov = C.import_openvino()
     if ov is not None:
         out["openvino"] = str(ov.__version__)
     try:
@@ -301,322 +247,21 @@ def _versions() -> dict[str, str]:
     return out
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Set torch's intra-op thread count to ``n`` for the block; restore the previous count on exit."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def copy_bandwidth(threads: int = 1, nbytes: int = 256 << 20, repeats: int = 5) -> float:
-    """Memory copy bandwidth in bytes/s, STREAM convention (bytes read + bytes written).
-
-    Runs with ``threads`` torch threads and restores the caller's thread count.
-    """
-    with torch_threads(threads):
-        src = torch.ones(nbytes // 4, dtype=torch.float32)
-        dst = torch.empty_like(src)
-        dst.copy_(src)
-        best = min(_time_once(lambda: dst.copy_(src)) for _ in range(repeats))
-    return 2 * nbytes / best
-
-
-def sgemm_peak(threads: int = 1, n: int = 1024, repeats: int = 5) -> dict[str, float]:
-    """The machine's practical fp32 peak in GMAC/s: the best of ``repeats`` n×n×n matrix products.
-
-    Two BLAS libraries are timed and the faster one counts, since either may be the better-tuned one for a
-    CPU: torch's (``torch.mm`` under :func:`torch_threads`, which torch honours reliably at any time) and
-    numpy's (``np.matmul``, limited to ``threads`` with ``threadpoolctl`` when that is installed; without it
-    numpy's BLAS cannot be limited reliably after import, so it is left out). Process state is restored.
-
-    Returns:
-        ``{"torch": GMAC/s, "numpy": GMAC/s (when measured), "peak": the larger}``.
-    """
-    macs = float(n) ** 3
-    out: dict[str, float] = {}
-    with torch_threads(threads):
-        a = torch.rand(n, n, dtype=torch.float32)
-        b = torch.rand(n, n, dtype=torch.float32)
-        torch.mm(a, b)
-        out["torch"] = macs / min(_time_once(lambda: torch.mm(a, b)) for _ in range(repeats)) / 1e9
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    if threadpool_limits is not None:
-        an, bn = a.numpy(), b.numpy()
-        with threadpool_limits(limits=threads, user_api="blas"):
-            np.matmul(an, bn)
-            out["numpy"] = macs / min(_time_once(lambda: np.matmul(an, bn)) for _ in range(repeats)) / 1e9
-    out["peak"] = max(out.values())
-    return out
-
-
-def _time_once(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def _ort_session(path: Path, threads: int) -> Any:
-    from .export.onnx import ort_session  # the shared set-up: spinning off (DESIGN.md §5)
-
-    return ort_session(path, threads)
-
-
-def _ort_runner(sess: Any) -> Callable[[np.ndarray], np.ndarray]:
-    name = sess.get_inputs()[0].name
-
-    def run(x: np.ndarray) -> np.ndarray:
-        out: np.ndarray = sess.run(None, {name: x})[0]
-        return out
-
-    return run
-
-
-def _import_openvino() -> Any | None:
-    """The ``openvino`` module, or None when it is not installed (the ``peers`` extra)."""
-    try:
-        return importlib.import_module("openvino")
-    except ImportError:
-        return None
-
-
-def _openvino_compiled(ov: Any, path: Path, threads: int) -> Any:
-    """``path`` compiled by OpenVINO's CPU plugin for one caller waiting on each result."""
-    import openvino.properties as props
-    import openvino.properties.hint as hint
-
-    config = {
-        hint.performance_mode: hint.PerformanceMode.LATENCY,
-        props.inference_num_threads: threads,
-        props.num_streams: 1,
-        # fp32 like every other contender: on CPUs with bf16/AMX the plugin would otherwise infer in bf16.
-        hint.inference_precision: ov.Type.f32,
-        # Pinned inference threads would compete with the other engines' threads for fixed cores.
-        hint.enable_cpu_pinning: False,
-    }
-    core = ov.Core()
-    return core.compile_model(core.read_model(str(path)), "CPU", config)
-
-
-def _openvino_runner(ov: Any, compiled: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """One reused infer request: bind the input without a copy, ``infer()``, return the output buffer.
-
-    Of the Python calling forms (``request.infer({0: x})``, ``infer(x, share_inputs=True,
-    share_outputs=True)``, ``compiled(x)``, and this one) this had the lowest per-call cost. The returned
-    array aliases the request's output buffer: the next call overwrites it.
-    """
-    request = compiled.create_infer_request()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        request.set_input_tensor(ov.Tensor(x, shared_memory=True))
-        request.infer()
-        out: np.ndarray = request.get_output_tensor(0).data
-        return out
-
-    return run
-
-
-def _torch_runner(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            out: torch.Tensor = model(x)
-        return out
-
-    return run
-
-
-def _state_bytes(model: nn.Module, d: Path, name: str) -> int:
-    p = d / f"{name}.pt"
-    torch.save(model.state_dict(), p)
-    return p.stat().st_size
-
-
-def _dense_original(model: nn.Module) -> nn.Module:
-    # A threshold of +inf keeps every weight: the network as trained, before any pruning.
-    return mask_model(model, threshold=float("inf"))
-
-
-@dataclass
-class _Contender:
-    name: str
-    fn: Callable[[Any], Any]
-    numpy_input: bool
-    artifact_bytes: int
-    settle_s: float = 0.0  # sleep after each timed sample, untimed, so busy-waiting workers go idle
-
-
-@dataclass
-class _Models:
-    """The three PyTorch forms every thread count reuses; built once per benchmark."""
-
-    dense: nn.Module
-    masked: nn.Module
-    pruned: nn.Module | None
-    state_bytes: dict[str, int]
-    info: dict[str, Any]
-
-
-def _prepare_models(
-    model: nn.Module, input_shape: tuple[int, ...], cfg: BenchConfig, workdir: Path, log: Callable[[str], None]
-) -> _Models:
-    from .structured import prune
-
-    dense = _dense_original(model)
-    masked = mask_model(model, cfg.threshold)
-    info: dict[str, Any] = {}
-    pruned = None
-    if set(cfg.contenders) & {"torch-pruned", "ort-compact", "openvino-compact", "ort-sparse", "csr-runtime"}:
-        log("pruning")
-        result = prune(model, threshold=cfg.threshold, input_shape=input_shape)
-        pruned = result.model
-        info["prune"] = {
-            "params_before": result.report.params_before,
-            "params_after": result.report.params_after,
-            "max_abs_diff": result.report.max_abs_diff,
-        }
-    forms = {"dense": dense, "masked": masked, **({"pruned": pruned} if pruned is not None else {})}
-    sizes = {k: _state_bytes(m, workdir, k) for k, m in forms.items()}
-    return _Models(dense, masked, pruned, sizes, info)
-
-
-def _onnx_artifact(models: _Models, form: str, input_shape: tuple[int, ...], workdir: Path) -> Path:
-    """The ONNX file for ``form`` ("dense", "compact" or "sparse"), exported once and shared by every engine."""
-    from .export import export_onnx
-
-    path = workdir / f"{form}.onnx"
-    if not path.exists():
-        src, ref = (models.dense, models.dense) if form == "dense" else (models.pruned, models.masked)
-        assert src is not None  # _prepare_models prunes whenever a compact or sparse contender was asked for
-        export_onnx(src, path, input_shape=input_shape, reference=ref, sparse=form == "sparse", force=True)
-    return path
-
-
-def _check_outputs(
-    name: str, fn: Callable[[np.ndarray], np.ndarray], reference: nn.Module, input_shape: tuple[int, ...]
-) -> None:
-    """A third-party engine must compute what the model computes before its time means anything."""
-    from .errors import VerificationError
-
-    x = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        ref = reference(x).numpy()
-    out = np.array(fn(x.numpy()))
-    diff = float(np.abs(out - ref).max()) if out.shape == ref.shape else float("inf")
-    tol = 1e-4 * max(1.0, float(np.abs(ref).max()))
-    if not diff <= tol:
-        raise VerificationError(f"{name}: outputs differ from the PyTorch model by {diff:.3g} (tolerance {tol:.3g})")
-
-
-def _build_contenders(
-    models: _Models,
-    input_shape: tuple[int, ...],
-    cfg: BenchConfig,
-    workdir: Path,
-    threads: int,
-    log: Callable[[str], None],
-) -> tuple[list[_Contender], dict[str, Any]]:
-    dense, masked, pruned = models.dense, models.masked, models.pruned
-    out: list[_Contender] = []
-    info: dict[str, Any] = dict(models.info)
-    ov = _import_openvino()
-    for name in cfg.contenders:
-        log(f"preparing {name}")
-        if name == "torch-dense":
-            out.append(_Contender(name, _torch_runner(dense), False, models.state_bytes["dense"]))
-        elif name == "torch-masked":
-            out.append(_Contender(name, _torch_runner(masked), False, models.state_bytes["masked"]))
-        elif name == "torch-pruned" and pruned is not None:
-            out.append(_Contender(name, _torch_runner(pruned), False, models.state_bytes["pruned"]))
-        elif name in ("ort-dense", "ort-compact", "ort-sparse"):
-            path = _onnx_artifact(models, name.removeprefix("ort-"), input_shape, workdir)
-            out.append(_Contender(name, _ort_runner(_ort_session(path, threads)), True, path.stat().st_size))
-        elif name in OPENVINO_CONTENDERS:
-            if ov is None:
-                continue  # bench() printed a note and records the skip
-            form = name.removeprefix("openvino-")
-            path = _onnx_artifact(models, form, input_shape, workdir)
-            run = _openvino_runner(ov, _openvino_compiled(ov, path, threads))
-            _check_outputs(name, run, dense if form == "dense" else masked, input_shape)
-            out.append(
-                _Contender(name, run, True, path.stat().st_size, settle_s=_OPENVINO_SETTLE_S if threads > 1 else 0.0)
-            )
-        elif name == "csr-runtime" and pruned is not None:
-            from .export import export_csr
-            from .runtime import load as load_runtime
-
-            path = workdir / "model.csr"
-            if not path.exists():
-                export_csr(pruned, path, input_shape=input_shape, reference=masked, threshold=cfg.threshold, force=True)
-            rt = load_runtime(path, threads=threads)
-            info.update(_runtime_info(rt))
-            # The numba kernel runtime (it reports macs_per_item) works on numpy arrays and converts torch
-            # tensors; the torch-based one it replaces works on tensors. Feed each its own type, as ORT gets numpy.
-            native_numpy = getattr(rt, "macs_per_item", None) is not None
-            out.append(_Contender(name, rt, native_numpy, path.stat().st_size))
-        elif name not in CONTENDERS:
-            from .errors import SvdcompressError
-
-            raise SvdcompressError(f"unknown contender {name!r}; choose from {', '.join(CONTENDERS)}")
-    return out, info
-
-
-def _runtime_info(rt: Any) -> dict[str, Any]:
-    """What the loaded CSR runtime says it does per call.
-
-    The kernel runtime exposes ``macs_per_item``, ``weight_bytes`` and ``layer_kernels`` ("sparse" | "dense");
-    the torch-based one only ``layer_kernels`` ("csr" | "dense") and ``nnz``, from which the weight bytes are
-    estimated (:func:`_runtime_weight_bytes`) and the multiply-adds are left unknown.
-    """
-    macs = getattr(rt, "macs_per_item", None)
-    weight_bytes = getattr(rt, "weight_bytes", None)
-    nnz = getattr(rt, "nnz", None)
-    info: dict[str, Any] = {
-        "csr_kernels": dict(getattr(rt, "layer_kernels", {}) or {}),
-        "csr_macs_per_item": None if macs is None else int(macs),
-    }
-    if nnz is not None:
-        info["csr_nnz"] = int(sum(nnz.values()))
-    if weight_bytes is not None:
-        info["csr_weight_bytes"], info["csr_weight_bytes_source"] = int(weight_bytes), "runtime"
-    else:
-        info["csr_weight_bytes"], info["csr_weight_bytes_source"] = _runtime_weight_bytes(rt), "estimate"
-    return info
-
-
-def _runtime_weight_bytes(rt: Any) -> int:
-    """Bytes of weights the torch-based runtime streams per call: 8 per nonzero (fp32 value + int32 index) for
-    CSR layers, 4 per element for layers it runs dense."""
-    total = 0
-    for name, kernel in rt.layer_kernels.items():
-        if kernel in ("csr", "sparse"):
-            total += 8 * int(rt.nnz[name])
-        else:
-            entry = rt.manifest["layers"].get(f"{name}.weight") or rt.manifest["layers"].get(name) or {}
-            total += 4 * int(np.prod(entry.get("matrix_shape", entry.get("shape", [0]))))
-    return total
-
-
 def _calibrate(fn: Callable[[], object], sample_ms: float, warmup: int) -> int:
     for _ in range(warmup):
         fn()
-    t = min(_time_once(fn) for _ in range(3))
+    t = min(time_once(fn) for _ in range(3))
     return max(1, min(1000, int(sample_ms / 1000 / max(t, 1e-7))))
 
 
-def _bind(c: _Contender, x: Any) -> Callable[[], object]:
+def _bind(c: C.Contender, x: Any) -> Callable[[], object]:
     def call() -> object:
         return c.fn(x)
 
     return call
 
 
-def _accuracy(c: _Contender, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+def _accuracy(c: C.Contender, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
     correct = 0
     for i in range(0, len(x), batch):
         xb = x[i : i + batch]
@@ -655,7 +300,7 @@ def bench(
     cfg = config or BenchConfig()
     shape = tuple(int(d) for d in input_shape)
     skipped: dict[str, str] = {}
-    if set(cfg.contenders) & set(OPENVINO_CONTENDERS) and _import_openvino() is None:
+    if set(cfg.contenders) & set(OPENVINO_CONTENDERS) and C.import_openvino() is None:
         asked = [c for c in cfg.contenders if c in OPENVINO_CONTENDERS]
         reason = "openvino is not installed (pip install 'svdcompress[peers]')"
         skipped = dict.fromkeys(asked, reason)
@@ -696,10 +341,10 @@ def _run(
     info: dict[str, Any] = {}
     gen = torch.Generator().manual_seed(0)
     with tqdm(total=total, desc="bench", file=sys.stderr, disable=not progress, unit="sample") as bar:
-        models = _prepare_models(model, shape, cfg, wd, bar.set_postfix_str)
+        models = C.prepare_models(model, shape, cfg, wd, bar.set_postfix_str)
         for t in cfg.threads:
             with torch_threads(t):
-                contenders, info = _build_contenders(models, shape, cfg, wd, t, bar.set_postfix_str)
+                contenders, info = C.build_contenders(models, shape, cfg, wd, t, bar.set_postfix_str)
                 if data is not None and not accuracy:
                     bar.set_postfix_str("accuracy")
                     accuracy = {c.name: _accuracy(c, *data) for c in contenders}
@@ -742,7 +387,7 @@ def _run(
 
 
 def _time_batch(
-    contenders: list[_Contender],
+    contenders: list[C.Contender],
     x: torch.Tensor,
     threads: int,
     cfg: BenchConfig,

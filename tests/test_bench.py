@@ -28,6 +28,7 @@ from .conftest import TinySVDO
 
 # The module itself: `svdcompress.bench` as an attribute is the bench() function the package re-exports.
 bench_mod = importlib.import_module("svdcompress.bench")
+contenders_mod = importlib.import_module("svdcompress.contenders")
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 HAVE_THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None
 
@@ -155,7 +156,7 @@ def test_compute_figures_without_macs_keep_the_floor() -> None:
 
 def test_runtime_info_prefers_what_the_runtime_reports() -> None:
     new = SimpleNamespace(macs_per_item=350_000, weight_bytes=40_000, layer_kernels={"conv1": "dense", "fc1": "sparse"})
-    info = bench_mod._runtime_info(new)
+    info = contenders_mod.runtime_info(new)
     assert info["csr_macs_per_item"] == 350_000
     assert (info["csr_weight_bytes"], info["csr_weight_bytes_source"]) == (40_000, "runtime")
     assert info["csr_kernels"] == {"conv1": "dense", "fc1": "sparse"}
@@ -164,7 +165,7 @@ def test_runtime_info_prefers_what_the_runtime_reports() -> None:
         nnz={"fc1": 100, "fc2": 30},
         manifest={"layers": {"fc2.weight": {"shape": [10, 5]}}},
     )
-    info = bench_mod._runtime_info(old)
+    info = contenders_mod.runtime_info(old)
     assert info["csr_macs_per_item"] is None
     assert (info["csr_weight_bytes"], info["csr_weight_bytes_source"]) == (8 * 100 + 4 * 50, "estimate")
     assert info["csr_nnz"] == 130
@@ -204,7 +205,7 @@ def test_machine_info_records_cpu_and_simd() -> None:
 def test_missing_openvino_is_skipped_with_one_note(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(bench_mod, "_import_openvino", lambda: None)
+    monkeypatch.setattr(contenders_mod, "import_openvino", lambda: None)
     cfg = _tiny_config(threads=(1, 2), contenders=("torch-dense", "openvino-dense", "openvino-compact"))
     report = bench(TinySVDO(), input_shape=(20,), config=cfg, progress=False)
     err = capsys.readouterr().err
@@ -234,10 +235,10 @@ def test_openvino_runner_computes_the_onnx_model_in_fp32(tmp_path, trained_tiny:
 
     from svdcompress.export import export_onnx
 
-    dense = bench_mod._dense_original(trained_tiny)
+    dense = contenders_mod.dense_original(trained_tiny)
     path = tmp_path / "dense.onnx"
     export_onnx(dense, path, input_shape=(20,), reference=dense, force=True)
-    run = bench_mod._openvino_runner(ov, bench_mod._openvino_compiled(ov, path, threads=1))
+    run = contenders_mod.openvino_runner(ov, contenders_mod.openvino_compiled(ov, path, threads=1))
     for batch in (1, 7):
         x = torch.randn(batch, 20, generator=torch.Generator().manual_seed(batch))
         with torch.inference_mode():
