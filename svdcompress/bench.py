@@ -21,6 +21,8 @@ zero-copy tensor, ``infer()`` runs without arguments and the output tensor's buf
 measured the lowest per-call cost of the Python API's calling forms. OpenVINO's threading runtime
 (oneTBB) keeps idle workers busy-waiting for about a millisecond after a multi-threaded call, so the
 harness sleeps a few ms, outside the timed region, after each OpenVINO sample at more than one thread.
+PyTorch's OpenMP workers spin for ~10 ms after a multi-threaded call, so torch samples at more than one
+thread are followed by a 15 ms sleep, also untimed.
 
 Method: each contender is warmed up, then a round robin of timed samples interleaves the
 contenders so that machine drift hits all alike. A sample averages enough calls to last

@@ -54,6 +54,10 @@ DENSE_REFERENCES = ("ort-dense", "openvino-dense")
 # in the 10 ms after a 2-thread call, 0.1 ms after a 1-thread call); sleeping this long after each sample
 # lets them go idle before the next contender is timed.
 OPENVINO_SETTLE_S = 0.005
+# torch's OpenMP workers busy-wait ~10 ms after every multi-threaded call (measured: 9-10.6 ms of CPU time in
+# the 10 ms after a 2-thread LeNet-5 batch, 0.1 ms in each 10 ms after that): a core stolen from whatever
+# is timed next. Sleeping this long after each torch sample at more than one thread lets them go idle.
+TORCH_SETTLE_S = 0.015
 
 
 def ort_session(path: Path, threads: int) -> Any:
@@ -215,6 +219,7 @@ def build_contenders(
     threads: int,
     log: Callable[[str], None],
 ) -> tuple[list[Contender], dict[str, Any]]:
+    torch_settle = TORCH_SETTLE_S if threads > 1 else 0.0
     dense, masked, pruned = models.dense, models.masked, models.pruned
     out: list[Contender] = []
     info: dict[str, Any] = dict(models.info)
@@ -222,11 +227,15 @@ def build_contenders(
     for name in cfg.contenders:
         log(f"preparing {name}")
         if name == "torch-dense":
-            out.append(Contender(name, torch_runner(dense), False, models.state_bytes["dense"]))
+            out.append(Contender(name, torch_runner(dense), False, models.state_bytes["dense"], settle_s=torch_settle))
         elif name == "torch-masked":
-            out.append(Contender(name, torch_runner(masked), False, models.state_bytes["masked"]))
+            out.append(
+                Contender(name, torch_runner(masked), False, models.state_bytes["masked"], settle_s=torch_settle)
+            )
         elif name == "torch-pruned" and pruned is not None:
-            out.append(Contender(name, torch_runner(pruned), False, models.state_bytes["pruned"]))
+            out.append(
+                Contender(name, torch_runner(pruned), False, models.state_bytes["pruned"], settle_s=torch_settle)
+            )
         elif name in ("ort-dense", "ort-compact", "ort-sparse"):
             path = onnx_artifact(models, name.removeprefix("ort-"), input_shape, workdir)
             out.append(Contender(name, ort_runner(ort_session(path, threads)), True, path.stat().st_size))
