@@ -1,9 +1,9 @@
 """Each batched layout of the convolution kernel, forced in turn, against F.conv2d (+ activation, + pool).
 
 At load the runtime times several layouts of the same arithmetic (image by image on wide rows, blocks of 16 or
-32 interleaved images, a column matrix of the used taps) and keeps the fastest, so which one a test exercises
-depends on the machine. Here ``Builder.fastest`` is patched to pick layout ``k``, so every layout is checked
-on every case, whatever the timings say.
+32 interleaved images, a column matrix of the used taps, column-shifted copies of the image) and keeps the
+fastest, so which one a test exercises depends on the machine. Here ``Builder.fastest`` is patched to pick
+layout ``k``, so every layout is checked on every case, whatever the timings say.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Net(nn.Module):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
-@pytest.mark.parametrize("layout", [0, 1, 2, 3])
+@pytest.mark.parametrize("layout", [0, 1, 2, 3, 4])
 def test_every_layout_matches_torch(
     case: tuple[Any, ...], layout: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -146,6 +146,19 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
         # A column matrix of the used taps (pays off for strides > 1); its columns ignore groups.
         if groups == 1 and int(sizes_i[1]) <= MAX_BLOCK_SCRATCH:
             steps.append(im2col)
+        # Column-shifted copies of the image (stride 1): no wide-row waste for small output planes.
+        sizes_s = np.array(K.shifted_scratch_sizes(ip, kw, dil[1]), np.int64)
+        if st == (1, 1) and int(sizes_s[1]) <= MAX_BLOCK_SCRATCH:
+            off_s = K.shifted_offsets(layer.indices, indptr, cin_g, kh, kw, hp, ow, cin, dil[0], cout // groups)
+
+            def shifted(v: list[Any]) -> None:
+                xin = v[x]
+                xf = xin.reshape(xin.shape[0], -1)
+                out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
+                K.conv2d_shifted(xf, out, indptr, off_s, vals, bias, ip, fp, sizes_s)
+                v[o] = out.reshape(xf.shape[0], cout, ph, pw)
+
+            steps.append(shifted)
         return b.fastest(steps[:1] + steps[len(layouts) :], (cin, h, w), x, 1), b.fastest(steps, (cin, h, w), x)
 
     sparse_1, sparse_b = make(wt)

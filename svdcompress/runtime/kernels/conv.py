@@ -41,10 +41,13 @@ __all__ = [
     "conv2d",
     "conv2d_blocked",
     "conv2d_im2col",
+    "conv2d_shifted",
     "conv_offsets",
     "conv_scratch_sizes",
     "im2col_scratch_sizes",
     "im2col_taps",
+    "shifted_offsets",
+    "shifted_scratch_sizes",
 ]
 
 CONV_PARAMS = ("cin", "h", "w", "pad_h", "pad_w", "stride_h", "stride_w", "hp", "wp", "oh", "ow", "act", "ph", "pw")
@@ -524,3 +527,144 @@ def conv2d_im2col(
             sizes[6],
             sizes[7],
         )
+
+
+# ---------------------------------------------------------------------------------------------- shifted copies
+
+
+def shifted_offsets(
+    indices: np.ndarray,
+    indptr: np.ndarray,
+    cin_g: int,
+    kh: int,
+    kw: int,
+    hp: int,
+    ow: int,
+    cin: int,
+    dil_h: int,
+    rows_per_group: int,
+) -> np.ndarray:
+    """Offsets of each nonzero's tap in the ``kw`` column-shifted copies ``(kw, cin, hp, ow)`` of one image."""
+    rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
+    g = rows // max(1, rows_per_group)
+    ci, rest = np.divmod(indices.astype(np.int64), kh * kw)
+    a, b = np.divmod(rest, kw)
+    off = b * (cin * hp * ow) + ((g * cin_g + ci) * hp + a * dil_h) * ow
+    return off.astype(np.int32)
+
+
+def shifted_scratch_sizes(ip: np.ndarray, kw: int, dil_w: int) -> tuple[int, int, int, int, int]:
+    """Elements of the padded image, the shifted copies (with a whole-vector tail) and the accumulator."""
+    cin, hp, wp, oh, ow = (int(ip[i]) for i in (0, 7, 8, 9, 10))
+    npos = -(-(oh * ow) // VEC) * VEC
+    return cin * hp * wp, kw * cin * hp * ow + VEC, npos, kw, dil_w
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _shifted_image(
+    xn: np.ndarray,
+    outn: np.ndarray,
+    indptr: np.ndarray,
+    off: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    ip: np.ndarray,
+    fp: np.ndarray,
+    src: np.ndarray,
+    sh: np.ndarray,
+    acc: np.ndarray,
+    kw: int,
+    dil_w: int,
+) -> None:
+    cin, h, w, pad_h, pad_w, hp, wp, oh, ow, kind, ph, pw = (
+        ip[0],
+        ip[1],
+        ip[2],
+        ip[3],
+        ip[4],
+        ip[7],
+        ip[8],
+        ip[9],
+        ip[10],
+        ip[11],
+        ip[12],
+        ip[13],
+    )
+    pool = ip[14:25]
+    a0, a1 = fp[0], fp[1]
+    uw = np.uint64(w)
+    for c in range(cin):
+        for i in range(h):
+            d = np.uint64((c * hp + i + pad_h) * wp + pad_w)
+            s = np.uint64((c * h + i) * w)
+            for k in range(uw):
+                src[d + k] = xn[s + k]
+    # One copy per kernel column, rows ``ow`` wide: tap (ci, kh, kw) then reads oh·ow contiguous values, with
+    # none of the wide rows' wasted columns.
+    uow = np.uint64(ow)
+    plane = np.uint64(cin * hp) * uow
+    for b in range(kw):
+        base = np.uint64(b) * plane
+        shift = np.uint64(b * dil_w)
+        for r in range(cin * hp):
+            d0 = base + np.uint64(r) * uow
+            s0 = np.uint64(r * wp) + shift
+            for x in range(uow):
+                sh[d0 + x] = src[s0 + x]
+    cout = indptr.size - 1
+    npos = oh * ow
+    length = np.uint64(((npos + VEC - 1) // VEC) * VEC)
+    plane_out = ph * pw
+    pool_first = (
+        pool[0] == POOL_MAX
+        and pool[5] == 0
+        and pool[6] == 0
+        and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
+        and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow
+    )
+    if pool_first:
+        pool_first = False
+        for k in _MONOTONE:
+            if kind == k:
+                pool_first = True
+    for co in range(cout):
+        for p in range(length):
+            acc[p] = 0.0
+        accumulate_taps(
+            acc, np.uint64(0), sh, np.uint64(0), np.uint64(1), off, vals, indptr[co], indptr[co + 1], length
+        )
+        b0 = bias[co]
+        dst = outn[co * plane_out : (co + 1) * plane_out]
+        if pool_first:
+            max_pool_inside(acc, ow, dst, ph, pw, pool)
+            act_bias_row(dst, 0, dst, 0, plane_out, b0, kind, a0, a1)
+        elif pool[0] == POOL_NONE:
+            act_bias_row(dst, 0, acc, 0, npos, b0, kind, a0, a1)
+        else:
+            act_bias_row(acc, 0, acc, 0, npos, b0, kind, a0, a1)
+            pool_plane(acc, oh, ow, dst, ph, pw, pool)
+
+
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
+def conv2d_shifted(
+    x: np.ndarray,
+    out: np.ndarray,
+    indptr: np.ndarray,
+    off: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    ip: np.ndarray,
+    fp: np.ndarray,
+    sizes: np.ndarray,
+) -> None:
+    """:func:`conv2d`'s result (stride 1) through ``kw`` column-shifted copies of each image.
+
+    Every tap multiplies ``oh·ow`` contiguous values: no wide-row waste (LeNet-5's conv2: 64 instead of 96
+    positions per tap), for a copy of ``kw`` times the image. ``off`` is :func:`shifted_offsets`; ``sizes``
+    is :func:`shifted_scratch_sizes`.
+    """
+    src = aligned_zeros(sizes[0])
+    sh = aligned_zeros(sizes[1])
+    acc = aligned_zeros(sizes[2])
+    for n in range(x.shape[0]):
+        _shifted_image(x[n], out[n], indptr, off, vals, bias, ip, fp, src, sh, acc, sizes[3], sizes[4])
