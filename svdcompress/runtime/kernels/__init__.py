@@ -74,10 +74,7 @@ from .conv import (  # noqa: E402
 from .linear import (  # noqa: E402
     chain_batched,
     chain_single,
-    dense_gemv,
-    spmm,
     spmm_tile,
-    spmv,
 )
 from .pointwise import activation, adaptive_avg_pool2d, pool2d  # noqa: E402
 
@@ -99,13 +96,10 @@ __all__ = [
     "conv2d_shifted",
     "conv_offsets",
     "conv_scratch_sizes",
-    "dense_gemv",
     "im2col_scratch_sizes",
     "im2col_taps",
     "pool2d",
     "shifted_offsets",
     "shifted_scratch_sizes",
-    "spmm",
     "spmm_tile",
-    "spmv",
 ]

@@ -18,7 +18,6 @@ __all__ = [
     "POOL_AVG",
     "POOL_MAX",
     "POOL_NONE",
-    "REDUCE_FASTMATH",
     "VEC",
     "accumulate_taps",
     "act",
@@ -32,8 +31,6 @@ __all__ = [
 # tree of accumulate_taps into one serial chain of 8 dependent FMAs per vector (latency-bound), and no
 # nnan/ninf anywhere: NaN and inf must propagate as they do in PyTorch.
 FASTMATH = {"contract"}
-REDUCE_FASTMATH = {"reassoc", "contract"}
-"""For reductions (dot products): reassociation lets LLVM vectorise them."""
 
 ACT_CODES: dict[str, int] = {
     "identity": 0,

@@ -1,16 +1,17 @@
-"""Sparse and dense Linear layers with bias and activation fused.
+"""Chains of sparse (or dense) Linear layers, bias and activation fused, in one kernel call per chain.
 
-- :func:`spmv`: one example. Each output row is a dot product of its nonzeros with gathered inputs; with
-  reassociation allowed LLVM vectorises it with gather loads.
-- :func:`spmm`: a batch. Blocks of ``tile`` examples are transposed into a feature-major scratch
-  ``[in, tile]`` so that every nonzero multiplies one contiguous row of ``tile`` activations (broadcast
-  multiply-add, no gathers); the result is written back batch-major. Transposing costs ``(in + out) · tile``
-  moves against ``nnz · tile`` multiply-adds.
-- Dense kernels are the same loops over a weight whose CSR holds every entry: ``dense_gemv`` walks each
-  row contiguously (no gathers), which wins on small dense-ish layers.
+- :func:`chain_single`: one example. Each output row is a dot product of its nonzeros with gathered inputs,
+  eight partial sums at a time (AVX-512 gathers measured slower than scalar indexed loads on this CPU); a
+  dense layer walks its rows contiguously.
+- :func:`chain_batched`: a batch, in feature-major blocks of ``tile`` examples, so that every nonzero
+  multiplies one contiguous row of ``tile`` activations (broadcast multiply-add, no gathers). The caller
+  transposes the batch once; activations stay feature-major from layer to layer.
+- A dense layer is the same loops over a CSR holding every entry.
 
-Column indices may be any unsigned or signed integer type: each width compiles its own specialisation,
-so the narrowest type that fits (uint16 below 65,536 inputs) cuts the bytes read per nonzero.
+Column indices may be any unsigned integer type: each width compiles its own specialisation, so the
+narrowest type that fits (uint16 below 65,536 inputs) cuts the bytes read per nonzero. Positions are
+unsigned throughout: signed ones make numba test each index for negative wrap-around, which halved the
+SpMV's speed here and keeps LLVM from vectorising.
 """
 
 from __future__ import annotations
@@ -18,16 +19,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._scalar import FASTMATH, REDUCE_FASTMATH, accumulate_taps, act, aligned_zeros
+from ._scalar import FASTMATH, accumulate_taps, act, aligned_zeros
 
-__all__ = [
-    "chain_batched",
-    "chain_single",
-    "dense_gemv",
-    "spmm",
-    "spmm_tile",
-    "spmv",
-]
+__all__ = ["chain_batched", "chain_single", "spmm_tile"]
 
 
 def spmm_tile(batch: int) -> int:
@@ -35,132 +29,6 @@ def spmm_tile(batch: int) -> int:
     remainder loop), fewer for small batches, where padding a block to 64 would waste more than the shorter
     loop costs. Measured on a 4096×4096 layer at 2%: 10 GMAC/s at 64, 6 at 32, 4 at 16, 7 at 128."""
     return 64 if batch > 32 else 32 if batch > 16 else 16
-
-
-@njit(cache=True, fastmath={"contract"}, nogil=True)
-def spmv(
-    x: np.ndarray,
-    y: np.ndarray,
-    indptr: np.ndarray,
-    idx: np.ndarray,
-    vals: np.ndarray,
-    bias: np.ndarray,
-    kind: int,
-    a0: float,
-    a1: float,
-) -> None:
-    """``y[n, r] = act(Σ_j vals[j] · x[n, idx[j]] + bias[r])`` row by row, one example at a time.
-
-    Eight independent partial sums per row hide the FMA latency. Measured on a 4096×4096 layer at 2%, one
-    Zen 5 core: 3.2 GMAC/s, against 0.7 for LLVM's own gather-vectorised reduction (AVX-512 gathers
-    deliver ~1.2 elements/ns here, scalar indexed loads ~3.7) and 1.5 with signed positions.
-
-    Args:
-        x: ``(N, in)`` float32. y: ``(N, out)`` float32, written.
-        indptr: ``(out + 1,)`` int64. idx: ``(nnz,)`` unsigned column indices. vals: ``(nnz,)`` float32.
-        bias: ``(out,)`` float32. kind, a0, a1: activation code and attributes.
-    """
-    rows = indptr.size - 1
-    u1, u2, u3, u4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
-    u5, u6, u7, u8 = np.uint64(5), np.uint64(6), np.uint64(7), np.uint64(8)
-    for n in range(x.shape[0]):
-        xn = x[n]
-        yn = y[n]
-        for r in range(rows):
-            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-            # Unsigned positions: signed ones make numba test each index for wrap-around (2× slower here).
-            j, e = np.uint64(indptr[r]), np.uint64(indptr[r + 1])
-            while j + u8 <= e:
-                s0 += vals[j] * xn[idx[j]]
-                s1 += vals[j + u1] * xn[idx[j + u1]]
-                s2 += vals[j + u2] * xn[idx[j + u2]]
-                s3 += vals[j + u3] * xn[idx[j + u3]]
-                s4 += vals[j + u4] * xn[idx[j + u4]]
-                s5 += vals[j + u5] * xn[idx[j + u5]]
-                s6 += vals[j + u6] * xn[idx[j + u6]]
-                s7 += vals[j + u7] * xn[idx[j + u7]]
-                j += u8
-            while j < e:
-                s0 += vals[j] * xn[idx[j]]
-                j += u1
-            yn[r] = act(((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + bias[r], kind, a0, a1)
-
-
-@njit(cache=True, fastmath=REDUCE_FASTMATH, nogil=True)
-def dense_gemv(x: np.ndarray, y: np.ndarray, w: np.ndarray, bias: np.ndarray, kind: int, a0: float, a1: float) -> None:
-    """``y[n] = act(w @ x[n] + bias)`` with ``w`` dense ``(out, in)``: contiguous dot products."""
-    rows, cols = w.shape
-    for n in range(x.shape[0]):
-        xn = x[n]
-        for r in range(rows):
-            wr = w[r]
-            s = np.float32(0.0)
-            for c in range(cols):
-                s += wr[c] * xn[c]
-            y[n, r] = act(s + bias[r], kind, a0, a1)
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
-def _spmm_tile(
-    x: np.ndarray,
-    y: np.ndarray,
-    n0: int,
-    n1: int,
-    indptr: np.ndarray,
-    idx: np.ndarray,
-    vals: np.ndarray,
-    bias: np.ndarray,
-    kind: int,
-    a0: float,
-    a1: float,
-    xt: np.ndarray,
-    yt: np.ndarray,
-    tile: int,
-) -> None:
-    cols = x.shape[1]
-    rows = indptr.size - 1
-    m = n1 - n0
-    ut = np.uint64(tile)  # a run-time width: a constant one gets unrolled into scalar registers, not vectors
-    # Transpose the block in, 16 columns (one cache line of each example) at a time: 3.4× faster than
-    # column by column, which touches a new page per example for every column of a wide layer.
-    for c0 in range(0, cols, 16):
-        c1 = min(c0 + 16, cols)
-        for t in range(m):
-            for c in range(c0, c1):
-                xt[c * tile + t] = x[n0 + t, c]
-        for t in range(m, tile):
-            for c in range(c0, c1):
-                xt[c * tile + t] = 0.0
-    for r in range(rows):
-        base = np.uint64(r) * ut
-        for t in range(ut):
-            yt[base + t] = 0.0
-        accumulate_taps(yt, base, xt, np.uint64(0), ut, idx, vals, np.uint64(indptr[r]), np.uint64(indptr[r + 1]), ut)
-    for r0 in range(0, rows, 16):  # transpose the block out, 16 outputs at a time, bias and activation fused
-        r1 = min(r0 + 16, rows)
-        for t in range(m):
-            for r in range(r0, r1):
-                y[n0 + t, r] = act(yt[r * tile + t] + bias[r], kind, a0, a1)
-
-
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
-def spmm(
-    x: np.ndarray,
-    y: np.ndarray,
-    indptr: np.ndarray,
-    idx: np.ndarray,
-    vals: np.ndarray,
-    bias: np.ndarray,
-    kind: int,
-    a0: float,
-    a1: float,
-    tile: int,
-) -> None:
-    """Batched :func:`spmv` through feature-major blocks of ``tile`` examples, one thread."""
-    xt = np.empty(x.shape[1] * tile, np.float32)
-    yt = np.empty((indptr.size - 1) * tile, np.float32)
-    for n0 in range(0, x.shape[0], tile):
-        _spmm_tile(x, y, n0, min(n0 + tile, x.shape[0]), indptr, idx, vals, bias, kind, a0, a1, xt, yt, tile)
 
 
 # ---------------------------------------------------------------------------------------------- chains
@@ -297,7 +165,7 @@ def chain_single(
 ) -> None:
     """The chain for one example (``x``: ``(1, cols)``), one call for all layers.
 
-    Sparse layers run :func:`spmv`'s loop; a layer with ``dense[l]`` set holds every entry in row-major order,
+    Sparse layers run an 8-way unrolled SpMV; a layer with ``dense[l]`` set holds every entry in row-major order,
     so its rows are contiguous dot products (no gathers).
     """
     width = 0
