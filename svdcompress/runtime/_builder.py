@@ -191,47 +191,39 @@ class Builder:
             return False
         return self.kernel == "dense" or elements <= DENSE_WORK_LIMIT * max(1, nnz)
 
-    def choose(
-        self,
-        name: str,
-        sparse: Step,
-        dense: Step | None,
-        in_shape: tuple[int, ...],
-        slots: tuple[int, int],
-        out_shape: tuple[int, ...],
-    ) -> tuple[str, str]:
+    def best_times(
+        self, steps: list[Step], in_shape: tuple[int, ...], slot: int, batch: int, rounds: int
+    ) -> list[float]:
+        """Each step's best time over ``rounds`` on one random batch, interleaved so that other processes on the
+        machine hit every step alike."""
+        v: list[Any] = [None] * self.plan.nslots
+        v[slot] = np.random.default_rng(0).standard_normal((batch, *in_shape)).astype(np.float32)
+        best = [math.inf] * len(steps)
+        for _ in range(rounds):
+            for k, step in enumerate(steps):
+                t0 = time.perf_counter()
+                step(v)
+                best[k] = min(best[k], time.perf_counter() - t0)
+        return best
+
+    def choose(self, sparse: Step, dense: Step | None, in_shape: tuple[int, ...], slot: int) -> tuple[str, str]:
         """Time both kernels on the layer's shape at batch 1 and :data:`BATCHED`; the faster wins each regime."""
         if dense is None:
             return "sparse", "sparse"
         if self.kernel != "auto":
             return self.kernel, self.kernel
-        rng = np.random.default_rng(0)
         picks = []
         for batch in (1, BATCHED):
-            v: list[Any] = [None] * self.plan.nslots
-            v[slots[0]] = rng.standard_normal((batch, *in_shape)).astype(np.float32)
-            best = [math.inf, math.inf]
-            for _ in range(5):  # interleaved, best of 5: other processes on the machine hit both alike
-                for k, step in enumerate((sparse, dense)):
-                    t0 = time.perf_counter()
-                    step(v)
-                    best[k] = min(best[k], time.perf_counter() - t0)
+            t_sparse, t_dense = self.best_times([sparse, dense], in_shape, slot, batch, 5)
             # Dense must win clearly: on a shared machine a few percent is noise, and sparse reads fewer bytes.
-            picks.append("dense" if best[1] < 0.9 * best[0] else "sparse")
+            picks.append("dense" if t_dense < 0.9 * t_sparse else "sparse")
         return picks[0], picks[1]
 
     def fastest(self, steps: list[Step], in_shape: tuple[int, ...], slot: int, batch: int = BATCHED) -> Step:
         """The step (one layer, several layouts of the same arithmetic) measured fastest at ``batch``."""
         if len(steps) == 1:
             return steps[0]
-        v: list[Any] = [None] * self.plan.nslots
-        v[slot] = np.random.default_rng(0).standard_normal((batch, *in_shape)).astype(np.float32)
-        best = [math.inf] * len(steps)
-        for _ in range(5 if batch == 1 else 3):
-            for k, step in enumerate(steps):
-                t0 = time.perf_counter()
-                step(v)
-                best[k] = min(best[k], time.perf_counter() - t0)
+        best = self.best_times(steps, in_shape, slot, batch, 5 if batch == 1 else 3)
         return steps[int(np.argmin(best))]
 
     # -- graph

@@ -181,7 +181,7 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
     def sparse(v: list[Any]) -> None:
         (sparse_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else sparse_1)(v)
 
-    small, big = b.choose(name, sparse, dense, (cin, h, w), (x, o), (cout, ph, pw))
+    small, big = b.choose(sparse, dense, (cin, h, w), x)
     _record(b, name, wt, small, big, wt.nnz * oh * ow, elements * oh * ow, wt.nnz * 12, elements * 8)
     small_step = sparse_1 if small == "sparse" else dense_1
     big_step = sparse_b if big == "sparse" else dense_b
@@ -348,7 +348,7 @@ def linear(b: Builder, n: dict[str, Any]) -> None:
 
             dense = dense_step
 
-        k_small, k_big = b.choose(lay.name, sparse, dense, (lay.cols,), (lay.in_slot, lay.out_slot), (lay.rows,))
+        k_small, k_big = b.choose(sparse, dense, (lay.cols,), lay.in_slot)
         small.append(k_small == "dense")
         big.append(k_big == "dense")
         itemsize = 2 if lay.cols <= 1 << 16 else 4

@@ -84,6 +84,73 @@ def conv_scratch_sizes(ip: np.ndarray) -> tuple[int, int, int]:
     return max(wide, oh * ow), oh * ow, int(ip[0]) * hp * wp + wide  # image + slack: whole-vector reads
 
 
+@njit(cache=True, inline="always")
+def _pad_copy(xn: np.ndarray, src: np.ndarray, ip: np.ndarray) -> None:
+    """Copy one flat ``(cin, h, w)`` image into the zeroed ``(cin, hp, wp)`` buffer at the padding offset.
+
+    The buffer's zero border and tail are written once, at allocation; the copy also gives whole-vector reads
+    past the last row a zeroed tail to land in.
+    """
+    cin, h, w, pad_h, pad_w, hp, wp = ip[0], ip[1], ip[2], ip[3], ip[4], ip[7], ip[8]
+    uw = np.uint64(w)
+    for c in range(cin):
+        for i in range(h):
+            d = np.uint64((c * hp + i + pad_h) * wp + pad_w)
+            s = np.uint64((c * h + i) * w)
+            for k in range(uw):
+                src[d + k] = xn[s + k]
+
+
+@njit(cache=True, inline="always")
+def _pool_first(ip: np.ndarray) -> bool:
+    """Whether to max-pool the raw sums before bias and activation: a max pool whose windows all lie inside
+    the plane, after a non-decreasing activation (``max(act(a + b)) == act(max(a) + b)``)."""
+    oh, ow, kind, ph, pw = ip[9], ip[10], ip[11], ip[12], ip[13]
+    pool = ip[14:25]
+    if not (
+        pool[0] == POOL_MAX
+        and pool[5] == 0
+        and pool[6] == 0
+        and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
+        and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow
+    ):
+        return False
+    monotone = False
+    for k in _MONOTONE:
+        monotone = monotone or kind == k
+    return monotone
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _finish_channel(
+    acc: np.ndarray,
+    pitch: int,
+    dst: np.ndarray,
+    plane: np.ndarray,
+    b: float,
+    ip: np.ndarray,
+    fp: np.ndarray,
+    pool_first: bool,
+) -> None:
+    """Bias, activation and pooling of one output channel whose ``oh × ow`` sums sit in ``acc`` with row pitch
+    ``pitch``; the result (``ph × pw``) goes to ``dst``. ``plane`` is ``oh·ow`` scratch for the general pooling
+    path; it may be ``acc`` itself when ``pitch == ow``.
+    """
+    oh, ow, kind, ph, pw = ip[9], ip[10], ip[11], ip[12], ip[13]
+    pool = ip[14:25]
+    a0, a1 = fp[0], fp[1]
+    if pool_first:
+        max_pool_inside(acc, pitch, dst, ph, pw, pool)
+        act_bias_row(dst, 0, dst, 0, ph * pw, b, kind, a0, a1)
+    elif pool[0] == POOL_NONE:
+        for y in range(oh):
+            act_bias_row(dst, y * ow, acc, y * pitch, ow, b, kind, a0, a1)
+    else:
+        for y in range(oh):
+            act_bias_row(plane, y * ow, acc, y * pitch, ow, b, kind, a0, a1)
+        pool_plane(plane, oh, ow, dst, ph, pw, pool)
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def _conv_image(
     xn: np.ndarray,
@@ -98,47 +165,11 @@ def _conv_image(
     plane: np.ndarray,
     src: np.ndarray,
 ) -> None:
-    cin, h, w, pad_h, pad_w, st_h, st_w, hp, wp, oh, ow, kind, ph, pw = (
-        ip[0],
-        ip[1],
-        ip[2],
-        ip[3],
-        ip[4],
-        ip[5],
-        ip[6],
-        ip[7],
-        ip[8],
-        ip[9],
-        ip[10],
-        ip[11],
-        ip[12],
-        ip[13],
-    )
-    pool = ip[14:25]
-    a0, a1 = fp[0], fp[1]
-    # The padded copy also gives whole-vector reads past the last row a zeroed tail to land in.
-    uw = np.uint64(w)
-    for c in range(cin):
-        for i in range(h):
-            d = np.uint64((c * hp + i + pad_h) * wp + pad_w)
-            s = np.uint64((c * h + i) * w)
-            for k in range(uw):
-                src[d + k] = xn[s + k]
+    st_h, st_w, wp, oh, ow, ph, pw = ip[5], ip[6], ip[8], ip[9], ip[10], ip[12], ip[13]
+    _pad_copy(xn, src, ip)
     cout = indptr.size - 1
     plane_out = ph * pw
-    # Max pooling with every window inside the plane, after a non-decreasing activation, is done first.
-    pool_first = (
-        pool[0] == POOL_MAX
-        and pool[5] == 0
-        and pool[6] == 0
-        and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
-        and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow
-    )
-    if pool_first:
-        pool_first = False
-        for k in _MONOTONE:
-            if kind == k:
-                pool_first = True
+    pool_first = _pool_first(ip)
     if st_h == 1 and st_w == 1:
         wide = (((oh - 1) * wp + ow + VEC - 1) // VEC) * VEC
         for co in range(cout):
@@ -147,19 +178,8 @@ def _conv_image(
             accumulate_taps(
                 a, np.uint64(0), src, np.uint64(0), np.uint64(1), off, vals, indptr[co], indptr[co + 1], np.uint64(wide)
             )
-            b = bias[co]
             dst = outn[co * plane_out : (co + 1) * plane_out]
-            if pool_first:
-                # max(act(a + b)) == act(max(a) + b) for non-decreasing act: pool the wide sums directly.
-                max_pool_inside(a, wp, dst, ph, pw, pool)
-                act_bias_row(dst, 0, dst, 0, plane_out, b, kind, a0, a1)
-            elif pool[0] == POOL_NONE:
-                for y in range(oh):
-                    act_bias_row(dst, y * ow, a, y * wp, ow, b, kind, a0, a1)
-            else:
-                for y in range(oh):
-                    act_bias_row(plane, y * ow, a, y * wp, ow, b, kind, a0, a1)
-                pool_plane(plane, oh, ow, dst, ph, pw, pool)
+            _finish_channel(a, wp, dst, plane, bias[co], ip, fp, pool_first)  # rows of the wide sums: pitch wp
     else:
         npos = oh * ow
         for co in range(cout):
@@ -172,13 +192,8 @@ def _conv_image(
                     r = a[y * ow : (y + 1) * ow]
                     for x in range(ow):
                         r[x] += wv * s[x * st_w]
-            b = bias[co]
             dst = outn[co * plane_out : (co + 1) * plane_out]
-            if pool[0] == POOL_NONE:
-                act_bias_row(dst, 0, a, 0, npos, b, kind, a0, a1)
-            else:
-                act_bias_row(plane, 0, a, 0, npos, b, kind, a0, a1)
-                pool_plane(plane, oh, ow, dst, ph, pw, pool)
+            _finish_channel(a, ow, dst, plane, bias[co], ip, fp, pool_first)
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
@@ -280,18 +295,7 @@ def _conv_block(
     npos = np.uint64(oh * ow)
     plane_out = np.uint64(ph * pw)
     rowlen = np.uint64(ow) * L
-    pool_first = (
-        pool[0] == POOL_MAX
-        and pool[5] == 0
-        and pool[6] == 0
-        and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
-        and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow
-    )
-    if pool_first:
-        pool_first = False
-        for k in _MONOTONE:
-            if kind == k:
-                pool_first = True
+    pool_first = _pool_first(ip)
     for co in range(cout):
         for p in range(npos * L):
             acc[p] = 0.0
@@ -411,31 +415,8 @@ def _im2col_image(
     dil_h: int,
     dil_w: int,
 ) -> None:
-    cin, h, w, pad_h, pad_w, st_h, st_w, hp, wp, oh, ow, kind, ph, pw = (
-        ip[0],
-        ip[1],
-        ip[2],
-        ip[3],
-        ip[4],
-        ip[5],
-        ip[6],
-        ip[7],
-        ip[8],
-        ip[9],
-        ip[10],
-        ip[11],
-        ip[12],
-        ip[13],
-    )
-    pool = ip[14:25]
-    a0, a1 = fp[0], fp[1]
-    uw = np.uint64(w)
-    for c in range(cin):
-        for i in range(h):
-            d = np.uint64((c * hp + i + pad_h) * wp + pad_w)
-            s = np.uint64((c * h + i) * w)
-            for k in range(uw):
-                src[d + k] = xn[s + k]
+    st_h, st_w, hp, wp, oh, ow, ph, pw = ip[5], ip[6], ip[7], ip[8], ip[9], ip[10], ip[12], ip[13]
+    _pad_copy(xn, src, ip)
     # Columns: one row of oh·ow output positions per weight column some tap uses (no wide-row waste).
     upitch = np.uint64(pitch)
     for u in range(used.size):
@@ -455,34 +436,14 @@ def _im2col_image(
                 for ox in range(np.uint64(ow)):
                     col[d0 + ox] = src[s0 + ox * np.uint64(st_w)]
     cout = indptr.size - 1
-    npos = oh * ow
     plane_out = ph * pw
-    pool_first = (
-        pool[0] == POOL_MAX
-        and pool[5] == 0
-        and pool[6] == 0
-        and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
-        and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow
-    )
-    if pool_first:
-        pool_first = False
-        for k in _MONOTONE:
-            if kind == k:
-                pool_first = True
+    pool_first = _pool_first(ip)
     for co in range(cout):
         for p in range(upitch):
             acc[p] = 0.0
         accumulate_taps(acc, np.uint64(0), col, np.uint64(0), upitch, tap, vals, indptr[co], indptr[co + 1], upitch)
-        b = bias[co]
         dst = outn[co * plane_out : (co + 1) * plane_out]
-        if pool_first:
-            max_pool_inside(acc, ow, dst, ph, pw, pool)
-            act_bias_row(dst, 0, dst, 0, plane_out, b, kind, a0, a1)
-        elif pool[0] == POOL_NONE:
-            act_bias_row(dst, 0, acc, 0, npos, b, kind, a0, a1)
-        else:
-            act_bias_row(acc, 0, acc, 0, npos, b, kind, a0, a1)
-            pool_plane(acc, oh, ow, dst, ph, pw, pool)
+        _finish_channel(acc, ow, dst, acc, bias[co], ip, fp, pool_first)
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
@@ -576,29 +537,8 @@ def _shifted_image(
     kw: int,
     dil_w: int,
 ) -> None:
-    cin, h, w, pad_h, pad_w, hp, wp, oh, ow, kind, ph, pw = (
-        ip[0],
-        ip[1],
-        ip[2],
-        ip[3],
-        ip[4],
-        ip[7],
-        ip[8],
-        ip[9],
-        ip[10],
-        ip[11],
-        ip[12],
-        ip[13],
-    )
-    pool = ip[14:25]
-    a0, a1 = fp[0], fp[1]
-    uw = np.uint64(w)
-    for c in range(cin):
-        for i in range(h):
-            d = np.uint64((c * hp + i + pad_h) * wp + pad_w)
-            s = np.uint64((c * h + i) * w)
-            for k in range(uw):
-                src[d + k] = xn[s + k]
+    cin, hp, wp, oh, ow, ph, pw = ip[0], ip[7], ip[8], ip[9], ip[10], ip[12], ip[13]
+    _pad_copy(xn, src, ip)
     # One copy per kernel column, rows ``ow`` wide: tap (ci, kh, kw) then reads oh·ow contiguous values, with
     # none of the wide rows' wasted columns.
     uow = np.uint64(ow)
@@ -612,37 +552,17 @@ def _shifted_image(
             for x in range(uow):
                 sh[d0 + x] = src[s0 + x]
     cout = indptr.size - 1
-    npos = oh * ow
-    length = np.uint64(((npos + VEC - 1) // VEC) * VEC)
+    length = np.uint64(((oh * ow + VEC - 1) // VEC) * VEC)
     plane_out = ph * pw
-    pool_first = (
-        pool[0] == POOL_MAX
-        and pool[5] == 0
-        and pool[6] == 0
-        and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
-        and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow
-    )
-    if pool_first:
-        pool_first = False
-        for k in _MONOTONE:
-            if kind == k:
-                pool_first = True
+    pool_first = _pool_first(ip)
     for co in range(cout):
         for p in range(length):
             acc[p] = 0.0
         accumulate_taps(
             acc, np.uint64(0), sh, np.uint64(0), np.uint64(1), off, vals, indptr[co], indptr[co + 1], length
         )
-        b0 = bias[co]
         dst = outn[co * plane_out : (co + 1) * plane_out]
-        if pool_first:
-            max_pool_inside(acc, ow, dst, ph, pw, pool)
-            act_bias_row(dst, 0, dst, 0, plane_out, b0, kind, a0, a1)
-        elif pool[0] == POOL_NONE:
-            act_bias_row(dst, 0, acc, 0, npos, b0, kind, a0, a1)
-        else:
-            act_bias_row(acc, 0, acc, 0, npos, b0, kind, a0, a1)
-            pool_plane(acc, oh, ow, dst, ph, pw, pool)
+        _finish_channel(acc, ow, dst, acc, bias[co], ip, fp, pool_first)
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
