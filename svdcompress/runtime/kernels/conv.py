@@ -329,7 +329,7 @@ def _conv_block(
                             for t in range(L):
                                 v = acc[src + t]
                                 cur = ob[d + t]
-                                ob[d + t] = v if v > cur or v != v else cur
+                                ob[d + t] = v if (v > cur) | (v != v) else cur
             act_bias_row(ob, obase, ob, obase, plane_out * L, b, kind, a0, a1)
         else:
             act_bias_row(acc, 0, acc, 0, npos * L, b, kind, a0, a1)
@@ -538,7 +538,10 @@ def _shifted_image(
     dil_w: int,
 ) -> None:
     cin, hp, wp, oh, ow, ph, pw = ip[0], ip[7], ip[8], ip[9], ip[10], ip[12], ip[13]
-    _pad_copy(xn, src, ip)
+    if hp == ip[1] and wp == ip[2]:  # no padding: the copies read the image itself
+        src = xn
+    else:
+        _pad_copy(xn, src, ip)
     # One copy per kernel column, rows ``ow`` wide: tap (ci, kh, kw) then reads oh·ow contiguous values, with
     # none of the wide rows' wasted columns.
     uow = np.uint64(ow)
