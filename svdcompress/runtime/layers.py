@@ -302,20 +302,19 @@ def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> Step
     itype = np.uint16 if max(lay.cols for lay in layers) <= 1 << 16 else np.uint32  # fewer bytes per nonzero
     meta, fpar, ptr, idx, vals, bias, dflags = _chain_arrays(layers, dense, itype)
     x, o, rows = layers[0].in_slot, layers[-1].out_slot, layers[-1].rows
-    # The batched kernel transposes in only the input features layer 0 reads; its columns become positions
-    # in that list.
+    # The batched kernel transposes in only the 16-feature groups layer 0 reads; its column indices become
+    # positions in the transposed block (group slot · 16 + feature within the group).
     first = slice(0, int(ptr[layers[0].rows]))
-    used, pos = np.unique(idx[first], return_inverse=True)
+    groups, slot = np.unique(idx[first].astype(np.int64) // 16, return_inverse=True)
     idx_b = idx.copy()
-    idx_b[first] = pos.reshape(-1).astype(itype)
-    used = used.astype(np.int64)
+    idx_b[first] = (slot.reshape(-1) * 16 + idx[first] % 16).astype(itype)
 
     def step(v: list[Any]) -> None:
         xin = v[x]
         xin = np.ascontiguousarray(xin.reshape(xin.shape[0], -1))
         y = np.empty((xin.shape[0], rows), np.float32)
         if batched:
-            K.chain_batched(xin, y, meta, fpar, ptr, idx_b, vals, bias, used, K.spmm_tile(xin.shape[0]))
+            K.chain_batched(xin, y, meta, fpar, ptr, idx_b, vals, bias, groups, K.spmm_tile(xin.shape[0]))
         elif xin.shape[0] == 1:
             K.chain_single(xin, y, meta, fpar, ptr, idx, vals, bias, dflags)
         else:

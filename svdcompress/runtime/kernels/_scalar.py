@@ -7,13 +7,12 @@ activation; the branch is on a loop-invariant value, so it costs a predictable j
 from __future__ import annotations
 
 import math
-from typing import Any
 
-import llvmlite.ir as llir
 import numpy as np
-from numba import njit, types
+from numba import njit
 from numba.np.numpy_support import carray
-from numba.extending import intrinsic
+
+from ._intrinsics import stack_f32
 
 __all__ = [
     "ACT_CODES",
@@ -232,27 +231,6 @@ weight and offset, which rows of few taps over many positions do not repay (LeNe
 576 positions: 7.8 µs per image with passes, 8.5 with blocks; its conv2, 88 taps over 64: 9.2 against 7.5)."""
 
 
-@intrinsic
-def _stack_f32(typingctx: Any, n: Any) -> Any:
-    """A pointer to ``n`` (a compile-time constant) float32s on the stack of the calling kernel.
-
-    An accumulator there cannot alias any array argument, so LLVM neither emits runtime overlap checks around
-    the vector loop nor reloads and stores the accumulator per tap: it keeps it in registers across the taps.
-    Stack memory is also private to each call, hence to each thread.
-    """
-    if not isinstance(n, types.IntegerLiteral):
-        return None
-    size = n.literal_value
-
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        with builder.goto_entry_block():
-            ptr = builder.alloca(llir.ArrayType(llir.FloatType(), size))
-        ptr.align = 64
-        return builder.bitcast(ptr, llir.PointerType(llir.FloatType()))
-
-    return types.CPointer(types.float32)(n), codegen
-
-
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def accumulate_taps(
     acc: np.ndarray,
@@ -278,8 +256,8 @@ def accumulate_taps(
     u1, u2 = np.uint64(1), np.uint64(2)
     uc = np.uint64(CHUNK)
     ja, end = np.uint64(j0), np.uint64(j1)
-    even = carray(_stack_f32(CHUNK), (CHUNK,))
-    odd = carray(_stack_f32(CHUNK), (CHUNK,))
+    even = carray(stack_f32(CHUNK), (CHUNK,))
+    odd = carray(stack_f32(CHUNK), (CHUNK,))
     whole = length // uc * uc if end - ja >= np.uint64(CHUNK_MIN_TAPS) else np.uint64(0)
     for c in range(np.uint64(0), whole, uc):
         for t in range(uc):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._intrinsics import transpose16
 from ._scalar import FASTMATH, accumulate_taps, act, aligned_zeros
 
 __all__ = ["chain_batched", "chain_single", "spmm_tile"]
@@ -66,6 +67,34 @@ def _chain_rows(
             dst[base + t] = act(dst[base + t] + b, kind, a0, a1)
 
 
+@njit(cache=True, inline="always")
+def _transpose_in(x: np.ndarray, n0: int, m: int, groups: np.ndarray, buf_x: np.ndarray, tile: int) -> None:
+    """Examples ``n0 .. n0+m`` of ``x`` (row-major ``(N, cols)``), feature-major into ``buf_x``.
+
+    Only the 16-feature groups in ``groups`` are copied (a pruned first layer reads a fraction of the input):
+    group ``groups[s]`` lands in rows ``16·s .. 16·s+15`` of ``buf_x`` (pitch ``tile``). Whole 16×16 blocks
+    are transposed in registers; a last, partial group and the examples past the last 16 go element by
+    element.
+    """
+    cols = np.uint64(x.shape[1])
+    flat = x.reshape(-1)
+    ut, u16 = np.uint64(tile), np.uint64(16)
+    um = np.uint64(m)
+    whole = um // u16 * u16
+    for s in range(groups.size):
+        c0 = np.uint64(groups[s]) * u16
+        d0 = np.uint64(s) * u16 * ut
+        width = min(cols - c0, u16)
+        first = np.uint64(0)
+        if width == u16:
+            for t0 in range(np.uint64(0), whole, u16):
+                transpose16(flat, (np.uint64(n0) + t0) * cols + c0, cols, buf_x, d0 + t0, ut)
+            first = whole
+        for k in range(width):
+            for t in range(first, um):
+                buf_x[d0 + k * ut + t] = flat[(np.uint64(n0) + t) * cols + c0 + k]
+
+
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _chain_block(
     x: np.ndarray,
@@ -78,26 +107,15 @@ def _chain_block(
     idx: np.ndarray,
     vals: np.ndarray,
     bias: np.ndarray,
-    used: np.ndarray,
+    groups: np.ndarray,
     buf_a: np.ndarray,
     buf_b: np.ndarray,
     buf_x: np.ndarray,
     tile: int,
 ) -> None:
     nlayers = meta.shape[0]
-    ut = np.uint64(tile)
     m = n1 - n0
-    # Transpose in the input features layer 0 uses (a pruned first layer reads a fraction of the pixels),
-    # feature by feature: the writes are sequential, and the block's rows share the few cache lines that
-    # neighbouring features read.
-    cols = np.uint64(x.shape[1])
-    flat = x.reshape(-1)
-    um = np.uint64(m)
-    for u in range(used.size):
-        d0 = np.uint64(u) * ut
-        s0 = np.uint64(n0) * cols + np.uint64(used[u])
-        for t in range(um):
-            buf_x[d0 + t] = flat[s0 + t * cols]
+    _transpose_in(x, n0, m, groups, buf_x, tile)
     _chain_rows(buf_x, buf_a, meta, fpar, ptr, idx, vals, bias, 0, tile)
     for layer in range(1, nlayers):
         if layer % 2 == 1:
@@ -123,16 +141,17 @@ def chain_batched(
     idx: np.ndarray,
     vals: np.ndarray,
     bias: np.ndarray,
-    used: np.ndarray,
+    groups: np.ndarray,
     tile: int,
 ) -> None:
     """A chain of Linear layers (+ activations) on a batch, in feature-major blocks of ``tile`` examples.
 
     ``x`` is ``(N, cols)``, row-major; ``y`` is ``(N, rows)``. Each block of examples is transposed in (only
-    the input features ``used``, in that order: layer 0's column indices are positions in ``used``) and
-    its activations stay feature-major from layer to layer, so that every nonzero multiplies one contiguous
-    row of ``tile`` activations (broadcast multiply-add, no gathers). This replaced a transpose of the whole
-    batch in numpy (70 µs of LeNet-300-100's 166 at batch 256, and a fresh 800 kB buffer per call).
+    the 16-feature groups ``groups`` that layer 0 reads; its column indices are positions in the transposed
+    block, see :func:`_transpose_in`) and its activations stay feature-major from layer to layer, so that
+    every nonzero multiplies one contiguous row of ``tile`` activations (broadcast multiply-add, no gathers).
+    This replaced a transpose of the whole batch in numpy (70 µs of LeNet-300-100's 166 at batch 256, and a
+    fresh 800 kB buffer per call).
     ``meta[l]`` is (rows, cols, row-pointer base, bias base, activation) of layer ``l``; ``fpar[l]`` its
     activation attributes; ``ptr``, ``idx``, ``vals``, ``bias`` the layers' CSR arrays concatenated (``ptr``
     entries are positions in the concatenated ``idx``/``vals``). A dense layer is a CSR holding every entry.
@@ -142,10 +161,10 @@ def chain_batched(
         width = max(width, meta[layer, 0])
     buf_a = aligned_zeros(width * tile)
     buf_b = aligned_zeros(width * tile)
-    buf_x = aligned_zeros(max(1, used.size) * tile)  # lanes past a short last block stay zero
+    buf_x = aligned_zeros(max(1, groups.size) * 16 * tile)
     n = y.shape[0]
     for n0 in range(0, n, tile):
-        _chain_block(x, y, n0, min(n0 + tile, n), meta, fpar, ptr, idx, vals, bias, used, buf_a, buf_b, buf_x, tile)
+        _chain_block(x, y, n0, min(n0 + tile, n), meta, fpar, ptr, idx, vals, bias, groups, buf_a, buf_b, buf_x, tile)
 
 
 @njit(cache=True, fastmath={"contract"}, nogil=True)
