@@ -248,7 +248,6 @@ def test_linear_wide_indices_and_tiles(tmp_path: Path) -> None:
     check_bundle(model, tmp_path / "wide.csr", (70_000,), (1, 9, 64), what="wide")
 
 
-
 def test_linear_batched_transpose_edges(tmp_path: Path) -> None:
     """The batched chain transposes its input in 16×16 register blocks: unused 16-feature groups are skipped,
     a last partial group (100 = 6·16 + 4 features) and the examples past the last 16 of a block go element by
@@ -260,6 +259,7 @@ def test_linear_batched_transpose_edges(tmp_path: Path) -> None:
         model[0].weight[:, 16:48] = 0.0  # groups 1 and 2 unused
         model[0].weight[3, 99] = 0.75  # the partial group's last feature is read
     check_bundle(model, tmp_path / "edges.csr", (100,), (16, 19, 64, 83, 130), what="transpose edges")
+
 
 # ---------------------------------------------------------------------------------------------- other ops
 
