@@ -85,6 +85,27 @@ def test_csr_bundle_predictions_equal_masked_on_2000_test_images(
             )
 
 
+def test_fused_single_example_pass_matches_masked_and_steps(pruned, test_images: torch.Tensor, tmp_path: Path) -> None:
+    """At batch 1 a sequential net runs as one fused kernel call (when it measures faster at load). Forced on
+    here, it must give the steps' results and the masked model's predictions, image by image."""
+    from svdcompress.runtime._single import single_pass
+
+    name, result = pruned
+    x = test_images[:300]
+    ref = _logits(result.masked, x)
+    csr = tmp_path / f"{name}.csr"
+    svdcompress.export_csr(result.model, csr, input_shape=(1, 28, 28), reference=result.masked)
+    for kernel in runtime.KERNELS:
+        model = runtime.load(csr, kernel=kernel)
+        fused = single_pass(model._plan)
+        assert fused is not None, f"{name}: a plain conv/reshape/linear sequence must fuse"
+        xs = x.numpy()
+        got = np.concatenate([fused(xs[i : i + 1]) for i in range(len(xs))])
+        steps = np.concatenate([model._run(xs[i : i + 1]) for i in range(len(xs))])
+        np.testing.assert_allclose(got, steps, rtol=1e-5, atol=1e-5 * float(np.abs(steps).max()), err_msg=name)
+        assert torch.equal(torch.from_numpy(got).argmax(1), ref.argmax(1)), (name, kernel)
+
+
 def test_onnx_matches_masked_on_test_images(pruned, test_images: torch.Tensor, tmp_path: Path) -> None:
     import onnxruntime as ort
 

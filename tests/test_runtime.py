@@ -285,6 +285,20 @@ def test_bad_files(tmp_path: Path, lenet5_bundle: tuple[Path, nn.Module]) -> Non
 _BATCHES = (1, 3, 16, 64)
 
 
+def test_fused_single_pass_only_for_plain_sequences(tmp_path: Path) -> None:
+    """A graph with an add and a cat (WideMLP) has no fused single-example pass; batch 1 runs as steps."""
+    from svdcompress.runtime._single import single_pass
+
+    torch.manual_seed(0)
+    model = WideMLP().eval()
+    path = tmp_path / "wide.csr"
+    export_csr(model, path, input_shape=(40,))
+    m = runtime.load(path)
+    assert single_pass(m._plan) is None and m._plan.single is None
+    x = np.random.default_rng(0).standard_normal((1, 40)).astype(np.float32)
+    np.testing.assert_allclose(m(x), _ref(model, x), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("threads", [2, 1])
 def test_concurrent_calls_equal_lone_calls(lenet5_bundle: tuple[Path, nn.Module], threads: int) -> None:
     """8 Python threads call one model at once, with different inputs and batch sizes: results are exact."""

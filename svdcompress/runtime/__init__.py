@@ -109,10 +109,11 @@ class CSRModel:
         Raises:
             InvalidInputError: ``x`` does not have shape ``(N, *input_shape)``.
         """
-        is_torch = type(x).__module__.split(".")[0] == "torch"
+        # Checks ordered for the common case (a float32 numpy array): each costs ~0.1-0.3 µs of a ~5 µs call.
+        is_torch = type(x) is not np.ndarray and type(x).__module__.split(".")[0] == "torch"
         arr = x.detach().cpu().numpy() if is_torch else x
         arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if arr.ndim != len(self.input_shape) + 1 or tuple(arr.shape[1:]) != self.input_shape:
+        if arr.shape[1:] != self.input_shape:
             raise InvalidInputError(
                 f"{self.path}: expected input of shape (N, "
                 f"{', '.join(map(str, self.input_shape))}), got {tuple(arr.shape)}"
@@ -120,6 +121,8 @@ class CSRModel:
         n = arr.shape[0]
         if n == 0:
             out = np.zeros((0, *self.output_shape), np.float32)
+        elif n == 1 and self._plan.single is not None:
+            out = self._plan.single(arr)
         elif self.threads > 1 and n > 1 and n * self.macs_per_item >= PARALLEL_MIN_MACS:
             parts = np.array_split(arr, min(self.threads, n))
             pending = [self._workers().submit(self._run, p) for p in parts[1:]]

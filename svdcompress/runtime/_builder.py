@@ -26,6 +26,7 @@ __all__ = [
     "MAX_ELEMENTS",
     "SCALAR_ACTS",
     "Builder",
+    "Fragment",
     "Plan",
     "Step",
 ]
@@ -63,6 +64,21 @@ SCALAR_ACTS: dict[str, tuple[tuple[tuple[str, Any], ...], int]] = {
 
 
 @dataclass
+class Fragment:
+    """What a step does to one example, for the fused single-example pass (:mod:`._single`).
+
+    ``kind`` is "conv" (``arrays``: variant code, indptr, taps, used columns, values, bias, ip, fp, sizes of the
+    per-image kernel the layer runs at batch 1), "chain" (``arrays``: the chain kernel's seven arrays) or
+    "reshape" (nothing to do on a flat example). ``src`` and ``dst`` are value slots.
+    """
+
+    kind: str
+    src: int
+    dst: int
+    arrays: tuple[Any, ...] = ()
+
+
+@dataclass
 class Plan:
     """What :func:`build_plan` produced: the steps and what the model is made of."""
 
@@ -75,6 +91,8 @@ class Plan:
     nnz: dict[str, int] = field(default_factory=dict)
     macs_per_item: int = 0
     weight_bytes: int = 0
+    fragments: dict[int, Fragment] = field(default_factory=dict)  # step index → its single-example form
+    single: Callable[[np.ndarray], np.ndarray] | None = None  # the whole pass for one example, if fusable
 
 
 class Builder:
@@ -91,6 +109,12 @@ class Builder:
         self.fused: set[int] = set()
 
     # -- helpers
+    def add_step(self, step: Step, fragment: Fragment | None = None) -> None:
+        """Append ``step``; ``fragment`` says what it does to one example, if the fused pass can do it."""
+        if fragment is not None:
+            self.plan.fragments[len(self.plan.steps)] = fragment
+        self.plan.steps.append(step)
+
     def err(self, node: str, msg: str) -> BundleError:
         return BundleError(f"{self.path}: node {node}: {msg}")
 

@@ -8,6 +8,9 @@ numpy arrays ``(N, *shape)`` throughout.
 Fusion: a convolution absorbs an elementwise activation and a pooling op that follow it, and a Linear layer
 absorbs its activation, when nothing else reads the intermediate values.
 
+Batch 1: a sequential network (convolutions, reshapes, then one Linear chain) also gets a fused pass
+(:mod:`._single`) that runs the same kernels in one numba call, without the steps' Python overhead.
+
 Kernel choice (``kernel="auto"``): each convolution and Linear layer is timed on its real shape with the
 sparse kernel and the dense one (the same loops over every weight, or a contiguous GEMV), at batch 1 and at
 a batch of 64, and each regime keeps the faster. ``"sparse"``/``"dense"`` force one.
@@ -15,12 +18,17 @@ a batch of 64, and each regime keeps the faster. ``"sparse"``/``"dense"`` force 
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from . import layers as L
 from . import simple_ops as S
 from ._builder import BATCHED, BLOCKED_MIN_BATCH, CHAIN_MIN_BATCH, KERNELS, SCALAR_ACTS, Builder, Plan
+from ._single import single_pass
 from .bundle import Bundle
 
 __all__ = ["BATCHED", "BLOCKED_MIN_BATCH", "CHAIN_MIN_BATCH", "KERNELS", "OPS", "Plan", "build_plan"]
@@ -47,4 +55,34 @@ OPS: dict[str, Callable[[Builder, dict[str, Any]], None]] = {
 
 def build_plan(bundle: Bundle, kernel: str) -> Plan:
     """Validate the graph of ``bundle`` and compile it into steps (see the module docstring)."""
-    return Builder(bundle, kernel, OPS).build()
+    plan = Builder(bundle, kernel, OPS).build()
+    plan.single = single_pass(plan)
+    if plan.single is not None and not _fused_pays(plan, tuple(bundle.manifest["input_shape"])):
+        plan.single = None
+    return plan
+
+
+def _fused_pays(plan: Plan, in_shape: tuple[int, ...], rounds: int = 7) -> bool:
+    """Whether the fused single-example pass beats the steps on one example (best of ``rounds``, interleaved).
+
+    It saves the steps' Python overhead (LeNet-5: ~5 of 36 µs) but pays a dispatch of ~18 array arguments, so a
+    plan of one chain (LeNet-300-100) is faster as steps.
+    """
+    x = np.random.default_rng(0).standard_normal((1, *in_shape)).astype(np.float32)
+    single = plan.single
+    assert single is not None
+
+    def steps() -> None:
+        v: list[Any] = [None] * plan.nslots
+        v[0] = x
+        for step in plan.steps:
+            step(v)
+
+    best = [math.inf, math.inf]
+    for _ in range(rounds):
+        for k, fn in enumerate((lambda: single(x), steps)):
+            t0 = time.perf_counter()
+            for _ in range(20):
+                fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best[0] < best[1]

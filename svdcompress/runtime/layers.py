@@ -12,7 +12,16 @@ from typing import Any
 import numpy as np
 
 from . import kernels as K
-from ._builder import BLOCKED_MIN_BATCH, CHAIN_MIN_BATCH, MAX_BLOCK_SCRATCH, MAX_ELEMENTS, SCALAR_ACTS, Builder, Step
+from ._builder import (
+    BLOCKED_MIN_BATCH,
+    CHAIN_MIN_BATCH,
+    MAX_BLOCK_SCRATCH,
+    MAX_ELEMENTS,
+    SCALAR_ACTS,
+    Builder,
+    Fragment,
+    Step,
+)
 from .bundle import LayerWeight
 
 __all__ = ["conv2d", "linear", "pool_spec", "spatial_input"]
@@ -113,8 +122,8 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
         if int(sizes_b[:3].sum()) <= MAX_BLOCK_SCRATCH:
             layouts.append(sizes_b)
 
-    def make(layer: LayerWeight) -> tuple[Step, Step]:
-        """(batch-1 step, fastest batched step) for ``layer``."""
+    def make(layer: LayerWeight) -> tuple[Step, Step, tuple[Any, ...]]:
+        """(batch-1 step, fastest batched step, the batch-1 step's arrays for ``net_single``) for ``layer``."""
         off = K.conv_offsets(layer.indices, layer.indptr, cin_g, kh, kw, hp, wp, dil[0], dil[1], cout // groups)
         indptr, vals = layer.indptr, layer.values
 
@@ -142,10 +151,13 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
             K.conv2d_im2col(xf, out, indptr, tap, used, vals, bias, ip, fp, sizes_i)
             v[o] = out.reshape(xf.shape[0], cout, ph, pw)
 
+        none = np.zeros(0, np.int32)
         steps = [variant(sz) for sz in layouts]
+        single = [(K.CONV_WIDE, indptr, off, none, vals, bias, ip, fp, sizes)]  # per batch-1 candidate
         # A column matrix of the used taps (pays off for strides > 1); its columns ignore groups.
         if groups == 1 and int(sizes_i[1]) <= MAX_BLOCK_SCRATCH:
             steps.append(im2col)
+            single.append((K.CONV_IM2COL, indptr, tap, used, vals, bias, ip, fp, sizes_i))
         # Column-shifted copies of the image (stride 1): no wide-row waste for small output planes.
         sizes_s = np.array(K.shifted_scratch_sizes(ip, kw, dil[1]), np.int64)
         if st == (1, 1) and int(sizes_s[1]) <= MAX_BLOCK_SCRATCH:
@@ -159,11 +171,15 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
                 v[o] = out.reshape(xf.shape[0], cout, ph, pw)
 
             steps.append(shifted)
-        return b.fastest(steps[:1] + steps[len(layouts) :], (cin, h, w), x, 1), b.fastest(steps, (cin, h, w), x)
+            single.append((K.CONV_SHIFTED, indptr, off_s, none, vals, bias, ip, fp, sizes_s))
+        one = steps[:1] + steps[len(layouts) :]
+        best_1 = b.fastest(one, (cin, h, w), x, 1)
+        return best_1, b.fastest(steps, (cin, h, w), x), single[one.index(best_1)]
 
-    sparse_1, sparse_b = make(wt)
+    sparse_1, sparse_b, sparse_arrays = make(wt)
     elements = cout * wt.cols
     dense: Step | None = None
+    dense_arrays: tuple[Any, ...] = ()
     if b.dense_allowed(name, elements * oh * ow, wt.nnz * oh * ow):
         full = LayerWeight(
             wt.shape,
@@ -171,7 +187,7 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
             np.tile(np.arange(wt.cols, dtype=np.int32), cout),
             wt.dense().reshape(-1),
         )
-        dense_1, dense_b = make(full)
+        dense_1, dense_b, dense_arrays = make(full)
 
         def dense_step(v: list[Any]) -> None:
             (dense_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else dense_1)(v)
@@ -189,7 +205,7 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
     def run(v: list[Any]) -> None:
         (big_step if v[x].shape[0] >= BLOCKED_MIN_BATCH else small_step)(v)
 
-    b.plan.steps.append(run)
+    b.add_step(run, Fragment("conv", x, o, sparse_arrays if small == "sparse" else dense_arrays))
 
 
 def spatial_input(b: Builder, n: dict[str, Any]) -> tuple[int, tuple[int, int, int]]:
@@ -297,10 +313,18 @@ def _chain_arrays(
     )
 
 
+_IndexType = type[np.unsignedinteger[Any]]
+
+
+def _chain_pack(layers: list[_Linear], dense: list[bool]) -> tuple[_IndexType, tuple[np.ndarray, ...]]:
+    """(index type, :func:`_chain_arrays`) of a chain: column indices in the narrowest type that fits."""
+    itype: _IndexType = np.uint16 if max(lay.cols for lay in layers) <= 1 << 16 else np.uint32
+    return itype, _chain_arrays(layers, dense, itype)
+
+
 def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> Step:
     """One step running ``layers`` back to back: one kernel call, activations feature-major in between."""
-    itype = np.uint16 if max(lay.cols for lay in layers) <= 1 << 16 else np.uint32  # fewer bytes per nonzero
-    meta, fpar, ptr, idx, vals, bias, dflags = _chain_arrays(layers, dense, itype)
+    itype, (meta, fpar, ptr, idx, vals, bias, dflags) = _chain_pack(layers, dense)
     x, o, rows = layers[0].in_slot, layers[-1].out_slot, layers[-1].rows
     # The batched kernel transposes in only the 16-feature groups layer 0 reads; its column indices become
     # positions in the transposed block (group slot · 16 + feature within the group).
@@ -373,4 +397,4 @@ def linear(b: Builder, n: dict[str, Any]) -> None:
     def run(v: list[Any]) -> None:
         (many if v[x].shape[0] >= CHAIN_MIN_BATCH else one)(v)
 
-    b.plan.steps.append(run)
+    b.add_step(run, Fragment("chain", x, layers[-1].out_slot, _chain_pack(layers, small)[1]))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import kernels as K
-from ._builder import Builder
+from ._builder import Builder, Fragment
 from .layers import pool_spec, spatial_input
 
 __all__ = [
@@ -142,7 +142,7 @@ def reshape(b: Builder, n: dict[str, Any]) -> None:
     def step(v: list[Any]) -> None:
         v[o] = np.ascontiguousarray(v[x]).reshape(v[x].shape[0], *tshape)
 
-    b.plan.steps.append(step)
+    b.add_step(step, Fragment("reshape", x, o))
 
 
 def add(b: Builder, n: dict[str, Any]) -> None:

@@ -76,10 +76,14 @@ from .linear import (  # noqa: E402
     chain_single,
     spmm_tile,
 )
+from .net import CONV_IM2COL, CONV_SHIFTED, CONV_WIDE, net_single  # noqa: E402
 from .pointwise import activation, adaptive_avg_pool2d, pool2d  # noqa: E402
 
 __all__ = [
     "ACT_CODES",
+    "CONV_IM2COL",
+    "CONV_SHIFTED",
+    "CONV_WIDE",
     "LANES",
     "MONOTONE_ACTS",
     "POOL_AVG",
@@ -98,6 +102,7 @@ __all__ = [
     "conv_scratch_sizes",
     "im2col_scratch_sizes",
     "im2col_taps",
+    "net_single",
     "pool2d",
     "shifted_offsets",
     "shifted_scratch_sizes",

@@ -1,0 +1,94 @@
+"""One call for a whole single-example pass of a sequential network: convolutions, then a Linear chain.
+
+At batch 1 the kernels themselves take ~20 µs of LeNet-5's ~26; the rest was Python: four steps, each with
+its closures, reshapes, an output allocation and a numba dispatch (~1 µs for nine array arguments). Here the
+executor hands the whole pass to :func:`net_single`, which runs the very kernels the steps would have run
+(the per-image convolution variant each layer picked at load, then :func:`chain_single`), in one dispatch.
+
+Layer ``k``'s arrays sit in concatenations; ``cmeta[k]`` holds (variant, indptr base, indptr length, tap
+base, nnz, used-columns base, used count, bias base, cout, sizes base, sizes count, output size). Scratch is
+allocated per call, so concurrent calls share nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ._scalar import FASTMATH, aligned_zeros
+from .conv import _conv_image, _im2col_image, _shifted_image
+from .linear import chain_single
+
+__all__ = ["CONV_IM2COL", "CONV_SHIFTED", "CONV_WIDE", "net_single"]
+
+CONV_WIDE, CONV_SHIFTED, CONV_IM2COL = 0, 1, 2
+"""Per-image convolution variants (:func:`conv.conv2d`, :func:`conv.conv2d_shifted`, :func:`conv.conv2d_im2col`)."""
+
+
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
+def net_single(
+    x: np.ndarray,
+    y: np.ndarray,
+    cmeta: np.ndarray,
+    cip: np.ndarray,
+    cfp: np.ndarray,
+    cptr: np.ndarray,
+    coff: np.ndarray,
+    cused: np.ndarray,
+    cvals: np.ndarray,
+    cbias: np.ndarray,
+    csizes: np.ndarray,
+    meta: np.ndarray,
+    fpar: np.ndarray,
+    ptr: np.ndarray,
+    idx: np.ndarray,
+    vals: np.ndarray,
+    bias: np.ndarray,
+    dense: np.ndarray,
+) -> None:
+    """``y = chain(conv_K(… conv_1(x)))`` for one example: ``x`` ``(1, in)``, ``y`` ``(1, out)``, flat.
+
+    ``meta`` … ``dense`` are :func:`chain_single`'s arrays; with no Linear layers ``meta`` has no rows and the
+    last convolution's output is ``y``.
+    """
+    cur = x.reshape(-1)
+    for k in range(cmeta.shape[0]):
+        code, pb, pn, ob, on, ub, un, bb, bn, sb, sn, osize = (
+            cmeta[k, 0],
+            cmeta[k, 1],
+            cmeta[k, 2],
+            cmeta[k, 3],
+            cmeta[k, 4],
+            cmeta[k, 5],
+            cmeta[k, 6],
+            cmeta[k, 7],
+            cmeta[k, 8],
+            cmeta[k, 9],
+            cmeta[k, 10],
+            cmeta[k, 11],
+        )
+        indptr, off, w, b = cptr[pb : pb + pn], coff[ob : ob + on], cvals[ob : ob + on], cbias[bb : bb + bn]
+        ip, fp, sz = cip[k], cfp[k], csizes[sb : sb + sn]
+        out = np.empty(osize, np.float32)
+        if code == CONV_WIDE:
+            acc = aligned_zeros(sz[0])
+            plane = np.empty(sz[1], np.float32)
+            src = aligned_zeros(sz[2])
+            _conv_image(cur, out, indptr, off, w, b, ip, fp, acc, plane, src)
+        elif code == CONV_SHIFTED:
+            src = aligned_zeros(sz[0])
+            sh = aligned_zeros(sz[1])
+            acc = aligned_zeros(sz[2])
+            _shifted_image(cur, out, indptr, off, w, b, ip, fp, src, sh, acc, sz[3], sz[4])
+        else:
+            src = aligned_zeros(sz[0])
+            col = aligned_zeros(sz[1])
+            acc = aligned_zeros(sz[2])
+            used = cused[ub : ub + un]
+            _im2col_image(cur, out, indptr, off, used, w, b, ip, fp, src, col, acc, sz[3], sz[4], sz[5], sz[6], sz[7])
+        cur = out
+    if meta.shape[0] > 0:
+        chain_single(cur.reshape(1, -1), y, meta, fpar, ptr, idx, vals, bias, dense)
+    else:
+        for i in range(cur.size):
+            y[0, i] = cur[i]
