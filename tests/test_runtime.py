@@ -375,6 +375,29 @@ def _read_only_runner(pkg_root: Path) -> list[str]:
     ]
 
 
+def test_stale_kernel_cache_is_dropped(tmp_path: Path) -> None:
+    """numba checks a cached kernel against its own file only; a kernel that inlines a helper from an edited
+    sibling module must recompile. The cache beside a stamp of other sources goes; a matching stamp keeps it."""
+    from svdcompress.runtime import kernels
+
+    d = tmp_path / "__pycache__"
+    d.mkdir()
+    cached = [d / "conv.conv2d-1.py311.nbi", d / "conv.conv2d-1.py311.1.nbc"]
+    for f in cached:
+        f.write_bytes(b"x")
+    (d / "conv.cpython-311.pyc").write_bytes(b"keep")
+    kernels.drop_stale_cache({d}, "aaaa")  # no stamp yet: compiled from unknown sources
+    assert not any(f.exists() for f in cached) and (d / "conv.cpython-311.pyc").exists()
+    assert (d / "svdcompress-kernels.stamp").read_text() == "aaaa"
+    for f in cached:
+        f.write_bytes(b"x")
+    kernels.drop_stale_cache({d}, "aaaa")  # same sources: the cache stays
+    assert all(f.exists() for f in cached)
+    kernels.drop_stale_cache({d}, "bbbb")  # a kernel source changed
+    assert not any(f.exists() for f in cached)
+    assert len(kernels._cache_dirs()) == 1  # every kernel module caches beside the same sources
+
+
 @pytest.mark.parametrize("home", ["writable", "read-only"])
 def test_numba_cache_works_with_a_read_only_package(tmp_path: Path, home: str) -> None:
     """A fresh process loads and calls a bundle twice. The package's __pycache__ cannot be written, so the

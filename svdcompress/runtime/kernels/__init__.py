@@ -12,6 +12,7 @@ waiting thread once per call.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -56,6 +57,7 @@ if _dir is not None:
     numba.config.CACHE_DIR = _dir  # type: ignore[attr-defined]  # numba.config is built at runtime
 
 # The kernel modules compile (and look up their cache) at import: configure numba first.
+from . import conv, linear, net, pointwise  # noqa: E402  # the modules, for their dispatchers' cache paths
 from ._scalar import ACT_CODES, MONOTONE_ACTS, POOL_AVG, POOL_MAX, POOL_NONE  # noqa: E402
 from .conv import (  # noqa: E402
     LANES,
@@ -79,6 +81,53 @@ from .linear import (  # noqa: E402
 from .net import CONV_IM2COL, CONV_SHIFTED, CONV_WIDE, net_single  # noqa: E402
 from .pointwise import activation, adaptive_avg_pool2d, pool2d  # noqa: E402
 
+
+def _sources_digest() -> str:
+    """A hash of every kernel module's source: what the compiled kernels were built from."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def drop_stale_cache(dirs: set[Path], digest: str) -> None:
+    """Delete cached kernels in ``dirs`` that were compiled from other kernel sources than ``digest``'s.
+
+    numba checks a cached kernel against the modification time of its own source file only, but the kernels
+    inline helpers from sibling modules (``_scalar``, ``_intrinsics``): after an edit to a helper alone, numba
+    would keep running machine code compiled from the old helper. A stamp file with the digest of all kernel
+    sources sits beside the cache; when it differs, the cache goes (each kernel then recompiles once). An
+    unwritable directory is left alone: numba does not write there either.
+    """
+    for d in dirs:
+        stamp = d / "svdcompress-kernels.stamp"
+        try:
+            if stamp.read_text() == digest:
+                continue
+        except OSError:
+            pass
+        try:
+            for f in [*d.glob("*.nbi"), *d.glob("*.nbc")]:
+                f.unlink(missing_ok=True)
+            stamp.write_text(digest)
+        except OSError:
+            continue
+
+
+def _cache_dirs() -> set[Path]:
+    """The directories numba caches this package's kernels in (one per source directory)."""
+    out: set[Path] = set()
+    for mod in (conv, linear, net, pointwise):
+        for obj in vars(mod).values():
+            path = getattr(getattr(obj, "_cache", None), "_cache_path", None)  # numba's FunctionCache
+            if isinstance(path, str):
+                out.add(Path(path))
+    return out
+
+
+drop_stale_cache(_cache_dirs(), _sources_digest())
+
 __all__ = [
     "ACT_CODES",
     "CONV_IM2COL",
@@ -100,6 +149,7 @@ __all__ = [
     "conv2d_shifted",
     "conv_offsets",
     "conv_scratch_sizes",
+    "drop_stale_cache",
     "im2col_scratch_sizes",
     "im2col_taps",
     "net_single",
