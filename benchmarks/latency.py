@@ -4,7 +4,9 @@
     python benchmarks/latency.py                 # all three models
     python benchmarks/latency.py --models wide   # just the wide MLP
 
-Writes ``benchmarks/results/latency.{json,md}`` and ``latency-<model>.png`` from this invocation
+Writes ``benchmarks/results/latency.{json,md}`` (with the issue-10 targets table from
+``latency_summary.py``; ``python benchmarks/latency_summary.py --readme`` then rewrites the README's
+table from the JSON) and ``latency-<model>.png`` from this invocation
 only (earlier results are replaced, never merged): every contender, the OpenVINO peers included,
 interleaved in one run per model, all models in one process. The JSON holds ``{"run": {machine
 info incl. CPU model, SIMD extensions and the measured sgemm peak, versions, command, start and end
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from latency_summary import targets_markdown
 
 import svdcompress
 from svdcompress.bench import BenchConfig, bench
@@ -77,6 +80,7 @@ def _markdown(everything: dict[str, Any]) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in run["versions"].items()) + ".",
         "",
     ]
+    md += [targets_markdown(everything), ""]
     for name, rep in everything["models"].items():
         md += [f"## {name}", "", rep["markdown"], ""]
     return "\n".join(md)
