@@ -31,6 +31,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "KERNELS",
+    "PARALLEL_MIN_ITEMS",
     "PARALLEL_MIN_MACS",
     "SUPPORTED_OPS",
     "Bundle",
@@ -47,6 +48,11 @@ PARALLEL_MIN_MACS = 4_000_000
 work here): handing part of a batch to a waiting worker thread and collecting it costs ~70 µs on this 2-core
 VM, so smaller calls run whole on the caller's thread."""
 
+PARALLEL_MIN_ITEMS = 16
+"""Nor is a call split into parts of fewer examples than this: the batched kernels work on blocks of 16
+interleaved images (convolutions) or 16-64 examples (Linear chains), and half-empty blocks cost more than the
+second thread gives (bundled LeNet-5 at batch 16: 300 µs on one thread, 367 µs split in two halves of 8)."""
+
 
 class CSRModel:
     """A loaded bundle: call it on a batch ``(N, *input_shape)`` to get ``(N, *output_shape)`` in fp32.
@@ -61,7 +67,8 @@ class CSRModel:
     Attributes:
         manifest: The bundle's manifest, as read.
         input_shape, output_shape: One example's shapes, without the batch dim.
-        threads: Threads a call of :data:`PARALLEL_MIN_MACS` or more multiply-adds is split across.
+        threads: Threads a call of :data:`PARALLEL_MIN_MACS` or more multiply-adds (and at least
+            2 × :data:`PARALLEL_MIN_ITEMS` examples) is split across.
         layer_kernels: Layer name → ``"sparse"`` or ``"dense"``: the kernel that runs it at batch 1.
         layer_kernels_batched: The same for larger batches.
         nnz: Layer name → non-zero weights.
@@ -123,8 +130,8 @@ class CSRModel:
             out = np.zeros((0, *self.output_shape), np.float32)
         elif n == 1 and self._plan.single is not None:
             out = self._plan.single(arr)
-        elif self.threads > 1 and n > 1 and n * self.macs_per_item >= PARALLEL_MIN_MACS:
-            parts = np.array_split(arr, min(self.threads, n))
+        elif self.threads > 1 and n >= 2 * PARALLEL_MIN_ITEMS and n * self.macs_per_item >= PARALLEL_MIN_MACS:
+            parts = np.array_split(arr, min(self.threads, n // PARALLEL_MIN_ITEMS))
             pending = [self._workers().submit(self._run, p) for p in parts[1:]]
             first = self._run(parts[0])
             out = np.concatenate([first, *(f.result() for f in pending)])
