@@ -26,6 +26,7 @@ __all__ = [
     "accumulate_taps",
     "act",
     "act_bias_row",
+    "aligned_empty",
     "aligned_zeros",
     "max_pool_inside",
     "pool_plane",
@@ -344,6 +345,14 @@ def _accumulate_rest(
         o2 = np.uint64(off[j + u2]) * scale + sbase if rest > u2 else o0
         for p in range(length):
             acc[abase + p] += w0 * src[o0 + p] + w1 * src[o1 + p] + w2 * src[o2 + p]
+
+
+@njit(cache=True, inline="always")
+def aligned_empty(n: int) -> np.ndarray:
+    """:func:`aligned_zeros` without the zeroing, for scratch the kernel overwrites before reading."""
+    buf = np.empty(n + 16, np.float32)
+    shift = ((-buf.ctypes.data) // 4) % 16
+    return buf[shift : shift + n]
 
 
 @njit(cache=True, inline="always")

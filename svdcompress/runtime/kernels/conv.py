@@ -29,6 +29,7 @@ from ._scalar import (
     VEC,
     accumulate_taps,
     act_bias_row,
+    aligned_empty,
     aligned_zeros,
     max_pool_inside,
     pool_plane,
@@ -46,6 +47,7 @@ __all__ = [
     "conv_scratch_sizes",
     "im2col_scratch_sizes",
     "im2col_taps",
+    "shifted_buffers",
     "shifted_offsets",
     "shifted_scratch_sizes",
 ]
@@ -515,10 +517,26 @@ def shifted_offsets(
 
 
 def shifted_scratch_sizes(ip: np.ndarray, kw: int, dil_w: int) -> tuple[int, int, int, int, int]:
-    """Elements of the padded image, the shifted copies (with a whole-vector tail) and the accumulator."""
-    cin, hp, wp, oh, ow = (int(ip[i]) for i in (0, 7, 8, 9, 10))
+    """Elements of the padded image (none without padding: the copies then read the image itself), the
+    shifted copies (with a whole-vector tail) and the accumulator; then ``kw`` and the column dilation."""
+    cin, h, w, hp, wp, oh, ow = (int(ip[i]) for i in (0, 1, 2, 7, 8, 9, 10))
     npos = -(-(oh * ow) // VEC) * VEC
-    return cin * hp * wp, kw * cin * hp * ow + VEC, npos, kw, dil_w
+    return (0 if (hp, wp) == (h, w) else cin * hp * wp), kw * cin * hp * ow + VEC, npos, kw, dil_w
+
+
+@njit(cache=True, inline="always")
+def shifted_buffers(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scratch of :func:`_shifted_image` for one worker: the zero-bordered padded image, the copies, the sums.
+
+    Only what is read before it is written gets zeroed: the padded image's border and the copies' vector tail
+    (whole-vector reads past the last row land there, in sums that are dropped). Every copy row and every
+    accumulator is written first: zeroing them cost ~0.5 µs per LeNet-5 call.
+    """
+    src = aligned_zeros(sizes[0])
+    sh = aligned_empty(sizes[1])
+    for i in range(sizes[1] - VEC, sizes[1]):
+        sh[i] = 0.0
+    return src, sh, aligned_empty(sizes[2])
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -586,8 +604,6 @@ def conv2d_shifted(
     positions per tap), for a copy of ``kw`` times the image. ``off`` is :func:`shifted_offsets`; ``sizes``
     is :func:`shifted_scratch_sizes`.
     """
-    src = aligned_zeros(sizes[0])
-    sh = aligned_zeros(sizes[1])
-    acc = aligned_zeros(sizes[2])
+    src, sh, acc = shifted_buffers(sizes)
     for n in range(x.shape[0]):
         _shifted_image(x[n], out[n], indptr, off, vals, bias, ip, fp, src, sh, acc, sizes[3], sizes[4])

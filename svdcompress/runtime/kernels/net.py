@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from ._scalar import FASTMATH, aligned_zeros
-from .conv import _conv_image, _im2col_image, _shifted_image
+from .conv import _conv_image, _im2col_image, _shifted_image, shifted_buffers
 from .linear import chain_single
 
 __all__ = ["CONV_IM2COL", "CONV_SHIFTED", "CONV_WIDE", "net_single"]
@@ -76,9 +76,7 @@ def net_single(
             src = aligned_zeros(sz[2])
             _conv_image(cur, out, indptr, off, w, b, ip, fp, acc, plane, src)
         elif code == CONV_SHIFTED:
-            src = aligned_zeros(sz[0])
-            sh = aligned_zeros(sz[1])
-            acc = aligned_zeros(sz[2])
+            src, sh, acc = shifted_buffers(sz)
             _shifted_image(cur, out, indptr, off, w, b, ip, fp, src, sh, acc, sz[3], sz[4])
         else:
             src = aligned_zeros(sz[0])
