@@ -24,15 +24,18 @@ def parse_int_list(text: str, what: str, *, example: str = "1,28,28") -> tuple[i
         example: a valid value, shown in the error message.
 
     Raises:
-        InvalidInputError: empty, not integers, or an entry <= 0.
+        InvalidInputError: empty, an empty entry, not integers, or an entry <= 0.
 
     Example:
         >>> parse_int_list("1, 16,256", "batch_sizes")
         (1, 16, 256)
     """
     prefix = f"{what} " if what else ""
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    if any(not p for p in parts):  # "1,,16" or "1,16,": a typo, not a list of two
+        raise InvalidInputError(f"{prefix}{text!r} has an empty entry; give comma-separated integers like {example}")
     try:
-        values = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+        values = tuple(int(p) for p in parts)
     except ValueError:
         raise InvalidInputError(f"{prefix}{text!r} is not a comma-separated list of integers like {example}") from None
     if not values or any(v <= 0 for v in values):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import OutputExistsError
+from .errors import ExportError, OutputExistsError
 
 if TYPE_CHECKING:  # torch is not imported at run time: the runtime imports this module without it
     import torch
@@ -26,7 +26,8 @@ __all__ = ["atomic_path", "check_output_path", "release_pages"]
 def check_output_path(
     out: str | os.PathLike[str], *, force: bool, inputs: tuple[str | os.PathLike[str], ...] = ()
 ) -> Path:
-    """Refuse to overwrite an input, or an existing file without ``force``."""
+    """Refuse to overwrite an input, or an existing file without ``force``, or a directory where no file can be
+    created (tried with a temporary file, removed at once)."""
     out_p = Path(out)
     for inp in inputs:
         try:
@@ -45,6 +46,16 @@ def check_output_path(
         raise OutputExistsError(f"{out_p}: directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise OutputExistsError(f"{out_p}: directory {parent} is not writable; choose another output path")
+    # os.access says yes to root everywhere, even in /proc or on a read-only mount: try it, before any work.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out_p.name}.", suffix=".probe", dir=parent)
+    except OSError as e:
+        raise ExportError(
+            f"{out_p}: cannot create a file in {parent} ({e.strerror or e}); choose another output path"
+        ) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
     return out_p
 
 
@@ -57,7 +68,12 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     target_p = Path(target)
     parent = target_p.parent if str(target_p.parent) else Path(".")
     # Keep the target's extension last: writers that dispatch on it (torch.export.save) then neither warn nor guess.
-    fd, tmp = tempfile.mkstemp(prefix=f".{target_p.name}.", suffix=f".tmp{target_p.suffix}", dir=parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target_p.name}.", suffix=f".tmp{target_p.suffix}", dir=parent)
+    except OSError as e:  # the temporary name means nothing to the user: name the target and its directory
+        raise ExportError(
+            f"{target_p}: cannot create a file in {parent} ({e.strerror or e}); choose another output path"
+        ) from None
     os.close(fd)
     tmp_p = Path(tmp)
     # mkstemp creates the file 0600; give the result the permissions a plain open() would.
@@ -67,6 +83,12 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp_p
         os.replace(tmp_p, target_p)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_p.unlink()
+        if e.filename is not None and Path(e.filename) == tmp_p:  # disk full, ... while writing the temporary
+            raise OSError(e.errno, e.strerror, str(target_p)) from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_p.unlink()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,15 +18,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import atomic_path, release_pages
+from ._io import release_pages
 from .checkpoint import load_checkpoint
-from .conventions import SVDCOMPRESS, SVDOLayer, find_svdo_layers, keep_rule, layer_kind
+from .conventions import SVDOLayer, convention_of_module, find_svdo_layers, keep_rule, layer_kind
 from .conventions import log_alpha as _log_alpha
 from .errors import InvalidInputError
 from .masking import is_svdo_like
-from .svdo import DEFAULT_THRESHOLD, SVDOModule
+from .svdo import DEFAULT_THRESHOLD
 
-__all__ = ["AnalysisReport", "LayerReport", "analyze", "layers_of"]
+__all__ = ["AnalysisReport", "ConventionWarning", "LayerReport", "analyze", "layers_of"]
+
+
+class ConventionWarning(UserWarning):
+    """The file's names fit several conventions whose formulas disagree on some weight: pass ``convention=``."""
+
 
 _HIST_RANGE = (-15.0, 15.0)
 _HIST_BINS = 60
@@ -65,6 +71,7 @@ class AnalysisReport:
     threshold: float
     layers: list[LayerReport]
     meta: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> dict[str, Any]:
@@ -101,6 +108,7 @@ class AnalysisReport:
             "hist_range": list(_HIST_RANGE),
             "hist_bins": _HIST_BINS,
             "meta": self.meta,
+            "warnings": list(self.warnings),
         }
 
     def format_table(self) -> str:
@@ -166,12 +174,18 @@ class AnalysisReport:
         return "\n".join(out)
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
-        """Write a PNG with one log alpha histogram per layer and the threshold marked."""
-        import matplotlib
+        """Write one log α histogram per layer, the threshold marked and the kept side shaded.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        The image format follows the suffix (``.png``, ``.svg``, ``.pdf``, ...).
 
+        Raises:
+            MissingDependencyError: matplotlib is not installed (``pip install 'svdcompress[plot]'``).
+            InvalidInputError: a suffix matplotlib cannot write.
+        """
+        from ._plot import image_format, pyplot, save_figure
+
+        image_format(path)  # before drawing anything
+        plt = pyplot()
         n = len(self.layers)
         cols = min(n, 3)
         rows = (n + cols - 1) // cols
@@ -179,37 +193,49 @@ class AnalysisReport:
         lo, hi = _HIST_RANGE
         width = (hi - lo) / _HIST_BINS
         centers = [lo + width * (i + 0.5) for i in range(_HIST_BINS)]
+        kept_color, removed_color = "#4477aa", "#bbbbbb"
+        colors = [kept_color if c < self.threshold else removed_color for c in centers]
+        t = f"{self.threshold:g}"
         for ax, r in zip(axes.flat, self.layers, strict=False):
-            ax.bar(centers, r.log_alpha_hist, width=width, color="#4477aa", log=True)
-            ax.axvline(self.threshold, color="#cc3311", linestyle="--", label=f"threshold {self.threshold:g}")
+            ax.axvspan(lo, self.threshold, color="#228833", alpha=0.08, lw=0)
+            ax.bar(centers, r.log_alpha_hist, width=width, color=colors, log=True)
+            ax.axvline(self.threshold, color="#cc3311", linestyle="--")
+            ax.set_xlim(lo, hi)
             ax.set_title(f"{r.name}: {_fmt_x(r.compression)} kept {r.kept:,}/{r.weights:,}", fontsize=9)
             ax.set_xlabel("log α (clipped to ±15)")
             ax.set_ylabel("weights")
         for ax in list(axes.flat)[n:]:
             ax.axis("off")
-        axes.flat[0].legend(fontsize=8)
+        from matplotlib.patches import Patch
+
+        axes.flat[0].legend(
+            handles=[
+                Patch(color=kept_color, label=f"kept: log α < {t}"),
+                Patch(color=removed_color, label=f"removed: log α ≥ {t}"),
+                plt.Line2D([], [], color="#cc3311", linestyle="--", label=f"threshold {t}"),
+            ],
+            fontsize=7,
+        )
         fig.suptitle(f"log α per layer: {self.source}", fontsize=10)
         fig.tight_layout()
-        out = Path(path)
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
-        return out
+        return save_figure(fig, path)
 
 
 def _fmt_x(x: float) -> str:
     return "inf" if math.isinf(x) else f"{x:.1f}×"
 
 
-def layers_of(model: nn.Module) -> list[SVDOLayer]:
-    """SVDO layers of a live module (svdcompress's own or foreign ones storing weight + log_sigma2)."""
-    from .conventions import PYTORCH_ARD as ard
+def layers_of(model: nn.Module, convention: str | None = None) -> list[SVDOLayer]:
+    """SVDO layers of a live module (svdcompress's own or foreign ones storing weight + log_sigma2).
 
+    The convention comes from each layer's class (:func:`svdcompress.conventions.convention_of_module`);
+    ``convention`` names it for layers whose class does not say.
+    """
     out = []
     for name, m in model.named_modules():
         if not is_svdo_like(m):
             continue
-        conv = SVDCOMPRESS if isinstance(m, SVDOModule) else ard
+        conv, alternatives = convention_of_module(m, convention)
         w = m.weight.detach()
         b = getattr(m, "bias", None)
         kind = layer_kind(w) if w.dim() in (2, 3, 4) else "linear"
@@ -224,9 +250,96 @@ def layers_of(model: nn.Module) -> list[SVDOLayer]:
                 conv,
                 f"{name}.weight",
                 f"{name}.log_sigma2",
+                alternatives,
             )
         )
     return out
+
+
+def _central_data_layers(model: nn.Module) -> list[SVDOLayer]:
+    """numenta's VDropLinear / VDropConv2d over a VDropCentralData: each layer's weights are a slice of the
+    central flat z_mu / z_logvar. The slices (z_chunk_sizes, data_index) and shapes live on the modules, not
+    in the state_dict, so only a live model can be read."""
+    from .conventions import CONVENTIONS
+
+    nupic = next(c for c in CONVENTIONS if c.theta == "w_mu" and c.variance == "w_logvar")
+    out = []
+    for name, m in model.named_modules():
+        holder, index = getattr(m, "central_data", None), getattr(m, "data_index", None)
+        if not (isinstance(holder, list) and len(holder) == 1 and isinstance(index, int)):
+            continue
+        central = holder[0]
+        z_mu, z_logvar = getattr(central, "z_mu", None), getattr(central, "z_logvar", None)
+        sizes = getattr(central, "z_chunk_sizes", None)
+        if not (isinstance(z_mu, torch.Tensor) and isinstance(z_logvar, torch.Tensor) and isinstance(sizes, list)):
+            continue
+        if hasattr(m, "in_features"):
+            shape: tuple[int, ...] = (int(m.out_features), int(m.in_features))
+        else:
+            shape = (int(m.out_channels), -1, *(int(k) for k in m.kernel_size))
+        start, n = sum(sizes[:index]), int(sizes[index])
+        theta = z_mu.detach()[start : start + n]
+        z_mask = getattr(central, "z_mask", None)  # MaskedVDropCentralData: pruned entries are 0
+        if isinstance(z_mask, torch.Tensor):
+            theta = theta * z_mask[start : start + n].to(theta.dtype)
+        known = math.prod(d for d in shape if d != -1)
+        if n == 0 or n % known or (-1 not in shape and n != known):
+            continue  # one z per group of weights (group variational dropout): not per-weight SVDO
+        theta = theta.reshape(shape)
+        bias = getattr(m, "bias", None)
+        out.append(
+            SVDOLayer(
+                name,
+                layer_kind(theta),
+                theta,
+                z_logvar.detach()[start : start + n].reshape(theta.shape),
+                bias.detach().reshape(-1) if isinstance(bias, torch.Tensor) else None,
+                nupic,
+                f"z_mu[{start}:{start + n}]",
+                f"z_logvar[{start}:{start + n}]",
+            )
+        )
+    return out
+
+
+@torch.no_grad()
+def _flips(layer: SVDOLayer, threshold: float) -> dict[str, int]:
+    """Per alternative convention: how many of the layer's weights it keeps where the chosen one drops, or
+    the reverse. Chunked like the report."""
+    theta, ls2 = layer.theta, layer.log_sigma2
+    rows = max(1, _CHUNK_ELEMS // max(1, theta[0].numel()))
+    out = dict.fromkeys((c.name for c in layer.alternatives), 0)
+    for r0 in range(0, theta.shape[0], rows):
+        th, s2 = theta[r0 : r0 + rows].float(), ls2[r0 : r0 + rows]
+        keep = keep_rule(_log_alpha(th, s2, layer.convention), th, threshold, layer.convention)
+        for c in layer.alternatives:
+            out[c.name] += int((keep != keep_rule(_log_alpha(th, s2, c), th, threshold, c)).sum())
+    return out
+
+
+def _ambiguity_warnings(name: str, layers: list[SVDOLayer], threshold: float) -> list[str]:
+    """One message when the candidate formulas for the file's names disagree on some weight."""
+    per_layer: dict[str, dict[str, int]] = {}
+    for layer in layers:
+        if layer.alternatives:
+            flips = {k: v for k, v in _flips(layer, threshold).items() if v}
+            if flips:
+                per_layer[layer.name] = flips
+    if not per_layer:
+        return []
+    chosen = next(layer.convention for layer in layers if layer.alternatives)
+    options = [chosen, *next(layer.alternatives for layer in layers if layer.alternatives)]
+    others = sorted({k for flips in per_layer.values() for k in flips})
+    detail = "; ".join(
+        f"{layer}: " + ", ".join(f"{flips[k]:,} under {k}" for k in others if k in flips)
+        for layer, flips in per_layer.items()
+    )
+    formulas = "; ".join(f"{c.name}: {c.formula()}" for c in options)
+    return [
+        f"{name}: weight + log_sigma2 is written by {', '.join(c.name for c in options)} with different formulas "
+        f"({formulas}), and they keep different weights ({detail}). Read as {chosen.name}; if the file comes from "
+        f"another project, pass convention=NAME with one of {', '.join(c.name for c in options)}"
+    ]
 
 
 @torch.no_grad()
@@ -247,7 +360,7 @@ def _layer_report(layer: SVDOLayer, threshold: float) -> LayerReport:
     for r0 in range(0, out_units, rows_per_chunk):
         th = theta[r0 : r0 + rows_per_chunk].float()
         la = _log_alpha(th, ls2[r0 : r0 + rows_per_chunk], layer.convention)  # (rows, in[, kh, kw])
-        keep = keep_rule(la, th, threshold)
+        keep = keep_rule(la, th, threshold, layer.convention)
         kept += int(keep.sum())
         flat = keep.reshape(keep.shape[0], keep.shape[1], -1)  # (rows, in, k)
         row_alive[r0 : r0 + rows_per_chunk] = flat.any(dim=2).any(dim=1)
@@ -307,13 +420,21 @@ def analyze(
     threshold: float = DEFAULT_THRESHOLD,
     *,
     trust_pickle: bool = False,
+    convention: str | None = None,
 ) -> AnalysisReport:
-    """Report per layer what ``log α < threshold`` keeps.
+    """Report per layer what ``log α < threshold`` keeps (each convention's own clip and comparison).
+
+    When the file's names fit several conventions (``weight`` + ``log_sigma2``: pytorch-ard, BayesWatch,
+    svdcompress) and nothing in it decides, pytorch-ard is assumed; if the candidates disagree on any
+    weight, a :class:`ConventionWarning` is issued and the message is kept in ``report.warnings``.
 
     Args:
         source: a checkpoint path, an ``nn.Module`` with SVDO layers, or a flat state_dict.
         threshold: log alpha above which a weight is noise (3.0 in the paper).
         trust_pickle: allow arbitrary unpickling when reading a file (runs code; off by default).
+        convention: the project the file comes from, one of
+            :data:`svdcompress.conventions.CONVENTION_NAMES` (e.g. ``"bayeswatch"``); by default it is
+            recognised from the names and, where they are ambiguous, from the file.
 
     Returns:
         An :class:`AnalysisReport`; ``.format_table()``, ``.to_dict()`` and ``.plot(path)`` render it.
@@ -331,7 +452,7 @@ def analyze(
         raise InvalidInputError(f"threshold must be a finite number, got {threshold}")
     meta: dict[str, Any] = {}
     if isinstance(source, nn.Module):
-        layers = layers_of(source)
+        layers = layers_of(source, convention) + _central_data_layers(source)
         name = type(source).__name__
         if not layers:
             from .errors import NoSVDOLayersError
@@ -342,12 +463,22 @@ def analyze(
             )
     elif isinstance(source, Mapping):
         name = "<state_dict>"
-        layers = find_svdo_layers(source, file=name)
+        layers = find_svdo_layers(source, file=name, convention=convention)
     else:
         ckpt = load_checkpoint(source, trust_pickle=trust_pickle)
         name = str(ckpt.path)
         meta = {k: v for k, v in ckpt.meta.items() if k != "provenance"}
         if ckpt.meta.get("provenance"):
             meta["provenance"] = ckpt.meta["provenance"]
-        layers = find_svdo_layers(ckpt.tensors, file=name, source=ckpt.source, own=bool(ckpt.meta))
-    return AnalysisReport(name, float(threshold), [_layer_report(layer, threshold) for layer in layers], meta)
+        layers = find_svdo_layers(
+            ckpt.tensors,
+            file=name,
+            source=ckpt.source,
+            own=bool(ckpt.meta),
+            classes=ckpt.classes,
+            convention=convention,
+        )
+    notes = _ambiguity_warnings(name, layers, threshold)
+    for note in notes:
+        warnings.warn(note, ConventionWarning, stacklevel=2)
+    return AnalysisReport(name, float(threshold), [_layer_report(layer, threshold) for layer in layers], meta, notes)

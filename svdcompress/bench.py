@@ -59,6 +59,7 @@ from torch import nn
 from . import contenders as C
 from ._io import atomic_path
 from .contenders import CONTENDERS, DENSE_REFERENCES, OPENVINO_CONTENDERS
+from .errors import InputShapeError
 from .machine import copy_bandwidth, cpu_simd_flags, machine_info, sgemm_peak, time_once, torch_threads
 from .svdo import DEFAULT_THRESHOLD
 
@@ -89,6 +90,11 @@ class BenchConfig:
     sample_ms: float = 2.0
     contenders: tuple[str, ...] = CONTENDERS
     threshold: float = DEFAULT_THRESHOLD
+
+    def __post_init__(self) -> None:
+        from .masking import check_threshold
+
+        check_threshold(self.threshold)
 
 
 @dataclass
@@ -150,7 +156,7 @@ class BenchReport:
             f"best dense = the faster of {' and '.join(DENSE_REFERENCES)} at the same batch size and threads.",
             "",
             "| contender | batch | threads | median µs | p90 µs | items/s | × vs best dense | × vs ort-dense "
-            "| × vs torch-dense | GMAC/s (of peak); × bandwidth floor | artifact KB | accuracy |",
+            "| × vs torch-dense | GMAC/s (of peak); × bandwidth floor | artifact kB | accuracy |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in self.results:
@@ -165,7 +171,7 @@ class BenchReport:
             lines.append(
                 f"| {r.contender} | {r.batch_size} | {r.threads} | {r.median_us:,.1f} | {r.p90_us:,.1f} | "
                 f"{r.items_per_s:,.0f} | {_fx(r.speedup_vs_best_dense)} | {_fx(r.speedup_vs_ort_dense)} | "
-                f"{_fx(r.speedup_vs_torch_dense)} | {gmac} | {r.artifact_bytes / 1024:,.1f} | {acc} |"
+                f"{_fx(r.speedup_vs_torch_dense)} | {gmac} | {r.artifact_bytes / 1000:,.1f} | {acc} |"
             )
         f = self.floor
         if f:
@@ -192,32 +198,56 @@ class BenchReport:
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
-        """Latency vs batch size, log-log, one line per contender and one panel per thread count."""
-        import matplotlib
+        """Latency vs batch size, log-log, one line per contender and one panel per thread count.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        Panels share the y-axis; the x ticks are the batch sizes measured; each contender has its own marker
+        and line style, so overlapping lines stay apart; the legend sits below the panels. The image format
+        follows the suffix.
+
+        Raises:
+            MissingDependencyError: matplotlib is not installed (``pip install 'svdcompress[plot]'``).
+            InvalidInputError: a suffix matplotlib cannot write.
+        """
+        from ._plot import image_format, pyplot, save_figure
+
+        image_format(path)  # before drawing anything
+        plt = pyplot()
+        from matplotlib.ticker import FixedLocator, NullLocator
 
         threads = sorted({r.threads for r in self.results})
-        fig, axes = plt.subplots(1, len(threads), figsize=(5.5 * len(threads), 4), squeeze=False)
+        contenders = list(dict.fromkeys(r.contender for r in self.results))
+        batches = sorted({r.batch_size for r in self.results})
+        fig, axes = plt.subplots(
+            1, len(threads), figsize=(5.5 * len(threads), 4.6), squeeze=False, sharey=True, sharex=True
+        )
+        markers = "osD^vP*Xh<>"
+        styles = ["-", "--", "-.", ":"]
         for ax, t in zip(axes[0], threads, strict=True):
-            for c in dict.fromkeys(r.contender for r in self.results):
+            for i, c in enumerate(contenders):
                 rows = sorted(
                     (r for r in self.results if r.contender == c and r.threads == t), key=lambda r: r.batch_size
                 )
-                ax.plot([r.batch_size for r in rows], [r.median_us for r in rows], marker="o", label=c)
+                ax.plot(
+                    [r.batch_size for r in rows],
+                    [r.median_us for r in rows],
+                    marker=markers[i % len(markers)],
+                    linestyle=styles[i % len(styles)],
+                    markerfacecolor="none" if i % 2 else None,
+                    label=c,
+                )
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.xaxis.set_major_locator(FixedLocator(batches))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticks(batches, [str(b) for b in batches])
             ax.set_xlabel("batch size")
-            ax.set_ylabel("median latency per batch (µs)")
             ax.set_title(f"{self.model.get('name', 'model')}, {t} thread(s)")
             ax.grid(True, which="both", alpha=0.3)
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
-        return Path(path)
+        axes[0][0].set_ylabel("median latency per batch (µs)")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.06 * (1 + (len(labels) - 1) // 5), 1, 1))
+        return save_figure(fig, path)
 
 
 def _fx(x: float | None) -> str:
@@ -312,6 +342,7 @@ def bench(
     try:
         with torch_threads(torch.get_num_threads()):
             model.eval()
+            _check_runs(model, shape)
             wd = Path(tmp_ctx.name if tmp_ctx is not None else str(workdir))
             wd.mkdir(parents=True, exist_ok=True)
             report = _run(model, shape, cfg, data, wd, progress, name, skipped)
@@ -321,6 +352,23 @@ def bench(
         if tmp_ctx is not None:
             tmp_ctx.cleanup()
     return report
+
+
+def _check_runs(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """One example through the model before any work, so a wrong input shape is one line, not a traceback
+    from the first contender that runs it."""
+    from ._inputs import example_inputs
+    from .graph import expected_input
+
+    try:
+        with torch.no_grad():
+            model(example_inputs(shape, 1))
+    except Exception as exc:  # shape mismatches surface as RuntimeError (or anything) from inside the model
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputShapeError(
+            f"the example input of shape {shape} (per example) does not run through {type(model).__name__}: "
+            f"{first}; {expected_input(model)}"
+        ) from None
 
 
 def _run(

@@ -45,10 +45,12 @@ class LoadedCheckpoint:
     Attributes:
         path: the file it came from.
         tensors: flat ``{name: tensor}``; for Lasagne lists the names are ``"0"``, ``"1"``, ...
-        source: "torch", "safetensors" or "lasagne-npy".
+        source: "torch", "safetensors", "npz" (named arrays) or "lasagne-npy" (a positional list).
         meta: svdcompress metadata (arch, arch_kwargs, input_shape, threshold, provenance) if the
             file was written by :func:`save_checkpoint`, else empty.
         module: a whole pickled ``nn.Module``, only when loaded with ``trust_pickle=True``.
+        classes: ``{submodule name: "module.ClassName"}`` of a pickled model (whole, or nested as
+            BayesWatch saves ``{'net': model}``); it settles which convention ``weight`` + ``log_sigma2`` use.
     """
 
     path: Path
@@ -56,6 +58,7 @@ class LoadedCheckpoint:
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
     module: nn.Module | None = None
+    classes: dict[str, str] = field(default_factory=dict)
 
     @property
     def arch(self) -> str | None:
@@ -123,8 +126,34 @@ def _extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     return flat
 
 
+def _classes_of(obj: Any) -> dict[str, str]:
+    """``{submodule name: "module.ClassName"}`` of a pickled model, whole or nested under a _NEST_KEYS key."""
+    module = obj if isinstance(obj, nn.Module) else None
+    if module is None and isinstance(obj, Mapping):
+        module = next((obj[k] for k in _NEST_KEYS if isinstance(obj.get(k), nn.Module)), None)
+    if module is None:
+        return {}
+    return {name: f"{type(m).__module__}.{type(m).__name__}" for name, m in module.named_modules()}
+
+
+# numpy scalars and dtypes build values, never run code: pytorch-ard's example saves its 'compression' as a
+# numpy.float64 next to the state_dict, and weights_only loading would refuse the file for it.
+_NUMPY_DTYPE_CLASSES = {type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"}
+_NUMPY_SCALAR = np.float64(0).__reduce__()[0]  # numpy.core.multiarray.scalar (numpy._core in numpy 2)
+_NUMPY_SAFE_GLOBALS: list[Any] = [
+    np.dtype,
+    *_NUMPY_DTYPE_CLASSES,
+    (_NUMPY_SCALAR, "numpy._core.multiarray.scalar"),  # written by numpy 2
+    (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"),  # written by numpy 1.x
+]
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and lists of them, nothing else: no code can run."""
+    """Unpickles numpy arrays and lists of them, nothing else: no code can run.
+
+    Python 2 strings (the authors' Lasagne files were written by Python 2) are read as latin1, which
+    is how numpy turns the raw bytes of a Python 2 array back into data.
+    """
 
     _ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
@@ -137,7 +166,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
+            # numpy 2 renamed numpy.core to numpy._core; the old path still resolves, but may warn.
+            return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
@@ -156,8 +186,8 @@ def _read_npy(path: Path, trust_pickle: bool) -> Any:
             # unpickler that only builds numpy arrays, unless the user trusts the file.
             try:
                 if trust_pickle:
-                    return np.load(path, allow_pickle=True)
-                return _NumpyOnlyUnpickler(f).load()
+                    return np.load(path, allow_pickle=True, encoding="latin1")
+                return _NumpyOnlyUnpickler(f, encoding="latin1").load()
             except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
                 raise CheckpointError(
                     f"{path}: the .npy object array holds more than numpy arrays ({e}); "
@@ -191,6 +221,29 @@ def _from_positional(arrays: Any, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _load_npz(p: Path, names: list[str], trust_pickle: bool) -> LoadedCheckpoint:
+    """``np.savez(path, *params)`` (arr_0, arr_1, ...) is a Lasagne list; named entries (Chainer's save_npz,
+    TF variables dumped with ``np.savez(path, **variables)``) are a flat ``{name: tensor}`` mapping."""
+    try:
+        with np.load(p, allow_pickle=trust_pickle, encoding="latin1") as npz:
+            keys = list(npz.files)
+            if keys == [f"arr_{i}" for i in range(len(names))]:
+                return LoadedCheckpoint(p, _from_positional([npz[k] for k in keys], p), "lasagne-npy")
+            tensors: dict[str, torch.Tensor] = {}
+            for k in keys:
+                try:
+                    a = npz[k]
+                except ValueError:  # an object array (a pickle) among the named arrays: not a weight
+                    continue
+                if a.dtype.kind in "biuf":  # strings and other bookkeeping a trainer snapshot holds are not weights
+                    tensors[k] = torch.from_numpy(np.ascontiguousarray(a))
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(f"{p}: corrupt .npz ({e})") from None
+    if not tensors:
+        raise CheckpointError(f"{p}: the .npz holds no numeric arrays; expected layer weights")
+    return LoadedCheckpoint(p, tensors, "npz")
+
+
 def _sniff(path: Path) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -217,10 +270,64 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+class _MissingClassError(Exception):
+    """A trusted pickle names a class (or function) that cannot be imported here."""
+
+    def __init__(self, module: str, name: str) -> None:
+        super().__init__(f"{module}.{name}")
+        self.module, self.name = module, name
+
+
+class _NamingUnpickler(pickle.Unpickler):
+    """pickle's Unpickler, but a class it cannot import is reported by module and name."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            raise _MissingClassError(module, name) from None
+
+
+class _NamingPickleModule:
+    """The ``pickle_module`` torch.load uses with ``trust_pickle``: the standard pickle with the unpickler above."""
+
+    Unpickler = _NamingUnpickler
+    UnpicklingError = pickle.UnpicklingError
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return _NamingUnpickler(file, **kwargs).load()
+
+
+def _missing_class_message(path: Path, e: _MissingClassError) -> str:
+    where = (
+        "it was pickled from a script run as __main__, which is not importable here"
+        if e.module == "__main__"
+        else f"is {e.module} installed and on PYTHONPATH?"
+    )
+    return (
+        f"{path}: the pickled model's class {e.name} from module {e.module} cannot be imported ({where}). "
+        "Re-save the weights as a state_dict (torch.save(model.state_dict(), path)) and pass "
+        "model=package.module:factory with a function that builds the model, or move the class into an "
+        "importable module before pickling"
+    )
+
+
 def _load_torch(path: Path, trust_pickle: bool) -> Any:
     try:
         # mmap keeps tensors on disk until touched: analysis of a huge file stays within bounded memory.
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=zipfile.is_zipfile(path))
+        if trust_pickle:
+            return torch.load(
+                path,
+                map_location="cpu",
+                weights_only=False,
+                mmap=zipfile.is_zipfile(path),
+                pickle_module=_NamingPickleModule,
+            )
+        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except _MissingClassError as e:
+        raise CheckpointError(_missing_class_message(path, e)) from None
     except pickle.UnpicklingError as e:
         if trust_pickle:
             raise CheckpointError(f"{path}: cannot unpickle ({str(e).splitlines()[0]})") from None
@@ -312,17 +419,7 @@ def _load(p: Path, trust_pickle: bool) -> LoadedCheckpoint:
         with zipfile.ZipFile(p) as z:
             names = z.namelist()
         if names and all(n.endswith(".npy") for n in names):
-            try:
-                with np.load(p, allow_pickle=trust_pickle) as npz:
-                    arrays = [npz.get(f"arr_{i}") for i in range(len(names))]
-            except (ValueError, OSError, zipfile.BadZipFile) as e:
-                raise CheckpointError(f"{p}: corrupt .npz ({e})") from None
-            if any(a is None for a in arrays):
-                raise CheckpointError(
-                    f"{p}: .npz entries are not positional arr_0, arr_1, ...; "
-                    "save the Lasagne list with np.savez(path, *params)"
-                )
-            return LoadedCheckpoint(p, _from_positional(arrays, p), "lasagne-npy")
+            return _load_npz(p, names, trust_pickle)
         if not any(n.endswith("data.pkl") for n in names):
             raise CheckpointError(
                 f"{p}: is a zip archive but not a torch checkpoint (no data.pkl inside); "
@@ -348,7 +445,7 @@ def _load(p: Path, trust_pickle: bool) -> LoadedCheckpoint:
 
     obj = _load_torch(p, trust_pickle)
     if isinstance(obj, nn.Module):
-        return LoadedCheckpoint(p, dict(obj.state_dict()), "torch", module=obj)
+        return LoadedCheckpoint(p, dict(obj.state_dict()), "torch", module=obj, classes=_classes_of(obj))
     meta: dict[str, Any] = {}
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT_NAME:
         version = obj.get("format_version")
@@ -367,4 +464,4 @@ def _load(p: Path, trust_pickle: bool) -> LoadedCheckpoint:
             f"{p}: holds a {kind} with no tensors; expected a state_dict "
             "(or a dict nesting one under 'net', 'state_dict' or 'model')"
         )
-    return LoadedCheckpoint(p, tensors, "torch", meta=meta)
+    return LoadedCheckpoint(p, tensors, "torch", meta=meta, classes=_classes_of(obj))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import InvalidInputError, SvdcompressError
+from .errors import InputShapeError, InvalidInputError, MissingDependencyError, SvdcompressError
 
 __all__ = ["main"]
 
@@ -27,6 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Library messages name Python parameters; on the command line the same things are flags.
 _FLAGS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bmodel="), "--model "),
+    (re.compile(r"\bconvention="), "--convention "),
     (re.compile(r"\btrust_pickle=True\b"), "--trust-pickle"),
     (re.compile(r"\bforce=True\b"), "--force"),
     (re.compile(r"\bgather_inputs=True\b"), "--gather-inputs"),
@@ -35,21 +37,30 @@ _FLAGS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
-def _cli_message(e: BaseException) -> str:
-    """The library's message in the CLI's words (flags, not parameters), on one line."""
+def _cli_message(e: BaseException, output_flag: str = "-o") -> str:
+    """The library's message in the CLI's words (flags, not parameters), on one line.
+
+    ``output_flag`` is the option that named the file being written (``-o``, ``--plot``, ``--json-out``).
+    """
     text = " ".join(str(e).split())
     for pattern, flag in _FLAGS:
         text = pattern.sub(flag, text)
-    return text
+    return text.replace("another -o path", f"another {output_flag} path")
 
 
 def _friendly(fn: F) -> F:
-    """Turn library errors into one-line click errors (exit 1) instead of tracebacks."""
+    """Turn library errors into one-line click errors (exit 1) instead of tracebacks.
+
+    An input shape that does not run through the model is a bad ``--input-shape`` value: exit 2, like a
+    missing one.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except InputShapeError as e:
+            raise click.BadParameter(_cli_message(e), param_hint="'--input-shape'") from None
         except SvdcompressError as e:
             raise click.ClickException(_cli_message(e)) from None
         except MemoryError:
@@ -61,12 +72,34 @@ def _friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
 
+def _check_out(path: Path, flag: str, *, force: bool, ckpt: Path) -> None:
+    """Refuse an output path before any work, naming the option it came from."""
+    from ._io import check_output_path
+
+    try:
+        check_output_path(path, force=force, inputs=(ckpt,))
+    except SvdcompressError as e:
+        raise click.ClickException(_cli_message(e, flag)) from None
+
+
+def _write_or_explain(flag: str, write: Callable[[], object]) -> None:
+    """Run ``write`` (the atomic write of a --plot / --json-out file); its errors name ``flag``."""
+    try:
+        write()
+    except SvdcompressError as e:
+        raise click.ClickException(_cli_message(e, flag)) from None
+
+
 _CKPT = click.Path(path_type=Path, readable=False)  # existence and permissions: the loader checks them, naming the fix
+
+
+_CKPT_NAME = "svdcompress.ckpt_name"  # ctx.meta key: CKPT as the user wrote it (bundled:lenet5, not a path)
 
 
 def _bundled(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
     """``bundled:lenet5`` names a checkpoint shipped with the package."""
     text = str(value)
+    ctx.meta[_CKPT_NAME] = text
     if not text.startswith("bundled:"):
         return value
     from .models import BUNDLED, bundled_checkpoint
@@ -101,35 +134,162 @@ _trust_opt = click.option(
 )
 
 
+def _file_out(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """An artifact path: a file, never ``-`` (these outputs are binary; stdout would get raw bytes)."""
+    if value is not None and str(value) == "-":
+        raise click.BadParameter("'-' (stdout) is for --json-out; give a file path for this output")
+    return value
+
+
+def _plot_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """--plot: matplotlib must be installed, checked before any work (the suffix is checked with the path)."""
+    value = _file_out(ctx, param, value)
+    if value is None:
+        return None
+    from ._plot import require_matplotlib
+
+    try:
+        require_matplotlib()
+    except MissingDependencyError as e:
+        raise click.ClickException(f"--plot {value}: {e}") from None
+    return value
+
+
+def _check_plot(plot: Path | None, *, force: bool, ckpt: Path) -> None:
+    """The --plot path as an output (not the input, not existing without --force), then its image suffix."""
+    if plot is None:
+        return
+    from ._plot import image_format
+
+    _check_out(plot, "--plot", force=force, ckpt=ckpt)
+    try:
+        image_format(plot)
+    except InvalidInputError as e:
+        raise click.BadParameter(str(e), param_hint="'--plot'") from None
+
+
+_json_opts = (
+    click.option("--json", "as_json", is_flag=True, help="Print the report as JSON to stdout (and nothing else)."),
+    click.option(
+        "--json-out",
+        type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+        metavar="FILE",
+        help="Write the report as JSON to FILE ('-' for stdout).",
+    ),
+)
+
+
+def _json_options(fn: F) -> F:
+    for opt in reversed(_json_opts):
+        fn = opt(fn)
+    return fn
+
+
+def _emit(text: str, *, as_json: bool, json_out: Path | None) -> None:
+    """Human output: to stdout, unless stdout carries JSON (then stderr)."""
+    click.echo(text, err=as_json or (json_out is not None and str(json_out) == "-"))
+
+
+def _emit_json(obj: Any, *, as_json: bool, json_out: Path | None) -> None:
+    from ._io import atomic_path
+
+    text = json.dumps(obj, indent=2)
+    if as_json or (json_out is not None and str(json_out) == "-"):
+        click.echo(text)
+    if json_out is not None and str(json_out) != "-":
+
+        def write() -> None:
+            with atomic_path(json_out) as tmp:
+                tmp.write_text(text + "\n")
+
+        _write_or_explain("--json-out", write)
+        click.echo(f"wrote {json_out}", err=True)
+
+
+def _check_json_out(json_out: Path | None, *, force: bool, ckpt: Path) -> None:
+    if json_out is not None and str(json_out) != "-":
+        _check_out(json_out, "--json-out", force=force, ckpt=ckpt)
+
+
+def _display_name(ckpt: Path) -> str:
+    """CKPT as the user wrote it: ``bundled:lenet5`` rather than the installed package path."""
+    return str(click.get_current_context().meta.get(_CKPT_NAME, ckpt))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="svdcompress")
 def main() -> None:
     """Turn Sparse Variational Dropout checkpoints into small, fast CPU artifacts."""
 
 
-@main.command()
+def _convention_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from .conventions import CONVENTION_NAMES
+
+    if value not in CONVENTION_NAMES:
+        raise click.BadParameter(f"{value!r} is not a known convention; choose one of {', '.join(CONVENTION_NAMES)}")
+    return value
+
+
+_CKPT_DOC = (
+    "CKPT is a checkpoint file (.pt/.pth state_dict or svdcompress checkpoint, .safetensors, Lasagne .npy/.npz), "
+    "or bundled:lenet5 / bundled:lenet300 for the checkpoints shipped with svdcompress."
+)
+
+
+@main.command(epilog=_CKPT_DOC)
 @click.argument("ckpt", type=_CKPT, callback=_bundled)
 @_threshold_opt
-@click.option("--json", "as_json", is_flag=True, help="Write the report as JSON to stdout.")
-@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), help="Write a PNG of log α histograms.")
-@click.option("--force", is_flag=True, help="Overwrite an existing --plot file.")
+@_json_options
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path, dir_okay=False),
+    callback=_plot_path,
+    help="Write log α histograms as an image; the suffix picks the format (.png, .svg, .pdf, ...).",
+)
+@click.option("--force", is_flag=True, help="Overwrite existing --plot / --json-out files.")
 @_trust_opt
+@click.option(
+    "--convention",
+    metavar="NAME",
+    callback=_convention_name,
+    help="The project the checkpoint comes from, when its names fit several (weight + log_sigma2: "
+    "pytorch-ard, bayeswatch, svdcompress). Default: recognised from the file.",
+)
 @_friendly
-def analyze(ckpt: Path, threshold: float, as_json: bool, plot: Path | None, force: bool, trust_pickle: bool) -> None:
+def analyze(
+    ckpt: Path,
+    threshold: float,
+    as_json: bool,
+    json_out: Path | None,
+    plot: Path | None,
+    force: bool,
+    trust_pickle: bool,
+    convention: str | None,
+) -> None:
     """Report per layer how many weights log α < THRESHOLD keeps, and which units are dead."""
-    from ._io import check_output_path
+    import dataclasses
+    import warnings
+
+    from .analysis import ConventionWarning
     from .analysis import analyze as _analyze
 
+    _check_plot(plot, force=force, ckpt=ckpt)
+    _check_json_out(json_out, force=force, ckpt=ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConventionWarning)  # shown below, as one line in the CLI's words
+        report = _analyze(ckpt, threshold, trust_pickle=trust_pickle, convention=convention)
+    for note in report.warnings:
+        click.echo(f"warning: {_cli_message(Exception(note))}", err=True)
+    report = dataclasses.replace(report, source=_display_name(ckpt))
+    if as_json or json_out is not None:
+        _emit_json(report.to_dict(), as_json=as_json, json_out=json_out)
+    if not as_json:
+        _emit(report.format_table(), as_json=as_json, json_out=json_out)
     if plot is not None:
-        check_output_path(plot, force=force, inputs=(ckpt,))
-    report = _analyze(ckpt, threshold, trust_pickle=trust_pickle)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        click.echo(report.format_table())
-    if plot is not None:
-        report.plot(plot)
-        click.echo(f"wrote {plot}", err=as_json)
+        _write_or_explain("--plot", lambda: report.plot(plot))
+        click.echo(f"wrote {plot}", err=True)
 
 
 _model_opt = click.option(
@@ -147,8 +307,9 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return None
     from ._inputs import parse_int_list
 
+    example = {"input_shape": "1,28,28", "threads": "1,2"}.get(param.name or "", "1,16,256")
     try:
-        return parse_int_list(value, "", example="1,28,28" if param.name == "input_shape" else "1,16,256")
+        return parse_int_list(value, "", example=example)
     except InvalidInputError as e:
         raise click.BadParameter(str(e)) from None
 
@@ -165,7 +326,8 @@ _force_opt = click.option("--force", is_flag=True, help="Overwrite an existing o
 def _resolve(ckpt: Path, model_spec: str | None, trust_pickle: bool, input_shape: tuple[int, ...] | None) -> Any:
     from .models import load_model
 
-    resolved = load_model(ckpt, model=model_spec, trust_pickle=trust_pickle, input_shape=input_shape)
+    # Every command refuses a checkpoint without SVDO layers, with analyze's message, before any work.
+    resolved = load_model(ckpt, model=model_spec, trust_pickle=trust_pickle, input_shape=input_shape, require_svdo=True)
     if resolved.input_shape is None:
         raise click.UsageError(
             f"{ckpt}: the checkpoint does not record its input shape; pass --input-shape, e.g. --input-shape 1,28,28"
@@ -196,12 +358,13 @@ def _load_inputs(spec: str | None, limit: int | None = None) -> tuple[Any, Any] 
     return (x[:limit], y[:limit]) if limit else (x, y)
 
 
-@main.command()
+@main.command(epilog=_CKPT_DOC)
 @click.argument("ckpt", type=_CKPT, callback=_bundled)
 @click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
+    callback=_file_out,
     required=True,
     help="Where to write the pruned model (a torch.export program, .pt2).",
 )
@@ -210,9 +373,9 @@ def _load_inputs(spec: str | None, limit: int | None = None) -> tuple[Any, Any] 
 @_shape_opt
 @click.option("--gather-inputs", is_flag=True, help="Drop input features no weight reads, behind an index gather.")
 @click.option("--data", help="Verify on this data instead of random inputs: fashion-mnist, mnist5k or FILE.npy.")
-@click.option("--json", "as_json", is_flag=True, help="Write the report as JSON to stdout.")
+@_json_options
 @_trust_opt
-@_force_opt
+@click.option("--force", is_flag=True, help="Overwrite existing -o / --json-out files.")
 @_friendly
 def prune(
     ckpt: Path,
@@ -223,15 +386,16 @@ def prune(
     gather_inputs: bool,
     data: str | None,
     as_json: bool,
+    json_out: Path | None,
     trust_pickle: bool,
     force: bool,
 ) -> None:
     """Zero the noise, remove dead neurons and filters, verify, and save a model that loads without source."""
-    from ._io import check_output_path
     from .pt2 import save_pruned
     from .structured import prune as _prune
 
-    check_output_path(output, force=force, inputs=(ckpt,))
+    _check_out(output, "-o", force=force, ckpt=ckpt)
+    _check_json_out(json_out, force=force, ckpt=ckpt)
     resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape)
     batch = _load_inputs(data, limit=1000)
     result = _prune(
@@ -242,14 +406,14 @@ def prune(
         example_inputs=None if batch is None else batch[0],
     )
     save_pruned(result.model, output, input_shape=resolved.input_shape)
-    if as_json:
-        click.echo(json.dumps({**result.report.to_dict(), "output": str(output)}, indent=2))
-    else:
-        click.echo(result.report.format_table())
-        click.echo(f"wrote {output} ({output.stat().st_size / 1024:,.1f} KB)")
+    if as_json or json_out is not None:
+        _emit_json({**result.report.to_dict(), "output": str(output)}, as_json=as_json, json_out=json_out)
+    if not as_json:
+        _emit(result.report.format_table(), as_json=as_json, json_out=json_out)
+        _emit(f"wrote {output} ({output.stat().st_size / 1000:,.1f} kB)", as_json=as_json, json_out=json_out)
 
 
-@main.command()
+@main.command(epilog=_CKPT_DOC)
 @click.argument("ckpt", type=_CKPT, callback=_bundled)
 @click.option(
     "--format",
@@ -260,7 +424,14 @@ def prune(
     help="onnx: compact dense ONNX; onnx-sparse: sparse initializers (small file, "
     "ORT densifies at load); csr: CSR bundle for svdcompress.runtime.",
 )
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    callback=_file_out,
+    required=True,
+    help="Where to write the artifact (e.g. model.onnx, model.csr).",
+)
 @_model_opt
 @_threshold_opt
 @_shape_opt
@@ -290,6 +461,8 @@ def export(
     """Prune and export a deployable artifact, verified against the masked model."""
     from .export import export_model
 
+    _check_out(output, "-o", force=force, ckpt=ckpt)
+
     res = export_model(
         ckpt,
         fmt,
@@ -303,22 +476,40 @@ def export(
         force=force,
     )
     click.echo(res.summary())
-    compression = (
-        "" if res.parameter_compression is None else f"; parameter compression {res.parameter_compression:.1f}×"
-    )
-    click.echo(
-        f"size: {res.file_bytes:,} B vs dense fp32 {res.dense_fp32_bytes:,} B = {res.bytes_ratio:.1f}× "
-        f"smaller{compression}"
-    )
 
 
-@main.command()
+def _stderr_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@main.command(epilog=_CKPT_DOC)
 @click.argument("ckpt", type=_CKPT, callback=_bundled)
 @_model_opt
 @_threshold_opt
 @_shape_opt
-@click.option("--batch-sizes", callback=_int_list, default="1,16,256", show_default=True)
-@click.option("--threads", callback=_int_list, default="1", show_default=True)
+@click.option(
+    "--batch-sizes",
+    callback=_int_list,
+    default="1,16,256",
+    show_default=True,
+    metavar="N,N,...",
+    help="Batch sizes to time, comma-separated.",
+)
+@click.option(
+    "--threads",
+    callback=_int_list,
+    default="1",
+    show_default=True,
+    metavar="N,N,...",
+    help="Thread counts to time, comma-separated (at most the machine's cores, or timings measure contention).",
+)
 @click.option(
     "--repeats",
     type=click.IntRange(3, 10000),
@@ -345,10 +536,16 @@ def export(
     + " (openvino-* need the peers extra).",
 )
 @click.option("--data", help="Report accuracy on: fashion-mnist, mnist5k (test split).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write records as JSON.")
-@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), help="Write latency vs batch size PNG.")
+@_json_options
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path, dir_okay=False),
+    callback=_plot_path,
+    help="Write latency vs batch size as an image; the suffix picks the format (.png, .svg, .pdf, ...).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 @_trust_opt
-@_force_opt
+@click.option("--force", is_flag=True, help="Overwrite existing --plot / --json-out files.")
 @_friendly
 def bench(
     ckpt: Path,
@@ -360,19 +557,19 @@ def bench(
     repeats: int,
     contenders: str | None,
     data: str | None,
+    as_json: bool,
     json_out: Path | None,
     plot: Path | None,
+    quiet: bool,
     trust_pickle: bool,
     force: bool,
 ) -> None:
     """Time dense, masked, pruned, ONNX and CSR forms of the model side by side."""
-    from ._io import check_output_path
     from .bench import CONTENDERS, BenchConfig
     from .bench import bench as _bench
 
-    for out in (json_out, plot):
-        if out is not None:
-            check_output_path(out, force=force, inputs=(ckpt,))
+    _check_plot(plot, force=force, ckpt=ckpt)
+    _check_json_out(json_out, force=force, ckpt=ckpt)
     chosen: tuple[str, ...] = CONTENDERS
     if contenders:
         chosen = tuple(c.strip() for c in contenders.split(",") if c.strip())
@@ -381,18 +578,32 @@ def bench(
             raise click.BadParameter(
                 f"unknown contender(s) {', '.join(bad)}; choose from {', '.join(CONTENDERS)}", param_hint="--contenders"
             )
+    cores = _cores()
+    if max(threads) > cores:
+        click.echo(
+            f"Warning: --threads {max(threads)} is more than the {cores} CPU core(s) this process may use; "
+            "those timings measure contention, not the engines",
+            err=True,
+        )
     resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape)
     loaded = _load_inputs(data)
     labelled = (loaded[0], loaded[1]) if loaded is not None and loaded[1] is not None else None
     cfg = BenchConfig(batch_sizes=batch_sizes, threads=threads, repeats=repeats, contenders=chosen, threshold=threshold)
-    report = _bench(resolved.module, input_shape=resolved.input_shape, config=cfg, data=labelled, name=Path(ckpt).stem)
-    click.echo(report.markdown())
-    if json_out is not None:
-        report.write_json(json_out)
-        click.echo(f"wrote {json_out}")
+    report = _bench(
+        resolved.module,
+        input_shape=resolved.input_shape,
+        config=cfg,
+        data=labelled,
+        name=Path(ckpt).stem,
+        progress=not quiet and _stderr_is_tty(),  # no carriage returns in CI logs
+    )
+    if as_json or json_out is not None:
+        _emit_json(report.to_dict(), as_json=as_json, json_out=json_out)
+    if not as_json:
+        _emit(report.markdown(), as_json=as_json, json_out=json_out)
     if plot is not None:
-        report.plot(plot)
-        click.echo(f"wrote {plot}")
+        _write_or_explain("--plot", lambda: report.plot(plot))
+        click.echo(f"wrote {plot}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

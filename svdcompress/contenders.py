@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .masking import mask_model
+from .masking import dense_copy, mask_model
 
 if TYPE_CHECKING:  # a type only: bench imports this module, not the other way round at run time
     from .bench import BenchConfig
@@ -136,8 +136,8 @@ def state_bytes(model: nn.Module, d: Path, name: str) -> int:
 
 
 def dense_original(model: nn.Module) -> nn.Module:
-    # A threshold of +inf keeps every weight: the network as trained, before any pruning.
-    return mask_model(model, threshold=float("inf"))
+    # Every weight kept: the network as trained, before any pruning.
+    return dense_copy(model)
 
 
 @dataclass

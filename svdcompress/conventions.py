@@ -1,32 +1,42 @@
 """Recognise the SVDO checkpoint conventions found in the wild (DESIGN.md §2).
 
 Every public implementation stores a weight mean and a log-variance (or log sigma) and
-recomputes log alpha; they differ in names, layout, the eps inside the log and whether the
-variance is sigma or sigma². :func:`find_svdo_layers` maps all of them onto
-:class:`SVDOLayer` in PyTorch layout ((out, in) or (out, in, kh, kw)), keeping each
-convention's own log alpha formula so that kept counts match what its code would prune.
-Look-alikes that are *not* SVDO (Bayesian Compression, Structured Bayesian Pruning,
-hard-concrete L0 gates) are reported, never read.
+recomputes log alpha; they differ in names, layout, the eps inside the log, whether the
+variance is sigma or sigma², the clip applied to log alpha and the comparison that keeps a
+weight. :func:`find_svdo_layers` maps all of them onto :class:`SVDOLayer` in PyTorch layout
+((out, in) or (out, in, kh, kw)), keeping each convention's own formula, clip and operator so
+that kept counts match what its code would prune. Look-alikes that are *not* SVDO (Bayesian
+Compression, Structured Bayesian Pruning, hard-concrete L0 gates) are reported, never read.
+
+``weight`` + ``log_sigma2`` is written by three projects with three formulas (pytorch-ard,
+BayesWatch, svdcompress itself). What the file says settles it (a checkpoint written by
+svdcompress; the class of a pickled module); otherwise pytorch-ard is assumed, the layer
+records the alternatives, and ``convention=`` picks one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
 from ._io import release_pages
-from .errors import CheckpointError, NoSVDOLayersError
+from .errors import CheckpointError, InvalidInputError, NoSVDOLayersError
 
 __all__ = [
+    "AMBIGUOUS",
+    "BAYESWATCH",
     "CONVENTIONS",
+    "CONVENTION_NAMES",
     "PYTORCH_ARD",
     "SVDCOMPRESS",
     "Convention",
     "SVDOLayer",
     "check_finite",
+    "convention_of_module",
     "find_svdo_layers",
     "keep_mask",
     "keep_rule",
@@ -40,14 +50,19 @@ class Convention:
     """One naming/layout/formula scheme.
 
     Attributes:
-        name: short id shown in reports.
+        name: short id shown in reports and accepted by ``convention=`` / ``--convention``.
         theta: suffix of the weight-mean tensor.
         variance: suffix of the variance tensor.
         variance_is: "log_sigma2" or "log_sigma" (then log sigma² = 2 · log sigma).
-        eps: constant inside the log of theta.
+        eps: constant inside the log of theta (0: none, so theta = 0 gives log alpha = +inf before the clip).
         eps_mode: "square" → log(theta² + eps); "abs" → 2 · log(|theta| + eps).
         layout: "torch" ((out, in), (out, in, kh, kw)) or "in_out" ((in, out), TF conv (kh, kw, in, out)).
         source: where the convention comes from.
+        clip: log alpha is clamped to [-clip, clip] before the comparison (None: not clipped), for 2-D weights.
+        clip_conv: the same for conv kernels (pytorch-ard clips its Linear at 10, its Conv2d at 8).
+        keep_equal: the project zeroes only where log alpha > threshold, so log alpha == threshold is kept
+            (kefirski, Chainer); otherwise a weight is kept where log alpha < threshold.
+        bias_names: suffixes read as the layer's bias.
     """
 
     name: str
@@ -58,50 +73,57 @@ class Convention:
     eps_mode: str
     layout: str
     source: str
-    bias_names: tuple[str, ...] = ("bias", "b")
+    clip: float | None = None
+    clip_conv: float | None = None
+    keep_equal: bool = False
+    bias_names: tuple[str, ...] = ("bias", "b", "biases")
+
+    def clip_for(self, dims: int) -> float | None:
+        """The clip applied to a weight with ``dims`` dimensions."""
+        return self.clip if dims == 2 else self.clip_conv
+
+    @property
+    def keep_op(self) -> str:
+        """The comparison that keeps a weight: "<" or "<="."""
+        return "<=" if self.keep_equal else "<"
+
+    def formula(self) -> str:
+        """log alpha as the project writes it, for messages and docs."""
+        if self.eps_mode == "abs":
+            inner = f"2·log(|θ| + {self.eps:g})"
+        else:
+            inner = f"log(θ² + {self.eps:g})" if self.eps else "log(θ²)"
+        var = "2·log σ" if self.variance_is == "log_sigma" else "log σ²"
+        clip = "" if self.clip is None else f", clipped to ±{self.clip:g}"
+        if self.clip_conv != self.clip:
+            clip = f", clipped to ±{self.clip:g} (conv ±{self.clip_conv:g})"
+        return f"{var} − {inner}{clip}, keep log α {self.keep_op} threshold"
 
 
-# Order matters: the first convention whose pair of suffixes is present in a prefix wins.
-CONVENTIONS: tuple[Convention, ...] = (
-    Convention("svdo-demo", "W", "log_sigma", "log_sigma", 1e-16, "abs", "torch", "authors' PyTorch demo (LinearSVDO)"),
-    Convention(
-        "pytorch-ard",
-        "weight",
-        "log_sigma2",
-        "log_sigma2",
-        1e-15,
-        "abs",
-        "torch",
-        "pytorch-ard LinearARD/Conv2dARD (also svdcompress state_dicts)",
-    ),
-    Convention(
-        "state-of-sparsity",
-        "kernel",
-        "log_sigma2",
-        "log_sigma2",
-        1e-8,
-        "square",
-        "in_out",
-        "google-research state_of_sparsity (TF)",
-    ),
-    Convention(
-        "state-of-sparsity",
-        "weights",
-        "log_sigma2",
-        "log_sigma2",
-        1e-8,
-        "square",
-        "in_out",
-        "google-research state_of_sparsity (TF)",
-    ),
-    Convention(
-        "kefirski", "theta", "log_sigma2", "log_sigma2", 0.0, "square", "in_out", "kefirski/variational_dropout"
-    ),
-    Convention("nupic", "w_mu", "w_logsigma2", "log_sigma2", 1e-8, "square", "torch", "numenta nupic.research"),
-    Convention("nupic", "weight", "w_logvar", "log_sigma2", 1e-8, "square", "torch", "numenta nupic.research"),
+PYTORCH_ARD = Convention(
+    "pytorch-ard",
+    "weight",
+    "log_sigma2",
+    "log_sigma2",
+    1e-15,
+    "abs",
+    "torch",
+    "pytorch-ard 0.2.4 LinearARD/Conv2dARD",
+    clip=10.0,
+    clip_conv=8.0,
 )
-
-PYTORCH_ARD = next(c for c in CONVENTIONS if c.name == "pytorch-ard")
+BAYESWATCH = Convention(
+    "bayeswatch",
+    "weight",
+    "log_sigma2",
+    "log_sigma2",
+    1e-8,
+    "square",
+    "torch",
+    "BayesWatch pytorch-variational-dropout / reliable-train (Linear, Conv2d)",
+    clip=8.0,
+    clip_conv=8.0,
+)
 SVDCOMPRESS = Convention(
     "svdcompress",
     "weight",
@@ -112,6 +134,82 @@ SVDCOMPRESS = Convention(
     "torch",
     "svdcompress.svdo (LinearSVDO/Conv2dSVDO)",
 )
+
+
+def _state_of_sparsity(theta: str) -> Convention:
+    return Convention(
+        "state-of-sparsity",
+        theta,
+        "log_sigma2",
+        "log_sigma2",
+        1e-8,
+        "square",
+        "in_out",
+        "google-research state_of_sparsity, BayesWatch tf-variational-dropout (TF)",
+        clip=8.0,
+        clip_conv=8.0,
+    )
+
+
+def _nupic(theta: str, variance: str, source: str) -> Convention:
+    return Convention(
+        "nupic", theta, variance, "log_sigma2", 1e-8, "square", "torch", f"numenta nupic.research {source}"
+    )
+
+
+# Order matters: the first convention whose pair of suffixes is present in a prefix wins. The three
+# readers of weight + log_sigma2 (AMBIGUOUS) are resolved by find_svdo_layers, PYTORCH_ARD by default.
+CONVENTIONS: tuple[Convention, ...] = (
+    Convention(
+        "svdo-demo",
+        "W",
+        "log_sigma",
+        "log_sigma",
+        1e-16,
+        "abs",
+        "torch",
+        "authors' PyTorch demo (LinearSVDO)",
+        clip=10.0,
+        clip_conv=10.0,
+    ),
+    PYTORCH_ARD,
+    _state_of_sparsity("kernel"),
+    _state_of_sparsity("weights"),
+    Convention(
+        "kefirski",
+        "theta",
+        "log_sigma2",
+        "log_sigma2",
+        0.0,
+        "square",
+        "in_out",
+        "kefirski/variational_dropout",
+        clip=8.0,
+        clip_conv=8.0,
+        keep_equal=True,
+    ),
+    _nupic("w_mu", "w_logsigma2", "(VDropLinear, 2019)"),
+    _nupic("weight", "w_logvar", "(early VDrop layers)"),
+    _nupic("w_mu", "w_logvar", "(VDropLinear2 / VDropConv2d2)"),
+    Convention(
+        "chainer",
+        "W",
+        "log_sigma2",
+        "log_sigma2",
+        1e-8,
+        "square",
+        "torch",
+        "soskek/variational_dropout_sparsifies_dnn (Chainer save_npz)",
+        clip=8.0,
+        clip_conv=8.0,
+        keep_equal=True,
+    ),
+)
+
+AMBIGUOUS: tuple[Convention, ...] = (PYTORCH_ARD, BAYESWATCH, SVDCOMPRESS)
+"""The conventions that store ``weight`` + ``log_sigma2``; the first is assumed when nothing else decides."""
+
+# The authors' Lasagne code: positional lists, no names. Its dense layer has no eps, its conv layer 1e-8.
 LASAGNE = Convention(
     "lasagne",
     "W",
@@ -121,7 +219,15 @@ LASAGNE = Convention(
     "square",
     "lasagne",
     "authors' Theano/Lasagne code (np.save of a positional list)",
+    clip=8.0,
+    clip_conv=8.0,
 )
+_LASAGNE_DENSE = dataclasses.replace(LASAGNE, eps=0.0, layout="in_out")
+
+CONVENTION_NAMES: tuple[str, ...] = tuple(
+    dict.fromkeys(c.name for c in (*CONVENTIONS, BAYESWATCH, SVDCOMPRESS, LASAGNE))
+)
+"""Every name ``convention=`` accepts."""
 
 # Suffixes that identify look-alike methods, with the explanation shown to the user.
 _LOOKALIKES: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -132,29 +238,78 @@ _LOOKALIKES: tuple[tuple[tuple[str, ...], str], ...] = (
 
 
 def log_alpha(theta: torch.Tensor, log_sigma2: torch.Tensor, conv: Convention) -> torch.Tensor:
-    """log alpha = log sigma² − log theta², with the convention's eps. Unclipped; at least float32.
+    """log alpha = log sigma² − log theta², with the convention's eps and clip. At least float32.
 
     This is the only implementation of the formula: the training layers (:mod:`svdcompress.svdo`),
-    masking and the analysis all call it with their convention.
+    masking and the analysis all call it with their convention. svdcompress's own convention does not
+    clip (its KL term clips separately).
     """
     dtype = torch.promote_types(theta.dtype, torch.float32)  # fp16: eps 1e-8 would underflow
     theta, log_sigma2 = theta.to(dtype), log_sigma2.to(dtype)
     if conv.eps_mode == "abs":
-        return log_sigma2 - 2.0 * torch.log(theta.abs() + conv.eps)
-    return log_sigma2 - torch.log(theta * theta + conv.eps)
+        la = log_sigma2 - 2.0 * torch.log(theta.abs() + conv.eps)
+    else:
+        la = log_sigma2 - torch.log(theta * theta + conv.eps)
+    clip = conv.clip_for(theta.dim())
+    return la if clip is None else la.clamp(-clip, clip)
 
 
-def keep_rule(log_alpha: torch.Tensor, theta: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The mask rule, the same everywhere: a weight is kept where log α < threshold and θ ≠ 0.
+def keep_rule(
+    log_alpha: torch.Tensor, theta: torch.Tensor, threshold: float, conv: Convention | None = None
+) -> torch.Tensor:
+    """The mask rule: a weight is kept where log α < threshold (``<=`` for conventions with
+    ``keep_equal``) and θ ≠ 0.
 
     (θ = 0 contributes nothing whether kept or not; leaving it out makes kept counts count non-zeros.)
     """
-    return (log_alpha < threshold) & (theta != 0)
+    below = (log_alpha <= threshold) if conv is not None and conv.keep_equal else (log_alpha < threshold)
+    return below & (theta != 0)
 
 
 def keep_mask(theta: torch.Tensor, log_sigma2: torch.Tensor, threshold: float, conv: Convention) -> torch.Tensor:
-    """Boolean keep-mask of one layer under ``conv``'s log α formula and :func:`keep_rule`."""
-    return keep_rule(log_alpha(theta, log_sigma2, conv), theta, threshold)
+    """Boolean keep-mask of one layer under ``conv``'s log α formula, clip and :func:`keep_rule`."""
+    return keep_rule(log_alpha(theta, log_sigma2, conv), theta, threshold, conv)
+
+
+def _by_name(name: str | None) -> tuple[Convention, ...]:
+    """The conventions called ``name`` (several share one: state-of-sparsity, nupic); () for None."""
+    if name is None:
+        return ()
+    found = tuple(c for c in (*CONVENTIONS, BAYESWATCH, SVDCOMPRESS, LASAGNE) if c.name == name)
+    if not found:
+        raise InvalidInputError(f"convention={name!r} is not known; choose one of {', '.join(CONVENTION_NAMES)}")
+    return found
+
+
+# Class names of pickled/live modules that settle weight + log_sigma2 (module path, class name).
+def _convention_of_class(module: str, cls: str) -> Convention | None:
+    if module.startswith("svdcompress.") and cls in ("LinearSVDO", "Conv2dSVDO"):
+        return SVDCOMPRESS
+    if cls in ("LinearARD", "Conv2dARD"):
+        return PYTORCH_ARD
+    # BayesWatch names its layers plainly Linear / Conv2d, in its own module (not torch.nn).
+    if cls in ("Linear", "Conv2d") and not module.startswith("torch."):
+        return BAYESWATCH
+    return None
+
+
+def convention_of_module(
+    module: torch.nn.Module, convention: str | None = None
+) -> tuple[Convention, tuple[Convention, ...]]:
+    """The convention of a live layer storing ``weight`` + ``log_sigma2``, and the alternatives left open.
+
+    svdcompress's own layers, pytorch-ard's ``LinearARD``/``Conv2dARD`` and BayesWatch's ``Linear``/``Conv2d``
+    are known by their class; ``convention`` (one of :data:`AMBIGUOUS`' names) overrides; anything else is
+    read as pytorch-ard, with the other two returned as alternatives.
+    """
+    forced = [c for c in _by_name(convention) if c in AMBIGUOUS]
+    if forced:
+        return forced[0], ()
+    cls = type(module)
+    known = _convention_of_class(cls.__module__, cls.__name__)
+    if known is not None:
+        return known, ()
+    return AMBIGUOUS[0], AMBIGUOUS[1:]
 
 
 @dataclass
@@ -169,6 +324,8 @@ class SVDOLayer:
         bias: (out,) or None.
         convention: the scheme it was read with.
         theta_key, variance_key: the tensor names in the file (for error messages).
+        alternatives: other conventions the same names could mean (``weight`` + ``log_sigma2`` with nothing in
+            the file to decide); empty when the convention is certain.
     """
 
     name: str
@@ -179,6 +336,7 @@ class SVDOLayer:
     convention: Convention
     theta_key: str
     variance_key: str
+    alternatives: tuple[Convention, ...] = ()
 
 
 def _fail(file: str, key: str, what: str, fix: str) -> CheckpointError:
@@ -269,9 +427,14 @@ def _make_layer(
     return SVDOLayer(name, layer_kind(theta), theta, log_sigma2, bias, conv, tkey, vkey)
 
 
+_SEP = re.compile(r"[./]")
+
+
 def _split(key: str) -> tuple[str, str]:
-    prefix, _, suffix = key.rpartition(".")
-    return prefix, suffix
+    """``fc1.weight`` → (fc1, weight); TF and Chainer join with ``/``: ``conv1/kernel`` → (conv1, kernel)."""
+    parts = _SEP.split(key)
+    suffix = parts[-1]
+    return key[: len(key) - len(suffix) - 1] if len(parts) > 1 else "", suffix
 
 
 def _lasagne_layers(file: str, tensors: Mapping[str, torch.Tensor]) -> list[SVDOLayer]:
@@ -303,11 +466,32 @@ def _lasagne_layers(file: str, tensors: Mapping[str, torch.Tensor]) -> list[SVDO
                 f"(shape {tuple(a.shape)}) is followed by shapes {tuple(nxt.shape)} and {tuple(nxt2.shape)}",
                 "expected W, b, ls2 with ls2 shaped like W",
             )
-        # Lasagne dense W is (in, out); conv W is already (out, in, kh, kw).
-        conv = LASAGNE if a.dim() != 2 else dataclasses.replace(LASAGNE, layout="in_out")
+        # Lasagne dense W is (in, out) and its log alpha has no eps; conv W is already (out, in, kh, kw).
+        conv = LASAGNE if a.dim() != 2 else _LASAGNE_DENSE
         layers.append(_make_layer(file, f"layer{len(layers)}", str(i), vkey, bkey, tensors, conv))
         i += 3
     return layers
+
+
+def _central_data_message(
+    file: str, prefix: str, suffixes: Mapping[str, str], tensors: Mapping[str, torch.Tensor]
+) -> str:
+    n = tensors[suffixes["z_mu"]].numel()
+    return (
+        f"'{suffixes['z_mu']}' and '{suffixes['z_logvar']}' are numenta's VDropCentralData: the weights of every "
+        f"VDrop layer in one flat vector of {n:,}. The per-layer slices (z_chunk_sizes) and shapes are Python "
+        "attributes that state_dict() does not save, so the layers cannot be cut out of the file; pass the live "
+        "model to svdcompress.analyze(model) instead"
+    )
+
+
+def _is_central_data(suffixes: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> bool:
+    """numenta's VDropCentralData: flat 1-D z_mu / z_logvar, with no per-layer weight_mu (that is Bayesian
+    Compression, whose z_mu/z_logvar are per-unit gates next to a weight_mu/weight_logvar pair)."""
+    if not ("z_mu" in suffixes and "z_logvar" in suffixes) or "weight_mu" in suffixes:
+        return False
+    mu, lv = tensors[suffixes["z_mu"]], tensors[suffixes["z_logvar"]]
+    return isinstance(mu, torch.Tensor) and isinstance(lv, torch.Tensor) and mu.dim() == 1 and mu.shape == lv.shape
 
 
 def find_svdo_layers(
@@ -316,20 +500,34 @@ def find_svdo_layers(
     file: str = "<state_dict>",
     source: str = "torch",
     own: bool = False,
+    classes: Mapping[str, str] | None = None,
+    convention: str | None = None,
 ) -> list[SVDOLayer]:
     """Find every SVDO layer in a flat ``{name: tensor}`` mapping.
+
+    Names are split on the last ``.`` or ``/`` (TF and Chainer keys), so ``conv1/kernel`` is layer ``conv1``.
 
     Args:
         tensors: flat mapping; Lasagne lists use the keys "0", "1", ...
         file: shown in error messages.
         source: "lasagne-npy" for positional lists, anything else for named tensors.
         own: the file was written by svdcompress; ``weight``/``log_sigma2`` then use svdcompress's formula.
+        classes: ``{layer prefix: "module.ClassName"}`` of a pickled model; settles ``weight``/``log_sigma2``
+            for pytorch-ard, BayesWatch and svdcompress layers.
+        convention: a name from :data:`CONVENTION_NAMES`: layers whose names it reads use it, whatever
+            else would have decided (e.g. ``"bayeswatch"`` for a BayesWatch state_dict).
 
     Raises:
         CheckpointError: a recognised layer has unusable tensors (shape mismatch, NaN, integer dtype).
         NoSVDOLayersError: nothing recognisable; the message lists look-alikes found, if any.
+        InvalidInputError: ``convention`` is not a known name, or reads none of the file's layers.
     """
+    forced = _by_name(convention)
     if source == "lasagne-npy":
+        if forced and forced[0].name != "lasagne":
+            raise InvalidInputError(
+                f"{file}: convention={convention!r} does not apply: the file is a positional Lasagne list"
+            )
         layers = _lasagne_layers(file, tensors)
         if not layers:
             raise NoSVDOLayersError(
@@ -344,29 +542,49 @@ def find_svdo_layers(
 
     layers = []
     lookalikes: list[str] = []
+    central: list[str] = []
     for prefix, suffixes in by_prefix.items():
-        found = None
-        for conv in CONVENTIONS:
+        found: Convention | None = None
+        alternatives: tuple[Convention, ...] = ()
+        for conv in (*forced, *CONVENTIONS):
             if conv.theta in suffixes and conv.variance in suffixes:
-                found = SVDCOMPRESS if (own and conv.name == "pytorch-ard") else conv
+                found = conv
                 break
-        for names, why in _LOOKALIKES:
-            if all(n in suffixes for n in names):
-                lookalikes.append(f"'{suffixes[names[0]]}' ({why})")
+        if found is not None and found in AMBIGUOUS and found not in forced:
+            cls = (classes or {}).get(prefix)
+            by_class = _convention_of_class(*cls.rsplit(".", 1)) if cls and "." in cls else None
+            if own:
+                found = SVDCOMPRESS
+            elif by_class is not None:
+                found = by_class
+            else:
+                alternatives = tuple(c for c in AMBIGUOUS if c is not found)
+        if _is_central_data(suffixes, tensors):
+            central.append(_central_data_message(file, prefix, suffixes, tensors))
+        else:
+            for names, why in _LOOKALIKES:
+                if all(n in suffixes for n in names):
+                    lookalikes.append(f"'{suffixes[names[0]]}' ({why})")
         if found is None:
             continue
         if any(all(n in suffixes for n in names) for names, _ in _LOOKALIKES):
             continue  # a look-alike that happens to also carry a weight/variance pair: do not misread it
         bkey = next((suffixes[b] for b in found.bias_names if b in suffixes), None)
-        layers.append(_make_layer(file, prefix, suffixes[found.theta], suffixes[found.variance], bkey, tensors, found))
+        layer = _make_layer(file, prefix, suffixes[found.theta], suffixes[found.variance], bkey, tensors, found)
+        layers.append(dataclasses.replace(layer, alternatives=alternatives))
 
+    if forced and not any(layer.convention in forced for layer in layers):
+        pairs = " or ".join(f"{c.theta} + {c.variance}" for c in forced)
+        raise InvalidInputError(f"{file}: convention={convention!r} reads {pairs} pairs; the file has none")
     if not layers:
+        if central:
+            raise NoSVDOLayersError(f"{file}: {central[0]}")
         listed = ", ".join(list(tensors)[:6]) + (" ..." if len(tensors) > 6 else "")
         hint = f" Found look-alikes that are not SVDO: {'; '.join(lookalikes)}." if lookalikes else ""
         known = "; ".join(sorted({f"{c.theta}+{c.variance}" for c in CONVENTIONS}))
         raise NoSVDOLayersError(
             f"{file}: no SVDO layers found among {len(tensors)} tensors ({listed or 'none'}).{hint} "
-            f"Expected a weight and log-variance pair per layer ({known}); "
+            f"Expected a weight and log-variance pair per layer ({known}; names split on '.' or '/'); "
             "a plain (non-SVDO) checkpoint has nothing to prune"
         )
     return layers

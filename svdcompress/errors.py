@@ -6,7 +6,9 @@ __all__ = [
     "BundleError",
     "CheckpointError",
     "ExportError",
+    "InputShapeError",
     "InvalidInputError",
+    "MissingDependencyError",
     "NoSVDOLayersError",
     "OutputExistsError",
     "SvdcompressError",
@@ -24,6 +26,18 @@ class InvalidInputError(SvdcompressError, ValueError):
 
     Also a :class:`ValueError`, so code that catches ``ValueError`` around svdcompress keeps working.
     """
+
+
+class InputShapeError(InvalidInputError):
+    """The example input of the given ``input_shape`` does not run through the model.
+
+    The CLI reports it as a bad ``--input-shape`` value (exit 2), like a missing one.
+    """
+
+
+class MissingDependencyError(SvdcompressError):
+    """An optional package a feature needs is not installed (e.g. matplotlib for plots); the message says
+    which extra to install."""
 
 
 class BundleError(SvdcompressError):

@@ -27,7 +27,7 @@ from torch import fx, nn
 from torch.fx.operator_schemas import normalize_function
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from .errors import InvalidInputError, UnsupportedOpError
+from .errors import InputShapeError, UnsupportedOpError
 from .ops import Flow, InputGather, Op, lookup
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "Tracer",
     "classify_nodes",
     "describe_node",
+    "expected_input",
     "propagate_shapes",
     "trace_model",
 ]
@@ -109,7 +110,7 @@ def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
     """Record ``tensor_meta`` (shape, dtype) on every node by running ``example`` through ``gm``.
 
     Raises:
-        InvalidInputError: the example does not run through the model (wrong ``input_shape``).
+        InputShapeError: the example does not run through the model (wrong ``input_shape``).
     """
     prop = _ShapeProp(gm)
     try:
@@ -118,10 +119,40 @@ def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
     except Exception as exc:  # shape mismatches surface as RuntimeError (or anything) from inside the model
         where = f" at {describe_node(gm, prop.failed)}" if prop.failed is not None else ""
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InvalidInputError(
-            f"the example input of shape {tuple(example.shape)} does not run through {gm.__class__.__name__}"
-            f"{where}: {first}; check input_shape (per example, without the batch dim)"
+        raise InputShapeError(
+            f"the example input of shape {tuple(example.shape[1:])} (per example) does not run through "
+            f"{gm.__class__.__name__}{where}: {first}; {expected_input(gm)}"
         ) from None
+
+
+def expected_input(model: nn.Module) -> str:
+    """What the first weight layer says about the input, as the fix for a wrong ``input_shape``.
+
+    Example:
+        >>> expected_input(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()))
+        "check input_shape: the first layer '0' (Conv2d) takes 3 input channels, e.g. input_shape 3,H,W"
+    """
+    for name, mod in model.named_modules():
+        # duck-typed, so SVDO layers (LinearSVDO, Conv2dSVDO, pytorch-ard's) count as well as nn.Linear/nn.Conv
+        weight = getattr(mod, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            continue
+        kind = type(mod).__name__
+        channels, features = getattr(mod, "in_channels", None), getattr(mod, "in_features", None)
+        if isinstance(channels, int) and weight.dim() in (3, 4):
+            dims = "H,W" if weight.dim() == 4 else "L"
+            return (
+                f"check input_shape: the first layer '{name}' ({kind}) takes {channels} input channels, "
+                f"e.g. input_shape {channels},{dims}"
+            )
+        if isinstance(features, int) and weight.dim() == 2:
+            return (
+                f"check input_shape: the first layer '{name}' ({kind}) takes {features} input features, "
+                f"e.g. input_shape {features} (or a shape whose sizes multiply to {features})"
+            )
+        if not isinstance(mod, nn.BatchNorm2d | nn.BatchNorm1d | nn.LayerNorm):
+            break  # some other first layer: nothing to infer
+    return "check input_shape (per example, without the batch dim)"
 
 
 def trace_model(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
@@ -130,7 +161,7 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     Raises:
         UnsupportedOpError: if the model cannot be traced (data-dependent control flow, ...)
             or has more than one input.
-        InvalidInputError: if ``example`` does not run through the model.
+        InputShapeError: if ``example`` does not run through the model.
     """
     root = model
     tracer = Tracer()

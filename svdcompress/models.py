@@ -79,15 +79,17 @@ def _import_factory(spec: str) -> Any:
     return obj
 
 
-def _check_weights(ckpt: LoadedCheckpoint) -> None:
+def _check_weights(ckpt: LoadedCheckpoint, require_svdo: bool) -> None:
     """load_state_dict silently casts integer tensors and accepts NaN/inf: refuse them before building the
-    model, with the same per-tensor messages as ``analyze``."""
+    model, with the same per-tensor messages as ``analyze``. With ``require_svdo``, a checkpoint without SVDO
+    layers is refused here too, with ``analyze``'s message, before any model is built."""
     checked: set[str] = set()
     try:
         for layer in find_svdo_layers(ckpt.tensors, file=str(ckpt.path), source=ckpt.source, own=bool(ckpt.meta)):
             checked |= {layer.theta_key, layer.variance_key}
     except NoSVDOLayersError:
-        pass  # e.g. a --model factory without SVDO layers: the pruner says so
+        if require_svdo:
+            raise
     for key, t in ckpt.tensors.items():
         if key not in checked and t.is_floating_point():
             check_finite(str(ckpt.path), key, t)
@@ -111,6 +113,7 @@ def load_model(
     model: str | None = None,
     trust_pickle: bool = False,
     input_shape: tuple[int, ...] | None = None,
+    require_svdo: bool = False,
 ) -> ResolvedModel:
     """Rebuild the model a checkpoint belongs to.
 
@@ -119,12 +122,15 @@ def load_model(
         model: ``package.module:factory`` returning an ``nn.Module`` whose state_dict the file holds.
         trust_pickle: allow a whole pickled model (runs code from the file).
         input_shape: per-example input shape, if the checkpoint does not record one.
+        require_svdo: refuse a checkpoint without SVDO layers (what every CLI command does), before building
+            anything. Off by default: a plain checkpoint is a valid starting point for ``sparsify``.
 
     Raises:
+        NoSVDOLayersError: ``require_svdo`` and no SVDO layer in the file (the same message as ``analyze``).
         CheckpointError / SvdcompressError: with the option that fixes it named.
     """
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
-    _check_weights(ckpt)
+    _check_weights(ckpt, require_svdo)
     shape = input_shape
     if shape is None and isinstance(ckpt.meta.get("input_shape"), list):
         shape = tuple(int(d) for d in ckpt.meta["input_shape"])

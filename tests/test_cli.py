@@ -31,19 +31,24 @@ def files(tmp_path: Path) -> Path:
 
 # (argv, expected exit code, a fragment of the error line). Every option that takes a value appears.
 CASES: list[tuple[list[str], int, str]] = [
-    # analyze: CKPT, --threshold, --plot
+    # analyze: CKPT, --threshold, --plot, --json-out, --convention
     (["analyze", "{tmp}/missing.pt"], 1, "no such file"),
     (["analyze", "bundled:lenet7"], 2, "no bundled checkpoint"),
     (["analyze", "bundled:lenet5", "--threshold", "high"], 2, "--threshold"),
     (["analyze", "bundled:lenet5", "--threshold", "nan"], 2, "not a finite number"),
     (["analyze", "bundled:lenet5", "--plot", MISSING_DIR + "/h.png"], 1, "does not exist"),
+    (["analyze", "bundled:lenet5", "--plot", "{tmp}/h.xyz"], 2, "suffix '.xyz' is not an image format"),
+    (["analyze", "bundled:lenet5", "--json-out", MISSING_DIR + "/r.json"], 1, "does not exist"),
+    (["analyze", "bundled:lenet5", "--convention", "nope"], 2, "not a known convention"),
     # prune: -o, --model, --threshold, --input-shape, --data
     (["prune", "bundled:lenet5", "-o", "{tmp}"], 2, "is a directory"),
     (["prune", "bundled:lenet5", "-o", MISSING_DIR + "/m.pt2"], 1, "does not exist"),
     (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--model", "nodots"], 1, "--model 'nodots'"),
     (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--model", "no_such_pkg.x:f"], 1, "cannot import"),
     (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--threshold", "inf"], 2, "not a finite number"),
-    (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--input-shape", "1,5,5"], 1, "check --input-shape"),
+    (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--input-shape", "1,5,5"], 2, "check --input-shape"),
+    (["prune", "bundled:lenet5", "-o", "-"], 2, "give a file path"),
+    (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--json-out", "{tmp}/taken.json"], 1, "already exists"),
     (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--input-shape", "abc"], 2, "--input-shape"),
     (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--input-shape", "0,28"], 2, "positive integers"),
     (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--data", "{tmp}/missing.npy"], 1, "--data"),
@@ -55,7 +60,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["export", "bundled:lenet5", "-o", "{tmp}/taken.json"], 1, "pass --force"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--model", "svdcompress.zoo:nothing"], 1, "no attribute"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--threshold", "x"], 2, "--threshold"),
-    (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--input-shape", "1,5,5"], 1, "check --input-shape"),
+    (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--input-shape", "1,5,5"], 2, "check --input-shape"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--input-shape", "1;28"], 2, "--input-shape"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--opset", "99"], 2, "--opset"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--dtype", "fp8"], 2, "--dtype"),
@@ -64,13 +69,16 @@ CASES: list[tuple[list[str], int, str]] = [
     (["bench", "bundled:lenet5", "--model", ":f"], 1, "--model"),
     (["bench", "bundled:lenet5", "--threshold", "-nan"], 2, "not a finite number"),
     (["bench", "bundled:lenet5", "--input-shape", "x"], 2, "--input-shape"),
-    (["bench", "bundled:lenet5", "--input-shape", "1,5,5", "--contenders", "torch-pruned"], 1, "--input-shape"),
+    (["bench", "bundled:lenet5", "--input-shape", "1,5,5", "--contenders", "torch-pruned"], 2, "--input-shape"),
     (["bench", "bundled:lenet5", "--batch-sizes", "0"], 2, "--batch-sizes"),
+    (["bench", "bundled:lenet5", "--batch-sizes", "1,,16"], 2, "empty entry"),
     (["bench", "bundled:lenet5", "--threads", "one"], 2, "--threads"),
+    (["bench", "bundled:lenet5", "--threads", "0"], 2, "like 1,2"),
     (["bench", "bundled:lenet5", "--repeats", "1"], 2, "--repeats"),
     (["bench", "bundled:lenet5", "--contenders", "warp-drive"], 2, "--contenders"),
     (["bench", "bundled:lenet5", "--contenders", "torch-dense", "--data", "cifar-10"], 1, "unknown data set"),
-    (["bench", "bundled:lenet5", "--json", "{tmp}/taken.json"], 1, "already exists"),
+    (["bench", "bundled:lenet5", "--json-out", "{tmp}/taken.json"], 1, "already exists"),
+    (["bench", "bundled:lenet5", "--plot", "{tmp}/p.jpeg2000"], 2, "not an image format"),
     (["bench", "bundled:lenet5", "--plot", MISSING_DIR + "/p.png"], 1, "does not exist"),
 ]
 

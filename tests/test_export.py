@@ -307,7 +307,7 @@ def test_dense_bytes_from_reference(tmp_path: Path) -> None:
     assert res.bytes_ratio == pytest.approx(res.dense_fp32_bytes / res.file_bytes)
     res2 = export_csr(model, tmp_path / "n", input_shape=MNIST, dense_fp32_bytes=1000)
     assert res2.dense_fp32_bytes == 1000
-    assert "KB" in res.summary() and str(res.path) in res.summary()
+    assert " kB " in res.summary() and str(res.path) in res.summary()
 
 
 @pytest.mark.parametrize("arch", ["lenet300", "lenet5"])

@@ -56,7 +56,7 @@ COMMANDS: dict[str, tuple[Callable[[Path, Path], list[str]], str | None]] = {
     "export-onnx": (lambda i, o: ["export", str(i), "--format", "onnx", "-o", str(o / "out.onnx")], "out.onnx"),
     "export-csr": (lambda i, o: ["export", str(i), "--format", "csr", "-o", str(o / "out.csr")], "out.csr"),
     "bench": (
-        lambda i, o: ["bench", str(i), "--batch-sizes", "1", "--repeats", "3", "--json", str(o / "out.json")],
+        lambda i, o: ["bench", str(i), "--batch-sizes", "1", "--repeats", "3", "--json-out", str(o / "out.json")],
         "out.json",
     ),
 }
@@ -67,7 +67,7 @@ WRITERS: dict[str, Callable[[Path, Path], list[str]]] = {
     "export-onnx": lambda i, o: ["export", str(i), "--format", "onnx", "-o", str(o)],
     "export-csr": lambda i, o: ["export", str(i), "--format", "csr", "-o", str(o)],
     "analyze-plot": lambda i, o: ["analyze", str(i), "--plot", str(o)],
-    "bench-json": lambda i, o: ["bench", str(i), "--batch-sizes", "1", "--repeats", "3", "--json", str(o)],
+    "bench-json": lambda i, o: ["bench", str(i), "--batch-sizes", "1", "--repeats", "3", "--json-out", str(o)],
 }
 
 
@@ -270,10 +270,10 @@ def test_whole_module_pickle_needs_trust(corpus: _Corpus) -> None:
         ["export", "{ckpt}", "--format", "tflite", "-o", "{out}/x.tflite"],
         ["export", "{ckpt}", "--format", "onnx", "--opset", "7", "-o", "{out}/x.onnx"],
         ["prune", "{ckpt}"],
-        ["bench", "{ckpt}", "--batch-sizes", "0", "--json", "{out}/x.json"],
-        ["bench", "{ckpt}", "--batch-sizes", "1,a", "--json", "{out}/x.json"],
-        ["bench", "{ckpt}", "--repeats", "1", "--json", "{out}/x.json"],
-        ["bench", "{ckpt}", "--contenders", "torch-dense,warp-drive", "--json", "{out}/x.json"],
+        ["bench", "{ckpt}", "--batch-sizes", "0", "--json-out", "{out}/x.json"],
+        ["bench", "{ckpt}", "--batch-sizes", "1,a", "--json-out", "{out}/x.json"],
+        ["bench", "{ckpt}", "--repeats", "1", "--json-out", "{out}/x.json"],
+        ["bench", "{ckpt}", "--contenders", "torch-dense,warp-drive", "--json-out", "{out}/x.json"],
         ["analyze", "{ckpt}", "--threshold", "high"],
         ["analyze", "{ckpt}", "--no-such-option"],
         ["analyze"],
@@ -331,12 +331,12 @@ def test_existing_output_needs_force(writer: str, valid_ckpt: Path, tmp_path: Pa
 def test_failed_run_with_force_keeps_existing_output(writer: str, corpus: _Corpus, tmp_path: Path) -> None:
     """--force only replaces an output once the new one is complete: bad input leaves the old file alone."""
     inp = corpus(next(c for c in CASES if c.id == "truncated_svdcompress_half"))
-    out = tmp_path / "existing.out"
+    out = tmp_path / f"existing{'.png' if writer == 'analyze-plot' else '.out'}"  # --plot needs an image suffix
     out.write_bytes(b"keep me")
     before = _fingerprint(out)
     _assert_clean_failure(_invoke([*WRITERS[writer](inp, out), "--force"]), inp)
     assert _fingerprint(out) == before
-    assert os.listdir(tmp_path) == ["existing.out"]
+    assert os.listdir(tmp_path) == [out.name]
 
 
 def test_released_pages_keep_their_data(tmp_path: Path) -> None:

@@ -179,7 +179,18 @@ def test_cli_bench_writes_records(tmp_path: Path) -> None:
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     res = CliRunner().invoke(
         main,
-        ["bench", "bundled:lenet300", "--batch-sizes", "1,4", "--repeats", "3", "--json", str(out), "--plot", str(png)],
+        [
+            "bench",
+            "bundled:lenet300",
+            "--batch-sizes",
+            "1,4",
+            "--repeats",
+            "3",
+            "--json-out",
+            str(out),
+            "--plot",
+            str(png),
+        ],
     )
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from svdcompress import channels as channels_mod
-from svdcompress.errors import InvalidInputError, UnsupportedOpError, VerificationError
+from svdcompress.errors import InputShapeError, InvalidInputError, UnsupportedOpError, VerificationError
 from svdcompress.ops import InputGather
 from svdcompress.structured import PruneConfig, PruneResult, prune
 from svdcompress.svdo import ELBOLoss, SVDOModule, sparsify
@@ -380,7 +380,9 @@ def test_options_are_checked() -> None:
     model = nn.Sequential(nn.Linear(4, 2))
     with pytest.raises(InvalidInputError, match="example_inputs or input_shape"):
         prune(model)
-    with pytest.raises(InvalidInputError, match=r"example input of shape \(8, 5\).*Linear.*input_shape"):
+    with pytest.raises(
+        InputShapeError, match=r"example input of shape \(5,\) \(per example\).*Linear.*takes 4 input features"
+    ):
         prune(model, input_shape=(5,))
     with pytest.raises(InvalidInputError, match="input_shape must be positive"):
         prune(model, input_shape=(0,))

@@ -53,15 +53,20 @@ class ExportResult:
     parameter_compression: float | None = None
 
     def summary(self) -> str:
-        """One line for logs and the CLI.
+        """One line for logs and the CLI (kB = 1000 bytes).
 
         Example:
             >>> ExportResult(Path("m.csr"), "csr", 2048, 1024000, 500.0, 1e-6).summary()
-            'm.csr: csr, 2.0 KB (dense fp32 1000.0 KB, 500.0x smaller), max |diff| 1.0e-06'
+            'm.csr: csr, 2.0 kB (dense fp32 1,024.0 kB, 500.0× smaller), max |diff| 1.0e-06'
+            >>> ExportResult(Path("m.csr"), "csr", 2048, 1024000, 500.0, 1e-6, 61.9).summary().split(", ")[2]
+            '500.0× smaller; parameter compression 61.9×)'
         """
+        compression = (
+            "" if self.parameter_compression is None else f"; parameter compression {self.parameter_compression:.1f}×"
+        )
         return (
-            f"{self.path}: {self.format}, {self.file_bytes / 1024:.1f} KB "
-            f"(dense fp32 {self.dense_fp32_bytes / 1024:.1f} KB, {self.bytes_ratio:.1f}x smaller), "
+            f"{self.path}: {self.format}, {self.file_bytes / 1000:,.1f} kB "
+            f"(dense fp32 {self.dense_fp32_bytes / 1000:,.1f} kB, {self.bytes_ratio:.1f}× smaller{compression}), "
             f"max |diff| {self.max_abs_diff:.1e}"
         )
 

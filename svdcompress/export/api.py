@@ -10,6 +10,7 @@ from torch import nn
 from .._inputs import check_input_shape
 from .._io import check_output_path
 from ..errors import InvalidInputError, NoSVDOLayersError
+from ..masking import check_threshold
 from ..svdo import DEFAULT_THRESHOLD
 from ._common import ExportResult
 
@@ -35,7 +36,8 @@ def export_model(
     """Mask, structurally prune and export ``source`` as ``fmt``, verified against the masked model.
 
     Args:
-        source: a trained SVDO ``nn.Module``, or a checkpoint file (see :func:`svdcompress.load_model`).
+        source: a trained SVDO ``nn.Module``, or a checkpoint file with SVDO layers (see
+            :func:`svdcompress.load_model`).
         fmt: ``"onnx"`` (compact dense), ``"onnx-sparse"`` (sparse initializers) or ``"csr"`` (CSR bundle).
         path: the output file.
         input_shape: per-example input shape, e.g. ``(1, 28, 28)``; optional for checkpoints that record it.
@@ -50,7 +52,8 @@ def export_model(
         The :class:`ExportResult`, with ``parameter_compression`` filled in.
 
     Raises:
-        InvalidInputError: unknown ``fmt``, a bad ``input_shape`` or none known.
+        InvalidInputError: unknown ``fmt``, a bad ``input_shape`` or none known, a non-finite ``threshold``.
+        NoSVDOLayersError: a checkpoint file without SVDO layers.
         CheckpointError, UnsupportedOpError, ExportError, VerificationError: from the stages it runs; for
             ``fmt="csr"`` an op the bundle cannot express is refused by the pruner, before any work.
 
@@ -71,6 +74,7 @@ def export_model(
 
     if fmt not in FORMATS:
         raise InvalidInputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    threshold = check_threshold(threshold)
     shape = None if input_shape is None else check_input_shape(input_shape)
     provenance: dict[str, object] = {}
     # checked before the slow part; the exporter checks again right before writing
@@ -78,7 +82,7 @@ def export_model(
     if isinstance(source, nn.Module):
         module = source
     else:
-        resolved = load_model(source, model=model, trust_pickle=trust_pickle, input_shape=shape)
+        resolved = load_model(source, model=model, trust_pickle=trust_pickle, input_shape=shape, require_svdo=True)
         module, shape = resolved.module, resolved.input_shape
         provenance = dict(resolved.meta.get("provenance") or {})
         if shape is None:
@@ -88,6 +92,11 @@ def export_model(
     if shape is None:
         raise InvalidInputError("export_model() of a module needs input_shape (per example, e.g. (1, 28, 28))")
     result = prune(module, threshold=threshold, input_shape=shape, require_csr=fmt == "csr")
+    # Everything that can fail runs before the artifact is renamed into place: a failure leaves no file.
+    try:
+        compression: float | None = float(analyze(module, threshold).total["compression"])
+    except NoSVDOLayersError:  # a plain model with zeroed weights (Python API only): no log α to count
+        compression = None
     if fmt == "csr":
         res = export_csr(
             result.model,
@@ -110,8 +119,4 @@ def export_model(
             dtype=dtype,
             force=force,
         )
-    try:
-        compression: float | None = float(analyze(module, threshold).total["compression"])
-    except NoSVDOLayersError:  # a plain model with zeroed weights: no log α to count
-        compression = None
     return dataclasses.replace(res, parameter_compression=compression)
