@@ -443,6 +443,13 @@ def prune(
     show_default=True,
     help="Stored weight precision. fp16 halves the file; arithmetic stays fp32.",
 )
+@click.option(
+    "--bits",
+    type=click.Choice(["auto", "16", "8", "7", "6", "5", "4", "3", "2"]),
+    help="CSR only: quantise kept weights (per layer: uniform per-row integers or a k-means codebook, whichever "
+    "is smaller); auto picks each layer's fewest bits from the posterior σ of its kept weights. The runtime "
+    "decodes to fp32 at load.",
+)
 @_trust_opt
 @_force_opt
 @_friendly
@@ -455,6 +462,7 @@ def export(
     input_shape: tuple[int, ...] | None,
     opset: int,
     dtype: str,
+    bits: str | None,
     trust_pickle: bool,
     force: bool,
 ) -> None:
@@ -462,6 +470,8 @@ def export(
     from .export import export_model
 
     _check_out(output, "-o", force=force, ckpt=ckpt)
+    if bits is not None and fmt != "csr":
+        raise click.BadParameter(f"quantises CSR bundles only; got --format {fmt}", param_hint="'--bits'")
 
     res = export_model(
         ckpt,
@@ -474,8 +484,37 @@ def export(
         dtype=dtype,
         opset=opset,
         force=force,
+        bits=None if bits is None else bits if bits == "auto" else int(bits),
     )
     click.echo(res.summary())
+    if res.quant:
+        click.echo(_quant_table(res.quant))
+        click.echo(
+            f"outputs vs the fp32 model on random inputs: max |diff| = {res.quant_drift or 0:.2e} of the output "
+            "scale; accuracy was not checked (measure it on your data, e.g. benchmarks/sizes.py)"
+        )
+
+
+def _quant_table(quant: dict[str, dict[str, Any]]) -> str:
+    """Per quantised layer: bits, scheme, median σ, step Δ, RMS error vs its target, bytes."""
+    head = ("layer", "bits", "scheme", "median σ", "median Δ", "rms error", "target", "value bytes")
+    rows = [head]
+    for name, q in quant.items():
+        sigma, step = q.get("median_sigma"), q.get("step")
+        rows.append(
+            (
+                name,
+                str(q["bits"]),
+                q["scheme"],
+                "–" if sigma is None else f"{sigma:.3g}",
+                "–" if step is None else f"{step:.3g}",
+                f"{q['rms_error']:.3g}",
+                f"{q['target_rms']:.3g}",
+                f"{q['bytes']:,}",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
 def _stderr_is_tty() -> bool:

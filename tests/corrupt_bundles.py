@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from svdcompress.runtime.bundle import FORMAT_VERSION
+
 __all__ = ["CASES", "Bundle", "write_zip"]
 
 _DOS_DATE = (1 << 5) | 1  # 1980-01-01
@@ -630,7 +632,7 @@ def _(b: Bundle) -> None:
 
 @case("format-version-newer")
 def _(b: Bundle) -> None:
-    b.manifest["format_version"] = 2
+    b.manifest["format_version"] = FORMAT_VERSION + 1
 
 
 @case("format-version-string")

@@ -55,7 +55,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--data", "{tmp}/scalar.npy"], 1, "batch of inputs"),
     (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--data", "{tmp}/strings.npy"], 1, "cannot read inputs"),
     (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--data", "cifar-10"], 1, "unknown data set"),
-    # export: --format, -o, --model, --threshold, --input-shape, --opset, --dtype
+    # export: --format, -o, --model, --threshold, --input-shape, --opset, --dtype, --bits
     (["export", "bundled:lenet5", "--format", "tflite", "-o", "{tmp}/m.x"], 2, "--format"),
     (["export", "bundled:lenet5", "-o", "{tmp}/taken.json"], 1, "pass --force"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--model", "svdcompress.zoo:nothing"], 1, "no attribute"),
@@ -64,6 +64,8 @@ CASES: list[tuple[list[str], int, str]] = [
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--input-shape", "1;28"], 2, "--input-shape"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--opset", "99"], 2, "--opset"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--dtype", "fp8"], 2, "--dtype"),
+    (["export", "bundled:lenet5", "-o", "{tmp}/m.csr", "--bits", "1"], 2, "--bits"),
+    (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--bits", "4"], 2, "quantises CSR bundles only"),
     # bench: --model, --threshold, --input-shape, --batch-sizes, --threads, --repeats, --contenders, --data,
     # --json, --plot
     (["bench", "bundled:lenet5", "--model", ":f"], 1, "--model"),

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 from ._common import DEFAULT_TOLERANCES, DTYPES, ExportResult
-from .api import FORMATS, export_model
+from .api import FORMATS, export_model, posterior_sigma
 from .csr import FORMAT_NAME, FORMAT_VERSION, export_csr
 from .onnx import export_onnx
 
@@ -27,4 +27,5 @@ __all__ = [
     "export_csr",
     "export_model",
     "export_onnx",
+    "posterior_sigma",
 ]

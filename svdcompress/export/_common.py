@@ -42,6 +42,9 @@ class ExportResult:
         max_abs_diff: Largest absolute output difference against the reference on the verification batch.
         parameter_compression: The paper's |W| / |W ≠ 0| of the SVDO model at the threshold used, when
             :func:`~svdcompress.export.export_model` knows it (None from the single-format exporters).
+        quant: Per quantised layer of a CSR bundle: scheme, bits, RMS error and its target, bytes, step, σ.
+        quant_drift: For a quantised bundle, ``max|bundle − reference| / max(1, max|reference|)`` on the
+            verification batch (``max_abs_diff`` is then against the dequantised model).
     """
 
     path: Path
@@ -51,6 +54,8 @@ class ExportResult:
     bytes_ratio: float
     max_abs_diff: float
     parameter_compression: float | None = None
+    quant: dict[str, dict[str, Any]] | None = None
+    quant_drift: float | None = None
 
     def summary(self) -> str:
         """One line for logs and the CLI (kB = 1000 bytes).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import torch
 from torch import nn
 
 from .._inputs import check_input_shape
@@ -14,10 +15,29 @@ from ..masking import check_threshold
 from ..svdo import DEFAULT_THRESHOLD
 from ._common import ExportResult
 
-__all__ = ["FORMATS", "export_model"]
+__all__ = ["FORMATS", "export_model", "posterior_sigma"]
 
 FORMATS = ("onnx", "onnx-sparse", "csr")
 """Artifact formats :func:`export_model` writes."""
+
+
+def posterior_sigma(model: nn.Module, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
+    """Module name → median posterior standard deviation σ = exp(log σ² / 2) of the weights it keeps.
+
+    For the SVDO-like layers of ``model`` (``weight`` + ``log_sigma2``); what ``bits="auto"`` sizes each layer's
+    quantisation step by.
+    """
+    from ..masking import is_svdo_like, masked_weight_of
+
+    out: dict[str, float] = {}
+    for name, m in model.named_modules():
+        if not is_svdo_like(m):
+            continue
+        keep = masked_weight_of(m, threshold) != 0
+        ls2 = m.log_sigma2.detach()  # a tensor: checked by is_svdo_like
+        if bool(keep.any()):
+            out[name] = float(torch.exp(ls2[keep].double() / 2).median())
+    return out
 
 
 def export_model(
@@ -32,6 +52,7 @@ def export_model(
     dtype: str = "fp32",
     opset: int = 17,
     force: bool = False,
+    bits: int | str | None = None,
 ) -> ExportResult:
     """Mask, structurally prune and export ``source`` as ``fmt``, verified against the masked model.
 
@@ -47,6 +68,9 @@ def export_model(
         dtype: ``"fp32"`` or ``"fp16"`` weight storage.
         opset: ONNX opset (ONNX formats only).
         force: overwrite an existing output.
+        bits: CSR only: quantise the kept weights to ``16`` (fp16), 2-8 bits, or ``"auto"``: per layer the
+            fewest bits whose error stays within the posterior σ of its kept weights (see
+            :func:`~svdcompress.export.export_csr`); σ comes from the SVDO layers' log σ².
 
     Returns:
         The :class:`ExportResult`, with ``parameter_compression`` filled in.
@@ -74,6 +98,8 @@ def export_model(
 
     if fmt not in FORMATS:
         raise InvalidInputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if bits is not None and fmt != "csr":
+        raise InvalidInputError(f"bits= quantises CSR bundles only; got format {fmt!r}")
     threshold = check_threshold(threshold)
     shape = None if input_shape is None else check_input_shape(input_shape)
     provenance: dict[str, object] = {}
@@ -107,6 +133,8 @@ def export_model(
             force=force,
             threshold=threshold,
             provenance=provenance,
+            bits=bits,
+            sigma=posterior_sigma(module, threshold) if bits == "auto" else None,
         )
     else:
         res = export_onnx(

@@ -6,6 +6,7 @@ this module only decides what goes into it.
 
 from __future__ import annotations
 
+import copy
 import json
 import operator
 import os
@@ -20,11 +21,13 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from .. import __version__
 from .._inputs import example_inputs
 from .._io import atomic_path
+from .._verify import compare_outputs
 from ..errors import ExportError, SvdcompressError
 from ..graph import Tracer, describe_node, propagate_shapes, softmax_dim
 from ..ops import InputGather, Op, lookup
+from ..runtime import quant as Q
 from ..runtime.bundle import FORMAT_NAME, FORMAT_VERSION, BundleWriter, narrow_uint
-from ._common import ExportResult, _dense_fp32_bytes, _prepare, _verify
+from ._common import DEFAULT_TOLERANCES, ExportResult, _dense_fp32_bytes, _prepare, _verify
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "export_csr"]
 _FP16_MAX = 65504.0
@@ -67,6 +70,8 @@ class _Capture:
     def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
         self.gm = gm
         self.modules = dict(gm.named_modules())
+        self.module_names = {id(m): k for k, m in self.modules.items()}
+        self.weight_modules: dict[str, nn.Module] = {}  # weight param → the Linear/Conv2d it comes from
         self.nodes: list[dict[str, Any]] = []
         self.params: dict[str, np.ndarray] = {}
         self.values: dict[fx.Node, str] = {}  # fx node → manifest value name (aliases share one)
@@ -268,6 +273,7 @@ class _Capture:
         )
 
     def _weight_bias(self, name: str, m: nn.Module) -> dict[str, str]:
+        self.weight_modules[f"{name}.weight"] = m
         params = {"weight": self._param(f"{name}.weight", m.weight)}  # type: ignore[arg-type]  # Linear/Conv2d
         if isinstance(m.bias, torch.Tensor):
             params["bias"] = self._param(f"{name}.bias", m.bias)
@@ -356,6 +362,8 @@ def export_csr(
     threshold: float | None = None,
     provenance: dict[str, Any] | None = None,
     dense_fp32_bytes: int | None = None,
+    bits: int | str | None = None,
+    sigma: dict[str, float] | None = None,
 ) -> ExportResult:
     """Write ``model`` as a CSR bundle, run it with :mod:`svdcompress.runtime` and compare with ``reference``.
 
@@ -382,6 +390,14 @@ def export_csr(
         threshold: The log α threshold the masks came from; recorded in the manifest, never applied.
         provenance: JSON-serialisable facts to record (source checkpoint, training run, ...).
         dense_fp32_bytes: Override the dense size the ratio is computed against (default: from reference).
+        bits: Quantise the kept weights (:mod:`svdcompress.runtime.quant`): ``16`` stores fp16 values (as
+            ``dtype="fp16"``); 2-8 stores each layer as uniform per-row integers or a k-means codebook, whichever
+            is smaller at the uniform scheme's error; ``"auto"`` picks each layer's fewest bits whose RMS error
+            stays within √c·σ (``c`` = :data:`~svdcompress.runtime.quant.AUTO_C`, σ the layer's median
+            posterior standard deviation from ``sigma``). A layer with a folded BatchNorm keeps ``dtype``.
+            The bundle is then verified against ``model`` with the dequantised weights (exact to the fp32
+            tolerance); its drift from ``reference`` is reported, not bounded (check accuracy on data).
+        sigma: Layer (module name, e.g. ``"conv1"``) → median posterior σ of its kept weights, for ``"auto"``.
 
     Returns:
         The :class:`ExportResult`.
@@ -390,6 +406,9 @@ def export_csr(
         ExportError: Unknown dtype, an op the format cannot express, verification failure (no file is
             left behind), or an existing output without ``force``.
     """
+    if bits == 16 or bits == "16":
+        dtype, bits = "fp16", None
+    qbits = _resolve_bits(bits, sigma)
     vname, tol, out, ref = _prepare(model, reference, path, dtype, tolerance, force)
     try:
         json.dumps(provenance)
@@ -401,13 +420,18 @@ def export_csr(
     nodes, output = _fold_batchnorm(capture.nodes, capture.params, output)
     vdtype: type[np.floating[Any]] = np.float16 if vname == "fp16" else np.float32
     writer, layers = BundleWriter(), {}
+    dequantised: dict[str, np.ndarray] = {}  # weight param → its dequantised values, for the exactness check
     for n in nodes:
         for role, pname in n["params"].items():
             arr = capture.params[pname]
             if role == "weight":
-                if vname == "fp16" and np.abs(arr).max(initial=0.0) > _FP16_MAX:
+                quant, qinfo = None, None
+                if qbits is not None and "folded_batchnorm" not in n["attrs"]:
+                    layer = capture.module_names.get(id(capture.weight_modules.get(pname)), n["name"])
+                    quant, qinfo, dequantised[pname] = _quantize(arr, qbits, sigma, layer)
+                elif vname == "fp16" and np.abs(arr).max(initial=0.0) > _FP16_MAX:
                     raise ExportError(f"{n['name']}: weights exceed the fp16 range (±65504); export as fp32")
-                layers[pname] = writer.add_weight(pname, arr, vdtype)
+                layers[pname] = writer.add_weight(pname, arr, vdtype, quant, qinfo)
             elif role == "index":
                 writer.add(pname, narrow_uint(arr))
             else:  # bias, BatchNorm scale/shift, slopes: fp32 keeps them exact enough and they are tiny
@@ -425,6 +449,7 @@ def export_csr(
         "layers": layers,
         "threshold": threshold,
         "provenance": provenance or {},
+        **({"bits": qbits} if qbits is not None else {}),
     }
     with atomic_path(out) as tmp:
         writer.write(tmp, manifest)
@@ -434,7 +459,74 @@ def export_csr(
             bundle = runtime.load(tmp)
         except SvdcompressError as exc:  # the runtime refuses what we wrote: an exporter bug or an unknown op
             raise ExportError(f"{out}: the runtime cannot run the bundle just written: {exc}") from exc
-        diff = _verify(bundle, ref, tuple(input_shape), tol, f"CSR bundle {out}")
+        drift = None
+        if dequantised:
+            exact = _with_weights(model, capture, dequantised)
+            diff = _verify(bundle, exact, tuple(input_shape), DEFAULT_TOLERANCES["fp32"], f"quantised CSR bundle {out}")
+            x = example_inputs(tuple(input_shape), 4)
+            drift = compare_outputs(ref, bundle, x, f"CSR bundle {out}", error=ExportError)
+        else:
+            diff = _verify(bundle, ref, tuple(input_shape), tol, f"CSR bundle {out}")
         size = tmp.stat().st_size
     dense = _dense_fp32_bytes(ref) if dense_fp32_bytes is None else int(dense_fp32_bytes)
-    return ExportResult(out, "csr", size, dense, dense / max(1, size), diff)
+    quant_layers = {k: v["quant"] for k, v in layers.items() if "quant" in v}
+    extra: dict[str, Any] = {}
+    if quant_layers:
+        extra = {"quant": quant_layers, "quant_drift": None if drift is None else drift[0] / drift[1]}
+    return ExportResult(out, "csr", size, dense, dense / max(1, size), diff, **extra)
+
+
+def _resolve_bits(bits: int | str | None, sigma: dict[str, float] | None) -> int | str | None:
+    if bits is None:
+        return None
+    if bits == "auto":
+        if not sigma:
+            raise ExportError(
+                "bits='auto' chooses bit widths from the posterior σ of each layer; pass sigma= (export_model "
+                "computes it from the SVDO model), or give bits=2..8 or 16"
+            )
+        return "auto"
+    try:
+        b = int(bits)
+    except (TypeError, ValueError):
+        b = -1
+    if isinstance(bits, bool) or not 2 <= b <= Q.MAX_BITS:
+        raise ExportError(f"bits must be 'auto', 16 or an integer from 2 to {Q.MAX_BITS}, got {bits!r}")
+    return b
+
+
+def _quantize(
+    arr: np.ndarray, bits: int | str, sigma: dict[str, float] | None, layer: str
+) -> tuple[Q.Quantized, dict[str, Any], np.ndarray]:
+    """(codes, their manifest facts, the dequantised weight) of one layer's kept weights."""
+    mat = arr.reshape(arr.shape[0], -1)
+    rows, cols = np.nonzero(mat)
+    s = None
+    if bits == "auto":
+        s = (sigma or {}).get(layer)
+        if s is None:
+            raise ExportError(f"bits='auto': no posterior σ for layer {layer!r} (sigma= has {sorted(sigma or {})})")
+    width = None if bits == "auto" else int(bits)
+    q, rms, target = Q.choose(mat[rows, cols].astype(np.float32), rows, mat.shape[0], width, s)
+    values = Q.decode(q.scheme, q.bits, Q.unpack_codes(q.codes, q.bits, q.count), q.table, rows)
+    deq = np.zeros(mat.shape, np.float64)
+    deq[rows, cols] = values
+    info = {
+        "rms_error": rms,
+        "target_rms": target,
+        "bytes": q.nbytes,
+        "step": float(np.median(q.table[q.table > 0])) if q.scheme == "uniform" and (q.table > 0).any() else None,
+        **({"median_sigma": s} if s is not None else {}),
+    }
+    return q, info, deq.reshape(arr.shape)
+
+
+def _with_weights(model: nn.Module, capture: _Capture, weights: dict[str, np.ndarray]) -> nn.Module:
+    """A copy of ``model`` whose Linear/Conv2d weights named in ``weights`` hold those values."""
+    memo: dict[int, Any] = {}
+    twin = copy.deepcopy(model, memo)
+    for pname, arr in weights.items():
+        m = memo[id(capture.weight_modules[pname])]
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(arr).to(m.weight.dtype))
+    return twin.eval()

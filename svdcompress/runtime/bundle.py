@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError
+from . import quant as Q
 
 __all__ = [
     "EXTENSION",
@@ -49,7 +50,8 @@ __all__ = [
 ]
 
 FORMAT_NAME = "svdcompress-csr"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2 added quantised values (a layer's ``quant`` entry, :mod:`.quant`); version-1 bundles still load."""
 EXTENSION = ".csr"
 """The customary file extension of a bundle (any name is accepted)."""
 
@@ -107,9 +109,18 @@ class BundleWriter:
         self._sizes[key] = self._sizes.get(key, 0) + arr.size
         return name
 
-    def add_weight(self, name: str, w: np.ndarray, vdtype: type[np.floating[Any]]) -> dict[str, Any]:
+    def add_weight(
+        self,
+        name: str,
+        w: np.ndarray,
+        vdtype: type[np.floating[Any]],
+        quant: Q.Quantized | None = None,
+        quant_info: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Store ``w`` as CSR of its ``[out, rest]`` matrix if that is smaller than dense, else dense.
 
+        With ``quant`` (the codes of ``w``'s nonzeros in row-major order, :func:`quant.choose`), the layer is
+        stored as CSR with quantised values; ``quant_info`` (error, target, σ) goes into its ``quant`` entry.
         Returns the layer's manifest entry.
         """
         mat = w.reshape(w.shape[0], -1)  # (out, in*kh*kw)
@@ -130,14 +141,26 @@ class BundleWriter:
             "density": nnz / max(1, w.size),
             "dtype": np.dtype(vdtype).name,
         }
-        if csr_bytes < w.size * itemsize:
+        if quant is not None and quant.count != nnz:
+            raise BundleError(f"tensor {name}: {quant.count} quantised codes for {nnz} nonzeros")  # internal
+        if quant is not None or csr_bytes < w.size * itemsize:
             info.update(
                 storage="csr",
                 matrix_shape=list(mat.shape),
                 indptr=self.add(f"{name}.indptr", indptr),
                 indices=self.add(f"{name}.indices", indices, "row_delta"),
-                values=self.add(f"{name}.values", mat[rows, cols].astype(vdtype)),
             )
+            if quant is None:
+                info["values"] = self.add(f"{name}.values", mat[rows, cols].astype(vdtype))
+            else:
+                info["dtype"] = "float32"  # what the runtime decodes to
+                info["quant"] = {
+                    "scheme": quant.scheme,
+                    "bits": quant.bits,
+                    "codes": self.add(f"{name}.codes", quant.codes),
+                    "table": self.add(f"{name}.table", quant.table),
+                    **(quant_info or {}),
+                }
         else:
             info.update(storage="dense", values=self.add(f"{name}.values", w.astype(vdtype)))
         return info
@@ -391,10 +414,13 @@ def _decode_layer(name: str, info: Any, tensors: dict[str, np.ndarray], path: st
             raise BundleError(f"{path}: layer {name}: {role} tensor {tname!r} is missing")
         return tensors[tname]
 
-    values = get("values")
+    storage = info.get("storage")
+    quant = info.get("quant")
+    if quant is not None and storage != "csr":
+        raise BundleError(f"{path}: layer {name}: only CSR-stored layers may be quantised (storage {storage!r})")
+    values = get("values") if quant is None else np.zeros(0, np.float32)
     if values.dtype.kind != "f":
         raise BundleError(f"{path}: layer {name}: values must be floating point, got {values.dtype}")
-    storage = info.get("storage")
     if storage == "dense":
         if values.size != rows * cols:
             raise BundleError(
@@ -411,7 +437,7 @@ def _decode_layer(name: str, info: Any, tensors: dict[str, np.ndarray], path: st
     if indptr_raw.dtype.kind != "u" or deltas.dtype.kind != "u":
         raise BundleError(f"{path}: layer {name}: indptr and indices must be unsigned integers")
     indptr = indptr_raw.astype(np.int64).reshape(-1)
-    nnz = values.size
+    nnz = values.size if quant is None else deltas.size
     if indptr.size != rows + 1 or indptr[0] != 0 or indptr[-1] != nnz or deltas.size != nnz:
         raise BundleError(
             f"{path}: layer {name}: indptr must have {rows + 1} entries from 0 to nnz={nnz} "
@@ -432,7 +458,44 @@ def _decode_layer(name: str, info: Any, tensors: dict[str, np.ndarray], path: st
         raise BundleError(
             f"{path}: layer {name}: column indices must be below {cols} and strictly increasing within each row"
         )
+    if quant is not None:
+        values = _dequantize(name, quant, tensors, indptr, rows, nnz, path)
     return LayerWeight(shape, indptr, idx.astype(np.int32), values.astype(np.float32).reshape(-1))
+
+
+def _dequantize(
+    name: str, quant: Any, tensors: dict[str, np.ndarray], indptr: np.ndarray, rows: int, nnz: int, path: str
+) -> np.ndarray:
+    """A quantised layer's fp32 values, every field validated (bits, table size, codes in range, stream length)."""
+    where = f"{path}: layer {name}: quant"
+    if not isinstance(quant, dict):
+        raise BundleError(f"{where} must be an object")
+    scheme, bits = quant.get("scheme"), quant.get("bits")
+    if scheme not in Q.SCHEMES:
+        raise BundleError(f"{where} scheme must be one of {', '.join(Q.SCHEMES)}, got {scheme!r}")
+    lo = 2 if scheme == "uniform" else 1
+    if isinstance(bits, bool) or not isinstance(bits, int) or not lo <= bits <= Q.MAX_BITS:
+        raise BundleError(f"{where} bits must be an integer from {lo} to {Q.MAX_BITS}, got {bits!r}")
+    found: dict[str, np.ndarray] = {}
+    for role in ("codes", "table"):
+        tname = quant.get(role)
+        if not isinstance(tname, str) or tname not in tensors:
+            raise BundleError(f"{where} {role} tensor {tname!r} is missing")
+        found[role] = tensors[tname].reshape(-1)
+    codes, table = found["codes"], found["table"]
+    if codes.dtype != np.uint8 or codes.size != -(-nnz * bits // 8):
+        raise BundleError(
+            f"{where} codes must be {-(-nnz * bits // 8)} packed bytes ({nnz} codes of {bits} bits), "
+            f"got {codes.size} {codes.dtype}"
+        )
+    want = rows if scheme == "uniform" else 1 << bits
+    if table.dtype != np.float32 or table.size != want:
+        raise BundleError(f"{where} table must hold {want} float32 values, got {table.size} {table.dtype}")
+    unpacked = Q.unpack_codes(codes, bits, nnz)
+    if scheme == "uniform" and nnz and int(unpacked.max()) > 2 * ((1 << (bits - 1)) - 1):
+        raise BundleError(f"{where} codes must be at most {2 * ((1 << (bits - 1)) - 1)} for {bits}-bit uniform")
+    row_of = np.repeat(np.arange(rows), np.diff(indptr))
+    return Q.decode(scheme, bits, unpacked, table, row_of)
 
 
 def read_bundle(path: str | os.PathLike[str]) -> Bundle:

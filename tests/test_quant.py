@@ -1,0 +1,194 @@
+"""Quantised CSR bundles: bit packing, the two schemes, bits chosen from the posterior, the exactness of the
+runtime against the dequantised weights, and corrupted quantised bundles."""
+
+from __future__ import annotations
+
+import copy
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from svdcompress import runtime
+from svdcompress.errors import BundleError, ExportError
+from svdcompress.export import export_csr
+from svdcompress.runtime import quant as Q
+
+
+def _sparse_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 5 * 5, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
+    ).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.weight.mul_(torch.rand(m.weight.shape, generator=g) < 0.3)
+    return net
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5, 8])
+def test_pack_unpack_round_trip(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 1 << bits, 1001)
+    packed = Q.pack_codes(codes, bits)
+    assert packed.dtype == np.uint8 and packed.size == -(-1001 * bits // 8)
+    assert np.array_equal(Q.unpack_codes(packed, bits, 1001), codes)
+
+
+def test_schemes_error_falls_with_bits_and_codebook_meets_uniform() -> None:
+    rng = np.random.default_rng(0)
+    vals = rng.standard_normal(4000).astype(np.float32)
+    rows = np.repeat(np.arange(40), 100)
+    errs = {}
+    for b in (2, 4, 6, 8):
+        codes, steps = Q.uniform(vals, rows, 40, b)
+        assert codes.min() >= 0 and codes.max() <= 2 * ((1 << (b - 1)) - 1)
+        errs[b] = float(np.sqrt(np.mean((Q.decode("uniform", b, codes, steps, rows) - vals) ** 2)))
+        ccodes, cents = Q.codebook(vals, b)
+        cb = float(np.sqrt(np.mean((Q.decode("codebook", b, ccodes, cents, rows) - vals) ** 2)))
+        grid = np.linspace(vals.min(), vals.max(), 1 << b)  # Lloyd starts here and never raises the error
+        flat = float(np.sqrt(np.mean((grid[np.abs(vals[:, None] - grid).argmin(1)] - vals) ** 2)))
+        assert cb <= flat * (1 + 1e-6), (b, cb, flat)
+    assert errs[2] > errs[4] > errs[6] > errs[8]
+    # Each row's largest |value| sits exactly on its grid.
+    codes, steps = Q.uniform(vals, rows, 40, 4)
+    deq = Q.decode("uniform", 4, codes, steps, rows)
+    for r in range(40):
+        i = np.argmax(np.abs(vals[rows == r]))
+        assert deq[rows == r][i] == pytest.approx(vals[rows == r][i], rel=1e-6)
+
+
+def test_auto_takes_fewer_bits_where_the_posterior_is_wider() -> None:
+    """The same weights with a 16× wider posterior σ tolerate a 16× coarser grid: fewer bits."""
+    rng = np.random.default_rng(1)
+    vals = rng.standard_normal(3000).astype(np.float32)
+    rows = np.repeat(np.arange(30), 100)
+    narrow, _, t_narrow = Q.choose(vals, rows, 30, None, sigma=0.01)
+    wide, _, t_wide = Q.choose(vals, rows, 30, None, sigma=0.16)
+    assert wide.bits < narrow.bits, (wide, narrow)
+    assert t_wide == pytest.approx(16 * t_narrow)
+    with pytest.raises(ValueError, match="posterior"):
+        Q.choose(vals, rows, 30, None, sigma=None)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8, "auto"])
+def test_runtime_equals_the_dequantised_weights_applied_densely(bits: int | str, tmp_path: Path) -> None:
+    net = _sparse_net()
+    sigma = {"0": 0.02, "4": 0.01, "6": 0.05}
+    res = export_csr(net, tmp_path / "q.csr", input_shape=(1, 12, 12), bits=bits, sigma=sigma)
+    assert res.quant and set(res.quant) == {"_0.weight", "_4.weight", "_6.weight"}  # fx names of Sequential items
+    if bits != "auto":
+        assert all(q["bits"] <= int(bits) for q in res.quant.values())
+    m = runtime.load(tmp_path / "q.csr")
+    # The torch net with the bundle's decoded weights, applied densely, must give the runtime's output.
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        for idx in (0, 4, 6):
+            lw = runtime.read_bundle(tmp_path / "q.csr").layers[f"_{idx}.weight"]
+            twin[idx].weight.copy_(torch.from_numpy(lw.dense().reshape(twin[idx].weight.shape)))
+    x = np.random.default_rng(2).standard_normal((7, 1, 12, 12)).astype(np.float32)
+    with torch.no_grad():
+        want = twin(torch.from_numpy(x)).numpy()
+    got = m(x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    assert res.max_abs_diff <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    with torch.no_grad():
+        fp32 = net(torch.from_numpy(x)).numpy()
+    assert not np.array_equal(got, fp32)  # it really is quantised
+    assert res.quant_drift is not None and res.quant_drift > 0
+    full = export_csr(net, tmp_path / "f.csr", input_shape=(1, 12, 12))
+    assert res.file_bytes < full.file_bytes
+
+
+def test_bits_are_checked_before_any_work(tmp_path: Path) -> None:
+    net = _sparse_net()
+    for bad in (0, 1, 9, 33, "four", True):
+        with pytest.raises(ExportError, match="bits must be"):
+            export_csr(net, tmp_path / "b.csr", input_shape=(1, 12, 12), bits=bad)  # type: ignore[arg-type]
+    with pytest.raises(ExportError, match="posterior"):
+        export_csr(net, tmp_path / "b.csr", input_shape=(1, 12, 12), bits="auto")
+    with pytest.raises(ExportError, match="no posterior σ for layer '4'"):
+        export_csr(net, tmp_path / "b.csr", input_shape=(1, 12, 12), bits="auto", sigma={"0": 0.1})
+    assert not (tmp_path / "b.csr").exists()
+    res = export_csr(net, tmp_path / "h.csr", input_shape=(1, 12, 12), bits=16)  # 16 bits: fp16 values
+    assert res.quant is None
+    assert json.loads(zipfile.ZipFile(tmp_path / "h.csr").read("manifest.json"))["dtype"] == "fp16"
+
+
+def test_version_1_bundles_still_load(tmp_path: Path) -> None:
+    """Bundles written before quantisation (format_version 1, no quant entries) load and run the same."""
+    net = _sparse_net()
+    export_csr(net, tmp_path / "v2.csr", input_shape=(1, 12, 12))
+    old = _rewrite(tmp_path / "v2.csr", tmp_path / "v1.csr", lambda m, _: m.update(format_version=1))
+    x = np.random.default_rng(3).standard_normal((3, 1, 12, 12)).astype(np.float32)
+    assert np.array_equal(runtime.load(old)(x), runtime.load(tmp_path / "v2.csr")(x))
+
+
+def _rewrite(src: Path, dst: Path, edit: Any) -> Path:
+    """Copy bundle ``src`` to ``dst`` with ``edit(manifest, arrays)`` applied (arrays: member → bytes)."""
+    with zipfile.ZipFile(src) as zf:
+        man = json.loads(zf.read("manifest.json"))
+        members = {n: zf.read(n) for n in zf.namelist() if n != "manifest.json"}
+    edit(man, members)
+    with zipfile.ZipFile(dst, "w") as zf:
+        zf.writestr("manifest.json", json.dumps(man))
+        for n, b in members.items():
+            zf.writestr(n, b)
+    return dst
+
+
+def _first_quant(man: dict[str, Any]) -> dict[str, Any]:
+    return next(v["quant"] for v in man["layers"].values() if "quant" in v)
+
+
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("bits 0", "bits must be an integer"),
+        ("bits 33", "bits must be an integer"),
+        ("scheme", "scheme must be one of"),
+        ("truncated codes", "packed bytes"),
+        ("short table", "table must hold"),
+        ("missing table", "table tensor"),
+        ("dense storage", "only CSR-stored layers"),
+    ],
+)
+def test_corrupted_quantised_bundles_give_a_clean_error(case: str, fragment: str, tmp_path: Path) -> None:
+    net = _sparse_net()
+    good = tmp_path / "good.csr"
+    export_csr(net, good, input_shape=(1, 12, 12), bits=3)
+
+    def edit(m: dict[str, Any], members: dict[str, bytes]) -> None:
+        q = _first_quant(m)
+        if case == "bits 0":
+            q["bits"] = 0
+        elif case == "bits 33":
+            q["bits"] = 33
+        elif case == "scheme":
+            q["scheme"] = "huffman"
+        elif case == "truncated codes":
+            m["tensors"][q["codes"]]["shape"] = [m["tensors"][q["codes"]]["shape"][0] - 1]
+        elif case == "short table":  # a codebook index (or a row's step) would point past the table
+            m["tensors"][q["table"]]["shape"] = [m["tensors"][q["table"]]["shape"][0] - 1]
+        elif case == "missing table":
+            q["table"] = "nope"
+        elif case == "dense storage":
+            next(v for v in m["layers"].values() if "quant" in v)["storage"] = "dense"
+
+    bad = _rewrite(good, tmp_path / "bad.csr", edit)
+    with pytest.raises(BundleError, match=fragment) as info:
+        runtime.load(bad)
+    assert str(bad) in str(info.value)
