@@ -12,7 +12,9 @@ Writes ``benchmarks/results/sizes.{json,md}`` and ``sizes.png`` (size ratio vs a
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import lzma
 import sys
 import tempfile
 import time
@@ -38,16 +40,48 @@ def _label(bits: int | str | None) -> str:
     return "fp32" if bits is None else "fp16" if bits == 16 else f"{bits} bits" if bits != "auto" else "auto"
 
 
-def _value_bytes(path: Path) -> int:
-    """Stored bytes of weight values: the layers' values, codes and tables, as the manifest lays them out."""
-    man = json.loads(zipfile.ZipFile(path).read("manifest.json"))
-    total = 0
+_PATTERN_ROLES = ("mask", "positions", "indptr", "indices")
+
+
+def _byte_split(path: Path) -> dict[str, float]:
+    """Compressed bytes of the bundle by role: ``values`` (fp32/fp16 values, or codes + steps/codebook),
+    ``pattern`` (positions, bitmaps, row pointers, column indices) and ``other`` (biases, manifest, headers).
+
+    Each zip member's real compressed size is shared among its tensors in proportion to what each tensor
+    compresses to on its own (LZMA, byte-shuffled as the writer stores it); the rest of the file is ``other``.
+    """
+    zf = zipfile.ZipFile(path)
+    man = json.loads(zf.read("manifest.json"))
+    role: dict[str, str] = {}
     for layer in man["layers"].values():
-        for tname in [layer.get("values"), *(layer.get("quant", {}).get(k) for k in ("codes", "table"))]:
-            if tname:
-                t = man["tensors"][tname]
-                total += int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize
-    return total
+        for key in ("values", *_PATTERN_ROLES):
+            if layer.get(key):
+                role[layer[key]] = "values" if key == "values" else "pattern"
+        for key in ("codes", "table"):
+            if layer.get("quant", {}).get(key):
+                role[layer["quant"][key]] = "values"
+    blobs = {k: np.lib.format.read_array(io.BytesIO(zf.read(v["member"]))) for k, v in man["blobs"].items()}
+    out = {"values": 0.0, "pattern": 0.0}
+    for key, meta in man["blobs"].items():
+        flat = blobs[key]
+        if meta["byteshuffle"]:
+            flat = np.ascontiguousarray(flat.T).view(np.dtype(key)).reshape(-1)
+        alone: dict[str, int] = {}
+        for tname, t in man["tensors"].items():
+            if t["dtype"] == key:
+                arr = flat[t["offset"] : t["offset"] + int(np.prod(t["shape"]))]
+                if arr.itemsize > 1:
+                    arr = np.ascontiguousarray(arr.view(np.uint8).reshape(arr.size, arr.itemsize).T)
+                alone[tname] = len(
+                    lzma.compress(arr.tobytes(), format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA1}])
+                )
+        real = zf.getinfo(meta["member"]).compress_size
+        total = sum(alone.values()) or 1
+        for tname, n in alone.items():
+            if tname in role:
+                out[role[tname]] += real * n / total
+    out["other"] = path.stat().st_size - out["values"] - out["pattern"]
+    return out
 
 
 def _accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
@@ -81,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                 runtime.read_bundle(path)
                 t_read = time.perf_counter() - t0
                 layers = json.loads(zipfile.ZipFile(path).read("manifest.json"))["layers"]
-                nnz = sum(v["nnz"] for v in layers.values())
-                vbytes = _value_bytes(path)
+                nnz = sum(v["nnz"] for v in layers.values())  # stored weights (quantised-to-zero ones dropped)
+                split = _byte_split(path)
                 rows.append(
                     {
                         "setting": _label(bits),
@@ -91,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
                         "ratio_vs_dense_fp32": res.bytes_ratio,
                         "accuracy": _accuracy(path, x, y),
                         "nnz": nnz,
-                        "value_bytes_per_weight": vbytes / nnz,
-                        "other_bytes_per_weight": (res.file_bytes - vbytes) / nnz,
+                        "zeroed": sum(q.get("zeroed", 0) for q in (res.quant or {}).values()),
+                        "value_bytes_per_weight": split["values"] / nnz,
+                        "pattern_bytes_per_weight": split["pattern"] / nnz,
+                        "other_bytes_per_weight": split["other"] / nnz,
                         "layers": res.quant,
                         "read_s": t_read,
                         "export_s": t_export,
@@ -130,9 +166,11 @@ def _markdown(out: dict[str, Any]) -> str:
         "",
         f"Run {out['run']['started']} → {out['run']['finished']}: `python benchmarks/sizes.py`; CPU {m.get('cpu')}.",
         "Accuracy: the CSR runtime on the 10,000 Fashion-MNIST test images; drop in points against the fp32 bundle.",
-        "× = dense fp32 weights (4 B per weight and bias of the unpruned model) ÷ bundle bytes. Bytes per kept",
-        "weight: values (fp32/fp16 values, or codes + steps/codebook) and the rest (indices, row pointers, biases,",
-        "manifest, zip headers). `read s`: decoding the bundle at load.",
+        "× = dense fp32 weights (4 B per weight and bias of the unpruned model) ÷ bundle bytes. `stored`: weights",
+        "in the bundle (kept weights that quantise to exactly 0 are dropped: `zeroed`). Compressed bytes per stored",
+        "weight: values (fp32/fp16 values, or codes + steps/codebook), pattern (positions or bitmap) and other",
+        "(biases, manifest, zip headers); each LZMA member is shared among its tensors in proportion to what each",
+        "compresses to alone. `read s`: decoding the bundle at load.",
         "",
     ]
     for name, rep in out["models"].items():
@@ -143,9 +181,9 @@ def _markdown(out: dict[str, Any]) -> str:
             f"{rep['deep_compression_ratio']:.0f}×. Best within {MAX_DROP} points: **{rep['best_within_drop']}** "
             f"(target {'met' if rep['target_met'] else 'missed'}).",
             "",
-            "| setting | bytes | × dense fp32 | accuracy | drop (points) | value B/weight | other B/weight | read s |"
-            " bits per layer |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| setting | bytes | × dense fp32 | accuracy | drop (points) | stored | zeroed | values B/w | pattern B/w |"
+            " other B/w | read s | bits per layer |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in rep["rows"]:
             per = ", ".join(
@@ -157,7 +195,10 @@ def _markdown(out: dict[str, Any]) -> str:
                 f"{r['ratio_vs_dense_fp32']:.1f}×",
                 f"{100 * r['accuracy']:.2f}%",
                 f"{r['drop_points']:+.2f}",
+                f"{r['nnz']:,}",
+                f"{r['zeroed']:,}",
                 f"{r['value_bytes_per_weight']:.2f}",
+                f"{r['pattern_bytes_per_weight']:.2f}",
                 f"{r['other_bytes_per_weight']:.2f}",
                 f"{r['read_s']:.3f}",
                 per or "–",

@@ -1,14 +1,35 @@
 """Train a zoo LeNet dense, then with Sparse Variational Dropout, on real offline data.
 
-    python benchmarks/train_zoo.py --arch lenet5 --data fashion-mnist --dense-epochs 8 --svdo-epochs 30
+    python benchmarks/train_zoo.py --arch lenet5 --data fashion-mnist --out-dir benchmarks/runs/val
+    python benchmarks/train_zoo.py --resume benchmarks/runs/val/lenet5-fashion-mnist-state.pt
+
+Data: the last --val-size images of the training split are held out for validation (Fashion-MNIST:
+55,000 train / 5,000 val / 10,000 test; mnist5k: 3,500 / 500 / 1,000). Every epoch reports the
+validation and the test accuracy separately; only the validation accuracy decides anything.
+
+Dense baseline: Adam at a constant --lr, early stopping on validation accuracy (--dense-patience
+epochs without a new best, at most --dense-epochs); the best state is kept, saved, and is the net
+SVDO starts from and the "dense" every comparison uses. --dense-patience 0 trains exactly
+--dense-epochs epochs and keeps the last state (the old behaviour).
+
+SVDO (the paper's recipe): starts from the dense net with log sigma^2 = --log-sigma2-init, Adam,
+batch 100, KL weight 0 -> 1 over --kl-warmup-epochs, log alpha clipped to +-8 in the KL term
+(svdcompress.svdo), --svdo-epochs epochs (200 by default), learning rate decayed linearly to 0
+over the whole run (--schedule linear). --schedule hold-decay holds it, then decays it linearly to
+0 over the last --decay-frac of the steps (the schedule of the runs before issue 13).
+
+State: after every epoch the whole run (models, optimizer, LR-scheduler position, KL warm-up step,
+RNG states of torch/numpy/python and of the data-shuffle generator, early-stopping bookkeeping,
+the log so far) is written atomically to --state (default <out-dir>/<arch>-<data>-state.pt).
+--resume STATE continues bit-for-bit with the settings stored in the state (one torch thread
+per run and the same machine give the same bits). A finished run's state says "done"; resuming
+it does nothing. --stop-after-epochs N stops cleanly after N epochs (for time-boxed sessions).
 
 Writes, under --out-dir: ``<arch>-<data>-dense.pt``, ``<arch>-<data>-svdo.pt`` (svdcompress
-checkpoints recording architecture and provenance) and ``<arch>-<data>-log.json`` (per-epoch
-accuracy, compression and time). ``--bundle`` also copies the SVDO checkpoint into the package.
-
-Recipe (DESIGN.md section 5): Adam lr 1e-3, batch 100; SVDO starts from the dense model with
-log sigma^2 = -10; KL weight 0 -> 1 over the first epochs; learning rate held, then decayed
-linearly to 0 over the last 30% of steps (most of the compression arrives then).
+checkpoints recording architecture and provenance), ``<arch>-<data>-log.json`` (when finished:
+per-epoch loss, validation/test accuracy, compression and time; the dense curve and stopping point)
+and ``<arch>-<data>-progress.json`` (the same, rewritten every epoch while the run is going).
+``--bundle`` also copies the SVDO checkpoint into the package.
 """
 
 from __future__ import annotations
@@ -16,28 +37,84 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 import svdcompress
+from svdcompress._io import atomic_path
 from svdcompress.checkpoint import save_checkpoint
 from svdcompress.datasets import load_dataset
 from svdcompress.svdo import ELBOLoss, kl_divergence, sparsify, svdo_layers
 from svdcompress.zoo import INPUT_SHAPES, build
 
 PACKAGE_CKPT_DIR = Path(svdcompress.__file__).parent / "checkpoints"
+SCRIPT = "benchmarks/train_zoo.py"
+STATE_VERSION = 1
+
+VAL_SIZES = {"fashion-mnist": 5000, "mnist5k": 500}
+"""Images held out from the end of each data set's training split for validation: the same images as the
+data specs ``fashion-mnist:val`` and ``mnist5k:val`` (svdcompress.dataspec): tune never picks on trained-on data."""
+
+# Settings that define a run: a resumed run must use the stored values (see _resolve_resume).
+TRAIN_KEYS = (
+    "arch",
+    "data",
+    "val_size",
+    "dense_epochs",
+    "dense_patience",
+    "svdo_epochs",
+    "from_scratch",
+    "init_from",
+    "kl_warmup_epochs",
+    "batch",
+    "lr",
+    "schedule",
+    "decay_frac",
+    "log_sigma2_init",
+    "seed",
+    "log_step_losses",
+)
+
+Loader = Callable[[str, str], tuple[torch.Tensor, torch.Tensor]]
+"""``loader(data_name, split)`` with split "train" or "test" -> (images, labels); load_dataset by default."""
 
 
-def _lr_lambda(total_steps: int, decay_frac: float):
+# ---------------------------------------------------------------------------------------------- data
+
+
+def load_splits(
+    data: str, val_size: int, loader: Loader = load_dataset
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """train / val / test: val is the last ``val_size`` images of the training split, train the rest."""
+    x, y = loader(data, "train")
+    if not 0 < val_size < len(x):
+        raise SystemExit(
+            f"--val-size {val_size}: must be between 1 and {len(x) - 1} ({data} has {len(x)} train images)"
+        )
+    return {
+        "train": (x[:-val_size], y[:-val_size]),
+        "val": (x[-val_size:], y[-val_size:]),
+        "test": loader(data, "test"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+
+
+def _lr_lambda(total_steps: int, decay_frac: float) -> Callable[[int], float]:
+    """LR factor: 1 for the first (1 - decay_frac) of the steps, then linear to 0; decay_frac 1 is linear to 0."""
     hold = int(total_steps * (1.0 - decay_frac))
 
     def f(step: int) -> float:
@@ -48,6 +125,17 @@ def _lr_lambda(total_steps: int, decay_frac: float):
     return f
 
 
+def _constant(step: int) -> float:
+    return 1.0
+
+
+def _decay_frac(cfg: dict[str, Any]) -> float:
+    return 1.0 if cfg["schedule"] == "linear" else float(cfg["decay_frac"])
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
     model.eval()
@@ -55,6 +143,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
     for i in range(0, len(x), batch):
         correct += int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
     return correct / len(x)
+
+
+@torch.no_grad()
+def evaluate_nomask(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy of the SVDO net with theta and no mask (threshold +inf): what ``tune`` compares against."""
+    layers = [layer for _, layer in svdo_layers(model)]
+    saved = [layer.threshold for layer in layers]
+    try:
+        for layer in layers:
+            layer.threshold = float("inf")
+        return evaluate(model, x, y)
+    finally:
+        for layer, thr in zip(layers, saved, strict=True):
+            layer.threshold = thr
 
 
 @torch.no_grad()
@@ -69,195 +171,588 @@ def sparsity_stats(model: nn.Module) -> dict[str, Any]:
     return {"weights": total, "kept": kept, "compression": total / max(1, kept), "layers": per_layer}
 
 
-def train(
-    model: nn.Module,
-    xtr: torch.Tensor,
-    ytr: torch.Tensor,
-    xte: torch.Tensor,
-    yte: torch.Tensor,
-    *,
-    epochs: int,
-    svdo: bool,
-    kl_warmup_epochs: float,
-    batch: int,
-    lr: float,
-    decay_frac: float,
-    desc: str,
-    log: list[dict[str, Any]],
-) -> None:
-    steps_per_epoch = (len(xtr) + batch - 1) // batch
-    total = epochs * steps_per_epoch
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, decay_frac))
-    elbo = ELBOLoss(model, train_size=len(xtr), warmup_steps=int(kl_warmup_epochs * steps_per_epoch))
-    gen = torch.Generator().manual_seed(1234)
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(xtr), generator=gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"{desc} {epoch + 1}/{epochs}", file=sys.stderr, leave=False)
-        for s in bar:
-            idx = perm[s * batch : (s + 1) * batch]
-            logits = model(xtr[idx])
-            loss = elbo(logits, ytr[idx]) if svdo else F.cross_entropy(logits, ytr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if s % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        acc = evaluate(model, xte, yte)
-        rec: dict[str, Any] = {"phase": desc, "epoch": epoch + 1, "test_acc": acc, "seconds": time.perf_counter() - t0}
+# ---------------------------------------------------------------------------------------------- RNG state
+
+
+def _rng_state() -> dict[str, Any]:
+    """torch / numpy / python global RNG states as tensors, lists and numbers (loadable with weights_only)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached),
+        },
+        "python": {"version": int(py_version), "internal": [int(v) for v in py_internal], "gauss_next": py_gauss},
+    }
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    n = st["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = st["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+# ---------------------------------------------------------------------------------------------- one phase
+
+
+class Phase:
+    """One training phase (dense or SVDO): model, Adam, LR schedule, KL warm-up, shuffle generator."""
+
+    def __init__(self, model: nn.Module, cfg: dict[str, Any], *, svdo: bool, train_size: int) -> None:
+        self.model = model
+        self.svdo = svdo
+        self.batch = int(cfg["batch"])
+        self.steps_per_epoch = (train_size + self.batch - 1) // self.batch
+        self.opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
         if svdo:
-            st = sparsity_stats(model)
-            rec.update(
-                compression=st["compression"], kept=st["kept"], kl=float(kl_divergence(model)), kl_weight=elbo.kl_weight
+            self.epochs = int(cfg["svdo_epochs"])
+            lam = _lr_lambda(self.epochs * self.steps_per_epoch, _decay_frac(cfg))
+        else:  # early stopping: the length is not known in advance, so the dense LR is constant
+            self.epochs = int(cfg["dense_epochs"])
+            lam = _constant
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lam)
+        warm = int(float(cfg["kl_warmup_epochs"]) * self.steps_per_epoch) if svdo else 0
+        self.elbo = ELBOLoss(model, train_size=train_size, warmup_steps=warm)
+        self.gen = torch.Generator().manual_seed(1234 + int(cfg["seed"]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "kl_step": self.elbo.step,
+            "generator": self.gen.get_state(),
+        }
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.elbo.step = int(st["kl_step"])
+        self.gen.set_state(st["generator"])
+
+    def train_epoch(self, x: torch.Tensor, y: torch.Tensor, desc: str) -> list[float]:
+        self.model.train()
+        perm = torch.randperm(len(x), generator=self.gen)
+        losses: list[float] = []
+        bar = tqdm(
+            range(self.steps_per_epoch), desc=desc, file=sys.stderr, leave=False, disable=not sys.stderr.isatty()
+        )
+        for s in bar:
+            idx = perm[s * self.batch : (s + 1) * self.batch]
+            logits = self.model(x[idx])
+            loss = self.elbo(logits, y[idx]) if self.svdo else F.cross_entropy(logits, y[idx])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            losses.append(loss.item())
+            if s % 50 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        return losses
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+def _git(*args: str) -> str | None:
+    try:
+        r = subprocess.run(["git", *args], capture_output=True, text=True, check=False, cwd=Path(__file__).parent)
+    except OSError:
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def _git_provenance() -> dict[str, Any]:
+    """The real commit (``git rev-parse HEAD``), "+dirty" when tracked files differ from it, and which ones."""
+    head = (_git("rev-parse", "HEAD") or "").strip() or "unknown"
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = sorted(line[3:] for line in (status or "").splitlines() if line.strip())
+    return {"git_commit": head + ("+dirty" if dirty else ""), "git_dirty_files": dirty}
+
+
+def _session(cfg: dict[str, Any], book: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        **_git_provenance(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "threads": int(cfg["threads"]),
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "start_phase": book["phase"] if book else "start",
+        "start_epoch": book["epoch"] if book else 0,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+
+def _parser(suppress: bool = False) -> argparse.ArgumentParser:
+    d: Callable[[Any], Any] = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=d(None)
+    )
+    p.add_argument("--arch", choices=["lenet300", "lenet5"])
+    p.add_argument("--data", choices=sorted(VAL_SIZES), default=d("fashion-mnist"))
+    p.add_argument("--val-size", type=int, help="validation images held out from the end of the train split")
+    p.add_argument(
+        "--dense-epochs", type=int, default=d(100), help="most dense epochs (early stopping may stop sooner)"
+    )
+    p.add_argument(
+        "--dense-patience",
+        type=int,
+        default=d(10),
+        help="stop dense training after this many epochs without a better validation accuracy; 0: no early stopping",
+    )
+    p.add_argument("--svdo-epochs", type=int, default=d(200))
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        default=d(False),
+        help="train SVDO from random init, not from the dense net",
+    )
+    p.add_argument(
+        "--init-from", type=str, help="start SVDO from this dense svdcompress checkpoint (skips dense training)"
+    )
+    p.add_argument("--kl-warmup-epochs", type=float, default=d(5.0))
+    p.add_argument("--batch", type=int, default=d(100))
+    p.add_argument("--lr", type=float, default=d(1e-3))
+    p.add_argument(
+        "--schedule",
+        choices=["linear", "hold-decay"],
+        default=d("linear"),
+        help="SVDO learning rate: linear to 0 over the whole run (the paper), or held then decayed over --decay-frac",
+    )
+    p.add_argument(
+        "--decay-frac", type=float, default=d(0.3), help="with --schedule hold-decay: share of steps decayed"
+    )
+    p.add_argument("--log-sigma2-init", type=float, default=d(-10.0))
+    p.add_argument("--seed", type=int, default=d(0))
+    p.add_argument("--log-step-losses", action="store_true", default=d(False), help="record every step's loss")
+    p.add_argument("--threads", type=int, default=d(1), help="torch.set_num_threads")
+    p.add_argument("--out-dir", type=str, default=d("benchmarks/runs"))
+    p.add_argument("--state", type=str, help="state file (default <out-dir>/<arch>-<data>-state.pt)")
+    p.add_argument("--resume", type=str, metavar="STATE", help="continue the run saved in STATE, bit for bit")
+    p.add_argument("--stop-after-epochs", type=int, help="stop (state saved) after this many epochs in this process")
+    p.add_argument("--bundle", action="store_true", default=d(False), help="copy the SVDO checkpoint into the package")
+    return p
+
+
+def _stem(cfg: dict[str, Any]) -> str:
+    return f"{cfg['arch']}-{cfg['data']}"
+
+
+def _state_path(cfg: dict[str, Any]) -> Path:
+    return Path(cfg["state"]) if cfg.get("state") else Path(cfg["out_dir"]) / f"{_stem(cfg)}-state.pt"
+
+
+def _resume_command(state_path: Path) -> str:
+    return f"python {SCRIPT} --resume {state_path}"
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+class Run:
+    """The whole training run as a state machine over epochs: dense -> svdo -> done."""
+
+    def __init__(self, cfg: dict[str, Any], splits: dict[str, tuple[torch.Tensor, torch.Tensor]], argv: list[str]):
+        self.cfg = cfg
+        self.splits = splits
+        self.argv = argv
+        self.out_dir = Path(cfg["out_dir"])
+        self.stem = _stem(cfg)
+        self.state_path = _state_path(cfg)
+        self.phase: Phase | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.book: dict[str, Any] = {}
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _sizes(self) -> dict[str, int]:
+        return {f"{k}_size": len(v[0]) for k, v in self.splits.items()}
+
+    def fresh(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg["seed"])
+        np.random.seed(cfg["seed"])
+        random.seed(cfg["seed"])
+        self.book = {
+            "version": STATE_VERSION,
+            "config": {k: cfg[k] for k in TRAIN_KEYS},
+            "command": " ".join([SCRIPT, *self.argv]),
+            "out_dir": str(cfg["out_dir"]),
+            "sizes": self._sizes(),
+            "phase": "dense",
+            "epoch": 0,
+            "log": [],
+            "elapsed": {"dense": 0.0, "svdo": 0.0},
+            "dense": None,
+            "early_stop": {"best_val": -1.0, "best_epoch": 0, "bad_epochs": 0},
+            "sessions": [],
+        }
+        if cfg["init_from"] is not None or cfg["dense_epochs"] <= 0:
+            self._finish_dense(None)
+        else:
+            self.phase = Phase(build(cfg["arch"], svdo=False), cfg, svdo=False, train_size=len(self.splits["train"][0]))
+
+    def load(self, st: dict[str, Any]) -> None:
+        self.book = st["book"]
+        ph = self.book["phase"]
+        train_size = len(self.splits["train"][0])
+        if ph == "dense":
+            self.phase = Phase(build(self.cfg["arch"], svdo=False), self.cfg, svdo=False, train_size=train_size)
+            self.phase.load_state_dict(st["phase"])
+            self.best_state = st["best_state"]
+        elif ph == "svdo":
+            self.phase = Phase(self._svdo_skeleton(), self.cfg, svdo=True, train_size=train_size)
+            self.phase.load_state_dict(st["phase"])
+        _set_rng_state(st["rng"])
+
+    def save(self) -> None:
+        st = {
+            "book": self.book,
+            "phase": self.phase.state_dict() if self.phase is not None and self.book["phase"] != "done" else None,
+            "best_state": self.best_state if self.book["phase"] == "dense" else None,
+            "rng": _rng_state(),
+        }
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.state_path) as tmp:
+            torch.save(st, tmp)
+        self._write_json(self.out_dir / f"{self.stem}-progress.json", self._report(status=self.book["phase"]))
+
+    def _write_json(self, path: Path, obj: Any) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(obj, indent=2, default=str))
+
+    def _report(self, status: str) -> dict[str, Any]:
+        return {
+            "status": status,
+            "resume_command": _resume_command(self.state_path),
+            "config": self.book["config"],
+            "sizes": self.book["sizes"],
+            "dense": self.book["dense"],
+            "sessions": self.book["sessions"],
+            "epochs": self.book["log"],
+        }
+
+    # -- phases ---------------------------------------------------------------------------------
+
+    def _svdo_skeleton(self) -> nn.Module:
+        """An SVDO model shaped like the one being trained (its values are overwritten or initialised by the caller)."""
+        cfg = self.cfg
+        if cfg["from_scratch"]:
+            model = build(cfg["arch"], svdo=True)
+            with torch.no_grad():
+                for _, layer in svdo_layers(model):
+                    layer.log_sigma2.fill_(cfg["log_sigma2_init"])
+            return model
+        return sparsify(build(cfg["arch"], svdo=False), log_sigma2_init=cfg["log_sigma2_init"])
+
+    def _dense_done(self) -> bool:
+        es, cfg = self.book["early_stop"], self.cfg
+        if self.book["epoch"] >= cfg["dense_epochs"]:
+            return True
+        return bool(cfg["dense_patience"] > 0 and es["bad_epochs"] >= cfg["dense_patience"])
+
+    def _finish_dense(self, dense: nn.Module | None) -> None:
+        """Keep the best dense state, save it, and start the SVDO phase from it (or from scratch)."""
+        cfg, book = self.cfg, self.book
+        xval, yval = self.splits["val"]
+        xte, yte = self.splits["test"]
+        summary: dict[str, Any] = {}
+        if cfg["init_from"] is not None:
+            from svdcompress.models import load_model
+
+            resolved = load_model(cfg["init_from"])
+            dense = resolved.module
+            prov = resolved.meta.get("provenance") or {}
+            summary = {
+                "init_from": cfg["init_from"],
+                "epochs": prov.get("dense_epochs", prov.get("epochs")),
+                "stopped": "loaded",
+            }
+        elif dense is not None:
+            es = book["early_stop"]
+            if cfg["dense_patience"] > 0 and self.best_state is not None:
+                dense.load_state_dict(self.best_state)
+                kept = es["best_epoch"]
+            else:
+                kept = book["epoch"]
+            summary = {
+                "epochs": book["epoch"],
+                "best_epoch": es["best_epoch"],
+                "kept_epoch": kept,
+                "max_epochs": cfg["dense_epochs"],
+                "patience": cfg["dense_patience"],
+                "stopped": "max_epochs" if book["epoch"] >= cfg["dense_epochs"] else "patience",
+                "train_seconds": book["elapsed"]["dense"],
+            }
+        if dense is not None:
+            summary["val_acc"] = evaluate(dense, xval, yval)
+            summary["test_acc"] = evaluate(dense, xte, yte)
+            if cfg["init_from"] is None:
+                save_checkpoint(
+                    self.out_dir / f"{self.stem}-dense.pt",
+                    dense,
+                    arch=cfg["arch"],
+                    arch_kwargs={"svdo": False},
+                    input_shape=INPUT_SHAPES[cfg["arch"]],
+                    provenance={**self._base_provenance(), **{f"dense_{k}": v for k, v in summary.items()}},
+                )
+            print(
+                f"[dense] kept epoch {summary.get('kept_epoch', '-')} of {summary.get('epochs')} "
+                f"({summary.get('stopped')}): val acc {summary['val_acc']:.4f}, test acc {summary['test_acc']:.4f}",
+                file=sys.stderr,
+                flush=True,
             )
-        log.append(rec)
-        extra = f" compression {rec['compression']:.1f}x" if svdo else ""
+        book["dense"] = summary or None
+        book["phase"], book["epoch"] = "svdo", 0
+        self.best_state = None
+        train_size = len(self.splits["train"][0])
+        if cfg["from_scratch"] or dense is None:
+            model = self._svdo_skeleton()
+        else:
+            model = sparsify(dense, log_sigma2_init=cfg["log_sigma2_init"])
+        self.phase = Phase(model, cfg, svdo=True, train_size=train_size)
+
+    def _epoch(self) -> None:
+        cfg, book, ph = self.cfg, self.book, self.phase
+        assert ph is not None
+        name = book["phase"]
+        total = ph.epochs
+        xtr, ytr = self.splits["train"]
+        t0 = time.perf_counter()
+        losses = ph.train_epoch(xtr, ytr, f"{name} {book['epoch'] + 1}/{total}")
+        train_s = time.perf_counter() - t0
+        book["epoch"] += 1
+        rec: dict[str, Any] = {
+            "phase": name,
+            "epoch": book["epoch"],
+            "train_loss": sum(losses) / len(losses),
+            "lr_end": ph.opt.param_groups[0]["lr"],
+            "val_acc": evaluate(ph.model, *self.splits["val"]),
+            "test_acc": evaluate(ph.model, *self.splits["test"]),
+        }
+        if cfg["log_step_losses"]:
+            rec["step_losses"] = losses
+        if ph.svdo:
+            st = sparsity_stats(ph.model)
+            rec.update(
+                val_acc_nomask=evaluate_nomask(ph.model, *self.splits["val"]),
+                compression=st["compression"],
+                kept=st["kept"],
+                kl=float(kl_divergence(ph.model).detach()),
+                kl_weight=ph.elbo.kl_weight,
+            )
+        else:
+            es = book["early_stop"]
+            if rec["val_acc"] > es["best_val"]:
+                es.update(best_val=rec["val_acc"], best_epoch=book["epoch"], bad_epochs=0)
+                self.best_state = {k: v.detach().clone() for k, v in ph.model.state_dict().items()}
+            else:
+                es["bad_epochs"] += 1
+            rec["best_epoch"] = es["best_epoch"]
+        book["elapsed"][name] += time.perf_counter() - t0
+        rec["epoch_seconds"] = train_s
+        rec["seconds"] = book["elapsed"][name]
+        book["log"].append(rec)
+        extra = f" compression {rec['compression']:.1f}x kl_w {rec['kl_weight']:.2f}" if ph.svdo else ""
+        if not ph.svdo:
+            extra = f" (best {book['early_stop']['best_epoch']}, {book['early_stop']['bad_epochs']} without gain)"
         print(
-            f"[{desc}] epoch {epoch + 1}/{epochs} test acc {acc:.4f}{extra} ({rec['seconds']:.0f}s)",
+            f"[{name}] epoch {book['epoch']}/{total} loss {rec['train_loss']:.4f} lr {rec['lr_end']:.2e} "
+            f"val acc {rec['val_acc']:.4f} test acc {rec['test_acc']:.4f}{extra} "
+            f"({train_s:.0f}s train, {rec['seconds']:.0f}s total)",
             file=sys.stderr,
             flush=True,
         )
 
+    # -- outputs --------------------------------------------------------------------------------
 
-def _git_commit() -> str:
-    try:
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False, cwd=Path(__file__).parent
-            ).stdout.strip()
-            or "unknown"
+    def _base_provenance(self) -> dict[str, Any]:
+        cfg, book = self.cfg, self.book
+        first = book["sessions"][0] if book["sessions"] else _session(cfg, None)
+        return {
+            "data": cfg["data"],
+            **book["sizes"],
+            "seed": cfg["seed"],
+            "batch": cfg["batch"],
+            "lr": cfg["lr"],
+            "torch": first["torch"],
+            "python": first["python"],
+            "threads": first["threads"],
+            "git_commit": first["git_commit"],
+            "git_dirty_files": first["git_dirty_files"],
+            "sessions": len(book["sessions"]),
+            "command": book["command"],
+            "date": first["date"][:10],
+        }
+
+    def _finish_svdo(self) -> Path:
+        cfg, book, ph = self.cfg, self.book, self.phase
+        assert ph is not None
+        model = ph.model
+        st = sparsity_stats(model)
+        dense = book["dense"] or {}
+        prov = {
+            **self._base_provenance(),
+            "epochs": cfg["svdo_epochs"],
+            "dense_epochs": dense.get("epochs"),
+            "dense_best_epoch": dense.get("best_epoch"),
+            "dense_max_epochs": dense.get("max_epochs"),
+            "dense_patience": dense.get("patience"),
+            "dense_stopped": dense.get("stopped"),
+            "dense_train_seconds": dense.get("train_seconds"),
+            "init": "scratch" if cfg["from_scratch"] or not dense else "dense",
+            "kl_warmup_epochs": cfg["kl_warmup_epochs"],
+            "schedule": cfg["schedule"],
+            "lr_decay_frac": _decay_frac(cfg),
+            "log_sigma2_init": cfg["log_sigma2_init"],
+            "log_alpha_clip": 8.0,
+            "test_acc": evaluate(model, *self.splits["test"]),
+            "val_acc": evaluate(model, *self.splits["val"]),
+            "val_acc_nomask": evaluate_nomask(model, *self.splits["val"]),
+            "dense_test_acc": dense.get("test_acc", float("nan")),
+            "dense_val_acc": dense.get("val_acc", float("nan")),
+            "compression": st["compression"],
+            "kept": st["kept"],
+            "weights": st["weights"],
+            "train_seconds": book["elapsed"]["svdo"],
+        }
+        if cfg["init_from"] is not None:
+            prov["init_from"] = cfg["init_from"]
+        out = save_checkpoint(
+            self.out_dir / f"{self.stem}-svdo.pt",
+            model,
+            arch=cfg["arch"],
+            arch_kwargs={"svdo": True},
+            input_shape=INPUT_SHAPES[cfg["arch"]],
+            threshold=3.0,
+            provenance=prov,
         )
-    except OSError:
-        return "unknown"
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", choices=["lenet300", "lenet5"], required=True)
-    p.add_argument("--data", choices=["fashion-mnist", "mnist5k"], default="fashion-mnist")
-    p.add_argument("--dense-epochs", type=int, default=10)
-    p.add_argument("--svdo-epochs", type=int, default=30)
-    p.add_argument("--from-scratch", action="store_true", help="train SVDO from random init, not from the dense net")
-    p.add_argument(
-        "--init-from", type=Path, help="start SVDO from this dense svdcompress checkpoint (skips dense training)"
-    )
-    p.add_argument("--kl-warmup-epochs", type=float, default=5.0)
-    p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--decay-frac", type=float, default=0.3)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/runs"))
-    p.add_argument("--bundle", action="store_true", help="copy the SVDO checkpoint into svdcompress/checkpoints/")
-    a = p.parse_args(argv)
-
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    xtr, ytr = load_dataset(a.data, "train")
-    xte, yte = load_dataset(a.data, "test")
-    a.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{a.arch}-{a.data}"
-    log: list[dict[str, Any]] = []
-    common = dict(batch=a.batch, lr=a.lr, decay_frac=a.decay_frac, log=log)
-    base_prov = {
-        "data": a.data,
-        "train_size": len(xtr),
-        "test_size": len(xte),
-        "seed": a.seed,
-        "batch": a.batch,
-        "lr": a.lr,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": a.threads,
-        "git_commit": _git_commit(),
-        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-
-    t0 = time.perf_counter()
-    dense = build(a.arch, svdo=False)
-    dense_acc = float("nan")
-    if a.init_from is not None:
-        from svdcompress.models import load_model
-
-        dense = load_model(a.init_from).module
-        dense_acc = evaluate(dense, xte, yte)
-        base_prov["init_from"] = str(a.init_from)
-        print(f"[dense] loaded {a.init_from}: test acc {dense_acc:.4f}", file=sys.stderr, flush=True)
-    elif a.dense_epochs > 0:
-        train(dense, xtr, ytr, xte, yte, epochs=a.dense_epochs, svdo=False, kl_warmup_epochs=0, desc="dense", **common)
-        dense_acc = evaluate(dense, xte, yte)
-        save_checkpoint(
-            a.out_dir / f"{stem}-dense.pt",
-            dense,
-            arch=a.arch,
-            arch_kwargs={"svdo": False},
-            input_shape=INPUT_SHAPES[a.arch],
-            provenance={
-                **base_prov,
-                "epochs": a.dense_epochs,
-                "test_acc": dense_acc,
-                "train_seconds": time.perf_counter() - t0,
-            },
+        log = {**self._report(status="done"), "provenance": prov, "layers": st["layers"]}
+        self._write_json(self.out_dir / f"{self.stem}-log.json", log)
+        print(
+            f"{self.stem}: dense val/test acc {prov['dense_val_acc']:.4f}/{prov['dense_test_acc']:.4f}, "
+            f"svdo val/test acc {prov['val_acc']:.4f}/{prov['test_acc']:.4f}, compression {st['compression']:.1f}x, "
+            f"svdo time {prov['train_seconds']:.0f}s -> {out}",
+            flush=True,
         )
-    t1 = time.perf_counter()
-    scratch = a.from_scratch or (a.dense_epochs == 0 and a.init_from is None)
-    model = build(a.arch, svdo=True) if scratch else sparsify(dense)
-    train(
-        model,
-        xtr,
-        ytr,
-        xte,
-        yte,
-        epochs=a.svdo_epochs,
-        svdo=True,
-        kl_warmup_epochs=a.kl_warmup_epochs,
-        desc="svdo",
-        **common,
-    )
-    acc = evaluate(model, xte, yte)
-    st = sparsity_stats(model)
-    prov = {
-        **base_prov,
-        "epochs": a.svdo_epochs,
-        "dense_epochs": a.dense_epochs,
-        "init": "scratch" if scratch else "dense",
-        "kl_warmup_epochs": a.kl_warmup_epochs,
-        "lr_decay_frac": a.decay_frac,
-        "log_sigma2_init": -10.0,
-        "test_acc": acc,
-        "dense_test_acc": dense_acc,
-        "compression": st["compression"],
-        "kept": st["kept"],
-        "weights": st["weights"],
-        "train_seconds": time.perf_counter() - t1,
-    }
-    out = save_checkpoint(
-        a.out_dir / f"{stem}-svdo.pt",
-        model,
-        arch=a.arch,
-        arch_kwargs={"svdo": True},
-        input_shape=INPUT_SHAPES[a.arch],
-        threshold=3.0,
-        provenance=prov,
-    )
-    (a.out_dir / f"{stem}-log.json").write_text(
-        json.dumps({"provenance": prov, "epochs": log, "layers": st["layers"]}, indent=2)
-    )
+        if cfg["bundle"]:
+            PACKAGE_CKPT_DIR.mkdir(exist_ok=True)
+            dst = PACKAGE_CKPT_DIR / f"{cfg['arch']}.pt"
+            shutil.copyfile(out, dst)
+            shutil.copyfile(self.out_dir / f"{self.stem}-log.json", PACKAGE_CKPT_DIR / f"{cfg['arch']}-log.json")
+            print(f"bundled -> {dst}")
+        return out
+
+    def run(self, stop_after: int | None) -> str:
+        """Train until done or ``stop_after`` epochs; returns the phase reached ("done" when finished)."""
+        book = self.book
+        if book["phase"] == "done":
+            print(f"{self.stem}: already finished; outputs in {self.out_dir}", file=sys.stderr, flush=True)
+            return "done"
+        book["sessions"].append(_session(self.cfg, book))
+        print(
+            f"{self.stem}: {book['phase']} epoch {book['epoch']}; state saved after every epoch to {self.state_path}\n"
+            f"  to continue after an interruption: {_resume_command(self.state_path)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        done = 0
+        while True:
+            if book["phase"] == "dense" and self._dense_done():
+                assert self.phase is not None
+                self._finish_dense(self.phase.model)
+                self.save()
+            if book["phase"] == "svdo" and book["epoch"] >= self.cfg["svdo_epochs"]:
+                self._finish_svdo()
+                book["phase"] = "done"
+                self.save()
+                return "done"
+            if stop_after is not None and done >= stop_after:
+                print(
+                    f"{self.stem}: stopped after {done} epochs this session ({book['phase']} epoch {book['epoch']}); "
+                    f"continue with: {_resume_command(self.state_path)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return str(book["phase"])
+            self._epoch()
+            self.save()
+            done += 1
+
+
+def _resolve_resume(a: argparse.Namespace, given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Config of a resumed run: the stored settings; explicitly given training settings must agree with them."""
+    path = Path(a.resume)
+    if not path.exists():
+        raise SystemExit(f"--resume {path}: no such state file")
+    st = torch.load(path, weights_only=True)
+    if not isinstance(st, dict) or st.get("book", {}).get("version") != STATE_VERSION:
+        raise SystemExit(f"--resume {path}: not a train_zoo state file (version {STATE_VERSION})")
+    stored = st["book"]["config"]
+    clash = {k: (given[k], stored[k]) for k in TRAIN_KEYS if k in given and given[k] != stored[k]}
+    if clash:
+        diffs = ", ".join(f"--{k.replace('_', '-')} {new!r} (state has {old!r})" for k, (new, old) in clash.items())
+        raise SystemExit(f"--resume {path}: the run was started with other settings: {diffs}")
+    cfg = {**vars(a), **stored, "state": str(path), "out_dir": given.get("out_dir", st["book"]["out_dir"])}
+    first = st["book"]["sessions"][0] if st["book"]["sessions"] else None
+    if first is not None and first["threads"] != cfg["threads"]:
+        print(
+            f"warning: the run started with {first['threads']} thread(s), now {cfg['threads']}: "
+            "results may differ from an uninterrupted run in the last bits",
+            file=sys.stderr,
+        )
+    return cfg, st
+
+
+def main(argv: list[str] | None = None, *, loader: Loader = load_dataset) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = _parser().parse_args(argv)
+    given = vars(_parser(suppress=True).parse_args(argv))
+    if a.resume:
+        cfg, st = _resolve_resume(a, given)
+    else:
+        if a.arch is None:
+            raise SystemExit("--arch is required (unless --resume)")
+        cfg, st = vars(a), None
+        if cfg["val_size"] is None:
+            cfg["val_size"] = VAL_SIZES[cfg["data"]]
+        if cfg["init_from"] is not None:
+            cfg["init_from"] = str(cfg["init_from"])
+        path = _state_path(cfg)
+        if path.exists():
+            raise SystemExit(f"{path} exists: continue it with --resume {path}, or remove it to start over")
+
+    torch.set_num_threads(cfg["threads"])
+    splits = load_splits(cfg["data"], cfg["val_size"], loader)
+    sizes = {k: len(v[0]) for k, v in splits.items()}
     print(
-        f"{stem}: dense acc {dense_acc:.4f}, svdo acc {acc:.4f}, compression {st['compression']:.1f}x, "
-        f"svdo time {prov['train_seconds']:.0f}s -> {out}",
+        f"{_stem(cfg)}: train {sizes['train']:,} / val {sizes['val']:,} (last of the train split) / "
+        f"test {sizes['test']:,}",
+        file=sys.stderr,
         flush=True,
     )
-    if a.bundle:
-        PACKAGE_CKPT_DIR.mkdir(exist_ok=True)
-        dst = PACKAGE_CKPT_DIR / f"{a.arch}.pt"
-        shutil.copyfile(out, dst)
-        shutil.copyfile(a.out_dir / f"{stem}-log.json", PACKAGE_CKPT_DIR / f"{a.arch}-log.json")
-        print(f"bundled -> {dst}")
+    run = Run(cfg, splits, argv)
+    if st is None:
+        run.fresh()
+    else:
+        if st["book"]["sizes"] != run._sizes():
+            raise SystemExit(f"--resume: the data sizes changed ({st['book']['sizes']} -> {run._sizes()})")
+        run.load(st)
+    run.run(cfg["stop_after_epochs"])
     return 0
 
 

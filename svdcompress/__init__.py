@@ -60,6 +60,8 @@ _EXPORTS: dict[str, str] = {
     "LinearSVDO": "svdo",
     "kl_divergence": "svdo",
     "sparsify": "svdo",
+    "TuneResult": "tuning",
+    "tune": "tuning",
 }
 
 __all__ = [
@@ -84,6 +86,7 @@ __all__ = [
     "PruneResult",
     "SVDOLayer",
     "SvdcompressError",
+    "TuneResult",
     "UnsupportedOpError",
     "VerificationError",
     "__version__",
@@ -104,6 +107,7 @@ __all__ = [
     "save_checkpoint",
     "save_pruned",
     "sparsify",
+    "tune",
 ]
 
 
@@ -144,3 +148,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .pt2 import load_pruned, save_pruned
     from .structured import PruneConfig, PruneReport, PruneResult, prune
     from .svdo import Conv2dSVDO, ELBOLoss, LinearSVDO, kl_divergence, sparsify
+    from .tuning import TuneResult, tune

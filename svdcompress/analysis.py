@@ -20,13 +20,20 @@ from torch import nn
 
 from ._io import release_pages
 from .checkpoint import load_checkpoint
-from .conventions import SVDOLayer, convention_of_module, find_svdo_layers, keep_rule, layer_kind
+from .conventions import SVDOLayer, central_data_layers, find_svdo_layers, keep_rule, module_layer
 from .conventions import log_alpha as _log_alpha
 from .errors import InvalidInputError
-from .masking import is_svdo_like
 from .svdo import DEFAULT_THRESHOLD
 
-__all__ = ["AnalysisReport", "ConventionWarning", "LayerReport", "analyze", "layers_of"]
+__all__ = [
+    "AnalysisReport",
+    "ConventionWarning",
+    "LayerReport",
+    "ambiguity_warnings",
+    "analyze",
+    "layers_of",
+    "live_layers",
+]
 
 
 class ConventionWarning(UserWarning):
@@ -226,80 +233,43 @@ def _fmt_x(x: float) -> str:
 
 
 def layers_of(model: nn.Module, convention: str | None = None) -> list[SVDOLayer]:
-    """SVDO layers of a live module (svdcompress's own or foreign ones storing weight + log_sigma2).
+    """SVDO layers of a live module: every submodule holding a weight + log-variance pair of a known convention
+    (:func:`svdcompress.conventions.module_layer`), then numenta's VDropCentralData layers.
 
-    The convention comes from each layer's class (:func:`svdcompress.conventions.convention_of_module`);
-    ``convention`` names it for layers whose class does not say.
+    The convention comes from ``convention`` (when it reads the layer's names), from the tag
+    :func:`svdcompress.load_model` leaves when the file settled it, from the layer's class, else from its names.
     """
     out = []
     for name, m in model.named_modules():
-        if not is_svdo_like(m):
-            continue
-        conv, alternatives = convention_of_module(m, convention)
-        w = m.weight.detach()
-        b = getattr(m, "bias", None)
-        kind = layer_kind(w) if w.dim() in (2, 3, 4) else "linear"
-        ls2: torch.Tensor = m.log_sigma2  # is_svdo_like checked it is a tensor
-        out.append(
-            SVDOLayer(
-                name or "<model>",
-                kind,
-                w,
-                ls2.detach(),
-                b.detach().reshape(-1) if isinstance(b, torch.Tensor) else None,
-                conv,
-                f"{name}.weight",
-                f"{name}.log_sigma2",
-                alternatives,
-            )
-        )
+        layer = module_layer(m, name, convention)
+        if layer is not None:
+            out.append(layer)
     return out
 
 
-def _central_data_layers(model: nn.Module) -> list[SVDOLayer]:
-    """numenta's VDropLinear / VDropConv2d over a VDropCentralData: each layer's weights are a slice of the
-    central flat z_mu / z_logvar. The slices (z_chunk_sizes, data_index) and shapes live on the modules, not
-    in the state_dict, so only a live model can be read."""
-    from .conventions import CONVENTIONS
+_central_data_layers = central_data_layers  # the name it had here
 
-    nupic = next(c for c in CONVENTIONS if c.theta == "w_mu" and c.variance == "w_logvar")
-    out = []
-    for name, m in model.named_modules():
-        holder, index = getattr(m, "central_data", None), getattr(m, "data_index", None)
-        if not (isinstance(holder, list) and len(holder) == 1 and isinstance(index, int)):
-            continue
-        central = holder[0]
-        z_mu, z_logvar = getattr(central, "z_mu", None), getattr(central, "z_logvar", None)
-        sizes = getattr(central, "z_chunk_sizes", None)
-        if not (isinstance(z_mu, torch.Tensor) and isinstance(z_logvar, torch.Tensor) and isinstance(sizes, list)):
-            continue
-        if hasattr(m, "in_features"):
-            shape: tuple[int, ...] = (int(m.out_features), int(m.in_features))
-        else:
-            shape = (int(m.out_channels), -1, *(int(k) for k in m.kernel_size))
-        start, n = sum(sizes[:index]), int(sizes[index])
-        theta = z_mu.detach()[start : start + n]
-        z_mask = getattr(central, "z_mask", None)  # MaskedVDropCentralData: pruned entries are 0
-        if isinstance(z_mask, torch.Tensor):
-            theta = theta * z_mask[start : start + n].to(theta.dtype)
-        known = math.prod(d for d in shape if d != -1)
-        if n == 0 or n % known or (-1 not in shape and n != known):
-            continue  # one z per group of weights (group variational dropout): not per-weight SVDO
-        theta = theta.reshape(shape)
-        bias = getattr(m, "bias", None)
-        out.append(
-            SVDOLayer(
-                name,
-                layer_kind(theta),
-                theta,
-                z_logvar.detach()[start : start + n].reshape(theta.shape),
-                bias.detach().reshape(-1) if isinstance(bias, torch.Tensor) else None,
-                nupic,
-                f"z_mu[{start}:{start + n}]",
-                f"z_logvar[{start}:{start + n}]",
-            )
+
+def live_layers(model: nn.Module, convention: str | None = None) -> list[SVDOLayer]:
+    """:func:`layers_of` and the VDropCentralData layers of ``model``, refused when there are none.
+
+    Raises:
+        NoSVDOLayersError: no SVDO layer in ``model``; the message lists the pairs looked for.
+        InvalidInputError: ``convention`` reads none of its layers.
+    """
+    from .conventions import known_pairs
+    from .errors import NoSVDOLayersError
+
+    layers = layers_of(model, convention) + central_data_layers(model)
+    name = type(model).__name__
+    if not layers:
+        raise NoSVDOLayersError(
+            f"{name}: the module has no SVDO layers (a submodule holding one of: {known_pairs()}); "
+            "wrap a plain model with svdcompress.svdo.sparsify and train it first"
         )
-    return out
+    if convention is not None and not any(layer.convention.name == convention for layer in layers):
+        raise InvalidInputError(f"{name}: convention={convention!r} reads none of the module's SVDO layers")
+    return layers
 
 
 @torch.no_grad()
@@ -317,7 +287,7 @@ def _flips(layer: SVDOLayer, threshold: float) -> dict[str, int]:
     return out
 
 
-def _ambiguity_warnings(name: str, layers: list[SVDOLayer], threshold: float) -> list[str]:
+def ambiguity_warnings(name: str, layers: list[SVDOLayer], threshold: float) -> list[str]:
     """One message when the candidate formulas for the file's names disagree on some weight."""
     per_layer: dict[str, dict[str, int]] = {}
     for layer in layers:
@@ -452,15 +422,8 @@ def analyze(
         raise InvalidInputError(f"threshold must be a finite number, got {threshold}")
     meta: dict[str, Any] = {}
     if isinstance(source, nn.Module):
-        layers = layers_of(source, convention) + _central_data_layers(source)
+        layers = live_layers(source, convention)
         name = type(source).__name__
-        if not layers:
-            from .errors import NoSVDOLayersError
-
-            raise NoSVDOLayersError(
-                f"{name}: the module has no SVDO layers (weight + log_sigma2); "
-                "wrap it with svdcompress.svdo.sparsify and train it first"
-            )
     elif isinstance(source, Mapping):
         name = "<state_dict>"
         layers = find_svdo_layers(source, file=name, convention=convention)
@@ -478,7 +441,7 @@ def analyze(
             classes=ckpt.classes,
             convention=convention,
         )
-    notes = _ambiguity_warnings(name, layers, threshold)
+    notes = ambiguity_warnings(name, layers, threshold)
     for note in notes:
         warnings.warn(note, ConventionWarning, stacklevel=2)
     return AnalysisReport(name, float(threshold), [_layer_report(layer, threshold) for layer in layers], meta, notes)

@@ -41,6 +41,7 @@ train/eval flags are restored on return, also after an error.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -73,6 +74,7 @@ __all__ = [
     "bench",
     "copy_bandwidth",
     "cpu_simd_flags",
+    "csr_latency",
     "machine_info",
     "sgemm_peak",
     "torch_threads",
@@ -90,11 +92,14 @@ class BenchConfig:
     sample_ms: float = 2.0
     contenders: tuple[str, ...] = CONTENDERS
     threshold: float = DEFAULT_THRESHOLD
+    convention: str | None = None  # for weight + log_sigma2 layers whose class does not say (see analyze)
 
     def __post_init__(self) -> None:
         from .masking import check_threshold
+        from .structured import PruneConfig
 
         check_threshold(self.threshold)
+        PruneConfig(convention=self.convention)  # an unknown name: the same message as prune's
 
 
 @dataclass
@@ -312,6 +317,7 @@ def bench(
     workdir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     name: str = "model",
+    convention: str | None = None,
 ) -> BenchReport:
     """Benchmark ``model`` (an SVDO network) against its compressed forms.
 
@@ -325,11 +331,15 @@ def bench(
         workdir: where artifacts are written (a temporary directory by default).
         progress: show a progress bar on stderr.
         name: model name for the report and plot.
+        convention: the project the SVDO layers come from (overrides ``config.convention``), for ``weight`` +
+            ``log_sigma2`` layers whose class does not say; every layer is masked by its convention's formula.
 
     Returns:
         A :class:`BenchReport` (``.to_dict()``, ``.markdown()``, ``.plot(path)``).
     """
     cfg = config or BenchConfig()
+    if convention is not None:
+        cfg = dataclasses.replace(cfg, convention=convention)
     shape = tuple(int(d) for d in input_shape)
     skipped: dict[str, str] = {}
     if set(cfg.contenders) & set(OPENVINO_CONTENDERS) and C.import_openvino() is None:
@@ -505,3 +515,45 @@ def _add_compute_figures(
         r.gmac_per_s = macs_per_item * r.batch_size / (r.median_us * 1e-6) / 1e9
         if r.peak_gmac_per_s:
             r.fraction_of_peak = r.gmac_per_s / r.peak_gmac_per_s
+
+
+def csr_latency(
+    model: nn.Module,
+    thresholds: Sequence[float],
+    *,
+    input_shape: Sequence[int],
+    convention: str | None = None,
+    repeats: int = 30,
+    sample_ms: float = 2.0,
+    warmup: int = 5,
+) -> dict[float, float]:
+    """Threshold → median batch-1 latency in µs of ``model`` exported at it as a CSR bundle, on one thread.
+
+    What ``svdcompress tune --latency`` shows beside a few candidates. Each sample times a calibrated run of
+    back-to-back calls, as :func:`bench` does; bundles go to a temporary directory.
+    """
+    from . import runtime
+    from ._inputs import example_inputs
+    from .export import export_model
+
+    shape = tuple(int(d) for d in input_shape)
+    x = example_inputs(shape, 1).numpy()  # (1, *input_shape)
+    out: dict[float, float] = {}
+    with tempfile.TemporaryDirectory(prefix="svdcompress-latency-") as d:
+        for i, t in enumerate(thresholds):
+            path = Path(d) / f"t{i}.csr"
+            export_model(model, "csr", path, input_shape=shape, threshold=t, convention=convention)
+            rt = runtime.load(path)
+
+            def call(rt: Any = rt) -> object:
+                return rt(x)
+
+            n = _calibrate(call, sample_ms, warmup)
+            samples = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    call()
+                samples.append((time.perf_counter() - t0) / n)
+            out[float(t)] = statistics.median(samples) * 1e6
+    return out

@@ -464,4 +464,8 @@ def _load(p: Path, trust_pickle: bool) -> LoadedCheckpoint:
             f"{p}: holds a {kind} with no tensors; expected a state_dict "
             "(or a dict nesting one under 'net', 'state_dict' or 'model')"
         )
-    return LoadedCheckpoint(p, tensors, "torch", meta=meta, classes=_classes_of(obj))
+    # BayesWatch saves {'net': model}: with trust_pickle the nested module is the architecture too.
+    nested = None
+    if isinstance(obj, Mapping):
+        nested = next((obj[k] for k in _NEST_KEYS if isinstance(obj.get(k), nn.Module)), None)
+    return LoadedCheckpoint(p, tensors, "torch", meta=meta, module=nested, classes=_classes_of(obj))

@@ -1,4 +1,4 @@
-"""Command line: ``svdcompress analyze | prune | export | bench``. Thin wrappers over the Python API.
+"""Command line: ``svdcompress analyze | tune | prune | export | bench``. Thin wrappers over the Python API.
 
 Exit codes: 0 success; 1 bad input or a failed check (one line on stderr, no traceback);
 2 bad usage (unknown option, bad value).
@@ -6,13 +6,15 @@ Exit codes: 0 success; 1 bad input or a failed check (one line on stderr, no tra
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
 import re
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +35,10 @@ _FLAGS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bforce=True\b"), "--force"),
     (re.compile(r"\bgather_inputs=True\b"), "--gather-inputs"),
     (re.compile(r"\binput_shape\b"), "--input-shape"),
+    (re.compile(r"\bdata spec\b"), "--data"),
+    (re.compile(r"\bmax_drop\b"), "--max-drop"),
+    (re.compile(r"\bthreshold='auto'"), "--threshold auto"),
+    (re.compile(r"\bdata='"), "--data '"),
     (re.compile(r"\bthe output\b|\banother output path\b"), "another -o path"),
 )
 
@@ -127,6 +133,106 @@ _threshold_opt = click.option(
     callback=_finite,
     help="log α above which a weight is noise and set to zero.",
 )
+
+
+class _ThresholdOrAuto(click.ParamType[float | str, Any]):
+    """A finite log α threshold, or ``auto``: chosen on --data as ``svdcompress tune`` chooses it."""
+
+    name = "float|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | str:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number or 'auto'", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number; log α thresholds are finite, e.g. 3, or auto", param, ctx)
+        return number
+
+
+_threshold_auto_opt = click.option(
+    "--threshold",
+    type=_ThresholdOrAuto(),
+    default=3.0,
+    show_default=True,
+    help="log α above which a weight is noise and set to zero; auto: choose it on --data (never a test split) "
+    "as `svdcompress tune` does, and record it and the data in the output.",
+)
+
+
+def _max_drop_value(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and 0 <= value <= 100):
+        raise click.BadParameter(f"{value} is not between 0 and 100 accuracy points (e.g. 0.5)")
+    return value
+
+
+def _max_drop_opt(default: float | None) -> Callable[[F], F]:
+    return click.option(
+        "--max-drop",
+        type=float,
+        default=default,
+        show_default=default is not None,
+        metavar="POINTS",
+        callback=_max_drop_value,
+        help="Accuracy points (percent) the chosen threshold may lose against the unthresholded model on the "
+        "same data" + ("." if default is not None else "; with --threshold auto (default 0.5)."),
+    )
+
+
+def _selection_spec(data: str | None, threshold: float | str, max_drop: float | None) -> Any:
+    """Before any work: ``--threshold auto`` needs ``--data`` that may choose (not a test split); --max-drop
+    needs ``auto``. Returns the parsed spec (None without ``auto``)."""
+    from .dataspec import check_selectable
+
+    if threshold != "auto":
+        if max_drop is not None:
+            raise click.UsageError("--max-drop is used with --threshold auto; give --threshold auto --data SPEC")
+        return None
+    if data is None:
+        raise click.UsageError(
+            "--threshold auto chooses the threshold on held-out data: add --data SPEC, e.g. --data fashion-mnist:val "
+            "(or mnist5k:val, or FILE.npz with x and y); test splits are refused"
+        )
+    try:
+        return check_selectable(data)
+    except InvalidInputError as e:
+        raise click.BadParameter(str(e), param_hint="'--data'") from None
+
+
+def _tune_for(resolved: Any, spec: Any, max_drop: float | None, convention: str | None) -> Any:
+    """With --threshold auto (``spec`` not None): the sweep ``svdcompress tune`` runs, its pick reported on
+    stderr; else None."""
+    if spec is None:
+        return None
+    from .tuning import tune
+
+    tuned = tune(
+        resolved,
+        spec,
+        max_drop=0.5 if max_drop is None else max_drop,
+        input_shape=resolved.input_shape,
+        convention=convention,
+    )
+    _report_pick(tuned.selection())
+    return tuned
+
+
+def _report_pick(selection: dict[str, Any]) -> None:
+    """One line on stderr: what --threshold auto chose, on which data (``TuneResult.selection()``), and warnings."""
+    s = selection
+    compression = "inf" if s["compression"] is None else f"{s['compression']:,.1f}×"
+    click.echo(
+        f"threshold auto: {s['threshold']:.6g} ({compression} compression, {s['accuracy']:.2f}% on {s['data']}, "
+        f"reference {s['reference_accuracy']:.2f}%, allowed drop {s['max_drop']:g} points; "
+        f"best of {s['candidates']} candidates, as `svdcompress tune` shows them)",
+        err=True,
+    )
+    for w in s.get("warnings", []):
+        click.echo(f"warning: {_cli_message(Exception(w))}", err=True)
+
+
 _trust_opt = click.option(
     "--trust-pickle",
     is_flag=True,
@@ -232,6 +338,36 @@ def _convention_name(ctx: click.Context, param: click.Parameter, value: str | No
     return value
 
 
+_convention_opt = click.option(
+    "--convention",
+    metavar="NAME",
+    callback=_convention_name,
+    help="The project the checkpoint comes from, when its names fit several (weight + log_sigma2: "
+    "pytorch-ard, bayeswatch, svdcompress). Default: recognised from the file. Every layer is counted and "
+    "masked by its project's formula, eps, clip and comparison.",
+)
+
+
+@contextlib.contextmanager
+def _convention_notes() -> Iterator[None]:
+    """The ConventionWarnings raised inside, each once on stderr in the CLI's words, as analyze prints them;
+    other warnings are shown as Python shows them."""
+    from .analysis import ConventionWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConventionWarning)
+        try:
+            yield
+        finally:
+            shown: set[str] = set()
+            for w in caught:
+                if not issubclass(w.category, ConventionWarning):
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+                elif str(w.message) not in shown:
+                    shown.add(str(w.message))
+                    click.echo(f"warning: {_cli_message(Exception(str(w.message)))}", err=True)
+
+
 _CKPT_DOC = (
     "CKPT is a checkpoint file (.pt/.pth state_dict or svdcompress checkpoint, .safetensors, Lasagne .npy/.npz), "
     "or bundled:lenet5 / bundled:lenet300 for the checkpoints shipped with svdcompress."
@@ -250,13 +386,7 @@ _CKPT_DOC = (
 )
 @click.option("--force", is_flag=True, help="Overwrite existing --plot / --json-out files.")
 @_trust_opt
-@click.option(
-    "--convention",
-    metavar="NAME",
-    callback=_convention_name,
-    help="The project the checkpoint comes from, when its names fit several (weight + log_sigma2: "
-    "pytorch-ard, bayeswatch, svdcompress). Default: recognised from the file.",
-)
+@_convention_opt
 @_friendly
 def analyze(
     ckpt: Path,
@@ -270,7 +400,6 @@ def analyze(
 ) -> None:
     """Report per layer how many weights log α < THRESHOLD keeps, and which units are dead."""
     import dataclasses
-    import warnings
 
     from .analysis import ConventionWarning
     from .analysis import analyze as _analyze
@@ -323,11 +452,24 @@ _shape_opt = click.option(
 _force_opt = click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 
 
-def _resolve(ckpt: Path, model_spec: str | None, trust_pickle: bool, input_shape: tuple[int, ...] | None) -> Any:
+def _resolve(
+    ckpt: Path,
+    model_spec: str | None,
+    trust_pickle: bool,
+    input_shape: tuple[int, ...] | None,
+    convention: str | None = None,
+) -> Any:
     from .models import load_model
 
     # Every command refuses a checkpoint without SVDO layers, with analyze's message, before any work.
-    resolved = load_model(ckpt, model=model_spec, trust_pickle=trust_pickle, input_shape=input_shape, require_svdo=True)
+    resolved = load_model(
+        ckpt,
+        model=model_spec,
+        trust_pickle=trust_pickle,
+        input_shape=input_shape,
+        require_svdo=True,
+        convention=convention,
+    )
     if resolved.input_shape is None:
         raise click.UsageError(
             f"{ckpt}: the checkpoint does not record its input shape; pass --input-shape, e.g. --input-shape 1,28,28"
@@ -336,26 +478,16 @@ def _resolve(ckpt: Path, model_spec: str | None, trust_pickle: bool, input_shape
 
 
 def _load_inputs(spec: str | None, limit: int | None = None) -> tuple[Any, Any] | None:
-    """``fashion-mnist`` / ``mnist5k`` (test split) or a .npy file of inputs (no labels)."""
+    """A data spec (:mod:`svdcompress.dataspec`): ``NAME:SPLIT``, a bare ``fashion-mnist`` / ``mnist5k`` (the
+    test split), ``FILE.npz`` (x and y) or ``FILE.npy`` (inputs only: no labels)."""
     if spec is None:
         return None
-    import numpy as np
-    import torch
+    from .dataspec import load_data
 
-    from .datasets import load_dataset
-
-    if spec.endswith(".npy"):
-        try:
-            x = torch.from_numpy(np.load(spec, allow_pickle=False)).float()
-        except (OSError, ValueError, TypeError) as e:  # missing, not .npy, object or non-numeric arrays
-            raise InvalidInputError(
-                f"--data {spec}: cannot read inputs ({e}); give a float .npy array (N, ...)"
-            ) from None
-        if x.dim() < 2 or x.shape[0] == 0:
-            raise InvalidInputError(f"--data {spec}: expected a batch of inputs (N, ...), got shape {tuple(x.shape)}")
-        return (x[:limit] if limit else x), None
-    x, y = load_dataset(spec, "test")
-    return (x[:limit], y[:limit]) if limit else (x, y)
+    x, y = load_data(spec)
+    if limit:
+        x, y = x[:limit], None if y is None else y[:limit]
+    return x, y
 
 
 @main.command(epilog=_CKPT_DOC)
@@ -369,19 +501,27 @@ def _load_inputs(spec: str | None, limit: int | None = None) -> tuple[Any, Any] 
     help="Where to write the pruned model (a torch.export program, .pt2).",
 )
 @_model_opt
-@_threshold_opt
+@_threshold_auto_opt
+@_max_drop_opt(None)
 @_shape_opt
 @click.option("--gather-inputs", is_flag=True, help="Drop input features no weight reads, behind an index gather.")
-@click.option("--data", help="Verify on this data instead of random inputs: fashion-mnist, mnist5k or FILE.npy.")
+@click.option(
+    "--data",
+    metavar="SPEC",
+    help="Verify on this data instead of random inputs: fashion-mnist:SPLIT, mnist5k:SPLIT (bare name: the test "
+    "split), FILE.npz (x, y) or FILE.npy (inputs); with --threshold auto, also the data the threshold is chosen on.",
+)
 @_json_options
 @_trust_opt
 @click.option("--force", is_flag=True, help="Overwrite existing -o / --json-out files.")
+@_convention_opt
 @_friendly
 def prune(
     ckpt: Path,
     output: Path,
     model_spec: str | None,
-    threshold: float,
+    threshold: float | str,
+    max_drop: float | None,
     input_shape: tuple[int, ...] | None,
     gather_inputs: bool,
     data: str | None,
@@ -389,6 +529,7 @@ def prune(
     json_out: Path | None,
     trust_pickle: bool,
     force: bool,
+    convention: str | None,
 ) -> None:
     """Zero the noise, remove dead neurons and filters, verify, and save a model that loads without source."""
     from .pt2 import save_pruned
@@ -396,18 +537,27 @@ def prune(
 
     _check_out(output, "-o", force=force, ckpt=ckpt)
     _check_json_out(json_out, force=force, ckpt=ckpt)
-    resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape)
-    batch = _load_inputs(data, limit=1000)
-    result = _prune(
-        resolved.module,
-        threshold=threshold,
-        gather_inputs=gather_inputs,
-        input_shape=resolved.input_shape,
-        example_inputs=None if batch is None else batch[0],
+    spec = _selection_spec(data, threshold, max_drop)
+    with _convention_notes():
+        resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape, convention)
+        tuned = _tune_for(resolved, spec, max_drop, convention)
+        batch = _load_inputs(data, limit=1000)
+        result = _prune(
+            resolved.module,
+            threshold=threshold if tuned is None else tuned.threshold,
+            gather_inputs=gather_inputs,
+            input_shape=resolved.input_shape,
+            example_inputs=None if batch is None else batch[0],
+            convention=convention,
+        )
+    meta = (
+        {"threshold": threshold}
+        if tuned is None
+        else {"threshold": tuned.threshold, "threshold_selection": tuned.selection()}
     )
-    save_pruned(result.model, output, input_shape=resolved.input_shape)
+    save_pruned(result.model, output, input_shape=resolved.input_shape, metadata=meta)
     if as_json or json_out is not None:
-        _emit_json({**result.report.to_dict(), "output": str(output)}, as_json=as_json, json_out=json_out)
+        _emit_json({**result.report.to_dict(), **meta, "output": str(output)}, as_json=as_json, json_out=json_out)
     if not as_json:
         _emit(result.report.format_table(), as_json=as_json, json_out=json_out)
         _emit(f"wrote {output} ({output.stat().st_size / 1000:,.1f} kB)", as_json=as_json, json_out=json_out)
@@ -433,7 +583,14 @@ def prune(
     help="Where to write the artifact (e.g. model.onnx, model.csr).",
 )
 @_model_opt
-@_threshold_opt
+@_threshold_auto_opt
+@_max_drop_opt(None)
+@click.option(
+    "--data",
+    metavar="SPEC",
+    help="With --threshold auto: the held-out data the threshold is chosen on (fashion-mnist:val, mnist5k:val or "
+    "FILE.npz with x and y; never a test split). Recorded in the artifact.",
+)
 @_shape_opt
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset.")
 @click.option(
@@ -452,19 +609,23 @@ def prune(
 )
 @_trust_opt
 @_force_opt
+@_convention_opt
 @_friendly
 def export(
     ckpt: Path,
     fmt: str,
     output: Path,
     model_spec: str | None,
-    threshold: float,
+    threshold: float | str,
+    max_drop: float | None,
+    data: str | None,
     input_shape: tuple[int, ...] | None,
     opset: int,
     dtype: str,
     bits: str | None,
     trust_pickle: bool,
     force: bool,
+    convention: str | None,
 ) -> None:
     """Prune and export a deployable artifact, verified against the masked model."""
     from .export import export_model
@@ -472,20 +633,28 @@ def export(
     _check_out(output, "-o", force=force, ckpt=ckpt)
     if bits is not None and fmt != "csr":
         raise click.BadParameter(f"quantises CSR bundles only; got --format {fmt}", param_hint="'--bits'")
+    if _selection_spec(data, threshold, max_drop) is None and data is not None:
+        raise click.UsageError("--data chooses the threshold with --threshold auto; export does not use it otherwise")
 
-    res = export_model(
-        ckpt,
-        fmt,
-        output,
-        input_shape=input_shape,
-        model=model_spec,
-        trust_pickle=trust_pickle,
-        threshold=threshold,
-        dtype=dtype,
-        opset=opset,
-        force=force,
-        bits=None if bits is None else bits if bits == "auto" else int(bits),
-    )
+    with _convention_notes():
+        res = export_model(
+            ckpt,
+            fmt,
+            output,
+            input_shape=input_shape,
+            model=model_spec,
+            trust_pickle=trust_pickle,
+            threshold=threshold,
+            dtype=dtype,
+            opset=opset,
+            force=force,
+            bits=None if bits is None else bits if bits == "auto" else int(bits),
+            convention=convention,
+            data=data,
+            max_drop=0.5 if max_drop is None else max_drop,
+        )
+    if res.threshold_selection is not None:
+        _report_pick(res.threshold_selection)
     click.echo(res.summary())
     if res.quant:
         click.echo(_quant_table(res.quant))
@@ -496,8 +665,8 @@ def export(
 
 
 def _quant_table(quant: dict[str, dict[str, Any]]) -> str:
-    """Per quantised layer: bits, scheme, median σ, step Δ, RMS error vs its target, bytes."""
-    head = ("layer", "bits", "scheme", "median σ", "median Δ", "rms error", "target", "value bytes")
+    """Per quantised layer: bits, scheme, median σ, step Δ, RMS error vs its target, weights rounded to 0, bytes."""
+    head = ("layer", "bits", "scheme", "median σ", "median Δ", "rms error", "target", "zeroed", "est. bytes")
     rows = [head]
     for name, q in quant.items():
         sigma, step = q.get("median_sigma"), q.get("step")
@@ -510,6 +679,7 @@ def _quant_table(quant: dict[str, dict[str, Any]]) -> str:
                 "–" if step is None else f"{step:.3g}",
                 f"{q['rms_error']:.3g}",
                 f"{q['target_rms']:.3g}",
+                f"{q.get('zeroed', 0):,}",
                 f"{q['bytes']:,}",
             )
         )
@@ -531,7 +701,8 @@ def _cores() -> int:
 @main.command(epilog=_CKPT_DOC)
 @click.argument("ckpt", type=_CKPT, callback=_bundled)
 @_model_opt
-@_threshold_opt
+@_threshold_auto_opt
+@_max_drop_opt(None)
 @_shape_opt
 @click.option(
     "--batch-sizes",
@@ -574,7 +745,12 @@ def _cores() -> int:
     )
     + " (openvino-* need the peers extra).",
 )
-@click.option("--data", help="Report accuracy on: fashion-mnist, mnist5k (test split).")
+@click.option(
+    "--data",
+    metavar="SPEC",
+    help="Report accuracy on this data: fashion-mnist:SPLIT, mnist5k:SPLIT (bare name: the test split) or FILE.npz "
+    "(x, y); with --threshold auto, the data the threshold is chosen on (never a test split).",
+)
 @_json_options
 @click.option(
     "--plot",
@@ -585,11 +761,13 @@ def _cores() -> int:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 @_trust_opt
 @click.option("--force", is_flag=True, help="Overwrite existing --plot / --json-out files.")
+@_convention_opt
 @_friendly
 def bench(
     ckpt: Path,
     model_spec: str | None,
-    threshold: float,
+    threshold: float | str,
+    max_drop: float | None,
     input_shape: tuple[int, ...] | None,
     batch_sizes: tuple[int, ...],
     threads: tuple[int, ...],
@@ -602,6 +780,7 @@ def bench(
     quiet: bool,
     trust_pickle: bool,
     force: bool,
+    convention: str | None,
 ) -> None:
     """Time dense, masked, pruned, ONNX and CSR forms of the model side by side."""
     from .bench import CONTENDERS, BenchConfig
@@ -609,6 +788,7 @@ def bench(
 
     _check_plot(plot, force=force, ckpt=ckpt)
     _check_json_out(json_out, force=force, ckpt=ckpt)
+    spec = _selection_spec(data, threshold, max_drop)
     chosen: tuple[str, ...] = CONTENDERS
     if contenders:
         chosen = tuple(c.strip() for c in contenders.split(",") if c.strip())
@@ -624,24 +804,130 @@ def bench(
             "those timings measure contention, not the engines",
             err=True,
         )
-    resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape)
-    loaded = _load_inputs(data)
-    labelled = (loaded[0], loaded[1]) if loaded is not None and loaded[1] is not None else None
-    cfg = BenchConfig(batch_sizes=batch_sizes, threads=threads, repeats=repeats, contenders=chosen, threshold=threshold)
-    report = _bench(
-        resolved.module,
-        input_shape=resolved.input_shape,
-        config=cfg,
-        data=labelled,
-        name=Path(ckpt).stem,
-        progress=not quiet and _stderr_is_tty(),  # no carriage returns in CI logs
-    )
+    with _convention_notes():
+        resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape, convention)
+        tuned = _tune_for(resolved, spec, max_drop, convention)
+        loaded = _load_inputs(data)
+        labelled = (loaded[0], loaded[1]) if loaded is not None and loaded[1] is not None else None
+        cfg = BenchConfig(
+            batch_sizes=batch_sizes,
+            threads=threads,
+            repeats=repeats,
+            contenders=chosen,
+            threshold=float(threshold) if tuned is None else tuned.threshold,
+            convention=convention,
+        )
+        report = _bench(
+            resolved.module,
+            input_shape=resolved.input_shape,
+            config=cfg,
+            data=labelled,
+            name=Path(ckpt).stem,
+            progress=not quiet and _stderr_is_tty(),  # no carriage returns in CI logs
+        )
+    if tuned is not None:
+        report.model["threshold_selection"] = tuned.selection()
     if as_json or json_out is not None:
         _emit_json(report.to_dict(), as_json=as_json, json_out=json_out)
     if not as_json:
         _emit(report.markdown(), as_json=as_json, json_out=json_out)
+        if tuned is not None:
+            _emit(
+                f"Threshold {tuned.threshold:.6g}, chosen on {tuned.data} (accuracy above is on that data too).",
+                as_json=as_json,
+                json_out=json_out,
+            )
     if plot is not None:
         _write_or_explain("--plot", lambda: report.plot(plot))
+        click.echo(f"wrote {plot}", err=True)
+
+
+@main.command("tune", epilog=_CKPT_DOC)
+@click.argument("ckpt", type=_CKPT, callback=_bundled)
+@click.option(
+    "--data",
+    metavar="SPEC",
+    required=True,
+    help="Held-out data to choose on: fashion-mnist:val, mnist5k:val or FILE.npz (x: float inputs, y: integer "
+    "labels). Test splits are refused: they may evaluate a threshold, never choose one.",
+)
+@_max_drop_opt(0.5)
+@click.option(
+    "--metric", type=click.Choice(["accuracy"]), default="accuracy", show_default=True, help="Top-1 accuracy, %."
+)
+@_model_opt
+@_shape_opt
+@_json_options
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path, dir_okay=False),
+    callback=_plot_path,
+    help="Write accuracy vs compression, the pick marked, as an image; the suffix picks the format (.png, .svg, ...).",
+)
+@click.option(
+    "--latency",
+    is_flag=True,
+    help="Also time the CSR runtime (batch 1, one thread) at five candidates: the pick, 3 and some between. "
+    "Exports each; a few seconds per candidate.",
+)
+@_trust_opt
+@click.option("--force", is_flag=True, help="Overwrite existing --plot / --json-out files.")
+@_convention_opt
+@_friendly
+def tune_cmd(
+    ckpt: Path,
+    data: str,
+    max_drop: float,
+    metric: str,
+    model_spec: str | None,
+    input_shape: tuple[int, ...] | None,
+    as_json: bool,
+    json_out: Path | None,
+    plot: Path | None,
+    latency: bool,
+    trust_pickle: bool,
+    force: bool,
+    convention: str | None,
+) -> None:
+    """Choose the log α threshold on held-out data: the largest compression whose accuracy stays within
+    --max-drop points of the unthresholded model's (θ, no mask) on the same data."""
+    import dataclasses
+
+    from .models import load_model
+    from .tuning import tune
+
+    _check_plot(plot, force=force, ckpt=ckpt)
+    _check_json_out(json_out, force=force, ckpt=ckpt)
+    spec = _selection_spec(data, "auto", None)
+    with _convention_notes():
+        resolved = load_model(
+            ckpt,
+            model=model_spec,
+            trust_pickle=trust_pickle,
+            input_shape=input_shape,
+            require_svdo=True,
+            convention=convention,
+        )
+        result = tune(resolved, spec, max_drop=max_drop, metric=metric, input_shape=input_shape, convention=convention)
+    result = dataclasses.replace(result, source=_display_name(ckpt))
+    if latency:
+        from .bench import csr_latency
+
+        few = result.few(5)
+        click.echo(f"timing the CSR runtime at thresholds {', '.join(f'{t:.6g}' for t in few)} ...", err=True)
+        shape = resolved.input_shape or tuple(result.input_shape)  # else the data's, which ran through it
+        timed = csr_latency(resolved.module, few, input_shape=shape, convention=convention)
+        for r in result.rows:
+            r.latency_us = timed.get(r.threshold, r.latency_us)
+    if as_json or json_out is not None:
+        _emit_json(result.to_dict(), as_json=as_json, json_out=json_out)
+    if not as_json:
+        _emit(result.format_table(), as_json=as_json, json_out=json_out)
+    else:
+        for w in result.warnings:
+            click.echo(f"warning: {_cli_message(Exception(w))}", err=True)
+    if plot is not None:
+        _write_or_explain("--plot", lambda: result.plot(plot))
         click.echo(f"wrote {plot}", err=True)
 
 

@@ -135,9 +135,9 @@ def state_bytes(model: nn.Module, d: Path, name: str) -> int:
     return p.stat().st_size
 
 
-def dense_original(model: nn.Module) -> nn.Module:
+def dense_original(model: nn.Module, convention: str | None = None) -> nn.Module:
     # Every weight kept: the network as trained, before any pruning.
-    return dense_copy(model)
+    return dense_copy(model, convention=convention)
 
 
 @dataclass
@@ -165,13 +165,13 @@ def prepare_models(
 ) -> Models:
     from .structured import prune
 
-    dense = dense_original(model)
-    masked = mask_model(model, cfg.threshold)
+    dense = dense_original(model, cfg.convention)
+    masked = mask_model(model, cfg.threshold, convention=cfg.convention)
     info: dict[str, Any] = {}
     pruned = None
     if set(cfg.contenders) & {"torch-pruned", "ort-compact", "openvino-compact", "ort-sparse", "csr-runtime"}:
         log("pruning")
-        result = prune(model, threshold=cfg.threshold, input_shape=input_shape)
+        result = prune(model, threshold=cfg.threshold, input_shape=input_shape, convention=cfg.convention)
         pruned = result.model
         info["prune"] = {
             "params_before": result.report.params_before,

@@ -17,11 +17,13 @@ records the alternatives, and ``convention=`` picks one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ._io import release_pages
 from .errors import CheckpointError, InvalidInputError, NoSVDOLayersError
@@ -32,16 +34,21 @@ __all__ = [
     "CONVENTIONS",
     "CONVENTION_NAMES",
     "PYTORCH_ARD",
+    "RULE_ATTR",
     "SVDCOMPRESS",
     "Convention",
     "SVDOLayer",
+    "central_data_layers",
     "check_finite",
     "convention_of_module",
     "find_svdo_layers",
     "keep_mask",
     "keep_rule",
+    "known_pairs",
     "layer_kind",
     "log_alpha",
+    "module_layer",
+    "module_reader",
 ]
 
 
@@ -388,7 +395,14 @@ def layer_kind(t: torch.Tensor) -> str:
 
 
 def _make_layer(
-    file: str, name: str, tkey: str, vkey: str, bkey: str | None, tensors: Mapping[str, torch.Tensor], conv: Convention
+    file: str,
+    name: str,
+    tkey: str,
+    vkey: str,
+    bkey: str | None,
+    tensors: Mapping[str, torch.Tensor],
+    conv: Convention,
+    check_values: bool = True,
 ) -> SVDOLayer:
     theta = _check_tensor(file, tkey, tensors[tkey])
     var = _check_tensor(file, vkey, tensors[vkey])
@@ -407,8 +421,9 @@ def _make_layer(
             "a scalar or vector cannot be an SVDO weight",
         )
     # Before the layout change: a transposed view would make _check_finite copy the whole tensor.
-    check_finite(file, tkey, theta)
-    check_finite(file, vkey, var)
+    if check_values:
+        check_finite(file, tkey, theta)
+        check_finite(file, vkey, var)
     theta = _to_torch_layout(file, tkey, theta, conv.layout)
     var = _to_torch_layout(file, vkey, var, conv.layout)
     log_sigma2 = 2.0 * var if conv.variance_is == "log_sigma" else var
@@ -422,7 +437,8 @@ def _make_layer(
                 f"has {b.numel()} entries but '{tkey}' has {theta.shape[0]} outputs",
                 "the bias does not belong to this weight",
             )
-        check_finite(file, bkey, b)
+        if check_values:
+            check_finite(file, bkey, b)
         bias = b.reshape(-1)  # the demo stores (1, out)
     return SVDOLayer(name, layer_kind(theta), theta, log_sigma2, bias, conv, tkey, vkey)
 
@@ -588,3 +604,126 @@ def find_svdo_layers(
             "a plain (non-SVDO) checkpoint has nothing to prune"
         )
     return layers
+
+
+# --- live modules: the layer a module holds in its own tensors, by name, class, tag or convention=
+
+RULE_ATTR = "_svdcompress_convention"
+"""Attribute that :func:`svdcompress.load_model` sets on a live layer when the file settled its convention
+(svdcompress's own checkpoint, a pickled module's class, ``convention=``, a Lasagne list mapped onto a factory):
+the :class:`Convention` whose formula, clip and comparison mask that layer, whatever names the module stores its
+tensors under."""
+
+
+def known_pairs() -> str:
+    """Every weight + log-variance pair a live layer is recognised by, with the conventions that write it."""
+    by_pair: dict[str, list[str]] = {}
+    for c in (*CONVENTIONS, BAYESWATCH, SVDCOMPRESS):
+        names = by_pair.setdefault(f"{c.theta} + {c.variance}", [])
+        if c.name not in names:
+            names.append(c.name)
+    return "; ".join(f"{pair} ({', '.join(names)})" for pair, names in by_pair.items())
+
+
+def _own_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    tensors = {k: v.detach() for k, v in module.named_parameters(recurse=False)}
+    tensors.update((k, v.detach()) for k, v in module.named_buffers(recurse=False) if v is not None)
+    return tensors
+
+
+def _reader(tensors: Mapping[str, torch.Tensor], forced: tuple[Convention, ...] = ()) -> Convention | None:
+    """The convention whose names a module's own tensors carry (look-alikes excluded), or None."""
+    if any(all(n in tensors for n in names) for names, _ in _LOOKALIKES):
+        return None
+    return next((c for c in (*forced, *CONVENTIONS) if c.theta in tensors and c.variance in tensors), None)
+
+
+def module_reader(module: nn.Module) -> Convention | None:
+    """The convention whose names (and so layout and variance form) a live layer stores its tensors under."""
+    return _reader(_own_tensors(module))
+
+
+def module_layer(module: nn.Module, name: str = "", convention: str | None = None) -> SVDOLayer | None:
+    """The SVDO layer a live module holds in its own parameters and buffers, in PyTorch layout; None if none.
+
+    Its tensors are found by the names of :data:`CONVENTIONS` (as in a file: ``theta`` (in, out) is transposed,
+    the demo's log σ doubled). The formula that masks it comes, in this order, from ``convention`` (when it reads
+    the module's names), from the :data:`RULE_ATTR` tag :func:`svdcompress.load_model` leaves on layers whose file
+    settled it, from the class (svdcompress's, pytorch-ard's and BayesWatch's layers), else from the names, with
+    ``weight`` + ``log_sigma2`` read as pytorch-ard and the other two readers of those names as ``alternatives``.
+    Look-alikes (Bayesian Compression, Structured Bayesian Pruning), vectors and pairs of different shapes are not
+    layers.
+    """
+    tensors = _own_tensors(module)
+    # Lasagne's names belong to positional lists; a live layer loaded from one carries the tag instead
+    forced = tuple(c for c in _by_name(convention) if c is not LASAGNE)
+    reader = _reader(tensors, forced)
+    if reader is None:
+        return None
+    theta, var = tensors[reader.theta], tensors[reader.variance]
+    if theta.shape != var.shape or theta.dim() < 2 or not (theta.is_floating_point() and var.is_floating_point()):
+        return None
+    rule: Convention = reader
+    alternatives: tuple[Convention, ...] = ()
+    tag = getattr(module, RULE_ATTR, None)
+    if reader in forced:
+        pass
+    elif isinstance(tag, Convention):
+        rule = tag
+    elif reader in AMBIGUOUS:
+        rule, alternatives = convention_of_module(module)
+    bkey = next((b for b in reader.bias_names if b in tensors), None)
+    where = f"module '{name or '<model>'}' ({type(module).__name__})"
+    layer = _make_layer(where, name or "<model>", reader.theta, reader.variance, bkey, tensors, reader, False)
+    prefix = f"{name}." if name else ""
+    return dataclasses.replace(
+        layer,
+        convention=rule,
+        alternatives=alternatives,
+        theta_key=prefix + reader.theta,
+        variance_key=prefix + reader.variance,
+    )
+
+
+def central_data_layers(model: nn.Module) -> list[SVDOLayer]:
+    """numenta's VDropLinear / VDropConv2d over a VDropCentralData: each layer's weights are a slice of the
+    central flat z_mu / z_logvar. The slices (z_chunk_sizes, data_index) and shapes live on the modules, not
+    in the state_dict, so only a live model can be read. ``name`` is the layer module's qualified name."""
+    nupic = next(c for c in CONVENTIONS if c.theta == "w_mu" and c.variance == "w_logvar")
+    out = []
+    for name, m in model.named_modules():
+        holder, index = getattr(m, "central_data", None), getattr(m, "data_index", None)
+        if not (isinstance(holder, list) and len(holder) == 1 and isinstance(index, int)):
+            continue
+        central = holder[0]
+        z_mu, z_logvar = getattr(central, "z_mu", None), getattr(central, "z_logvar", None)
+        sizes = getattr(central, "z_chunk_sizes", None)
+        if not (isinstance(z_mu, torch.Tensor) and isinstance(z_logvar, torch.Tensor) and isinstance(sizes, list)):
+            continue
+        if hasattr(m, "in_features"):
+            shape: tuple[int, ...] = (int(m.out_features), int(m.in_features))
+        else:
+            shape = (int(m.out_channels), -1, *(int(k) for k in m.kernel_size))
+        start, n = sum(sizes[:index]), int(sizes[index])
+        theta = z_mu.detach()[start : start + n]
+        z_mask = getattr(central, "z_mask", None)  # MaskedVDropCentralData: pruned entries are 0
+        if isinstance(z_mask, torch.Tensor):
+            theta = theta * z_mask[start : start + n].to(theta.dtype)
+        known = math.prod(d for d in shape if d != -1)
+        if n == 0 or n % known or (-1 not in shape and n != known):
+            continue  # one z per group of weights (group variational dropout): not per-weight SVDO
+        theta = theta.reshape(shape)
+        bias = getattr(m, "bias", None)
+        out.append(
+            SVDOLayer(
+                name,
+                layer_kind(theta),
+                theta,
+                z_logvar.detach()[start : start + n].reshape(theta.shape),
+                bias.detach().reshape(-1) if isinstance(bias, torch.Tensor) else None,
+                nupic,
+                f"z_mu[{start}:{start + n}]",
+                f"z_logvar[{start}:{start + n}]",
+            )
+        )
+    return out

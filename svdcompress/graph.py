@@ -15,6 +15,7 @@ treats every node's value as immutable.
 from __future__ import annotations
 
 import enum
+import inspect
 import math
 import operator
 from collections import Counter
@@ -28,7 +29,7 @@ from torch.fx.operator_schemas import normalize_function
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from .errors import InputShapeError, UnsupportedOpError
-from .ops import Flow, InputGather, Op, lookup
+from .ops import Flow, InputGather, Op, lookup, lookup_module
 
 __all__ = [
     "Kind",
@@ -168,13 +169,20 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     if tracer.is_leaf_module(model, ""):
         root = nn.Sequential(model)  # a bare layer would be traced into F.linear on get_attr weights
     try:
-        graph = tracer.trace(root)
+        # forward(self, x, train=False): extra arguments are traced at their defaults, as the model is called
+        graph = tracer.trace(root, concrete_args=_defaults_after_input(root) or None)
     except Exception as exc:  # fx raises TraceError, TypeError, ... on dynamic code
         raise UnsupportedOpError(
             f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); structural "
             "pruning needs a model without data-dependent control flow"
         ) from exc
+    _drop_specialized_inputs(graph)
     gm = fx.GraphModule(root, graph, type(model).__name__)
+    # fx keeps an inlined submodule as a plain holder of the tensors it reads: remember what it was, for errors
+    gm.meta[_ORIGIN] = {
+        name: (type(m).__name__, [n for n, _ in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))])
+        for name, m in root.named_modules()
+    }
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise UnsupportedOpError(f"structural pruning supports models with one tensor input, got {len(placeholders)}")
@@ -183,11 +191,67 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     return gm
 
 
+def _defaults_after_input(root: nn.Module) -> dict[str, Any]:
+    """forward()'s parameters after the input that have defaults (kefirski's ``forward(input, train=False)``)."""
+    try:
+        params = list(inspect.signature(root.forward).parameters.values())
+    except (TypeError, ValueError):  # no Python signature
+        return {}
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in params[1:] if p.kind in plain and p.default is not inspect.Parameter.empty}
+
+
+def _drop_specialized_inputs(graph: fx.Graph) -> None:
+    """Erase the placeholders fx keeps for arguments traced at a fixed value, with the asserts that check the
+    value: nothing the model computes reads them, and the pruned model takes the input alone."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for ph in placeholders[1:]:
+        cone: list[fx.Node] = []
+        todo = [ph]
+        while todo:
+            n = todo.pop()
+            if n in cone:
+                continue
+            cone.append(n)
+            todo.extend(n.users)
+        if any(n.op == "output" for n in cone):
+            continue  # a real second input: trace_model refuses it below
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        for n in sorted(cone, key=order.__getitem__, reverse=True):
+            graph.erase_node(n)
+
+
 def _unsupported(gm: fx.GraphModule, node: fx.Node, why: str) -> UnsupportedOpError:
     return UnsupportedOpError(
         f"cannot prune through {describe_node(gm, node)}: {why}; supported are Linear, Conv1d/Conv2d, "
         "BatchNorm1d/2d, elementwise activations, dropout, pooling, flatten/view/reshape to (N, -1), "
         "residual add/sub/mul, torch.cat along dim 1, (log_)softmax over the features and InputGather"
+    )
+
+
+_ORIGIN = "svdcompress_modules"  # GraphModule.meta key: {qualified name: (class name, own tensor names)}
+
+
+def _get_attr_reason(gm: fx.GraphModule, target: str) -> str:
+    """Why a tensor read in forward() stops the pruner: most often a layer svdcompress did not recognise as SVDO
+    (it would have been replaced by a plain Linear / Conv2d before tracing), so name the layer and the pairs tried."""
+    from .conventions import known_pairs
+
+    owner, _, attr = target.rpartition(".")
+    try:
+        module = gm.get_submodule(owner)
+    except AttributeError:
+        module = None
+    origin = gm.meta.get(_ORIGIN, {}).get(owner)
+    if module is None or origin is None or lookup_module(module) is not None:
+        return "parameters used directly in forward() are not tied to channels"
+    cls, tensors = origin
+    where = f"module '{owner}' ({cls})" if owner else f"the model ({cls})"
+    return (
+        f"{where} uses its tensor '{attr}' directly in forward(), and it was not recognised as an SVDO layer: "
+        f"it holds {', '.join(repr(t) for t in tensors) or 'no tensors of its own'}, none of the weight + "
+        f"log-variance pairs tried ({known_pairs()}). An SVDO layer of a known convention is replaced by a "
+        "masked Linear / Conv2d before tracing; build the model from layers svdcompress knows"
     )
 
 
@@ -219,7 +283,7 @@ def _classify(gm: fx.GraphModule, node: fx.Node, calls: Counter[str], require_cs
         info.kind = Kind.OUTPUT
         return info
     if node.op == "get_attr":
-        raise _unsupported(gm, node, "parameters used directly in forward() are not tied to channels")
+        raise _unsupported(gm, node, _get_attr_reason(gm, str(node.target)))
     if not shape:
         return _classify_shape_node(gm, node)
     _check_inplace(gm, node, ins)

@@ -7,21 +7,34 @@ must reproduce.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import warnings
 
 import torch
 from torch import nn
 
-from .conventions import convention_of_module, keep_mask
+from .conventions import SVDOLayer, central_data_layers, keep_mask, known_pairs, module_layer
 from .errors import InvalidInputError, UnsupportedOpError
 from .svdo import DEFAULT_THRESHOLD, SVDOModule
 
-__all__ = ["apply_masks_", "check_threshold", "dense_copy", "is_svdo_like", "mask_model", "masked_weight_of"]
+__all__ = [
+    "apply_masks_",
+    "check_threshold",
+    "dense_copy",
+    "is_svdo_like",
+    "layers_of_model",
+    "mask_model",
+    "masked_weight_of",
+]
 
 
 def is_svdo_like(module: nn.Module) -> bool:
     """True for svdcompress's SVDO layers and foreign ones that keep ``weight`` + ``log_sigma2``
-    (pytorch-ard's ``LinearARD`` / ``Conv2dARD``, numenta-style layers named alike)."""
+    (pytorch-ard's ``LinearARD`` / ``Conv2dARD``, numenta-style layers named alike).
+
+    That family only: :func:`svdcompress.conventions.module_layer` reads a layer of every convention (and the
+    formula a loaded file settled), which is what masking, pruning and export use."""
     if isinstance(module, SVDOModule):
         return True
     w = getattr(module, "weight", None)
@@ -45,31 +58,38 @@ def check_threshold(threshold: float) -> float:
 
 
 @torch.no_grad()
-def masked_weight_of(module: nn.Module, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
-    """theta * (log alpha < threshold) for an SVDO-like module.
+def masked_weight_of(
+    module: nn.Module, threshold: float = DEFAULT_THRESHOLD, convention: str | None = None
+) -> torch.Tensor:
+    """theta · keep-mask of an SVDO layer, in PyTorch layout ((out, in) or (out, in, kh, kw)).
 
-    Each layer uses its convention's formula, clip and comparison, known from its class (svdcompress's
-    layers, pytorch-ard's ``LinearARD``/``Conv2dARD``, BayesWatch's ``Linear``/``Conv2d``); other
-    ``weight`` + ``log_sigma2`` layers are read as pytorch-ard, as :func:`svdcompress.analyze` reads them.
+    Each layer uses its convention's formula, eps, clip and comparison (:func:`svdcompress.conventions.module_layer`:
+    ``convention``, the tag a loaded file left, the class, else the names); ``weight`` + ``log_sigma2`` layers that
+    nothing decides are read as pytorch-ard, as :func:`svdcompress.analyze` reads them.
 
     Raises:
-        InvalidInputError: ``threshold`` is not a finite number.
+        InvalidInputError: ``threshold`` is not a finite number, or ``module`` holds no SVDO layer of its own.
     """
-    return _masked_weight(module, check_threshold(threshold))
+    layer = module_layer(module, type(module).__name__, convention)
+    if layer is None:
+        raise InvalidInputError(
+            f"{type(module).__name__} holds no SVDO weight + log-variance pair of its own; known: {known_pairs()}"
+        )
+    return _masked(layer, check_threshold(threshold))
 
 
-@torch.no_grad()
-def _masked_weight(module: nn.Module, threshold: float) -> torch.Tensor:
-    w: torch.Tensor = module.weight  # type: ignore[assignment]  # checked by is_svdo_like
-    ls2: torch.Tensor = module.log_sigma2  # type: ignore[assignment]  # checked by is_svdo_like
-    keep = keep_mask(w, ls2, threshold, convention_of_module(module)[0])
+def _masked(layer: SVDOLayer, threshold: float) -> torch.Tensor:
+    w = layer.theta
+    keep = keep_mask(w, layer.log_sigma2, threshold, layer.convention)
     return (w * keep.to(w.dtype)).detach().clone()
 
 
-def _plain_from(module: nn.Module, threshold: float) -> nn.Module:
-    w = _masked_weight(module, threshold)
-    bias = getattr(module, "bias", None)
-    has_bias = isinstance(bias, torch.Tensor)
+def _plain_from(module: nn.Module, threshold: float, layer: SVDOLayer) -> nn.Module:
+    """The plain Linear / Conv2d a layer computes in eval mode: ``layer``'s θ masked by its convention, its bias;
+    a conv's stride, padding, dilation and groups are read from the module's attributes of those names."""
+    w = _masked(layer, threshold)
+    bias = layer.bias
+    has_bias = bias is not None
     new: nn.Module
     if w.dim() == 2:
         new = nn.Linear(w.shape[1], w.shape[0], bias=has_bias)
@@ -91,37 +111,96 @@ def _plain_from(module: nn.Module, threshold: float) -> nn.Module:
         )
     with torch.no_grad():
         new.weight.copy_(w)
-        if has_bias and new.bias is not None:
-            new.bias.copy_(torch.as_tensor(bias).detach().reshape(-1))
+        if bias is not None and new.bias is not None:
+            new.bias.copy_(bias.detach().reshape(-1))
     new.to(w.device)
     return new
 
 
-def apply_masks_(model: nn.Module, threshold: float = DEFAULT_THRESHOLD) -> nn.Module:
-    """In place: swap every SVDO-like submodule of ``model`` for a plain masked ``nn.Linear`` /
-    ``nn.Conv2d``. Returns ``model`` in eval mode. A model that *is* a single SVDO layer
-    cannot be swapped in place; use :func:`mask_model`.
+def apply_masks_(model: nn.Module, threshold: float = DEFAULT_THRESHOLD, *, convention: str | None = None) -> nn.Module:
+    """In place: swap every SVDO layer of ``model`` (any convention :func:`svdcompress.analyze` reads) for a
+    plain masked ``nn.Linear`` / ``nn.Conv2d``. Returns ``model`` in eval mode. A model that *is* a single SVDO
+    layer cannot be swapped in place; use :func:`mask_model`.
+
+    Args:
+        model: the model.
+        threshold: log α threshold.
+        convention: the project the layers come from, for ``weight`` + ``log_sigma2`` layers whose class does
+            not say (see :data:`svdcompress.conventions.CONVENTION_NAMES`).
 
     Raises:
-        InvalidInputError: ``threshold`` is not a finite number.
+        InvalidInputError: ``threshold`` is not a finite number; ``convention`` is unknown or reads no layer.
     """
-    return _apply_masks(model, check_threshold(threshold))
+    return _apply_masks(model, check_threshold(threshold), convention)
 
 
-def _apply_masks(model: nn.Module, threshold: float) -> nn.Module:
-    for name, child in list(model.named_children()):
-        if is_svdo_like(child):
-            setattr(model, name, _plain_from(child, threshold))
-        else:
-            _apply_masks(child, threshold)
+def _apply_masks(model: nn.Module, threshold: float, convention: str | None = None) -> nn.Module:
+    layers = {layer.name: layer for layer in _layers(model, convention, threshold)}
+    _swap(model, "", threshold, layers)
+    _drop_unused_central_data(model)
     return model.eval()
 
 
-def mask_model(model: nn.Module, threshold: float = DEFAULT_THRESHOLD) -> nn.Module:
+def _layers(model: nn.Module, convention: str | None, threshold: float) -> list[SVDOLayer]:
+    """The SVDO layers of ``model`` (as :func:`svdcompress.analyze` reads them); a :class:`ConventionWarning`
+    when the names leave the formula open and the candidates keep different weights."""
+    from .analysis import ConventionWarning, ambiguity_warnings
+    from .conventions import _by_name
+
+    _by_name(convention)  # an unknown name is refused even when the model has no layer it could read
+    layers = layers_of_model(model, convention)
+    if convention is not None and layers and not any(layer.convention.name == convention for layer in layers):
+        raise InvalidInputError(
+            f"{type(model).__name__}: convention={convention!r} reads none of the model's SVDO layers"
+        )
+    if math.isfinite(threshold):  # dense_copy (threshold inf) keeps every weight under every formula
+        for note in ambiguity_warnings(type(model).__name__, layers, threshold):
+            warnings.warn(note, ConventionWarning, stacklevel=2)
+    return layers
+
+
+def layers_of_model(model: nn.Module, convention: str | None = None) -> list[SVDOLayer]:
+    """Every SVDO layer of ``model`` keyed by its module's qualified name ("" for the model itself), numenta's
+    VDropCentralData layers included."""
+    out = []
+    for name, m in model.named_modules():
+        layer = module_layer(m, name, convention)
+        if layer is not None:
+            out.append(dataclasses.replace(layer, name=name))
+    return out + central_data_layers(model)
+
+
+def _swap(module: nn.Module, prefix: str, threshold: float, layers: dict[str, SVDOLayer]) -> None:
+    for name, child in list(module.named_children()):
+        qualified = f"{prefix}{name}"
+        if qualified in layers:
+            setattr(module, name, _plain_from(child, threshold, layers[qualified]))
+        else:
+            _swap(child, f"{qualified}.", threshold, layers)
+
+
+def _drop_unused_central_data(model: nn.Module) -> None:
+    """Remove a VDropCentralData holder once every layer reading it is a plain copy: it is no longer called,
+    and its flat z_mu / z_logvar would count as parameters of the masked model."""
+    users: dict[int, int] = {}
+    for m in model.modules():
+        holder = getattr(m, "central_data", None)
+        if isinstance(holder, list) and len(holder) == 1 and isinstance(holder[0], nn.Module):
+            users[id(holder[0])] = users.get(id(holder[0]), 0) + 1
+    for name, m in list(model.named_modules()):
+        if name and isinstance(getattr(m, "z_chunk_sizes", None), list) and id(m) not in users:
+            parent, _, attr = name.rpartition(".")
+            delattr(model.get_submodule(parent), attr)
+
+
+def mask_model(model: nn.Module, threshold: float = DEFAULT_THRESHOLD, *, convention: str | None = None) -> nn.Module:
     """Return a masked, eval-mode deep copy of ``model``; ``model`` is left untouched.
 
+    Every SVDO layer (each convention :func:`svdcompress.analyze` reads) becomes the plain ``nn.Linear`` /
+    ``nn.Conv2d`` it computes in eval mode: θ where its own formula, eps, clip and comparison keep the weight.
+
     Raises:
-        InvalidInputError: ``threshold`` is not a finite number.
+        InvalidInputError: ``threshold`` is not a finite number; ``convention`` is unknown or reads no layer.
 
     Example:
         >>> from svdcompress.zoo import lenet300
@@ -129,16 +208,18 @@ def mask_model(model: nn.Module, threshold: float = DEFAULT_THRESHOLD) -> nn.Mod
         >>> type(masked.fc1).__name__
         'Linear'
     """
-    return _masked_copy(model, check_threshold(threshold))
+    return _masked_copy(model, check_threshold(threshold), convention)
 
 
-def _masked_copy(model: nn.Module, threshold: float) -> nn.Module:
-    if is_svdo_like(model):
-        return _plain_from(model, threshold).eval()
-    return _apply_masks(copy.deepcopy(model), threshold)
+def _masked_copy(model: nn.Module, threshold: float, convention: str | None = None) -> nn.Module:
+    root = module_layer(model, "", convention)
+    if root is not None:
+        _layers(model, convention, threshold)  # the same checks and warning as for a whole model
+        return _plain_from(model, threshold, root).eval()
+    return _apply_masks(copy.deepcopy(model), threshold, convention)
 
 
-def dense_copy(model: nn.Module) -> nn.Module:
+def dense_copy(model: nn.Module, *, convention: str | None = None) -> nn.Module:
     """A plain, eval-mode copy of an SVDO ``model`` that keeps every weight: the network as trained, before
     any pruning (what the benchmark's dense contenders run)."""
-    return _masked_copy(model, math.inf)
+    return _masked_copy(model, math.inf, convention)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["OPS", "Flow", "InputGather", "Op", "bundle_ops", "lookup"]
+__all__ = ["OPS", "Flow", "InputGather", "Op", "bundle_ops", "lookup", "lookup_module"]
 
 
 class InputGather(nn.Module):
@@ -287,13 +287,18 @@ _BY_FUNCTION: dict[Any, Op] = {f: op for op in OPS for f in op.functions}
 _BY_METHOD: dict[str, Op] = {m: op for op in OPS for m in op.methods}
 
 
+def lookup_module(module: nn.Module) -> Op | None:
+    """The registry entry of a module (its class or the nearest base class in the table), or None."""
+    for cls in type(module).__mro__:  # most derived first: ReLU6 before Hardtanh
+        if cls in _BY_MODULE:
+            return _BY_MODULE[cls]
+    return None
+
+
 def lookup(gm: fx.GraphModule, node: fx.Node) -> Op | None:
     """The registry entry of an fx ``call_module`` / ``call_function`` / ``call_method`` node, or None."""
     if node.op == "call_module":
-        for cls in type(gm.get_submodule(str(node.target))).__mro__:  # most derived first: ReLU6 before Hardtanh
-            if cls in _BY_MODULE:
-                return _BY_MODULE[cls]
-        return None
+        return lookup_module(gm.get_submodule(str(node.target)))
     if node.op == "call_function":
         try:
             return _BY_FUNCTION.get(node.target)

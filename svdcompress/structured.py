@@ -20,7 +20,7 @@ import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx, nn
@@ -28,11 +28,15 @@ from torch import fx, nn
 from ._inputs import example_inputs as example_inputs_
 from ._verify import check_outputs, compare_outputs
 from .channels import ChannelGraph, build_channel_graph, layer_weight_bias
+from .conventions import CONVENTION_NAMES
 from .errors import InvalidInputError
 from .graph import Kind, propagate_shapes, trace_model
 from .masking import mask_model
 from .ops import InputGather
 from .svdo import DEFAULT_THRESHOLD
+
+if TYPE_CHECKING:
+    from .tuning import TuneResult
 
 __all__ = ["LayerPruneRow", "PruneConfig", "PruneReport", "PruneResult", "prune"]
 
@@ -52,6 +56,9 @@ class PruneConfig:
         verify: raise :class:`~svdcompress.errors.VerificationError` above the tolerance.
         require_csr: refuse, with the reason, ops the CSR bundle cannot express (Conv1d, sub/mul/div, ...),
             so that a model meant for :func:`~svdcompress.export.export_csr` fails here, before any work.
+        convention: the project the SVDO layers come from, for ``weight`` + ``log_sigma2`` layers whose class
+            does not say (one of :data:`svdcompress.conventions.CONVENTION_NAMES`); every layer is masked by
+            its convention's formula, eps, clip and comparison.
     """
 
     threshold: float = DEFAULT_THRESHOLD
@@ -59,12 +66,17 @@ class PruneConfig:
     tolerance: float = 1e-4
     verify: bool = True
     require_csr: bool = False
+    convention: str | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.tolerance, (int, float)) and self.tolerance >= 0 and math.isfinite(self.tolerance)):
             raise InvalidInputError(f"tolerance must be a finite number >= 0, got {self.tolerance!r}")
         if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)):
             raise InvalidInputError(f"threshold must be a finite number, got {self.threshold!r}")
+        if self.convention is not None and self.convention not in CONVENTION_NAMES:
+            raise InvalidInputError(
+                f"convention={self.convention!r} is not known; choose one of {', '.join(CONVENTION_NAMES)}"
+            )
 
 
 @dataclass
@@ -153,11 +165,13 @@ class PruneReport:
 
 @dataclass
 class PruneResult:
-    """The pruned model (eval mode), the masked dense reference and the report."""
+    """The pruned model (eval mode), the masked dense reference and the report; with ``threshold="auto"``,
+    the sweep that chose the threshold (``tuned``)."""
 
     model: nn.Module
     masked: nn.Module
     report: PruneReport
+    tuned: TuneResult | None = None
 
 
 def prune(
@@ -166,6 +180,8 @@ def prune(
     *,
     example_inputs: torch.Tensor | None = None,
     input_shape: tuple[int, ...] | None = None,
+    data: str | None = None,
+    max_drop: float = 0.5,
     **overrides: Any,
 ) -> PruneResult:
     """Mask ``model`` and remove every neuron/filter that can go without changing its outputs.
@@ -178,7 +194,11 @@ def prune(
         config: options; ``overrides`` replace single fields, e.g. ``prune(m, threshold=2.0)``.
         example_inputs: a batch of inputs, shape ``(N, ...)``.
         input_shape: the per-example input shape, used when ``example_inputs`` is not given.
-        **overrides: :class:`PruneConfig` fields.
+        data: with ``threshold="auto"``, the held-out data spec the threshold is chosen on
+            (:func:`svdcompress.tune`: the largest compression within ``max_drop`` accuracy points); never a
+            test split.
+        max_drop: with ``threshold="auto"``, the accuracy points the pick may lose.
+        **overrides: :class:`PruneConfig` fields; ``threshold="auto"`` chooses it on ``data``.
 
     Returns:
         The pruned model (a ``torch.fx.GraphModule`` in eval mode), the masked reference and a report.
@@ -195,8 +215,23 @@ def prune(
         >>> result.report.params_after <= result.report.params_before
         True
     """
+    tuned = None
+    if isinstance(overrides.get("threshold"), str) and overrides["threshold"] == "auto":
+        from .tuning import tune
+
+        if data is None:
+            raise InvalidInputError(
+                "threshold='auto' chooses the threshold on held-out data: pass data='fashion-mnist:val' (or "
+                "'mnist5k:val', or 'FILE.npz' with x and y); test splits are refused"
+            )
+        conv = overrides.get("convention", config.convention if config is not None else None)
+        shape = tuple(example_inputs.shape[1:]) if isinstance(example_inputs, torch.Tensor) else input_shape
+        tuned = tune(model, data, max_drop=max_drop, input_shape=shape, convention=conv)
+        overrides = {**overrides, "threshold": tuned.threshold}
+    elif data is not None:
+        raise InvalidInputError("data= is used to choose the threshold with threshold='auto'; prune() got a number")
     cfg = _config(config, overrides)
-    masked = mask_model(model, cfg.threshold).eval()
+    masked = mask_model(model, cfg.threshold, convention=cfg.convention).eval()
     x = _example(masked, example_inputs, input_shape)
     gm = trace_model(copy.deepcopy(masked), x)
     gm.eval()
@@ -237,7 +272,7 @@ def prune(
     )
     if cfg.verify:
         check_outputs(diff, scale, cfg.tolerance, "pruned model")
-    return PruneResult(model=gm, masked=masked, report=report)
+    return PruneResult(model=gm, masked=masked, report=report, tuned=tuned)
 
 
 def _config(config: PruneConfig | None, overrides: dict[str, Any]) -> PruneConfig:

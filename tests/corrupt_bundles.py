@@ -341,6 +341,95 @@ def _(b: Bundle) -> None:
     ptr[1] = ptr[-1]  # jumps to nnz, then falls back
 
 
+# ---------------------------------------------------------------------------------------------- gaps and bitmaps
+
+
+def _to_gaps(b: Bundle, op: str) -> tuple[dict[str, Any], np.ndarray]:
+    """Re-store ``op``'s first CSR layer as a ``gaps`` pattern (format 3); returns its entry and the gap bytes."""
+    info = b.layer(op)
+    indptr, idx = b.decoded_indices(info)
+    cols = int(np.prod(info["shape"][1:]))
+    pos = np.repeat(np.arange(indptr.size - 1), np.diff(indptr)) * cols + idx
+    g = np.diff(pos, prepend=-1)
+    k, t = np.divmod(g, 255)
+    gaps = np.full(int(g.size + k.sum()), 255, np.uint8)
+    gaps[np.cumsum(k + 1) - 1] = t
+    name = info.pop("indptr").rsplit(".", 1)[0] + ".positions"
+    del b.manifest["tensors"][info.pop("indices")]
+    b.manifest["tensors"][name] = {"dtype": "uint8", "offset": 0, "shape": [0], "encoding": "gaps"}
+    info["positions"] = name
+    return info, gaps
+
+
+def _to_bitmap(b: Bundle, op: str) -> tuple[dict[str, Any], np.ndarray]:
+    """Re-store ``op``'s first CSR layer as a ``bitmap`` pattern; returns its entry and the (unpacked) mask."""
+    info = b.layer(op)
+    indptr, idx = b.decoded_indices(info)
+    rows, cols = info["shape"][0], int(np.prod(info["shape"][1:]))
+    mask = np.zeros(rows * cols, np.uint8)
+    mask[np.repeat(np.arange(rows), np.diff(indptr)) * cols + idx] = 1
+    name = info.pop("indptr").rsplit(".", 1)[0] + ".mask"
+    del b.manifest["tensors"][info.pop("indices")]
+    b.manifest["tensors"][name] = {"dtype": "uint8", "offset": 0, "shape": [0], "encoding": "bitmap"}
+    info["mask"] = name
+    return info, mask
+
+
+@case("gaps-zero-gap", _layer("linear"))
+def _(b: Bundle) -> None:
+    info, gaps = _to_gaps(b, "linear")
+    gaps[1] = 0  # a repeated position: not strictly increasing
+    b.set_tensor(info["positions"], gaps)
+
+
+@case("gaps-past-the-matrix", _layer("conv2d"))
+def _(b: Bundle) -> None:
+    info, gaps = _to_gaps(b, "conv2d")
+    b.set_tensor(info["positions"], np.concatenate([gaps[:-1], np.full(40, 255, np.uint8), gaps[-1:]]))
+
+
+@case("gaps-trailing-escape", _layer("linear"))
+def _(b: Bundle) -> None:
+    info, gaps = _to_gaps(b, "linear")
+    b.set_tensor(info["positions"], np.concatenate([gaps, [255]]).astype(np.uint8))
+
+
+@case("gaps-one-position-short", _layer("linear"))
+def _(b: Bundle) -> None:
+    info, gaps = _to_gaps(b, "linear")
+    b.set_tensor(info["positions"], gaps[:-1])  # one value more than positions
+
+
+@case("gaps-wrong-dtype", _layer("conv2d"))
+def _(b: Bundle) -> None:
+    info, gaps = _to_gaps(b, "conv2d")
+    b.set_tensor(info["positions"], gaps.astype(np.uint16))
+
+
+@case("bitmap-short", _layer("conv2d"))
+def _(b: Bundle) -> None:
+    info, mask = _to_bitmap(b, "conv2d")
+    b.set_tensor(info["mask"], np.packbits(mask)[:-1])
+
+
+@case("bitmap-extra-bit", _layer("linear"))
+def _(b: Bundle) -> None:
+    info, mask = _to_bitmap(b, "linear")
+    mask[np.flatnonzero(mask == 0)[0]] = 1  # one position more than values
+    b.set_tensor(info["mask"], np.packbits(mask))
+
+
+@case("bitmap-padding-bits", _layer("linear"))
+def _(b: Bundle) -> None:
+    info, mask = _to_bitmap(b, "linear")
+    packed = np.packbits(mask)
+    if mask.size % 8 == 0:  # no padding bits to set: a byte more than the matrix needs
+        packed = np.concatenate([packed, [1]]).astype(np.uint8)
+    else:
+        packed[-1] |= 1
+    b.set_tensor(info["mask"], packed)
+
+
 @case("indptr-wrong-end", _layer("linear"))
 def _(b: Bundle) -> None:
     b.tensor(b.layer("linear")["indptr"])[-1] -= 1

@@ -105,7 +105,8 @@ def run_child(path: Path, kernel: str = "sparse") -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def valid_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("valid") / "valid.csr"
-    export_csr(valid_model(), path, input_shape=(1, 8, 8))
+    # row_delta: the corpus edits row pointers and column indices; the gaps and bitmap cases convert a layer
+    export_csr(valid_model(), path, input_shape=(1, 8, 8), index_encoding="row_delta")
     return path
 
 

@@ -82,6 +82,32 @@ CASES: list[tuple[list[str], int, str]] = [
     (["bench", "bundled:lenet5", "--json-out", "{tmp}/taken.json"], 1, "already exists"),
     (["bench", "bundled:lenet5", "--plot", "{tmp}/p.jpeg2000"], 2, "not an image format"),
     (["bench", "bundled:lenet5", "--plot", MISSING_DIR + "/p.png"], 1, "does not exist"),
+    # --convention (prune, export, bench)
+    (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--convention", "nope"], 2, "not a known convention"),
+    (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--convention", "nope"], 2, "not a known convention"),
+    (["bench", "bundled:lenet5", "--convention", "nope"], 2, "not a known convention"),
+    (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--convention", "kefirski"], 1, "reads theta + log_sigma2"),
+    # --threshold auto and --max-drop (prune, export, bench); export's --data
+    (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--threshold", "auto"], 2, "add --data SPEC"),
+    (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--max-drop", "1"], 2, "with --threshold auto"),
+    (["export", "bundled:lenet5", "-o", "{tmp}/m.csr", "--threshold", "auto", "--data", "mnist5k"], 2, "test split"),
+    (["export", "bundled:lenet5", "-o", "{tmp}/m.csr", "--max-drop", "x"], 2, "--max-drop"),
+    (["export", "bundled:lenet5", "-o", "{tmp}/m.csr", "--data", "fashion-mnist:val"], 2, "--threshold auto"),
+    (["bench", "bundled:lenet5", "--threshold", "auto", "--data", "fashion-mnist"], 2, "test split"),
+    (["bench", "bundled:lenet5", "--threshold", "auto", "--max-drop", "200"], 2, "between 0 and 100"),
+    # tune: CKPT, --data, --max-drop, --metric, --model, --input-shape, --json-out, --plot, --convention
+    (["tune", "bundled:lenet7", "--data", "fashion-mnist:val"], 2, "no bundled checkpoint"),
+    (["tune", "bundled:lenet5", "--data", "fashion-mnist:test"], 2, "cannot choose the threshold"),
+    (["tune", "bundled:lenet5", "--data", "{tmp}/scalar.npy"], 2, "without labels"),
+    (["tune", "bundled:lenet5", "--data", "{tmp}/missing.npz"], 1, "no such file"),
+    (["tune", "bundled:lenet5", "--data", "cifar-10:val"], 2, "unknown data set"),
+    (["tune", "bundled:lenet5", "--data", "fashion-mnist:val", "--max-drop", "-1"], 2, "between 0 and 100"),
+    (["tune", "bundled:lenet5", "--data", "fashion-mnist:val", "--metric", "f1"], 2, "--metric"),
+    (["tune", "bundled:lenet5", "--data", "fashion-mnist:val", "--model", "nodots"], 1, "--model 'nodots'"),
+    (["tune", "bundled:lenet5", "--data", "fashion-mnist:val", "--input-shape", "abc"], 2, "--input-shape"),
+    (["tune", "bundled:lenet5", "--data", "fashion-mnist:val", "--json-out", "{tmp}/taken.json"], 1, "already exists"),
+    (["tune", "bundled:lenet5", "--data", "fashion-mnist:val", "--plot", "{tmp}/p.xyz"], 2, "not an image format"),
+    (["tune", "bundled:lenet5", "--data", "fashion-mnist:val", "--convention", "nope"], 2, "not a known convention"),
 ]
 
 

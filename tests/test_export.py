@@ -272,7 +272,7 @@ def test_manifest_and_container(tmp_path: Path) -> None:
     )
     with zipfile.ZipFile(res.path) as zf:
         manifest = json.loads(zf.read("manifest.json"))
-    assert manifest["format"] == "svdcompress-csr" and manifest["format_version"] == 2
+    assert manifest["format"] == "svdcompress-csr" and manifest["format_version"] == 3
     assert manifest["input_shape"] == [1, 12, 12] and manifest["output_shape"] == [10]
     assert manifest["threshold"] == 3.0 and manifest["provenance"] == {"source": "unit test"}
     ops = [n["op"] for n in manifest["nodes"]]

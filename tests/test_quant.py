@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,68 @@ def test_version_1_bundles_still_load(tmp_path: Path) -> None:
     assert np.array_equal(runtime.load(old)(x), runtime.load(tmp_path / "v2.csr")(x))
 
 
+DATA = Path(__file__).with_name("data")
+
+
+@pytest.mark.parametrize("name", ["format2_fp32", "format2_fp16", "format2_q3"])
+def test_format_2_bundles_still_load(name: str) -> None:
+    """Bundles written by the format-2 writer (deflate members, row_delta indices, bit-packed codes; files made
+    with svdcompress 15faf62 from :func:`_sparse_net`) load and give the outputs that runtime gave."""
+    want = np.load(DATA / "format2_outputs.npz")
+    man = json.loads(zipfile.ZipFile(DATA / f"{name}.csr").read("manifest.json"))
+    assert man["format_version"] == 2
+    got = runtime.load(DATA / f"{name}.csr", kernel="sparse")(want["x"])
+    np.testing.assert_allclose(got, want[name], rtol=1e-6, atol=1e-6 * float(np.abs(want[name]).max()))
+
+
+@pytest.mark.parametrize("bits", [None, 3])
+def test_every_index_encoding_gives_the_same_model_and_auto_the_smallest(bits: int | None, tmp_path: Path) -> None:
+    net = _sparse_net(1)
+    x = np.random.default_rng(4).standard_normal((5, 1, 12, 12)).astype(np.float32)
+    sizes, outs = {}, {}
+    for enc in ("row_delta", "gaps", "bitmap", "auto"):
+        res = export_csr(net, tmp_path / f"{enc}.csr", input_shape=(1, 12, 12), bits=bits, index_encoding=enc)
+        sizes[enc] = res.file_bytes
+        outs[enc] = runtime.load(tmp_path / f"{enc}.csr", kernel="sparse")(x)
+        man = json.loads(zipfile.ZipFile(tmp_path / f"{enc}.csr").read("manifest.json"))
+        assert man["format_version"] == 3
+        key = {"row_delta": "indices", "gaps": "positions", "bitmap": "mask"}.get(enc)
+        csr = [v for v in man["layers"].values() if v["storage"] == "csr"]
+        assert csr and (key is None or all(key in v for v in csr))
+        with zipfile.ZipFile(tmp_path / f"{enc}.csr") as zf:  # each member: LZMA or DEFLATE, whichever is smaller
+            for zi in zf.infolist():
+                assert zi.compress_type in (zipfile.ZIP_LZMA, zipfile.ZIP_DEFLATED)
+                assert zi.compress_size <= len(zlib.compress(zf.read(zi), 9))
+    for enc in ("gaps", "bitmap", "auto"):
+        np.testing.assert_array_equal(outs[enc], outs["row_delta"])
+    # auto picks per layer by each candidate's compressed size alone: within a few zip bytes of the best
+    assert sizes["auto"] <= min(sizes.values()) + 64
+    with pytest.raises(ExportError, match="index_encoding"):
+        export_csr(net, tmp_path / "x.csr", input_shape=(1, 12, 12), index_encoding="huffman")
+
+
+def test_weights_that_quantise_to_zero_leave_the_pattern(tmp_path: Path) -> None:
+    net = _sparse_net(2)
+    with torch.no_grad():  # a row whose maximum is far above its other weights: 3-bit steps round most to 0
+        net[4].weight[0, net[4].weight[0] != 0] = 1e-3
+        net[4].weight[0, 0] = 5.0
+    res = export_csr(net, tmp_path / "z.csr", input_shape=(1, 12, 12), bits=3)
+    q = res.quant["_4.weight"]
+    assert q["zeroed"] >= 1
+    lw = runtime.read_bundle(tmp_path / "z.csr").layers["_4.weight"]
+    kept = int((net[4].weight != 0).sum())
+    assert lw.nnz == kept - q["zeroed"] and (lw.values != 0).all()
+    assert lw.dense()[0, 0] == pytest.approx(5.0)
+
+
+def test_entropy_bytes_and_the_zero_codes() -> None:
+    assert Q.entropy_bytes(np.zeros(100, np.uint8)) == 0
+    assert Q.entropy_bytes(np.arange(256).astype(np.uint8)) == 256  # 8 bits each
+    codes, table = Q.uniform(np.array([0.01, 1.0, -1.0, 0.5]), np.zeros(4, np.int64), 1, 3)
+    q = Q.Quantized("uniform", 3, codes.astype(np.uint8), table, 4)
+    assert q.zero().tolist() == [True, False, False, False]  # 0.01 rounds to the grid's 0
+
+
 def _rewrite(src: Path, dst: Path, edit: Any) -> Path:
     """Copy bundle ``src`` to ``dst`` with ``edit(manifest, arrays)`` applied (arrays: member → bytes)."""
     with zipfile.ZipFile(src) as zf:
@@ -160,7 +223,9 @@ def _first_quant(man: dict[str, Any]) -> dict[str, Any]:
         ("bits 0", "bits must be an integer"),
         ("bits 33", "bits must be an integer"),
         ("scheme", "scheme must be one of"),
-        ("truncated codes", "packed bytes"),
+        ("truncated codes", r"codes must be \d+ bytes, one per code"),
+        ("code out of range", r"codes must be below \d+ for \d+ bits"),
+        ("packing", "packing must be"),
         ("short table", "table must hold"),
         ("missing table", "table tensor"),
         ("dense storage", "only CSR-stored layers"),
@@ -181,6 +246,12 @@ def test_corrupted_quantised_bundles_give_a_clean_error(case: str, fragment: str
             q["scheme"] = "huffman"
         elif case == "truncated codes":
             m["tensors"][q["codes"]]["shape"] = [m["tensors"][q["codes"]]["shape"][0] - 1]
+        elif case == "code out of range":  # a codebook's codes read with one bit less: some point past the table
+            q = next(v["quant"] for v in m["layers"].values() if v.get("quant", {}).get("scheme") == "codebook")
+            q["bits"] -= 1
+            m["tensors"][q["table"]]["shape"] = [1 << q["bits"]]
+        elif case == "packing":
+            q["packing"] = "nibble"
         elif case == "short table":  # a codebook index (or a row's step) would point past the table
             m["tensors"][q["table"]]["shape"] = [m["tensors"][q["table"]]["shape"][0] - 1]
         elif case == "missing table":

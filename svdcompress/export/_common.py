@@ -45,6 +45,9 @@ class ExportResult:
         quant: Per quantised layer of a CSR bundle: scheme, bits, RMS error and its target, bytes, step, σ.
         quant_drift: For a quantised bundle, ``max|bundle − reference| / max(1, max|reference|)`` on the
             verification batch (``max_abs_diff`` is then against the dequantised model).
+        threshold: The log α threshold the masks came from, when :func:`~svdcompress.export.export_model` knows it.
+        threshold_selection: How ``threshold="auto"`` chose it (:meth:`svdcompress.tuning.TuneResult.selection`);
+            None for a threshold given as a number.
     """
 
     path: Path
@@ -56,6 +59,8 @@ class ExportResult:
     parameter_compression: float | None = None
     quant: dict[str, dict[str, Any]] | None = None
     quant_drift: float | None = None
+    threshold: float | None = None
+    threshold_selection: dict[str, Any] | None = None
 
     def summary(self) -> str:
         """One line for logs and the CLI (kB = 1000 bytes).

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import warnings
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -21,22 +24,22 @@ FORMATS = ("onnx", "onnx-sparse", "csr")
 """Artifact formats :func:`export_model` writes."""
 
 
-def posterior_sigma(model: nn.Module, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
+def posterior_sigma(
+    model: nn.Module, threshold: float = DEFAULT_THRESHOLD, convention: str | None = None
+) -> dict[str, float]:
     """Module name → median posterior standard deviation σ = exp(log σ² / 2) of the weights it keeps.
 
-    For the SVDO-like layers of ``model`` (``weight`` + ``log_sigma2``); what ``bits="auto"`` sizes each layer's
-    quantisation step by.
+    For the SVDO layers of ``model`` (every convention, each masked by its own formula); what ``bits="auto"``
+    sizes each layer's quantisation step by.
     """
-    from ..masking import is_svdo_like, masked_weight_of
+    from ..conventions import keep_mask
+    from ..masking import layers_of_model
 
     out: dict[str, float] = {}
-    for name, m in model.named_modules():
-        if not is_svdo_like(m):
-            continue
-        keep = masked_weight_of(m, threshold) != 0
-        ls2 = m.log_sigma2.detach()  # a tensor: checked by is_svdo_like
+    for layer in layers_of_model(model, convention):
+        keep = keep_mask(layer.theta, layer.log_sigma2, check_threshold(threshold), layer.convention)
         if bool(keep.any()):
-            out[name] = float(torch.exp(ls2[keep].double() / 2).median())
+            out[layer.name] = float(torch.exp(layer.log_sigma2.detach()[keep].double() / 2).median())
     return out
 
 
@@ -48,11 +51,14 @@ def export_model(
     input_shape: tuple[int, ...] | None = None,
     model: str | None = None,
     trust_pickle: bool = False,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | str = DEFAULT_THRESHOLD,
     dtype: str = "fp32",
     opset: int = 17,
     force: bool = False,
     bits: int | str | None = None,
+    convention: str | None = None,
+    data: str | None = None,
+    max_drop: float = 0.5,
 ) -> ExportResult:
     """Mask, structurally prune and export ``source`` as ``fmt``, verified against the masked model.
 
@@ -64,13 +70,22 @@ def export_model(
         input_shape: per-example input shape, e.g. ``(1, 28, 28)``; optional for checkpoints that record it.
         model: ``package.module:factory`` building the architecture of a checkpoint that does not record one.
         trust_pickle: allow a checkpoint that is a whole pickled model (unpickling runs code).
-        threshold: log α above which a weight is noise.
+        threshold: log α above which a weight is noise, or ``"auto"``: chosen on ``data`` by
+            :func:`svdcompress.tune` (the largest compression within ``max_drop`` accuracy points of the
+            unthresholded model); the artifact records the threshold and how it was chosen (the CSR manifest's
+            ``threshold_selection``, ONNX ``metadata_props``), and so does the result.
         dtype: ``"fp32"`` or ``"fp16"`` weight storage.
         opset: ONNX opset (ONNX formats only).
         force: overwrite an existing output.
         bits: CSR only: quantise the kept weights to ``16`` (fp16), 2-8 bits, or ``"auto"``: per layer the
             fewest bits whose error stays within the posterior σ of its kept weights (see
             :func:`~svdcompress.export.export_csr`); σ comes from the SVDO layers' log σ².
+        convention: the project the checkpoint comes from, when its names fit several (``weight`` +
+            ``log_sigma2``: ``"pytorch-ard"``, ``"bayeswatch"``, ``"svdcompress"``); every layer is masked by
+            its convention's formula, eps, clip and comparison, as :func:`svdcompress.analyze` counts it.
+        data: with ``threshold="auto"``: the held-out data spec (``"fashion-mnist:val"``, ``"FILE.npz"``, ...);
+            test splits are refused.
+        max_drop: with ``threshold="auto"``: the accuracy points the pick may lose.
 
     Returns:
         The :class:`ExportResult`, with ``parameter_compression`` filled in.
@@ -90,7 +105,7 @@ def export_model(
         >>> res.format
         'onnx'
     """
-    from ..analysis import analyze
+    from ..analysis import ConventionWarning, analyze
     from ..models import load_model
     from ..structured import prune
     from .csr import export_csr
@@ -100,7 +115,22 @@ def export_model(
         raise InvalidInputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if bits is not None and fmt != "csr":
         raise InvalidInputError(f"bits= quantises CSR bundles only; got format {fmt!r}")
-    threshold = check_threshold(threshold)
+    auto = isinstance(threshold, str) and threshold == "auto"
+    if auto:
+        from ..dataspec import check_selectable
+
+        if data is None:
+            raise InvalidInputError(
+                "threshold='auto' chooses the threshold on held-out data: pass data='fashion-mnist:val' (or "
+                "'mnist5k:val', or 'FILE.npz' with x and y); test splits are refused"
+            )
+        spec = check_selectable(data)  # before any work
+    elif data is not None:
+        raise InvalidInputError(
+            "data= is used to choose the threshold with threshold='auto'; export_model() got a number"
+        )
+    else:
+        threshold = check_threshold(cast(float, threshold))  # a string other than 'auto' is refused there
     shape = None if input_shape is None else check_input_shape(input_shape)
     provenance: dict[str, object] = {}
     # checked before the slow part; the exporter checks again right before writing
@@ -108,7 +138,14 @@ def export_model(
     if isinstance(source, nn.Module):
         module = source
     else:
-        resolved = load_model(source, model=model, trust_pickle=trust_pickle, input_shape=shape, require_svdo=True)
+        resolved = load_model(
+            source,
+            model=model,
+            trust_pickle=trust_pickle,
+            input_shape=shape,
+            require_svdo=True,
+            convention=convention,
+        )
         module, shape = resolved.module, resolved.input_shape
         provenance = dict(resolved.meta.get("provenance") or {})
         if shape is None:
@@ -117,10 +154,25 @@ def export_model(
             )
     if shape is None:
         raise InvalidInputError("export_model() of a module needs input_shape (per example, e.g. (1, 28, 28))")
-    result = prune(module, threshold=threshold, input_shape=shape, require_csr=fmt == "csr")
+    selection: dict[str, Any] | None = None
+    if auto:
+        from ..tuning import tune
+
+        tuned = tune(
+            module if isinstance(source, nn.Module) else resolved,
+            spec,
+            max_drop=max_drop,
+            input_shape=shape,
+            convention=convention,
+        )
+        threshold, selection = tuned.threshold, tuned.selection()
+    threshold = float(threshold)
+    result = prune(module, threshold=threshold, input_shape=shape, require_csr=fmt == "csr", convention=convention)
     # Everything that can fail runs before the artifact is renamed into place: a failure leaves no file.
     try:
-        compression: float | None = float(analyze(module, threshold).total["compression"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConventionWarning)  # prune's masking has issued it
+            compression: float | None = float(analyze(module, threshold, convention=convention).total["compression"])
     except NoSVDOLayersError:  # a plain model with zeroed weights (Python API only): no log α to count
         compression = None
     if fmt == "csr":
@@ -134,7 +186,8 @@ def export_model(
             threshold=threshold,
             provenance=provenance,
             bits=bits,
-            sigma=posterior_sigma(module, threshold) if bits == "auto" else None,
+            sigma=posterior_sigma(module, threshold, convention) if bits == "auto" else None,
+            threshold_selection=selection,
         )
     else:
         res = export_onnx(
@@ -146,5 +199,16 @@ def export_model(
             opset=opset,
             dtype=dtype,
             force=force,
+            metadata=None if selection is None else _onnx_metadata(threshold, selection),
         )
-    return dataclasses.replace(res, parameter_compression=compression)
+    return dataclasses.replace(
+        res, parameter_compression=compression, threshold=threshold, threshold_selection=selection
+    )
+
+
+def _onnx_metadata(threshold: float, selection: dict[str, Any]) -> dict[str, str]:
+    """ONNX ``metadata_props`` (strings only): the threshold and, as JSON, how it was chosen."""
+    return {
+        "svdcompress.threshold": repr(threshold),
+        "svdcompress.threshold_selection": json.dumps(selection, sort_keys=True),
+    }

@@ -364,6 +364,8 @@ def export_csr(
     dense_fp32_bytes: int | None = None,
     bits: int | str | None = None,
     sigma: dict[str, float] | None = None,
+    index_encoding: str = "auto",
+    threshold_selection: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Write ``model`` as a CSR bundle, run it with :mod:`svdcompress.runtime` and compare with ``reference``.
 
@@ -397,7 +399,13 @@ def export_csr(
             posterior standard deviation from ``sigma``). A layer with a folded BatchNorm keeps ``dtype``.
             The bundle is then verified against ``model`` with the dequantised weights (exact to the fp32
             tolerance); its drift from ``reference`` is reported, not bounded (check accuracy on data).
+            Kept weights that quantise to exactly 0 are dropped from the pattern (``zeroed`` in the report).
         sigma: Layer (module name, e.g. ``"conv1"``) → median posterior σ of its kept weights, for ``"auto"``.
+        index_encoding: How each CSR layer's sparsity pattern is stored: ``"gaps"`` (bytes of the gaps between
+            flat positions), ``"bitmap"`` (one bit per weight), ``"row_delta"`` (row pointers and per-row deltas,
+            format 2's), or ``"auto"`` (default): whichever compresses smallest for that layer.
+        threshold_selection: How ``threshold`` was chosen (:meth:`svdcompress.tuning.TuneResult.selection`: the
+            data spec, its accuracy, ...); recorded in the manifest as ``threshold_selection``.
 
     Returns:
         The :class:`ExportResult`.
@@ -419,7 +427,10 @@ def export_csr(
     inp, output = capture.run()
     nodes, output = _fold_batchnorm(capture.nodes, capture.params, output)
     vdtype: type[np.floating[Any]] = np.float16 if vname == "fp16" else np.float32
-    writer, layers = BundleWriter(), {}
+    try:
+        writer, layers = BundleWriter(index_encoding), {}
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     dequantised: dict[str, np.ndarray] = {}  # weight param → its dequantised values, for the exactness check
     for n in nodes:
         for role, pname in n["params"].items():
@@ -429,6 +440,7 @@ def export_csr(
                 if qbits is not None and "folded_batchnorm" not in n["attrs"]:
                     layer = capture.module_names.get(id(capture.weight_modules.get(pname)), n["name"])
                     quant, qinfo, dequantised[pname] = _quantize(arr, qbits, sigma, layer)
+                    arr = dequantised[pname]  # the pattern the codes describe: quantised-to-zero weights dropped
                 elif vname == "fp16" and np.abs(arr).max(initial=0.0) > _FP16_MAX:
                     raise ExportError(f"{n['name']}: weights exceed the fp16 range (±65504); export as fp32")
                 layers[pname] = writer.add_weight(pname, arr, vdtype, quant, qinfo)
@@ -449,6 +461,7 @@ def export_csr(
         "layers": layers,
         "threshold": threshold,
         "provenance": provenance or {},
+        **({"threshold_selection": threshold_selection} if threshold_selection is not None else {}),
         **({"bits": qbits} if qbits is not None else {}),
     }
     with atomic_path(out) as tmp:
@@ -508,17 +521,29 @@ def _quantize(
             raise ExportError(f"bits='auto': no posterior σ for layer {layer!r} (sigma= has {sorted(sigma or {})})")
     width = None if bits == "auto" else int(bits)
     q, rms, target = Q.choose(mat[rows, cols].astype(np.float32), rows, mat.shape[0], width, s)
-    values = Q.decode(q.scheme, q.bits, Q.unpack_codes(q.codes, q.bits, q.count), q.table, rows)
+    values = Q.decode(q.scheme, q.bits, q.codes, q.table, rows)
+    # Kept weights that quantise to exactly 0 are dropped from the pattern: they cost an index and a code and
+    # add nothing (the dequantised model, which the bundle is verified against, holds the same zeros).
+    nonzero = ~q.zero()
+    zeroed = int((~nonzero).sum())
+    if zeroed:
+        q = Q.Quantized(q.scheme, q.bits, q.codes[nonzero], q.table, int(nonzero.sum()))
     deq = np.zeros(mat.shape, np.float64)
     deq[rows, cols] = values
-    info = {
-        "rms_error": rms,
-        "target_rms": target,
+    step = float(np.median(q.table[q.table > 0])) if q.scheme == "uniform" and (q.table > 0).any() else None
+    info = {  # informational: 4 significant digits keep the manifest small
+        "zeroed": zeroed,
+        "rms_error": _sig(rms),
+        "target_rms": _sig(target),
         "bytes": q.nbytes,
-        "step": float(np.median(q.table[q.table > 0])) if q.scheme == "uniform" and (q.table > 0).any() else None,
-        **({"median_sigma": s} if s is not None else {}),
+        "step": None if step is None else _sig(step),
+        **({"median_sigma": _sig(s)} if s is not None else {}),
     }
     return q, info, deq.reshape(arr.shape)
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.4g}")
 
 
 def _with_weights(model: nn.Module, capture: _Capture, weights: dict[str, np.ndarray]) -> nn.Module:

@@ -151,6 +151,7 @@ def export_onnx(
     force: bool = False,
     tolerance: float | None = None,
     dense_fp32_bytes: int | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> ExportResult:
     """Export ``model`` to ONNX with a dynamic batch axis, check it, and verify it in ONNX Runtime.
 
@@ -173,6 +174,7 @@ def export_onnx(
         force: Overwrite an existing file.
         tolerance: Allowed ``max|diff| / max(1, max|ref|)``; default 1e-4 for fp32, 1e-2 for fp16.
         dense_fp32_bytes: Override the dense size the ratio is computed against (default: from reference).
+        metadata: Key → string written to the model's ``metadata_props`` (e.g. how the threshold was chosen).
 
     Returns:
         The :class:`ExportResult`.
@@ -190,6 +192,8 @@ def export_onnx(
             _initializers_to_fp16(proto.graph)
         if sparse:
             _initializers_to_sparse(proto.graph)
+        if metadata:
+            onnx.helper.set_model_props(proto, {str(k): str(v) for k, v in metadata.items()})
         try:
             onnx.checker.check_model(proto)
         except onnx.checker.ValidationError as exc:

@@ -1,19 +1,26 @@
 """The CSR bundle format: its constants, blob codecs, writer, reader and validation, in one place.
 
-Container (``format = "svdcompress-csr"``, ``format_version = 1``, file extension ``.csr``): a ZIP archive,
-DEFLATE level 9, holding
+Container (``format = "svdcompress-csr"``, ``format_version = 3``, file extension ``.csr``): a ZIP archive
+whose members are LZMA- or DEFLATE-compressed, whichever is smaller (formats 1 and 2: DEFLATE level 9), holding
 
 - ``manifest.json``: everything but the numbers: format, producer, dtype, input/output shapes and value names,
   ``value_shapes``, the op graph ``nodes`` (``name``, ``op``, ``inputs``, ``outputs``, ``attrs``, ``params``:
   role → tensor or layer name), ``layers`` (per weight: ``shape``, ``dtype``, ``nnz``, ``density``, ``storage``
-  csr|dense and its tensor names), ``tensors`` and ``blobs`` (where the numbers are), ``threshold``,
-  ``provenance``;
+  csr|dense and its tensor names, ``quant`` for quantised values), ``tensors`` and ``blobs`` (where the
+  numbers are), ``threshold``, ``provenance``;
 - one ``<dtype>.npy`` member per dtype used (``float32.npy``, ``float16.npy``, ``uint8.npy``, ...): all tensors
   of that dtype concatenated into one 1-D array, because each zip member costs ~160 bytes of headers. The
-  ``tensors`` table gives each tensor's ``dtype``, ``offset``, ``shape`` and ``encoding`` (``raw``, or
-  ``row_delta`` for CSR column indices: delta-coded within each row, first entry absolute, which usually fits
-  them in one byte). Blobs of multi-byte types are stored byte-shuffled (a ``uint8`` ``[itemsize, count]``
-  array: all first bytes, then all second bytes, ...), which lets DEFLATE squeeze the low-entropy bytes.
+  ``tensors`` table gives each tensor's ``dtype``, ``offset``, ``shape`` and ``encoding``. Blobs of multi-byte
+  types are stored byte-shuffled (a ``uint8`` ``[itemsize, count]`` array: all first bytes, then all second
+  bytes, ...), which lets the compressor squeeze the low-entropy bytes.
+
+A CSR layer's sparsity pattern is one of (the writer keeps whichever compresses smallest):
+
+- ``positions`` (encoding ``gaps``): the gaps between consecutive flat positions ``row · cols + col`` (the
+  first from −1), each as ``k`` bytes 255 then ``gap − 255·k``: one byte per weight below 255, no row pointers;
+- ``mask`` (encoding ``bitmap``): the row-major ``rows × cols`` mask, 8 weights per byte, for dense patterns;
+- ``indptr`` + ``indices`` (encoding ``row_delta``, formats 1–2): row pointers and column indices delta-coded
+  within each row, the first entry absolute.
 
 Every member is a plain ``.npy`` readable with ``numpy.load(path, allow_pickle=False)``; nothing is pickled.
 
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
 import math
 import os
 import zipfile
@@ -50,16 +58,50 @@ __all__ = [
 ]
 
 FORMAT_NAME = "svdcompress-csr"
-FORMAT_VERSION = 2
-"""2 added quantised values (a layer's ``quant`` entry, :mod:`.quant`); version-1 bundles still load."""
+FORMAT_VERSION = 3
+"""2 added quantised values (a layer's ``quant`` entry, :mod:`.quant`); 3 added LZMA members, ``bitmap`` sparsity
+patterns and one byte per quantised code (``packing: byte``). Version-1 and -2 bundles still load."""
 EXTENSION = ".csr"
 """The customary file extension of a bundle (any name is accepted)."""
 
+_INDEX_ENCODINGS = ("row_delta", "bitmap", "gaps")
 _BLOB_DTYPES = ("float32", "float16", "uint8", "uint16", "uint32", "uint64")
 _MAX_MANIFEST_BYTES = 16 << 20
 _MAX_JSON_DEPTH = 32
 _MAX_TOTAL_BYTES = 8 << 30  # 8 GiB of decoded arrays: far beyond any SVDO model, far below a bomb's claims
 _NPY_HEADER_SLACK = 4096  # an .npy header is at most a few hundred bytes
+_LZMA_MAX_BYTES = 1 << 20
+"""Members (and arrays compared for encodings) up to this size are tried with LZMA as well as DEFLATE; LZMA wins on
+small, skewed data (codes, gaps, the manifest: 5-25%), not on large float blobs, and costs ~1 s per MB."""
+
+
+def _packed_size(a: np.ndarray) -> int:
+    """About the bytes ``a`` takes once byte-shuffled and compressed as the writer stores it (to choose encodings):
+    LZMA up to :data:`_LZMA_MAX_BYTES`, a fast DEFLATE above (a choice among big arrays needs no exact bytes)."""
+    raw = np.ascontiguousarray(a.view(np.uint8).reshape(a.size, a.itemsize).T) if a.itemsize > 1 else a
+    data = raw.tobytes()
+    return len(_lzma(data)) if len(data) <= _LZMA_MAX_BYTES else len(zlib.compress(data, 1))
+
+
+def _lzma(data: bytes) -> bytes:
+    """LZMA1 with the defaults :mod:`zipfile` writes (``ZIP_LZMA``), so sizes measured here are what a member takes."""
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA1}])
+
+
+def _encode_gaps(positions: np.ndarray) -> np.ndarray:
+    """Increasing flat positions (row · cols + col) as bytes of their gaps: gap = 255·k + t is k bytes 255, then t.
+
+    The first gap counts from −1. Decoding is ``cumsum(bytes)[bytes != 255] − 1``: no row pointers needed.
+
+    Example:
+        >>> _encode_gaps(np.array([0, 3, 300])).tolist()
+        [1, 3, 255, 42]
+    """
+    g = np.diff(positions.astype(np.int64), prepend=-1)
+    k, t = np.divmod(g, 255)
+    out = np.full(int(g.size + k.sum()), 255, np.uint8)
+    out[np.cumsum(k + 1) - 1] = t
+    return out
 
 
 def narrow_uint(a: np.ndarray) -> np.ndarray:
@@ -89,7 +131,10 @@ class BundleWriter:
         ('csr', 4)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, index_encoding: str = "auto") -> None:
+        if index_encoding not in ("auto", *_INDEX_ENCODINGS):
+            raise ValueError(f"index_encoding must be 'auto' or one of {_INDEX_ENCODINGS}, got {index_encoding!r}")
+        self.index_encoding = index_encoding
         self._parts: dict[str, list[np.ndarray]] = {}
         self._sizes: dict[str, int] = {}
         self.tensors: dict[str, dict[str, Any]] = {}
@@ -121,6 +166,8 @@ class BundleWriter:
 
         With ``quant`` (the codes of ``w``'s nonzeros in row-major order, :func:`quant.choose`), the layer is
         stored as CSR with quantised values; ``quant_info`` (error, target, σ) goes into its ``quant`` entry.
+        The sparsity pattern is stored as ``row_delta`` column indices plus row pointers, or as a ``bitmap`` of
+        the whole matrix, whichever compresses smaller (``index_encoding`` of the writer).
         Returns the layer's manifest entry.
         """
         mat = w.reshape(w.shape[0], -1)  # (out, in*kh*kw)
@@ -138,18 +185,28 @@ class BundleWriter:
         info: dict[str, Any] = {
             "shape": list(w.shape),
             "nnz": nnz,
-            "density": nnz / max(1, w.size),
+            "density": float(f"{nnz / max(1, w.size):.4g}"),
             "dtype": np.dtype(vdtype).name,
         }
         if quant is not None and quant.count != nnz:
             raise BundleError(f"tensor {name}: {quant.count} quantised codes for {nnz} nonzeros")  # internal
         if quant is not None or csr_bytes < w.size * itemsize:
-            info.update(
-                storage="csr",
-                matrix_shape=list(mat.shape),
-                indptr=self.add(f"{name}.indptr", indptr),
-                indices=self.add(f"{name}.indices", indices, "row_delta"),
-            )
+            info.update(storage="csr", matrix_shape=list(mat.shape))
+            mask = np.packbits(mat.reshape(-1) != 0)
+            gaps = _encode_gaps(rows * mat.shape[1] + cols)
+            encoding = self.index_encoding
+            if encoding == "auto":  # whichever compresses smallest on its own
+                sizes = {"gaps": _packed_size(gaps), "row_delta": _packed_size(indptr) + _packed_size(indices)}
+                if mask.size <= 8 * gaps.size:  # sparser than 1 in 64, a bitmap never wins: skip compressing it
+                    sizes["bitmap"] = _packed_size(mask)
+                encoding = min(sizes, key=lambda k: sizes[k])
+            if encoding == "bitmap":
+                info["mask"] = self.add(f"{name}.mask", mask, "bitmap")
+            elif encoding == "gaps":
+                info["positions"] = self.add(f"{name}.positions", gaps, "gaps")
+            else:
+                info["indptr"] = self.add(f"{name}.indptr", indptr)
+                info["indices"] = self.add(f"{name}.indices", indices, "row_delta")
             if quant is None:
                 info["values"] = self.add(f"{name}.values", mat[rows, cols].astype(vdtype))
             else:
@@ -157,6 +214,7 @@ class BundleWriter:
                 info["quant"] = {
                     "scheme": quant.scheme,
                     "bits": quant.bits,
+                    "packing": "byte",
                     "codes": self.add(f"{name}.codes", quant.codes),
                     "table": self.add(f"{name}.table", quant.table),
                     **(quant_info or {}),
@@ -184,17 +242,22 @@ class BundleWriter:
             "blobs": blobs,
         }
 
-        def info(name: str) -> zipfile.ZipInfo:  # fixed timestamps: byte-for-byte reproducible bundles
+        def member(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+            # fixed timestamps: byte-for-byte reproducible bundles; LZMA where it is smaller, else DEFLATE level 9
             zi = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            zi.compress_type = zipfile.ZIP_DEFLATED
-            return zi
+            if len(data) <= _LZMA_MAX_BYTES and len(_lzma(data)) < len(zlib.compress(data, 9)):
+                zi.compress_type = zipfile.ZIP_LZMA
+                zf.writestr(zi, data)
+            else:
+                zi.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(zi, data, compresslevel=9)
 
-        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-            zf.writestr(info("manifest.json"), json.dumps(full, sort_keys=True, separators=(",", ":")))
+        with zipfile.ZipFile(path, "w") as zf:
+            member(zf, "manifest.json", json.dumps(full, sort_keys=True, separators=(",", ":")).encode())
             for name, arr in arrays.items():
                 buf = io.BytesIO()
                 np.lib.format.write_array(buf, arr, allow_pickle=False)
-                zf.writestr(info(name), buf.getvalue())
+                member(zf, name, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -391,7 +454,7 @@ def _slice_tensors(manifest: dict[str, Any], blobs: dict[str, np.ndarray], path:
                 f"{path}: tensor {name} (offset {offset}, {size} elements) runs past the end of "
                 f"its {key} blob ({blob.size} elements)"
             )
-        if t.get("encoding", "raw") not in ("raw", "row_delta"):
+        if t.get("encoding", "raw") not in ("raw", *_INDEX_ENCODINGS):
             raise BundleError(f"{path}: tensor {name}: unknown encoding {t.get('encoding')!r}")
         arr = blob[offset : offset + size].reshape(shape)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -433,16 +496,66 @@ def _decode_layer(name: str, info: Any, tensors: dict[str, np.ndarray], path: st
         return LayerWeight(shape, indptr, c.astype(np.int32), mat[r, c])
     if storage != "csr":
         raise BundleError(f"{path}: layer {name}: storage must be 'csr' or 'dense', got {storage!r}")
-    indptr_raw, deltas = get("indptr"), get("indices")
+    if "mask" in info:
+        indptr, idx = _decode_bitmap(name, get("mask"), rows, cols, path)
+    elif "positions" in info:
+        indptr, idx = _decode_gaps(name, get("positions"), rows, cols, path)
+    else:
+        indptr, idx = _decode_row_delta(name, get("indptr"), get("indices"), rows, cols, path)
+    nnz = int(idx.size)
+    if quant is None and values.size != nnz:
+        raise BundleError(f"{path}: layer {name}: {values.size} values for {nnz} stored positions")
+    if quant is not None:
+        values = _dequantize(name, quant, tensors, indptr, rows, nnz, path)
+    return LayerWeight(shape, indptr, idx.astype(np.int32), values.astype(np.float32).reshape(-1))
+
+
+def _decode_bitmap(name: str, mask: np.ndarray, rows: int, cols: int, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, column indices) of a ``bitmap`` pattern: the packed bits of the row-major ``rows × cols`` mask."""
+    need = -(-rows * cols // 8)
+    if mask.dtype != np.uint8 or mask.size != need:
+        raise BundleError(
+            f"{path}: layer {name}: mask must be {need} bytes (a bitmap of {rows} × {cols}), "
+            f"got {mask.size} {mask.dtype}"
+        )
+    bits = np.unpackbits(mask.reshape(-1))
+    if bits[rows * cols :].any():
+        raise BundleError(f"{path}: layer {name}: mask has bits set past the {rows} × {cols} matrix")
+    flat = np.flatnonzero(bits[: rows * cols])
+    r, c = np.divmod(flat, cols)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=rows))]).astype(np.int64)
+    return indptr, c
+
+
+def _decode_gaps(name: str, gaps: np.ndarray, rows: int, cols: int, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, column indices) of a ``gaps`` pattern (:func:`_encode_gaps`), proven increasing and in range."""
+    if gaps.dtype != np.uint8:
+        raise BundleError(f"{path}: layer {name}: positions must be uint8 gap bytes, got {gaps.dtype}")
+    g = gaps.reshape(-1)
+    if g.size and g[-1] == 255:
+        raise BundleError(f"{path}: layer {name}: positions end inside a gap (last byte 255)")
+    pos = np.cumsum(g, dtype=np.int64)[g != 255] - 1
+    if pos.size and (pos[0] < 0 or (np.diff(pos) <= 0).any() or pos[-1] >= rows * cols):
+        raise BundleError(
+            f"{path}: layer {name}: positions must be strictly increasing and below {rows} × {cols} = {rows * cols}"
+        )
+    r, c = np.divmod(pos, cols)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=rows))]).astype(np.int64)
+    return indptr, c
+
+
+def _decode_row_delta(
+    name: str, indptr_raw: np.ndarray, deltas: np.ndarray, rows: int, cols: int, path: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, column indices) from row pointers and ``row_delta`` indices, proven in range and increasing."""
     if indptr_raw.dtype.kind != "u" or deltas.dtype.kind != "u":
         raise BundleError(f"{path}: layer {name}: indptr and indices must be unsigned integers")
     indptr = indptr_raw.astype(np.int64).reshape(-1)
-    nnz = values.size if quant is None else deltas.size
-    if indptr.size != rows + 1 or indptr[0] != 0 or indptr[-1] != nnz or deltas.size != nnz:
+    nnz = deltas.size
+    if indptr.size != rows + 1 or indptr[0] != 0 or indptr[-1] != nnz:
         raise BundleError(
             f"{path}: layer {name}: indptr must have {rows + 1} entries from 0 to nnz={nnz} "
-            f"and indices {nnz} entries (got {indptr.size} entries ending at "
-            f"{indptr[-1] if indptr.size else None}, {deltas.size} indices)"
+            f"(got {indptr.size} entries ending at {indptr[-1] if indptr.size else None})"
         )
     if (np.diff(indptr) < 0).any():
         raise BundleError(f"{path}: layer {name}: indptr is not monotone")
@@ -458,9 +571,7 @@ def _decode_layer(name: str, info: Any, tensors: dict[str, np.ndarray], path: st
         raise BundleError(
             f"{path}: layer {name}: column indices must be below {cols} and strictly increasing within each row"
         )
-    if quant is not None:
-        values = _dequantize(name, quant, tensors, indptr, rows, nnz, path)
-    return LayerWeight(shape, indptr, idx.astype(np.int32), values.astype(np.float32).reshape(-1))
+    return indptr, idx
 
 
 def _dequantize(
@@ -483,15 +594,19 @@ def _dequantize(
             raise BundleError(f"{where} {role} tensor {tname!r} is missing")
         found[role] = tensors[tname].reshape(-1)
     codes, table = found["codes"], found["table"]
-    if codes.dtype != np.uint8 or codes.size != -(-nnz * bits // 8):
-        raise BundleError(
-            f"{where} codes must be {-(-nnz * bits // 8)} packed bytes ({nnz} codes of {bits} bits), "
-            f"got {codes.size} {codes.dtype}"
-        )
+    packing = quant.get("packing", "bits")
+    if packing not in ("bits", "byte"):
+        raise BundleError(f"{where} packing must be 'bits' or 'byte', got {packing!r}")
+    need = nnz if packing == "byte" else -(-nnz * bits // 8)
+    if codes.dtype != np.uint8 or codes.size != need:
+        what = "bytes, one per code" if packing == "byte" else f"packed bytes ({nnz} codes of {bits} bits)"
+        raise BundleError(f"{where} codes must be {need} {what}, got {codes.size} {codes.dtype}")
     want = rows if scheme == "uniform" else 1 << bits
     if table.dtype != np.float32 or table.size != want:
         raise BundleError(f"{where} table must hold {want} float32 values, got {table.size} {table.dtype}")
-    unpacked = Q.unpack_codes(codes, bits, nnz)
+    unpacked = codes.astype(np.int64) if packing == "byte" else Q.unpack_codes(codes, bits, nnz)
+    if nnz and int(unpacked.max()) >= 1 << bits:
+        raise BundleError(f"{where} codes must be below {1 << bits} for {bits} bits")
     if scheme == "uniform" and nnz and int(unpacked.max()) > 2 * ((1 << (bits - 1)) - 1):
         raise BundleError(f"{where} codes must be at most {2 * ((1 << (bits - 1)) - 1)} for {bits}-bit uniform")
     row_of = np.repeat(np.arange(rows), np.diff(indptr))
@@ -530,6 +645,7 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
         EOFError,
         NotImplementedError,
         zlib.error,
+        lzma.LZMAError,
         RuntimeError,
     ) as exc:  # RuntimeError: zipfile's 'encrypted member' and similar
         raise BundleError(f"{p}: cannot read CSR bundle ({type(exc).__name__}: {exc})") from None

@@ -1,7 +1,9 @@
-"""Quantised weight values for CSR bundles: uniform per-row integers or a per-layer k-means codebook, bit-packed.
+"""Quantised weight values for CSR bundles: uniform per-row integers or a per-layer k-means codebook.
 
-A CSR layer's ``nnz`` kept values become ``bits``-bit codes, packed little-endian into bytes (code ``i`` holds
-bits ``i·bits … i·bits + bits - 1`` of the stream), plus either
+A CSR layer's ``nnz`` kept values become ``bits``-bit codes, stored one per byte (format 3, ``packing: byte``:
+the bundle's LZMA members entropy-code them, so a peaked distribution of codes costs less than ``bits`` each),
+or in format 2 packed little-endian into bytes (code ``i`` holds bits ``i·bits … i·bits + bits - 1`` of the
+stream), plus either
 
 - ``uniform``: one fp32 step per row; value = (code − (2^(bits−1) − 1)) · step[row]. Symmetric, so the grid
   holds 0 and ±max|row| exactly; ``bits`` ≥ 2.
@@ -21,17 +23,22 @@ import numpy as np
 __all__ = [
     "AUTO_C",
     "MAX_BITS",
+    "POSITION_BYTES",
     "SCHEMES",
     "Quantized",
     "choose",
     "codebook",
     "decode",
+    "entropy_bytes",
     "pack_codes",
     "uniform",
     "unpack_codes",
 ]
 
 SCHEMES = ("uniform", "codebook")
+POSITION_BYTES = 1.0
+"""Bytes of sparsity pattern (``gaps`` or ``row_delta``, LZMA-coded) a stored weight costs, about 0.9–1.1 on the
+bundled LeNets: a grid that rounds more weights to 0 saves this much per weight besides their codes."""
 MAX_BITS = 8
 AUTO_C = 0.25
 """``bits="auto"``: the fewest bits whose quantisation noise variance stays within ``AUTO_C`` × the median posterior
@@ -43,17 +50,42 @@ export still verifies the outputs, and with ``--data`` the accuracy."""
 
 @dataclass(frozen=True)
 class Quantized:
-    """One layer's quantised values: the scheme, bits, packed codes and the scheme's table (steps or centroids)."""
+    """One layer's quantised values: the scheme, bits, codes (one per byte) and the scheme's table."""
 
     scheme: str
     bits: int
-    codes: np.ndarray  # uint8, packed
+    codes: np.ndarray  # uint8, one code per byte
     table: np.ndarray  # float32: per-row steps (uniform) or 2^bits centroids (codebook)
     count: int
 
+    def zero(self) -> np.ndarray:
+        """Which codes decode to exactly 0: the exporter drops those weights from the sparsity pattern."""
+        if self.scheme == "uniform":
+            out: np.ndarray = self.codes == (1 << (self.bits - 1)) - 1
+        else:
+            out = self.table[self.codes.astype(np.int64)] == 0
+        return out
+
     @property
     def nbytes(self) -> int:
-        return int(self.codes.nbytes + self.table.nbytes)
+        """Estimated stored size (what scheme choice compares): the entropy of the codes of the weights that stay
+        nonzero, the table, and :data:`POSITION_BYTES` of sparsity pattern per weight that stays."""
+        stay = ~self.zero()
+        return entropy_bytes(self.codes[stay]) + int(self.table.nbytes) + math.ceil(POSITION_BYTES * int(stay.sum()))
+
+
+def entropy_bytes(codes: np.ndarray) -> int:
+    """Bytes an order-0 entropy coder needs for ``codes``: ⌈n·H/8⌉ with H the empirical entropy in bits.
+
+    Example:
+        >>> entropy_bytes(np.array([0, 1] * 8))  # one bit per code
+        2
+    """
+    if codes.size == 0:
+        return 0
+    p = np.bincount(codes.reshape(-1).astype(np.int64)) / codes.size
+    p = p[p > 0]
+    return math.ceil(float(-(p * np.log2(p)).sum()) * codes.size / 8)
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -115,7 +147,7 @@ def decode(scheme: str, bits: int, codes: np.ndarray, table: np.ndarray, rows: n
     """fp32 values from unpacked ``codes``: ``rows`` gives each value's row (uniform's steps are per row)."""
     if scheme == "uniform":
         half = (1 << (bits - 1)) - 1
-        out: np.ndarray = ((codes - half).astype(np.float32) * table[rows]).astype(np.float32)
+        out: np.ndarray = ((codes.astype(np.int64) - half).astype(np.float32) * table[rows]).astype(np.float32)
     else:
         out = table[codes].astype(np.float32)
     return out
@@ -128,7 +160,7 @@ def _encode(scheme: str, values: np.ndarray, rows: np.ndarray, nrows: int, bits:
         codes, table = codebook(values, bits)
     approx = decode(scheme, bits, codes, table, rows)
     rms = float(np.sqrt(np.mean((approx.astype(np.float64) - values) ** 2))) if values.size else 0.0
-    return Quantized(scheme, bits, pack_codes(codes, bits), table, int(values.size)), rms
+    return Quantized(scheme, bits, codes.astype(np.uint8), table, int(values.size)), rms
 
 
 def choose(

@@ -1,0 +1,103 @@
+"""benchmarks/train_zoo.py: a run stopped after an epoch and resumed is the uninterrupted run, bit for bit."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_zoo.py"
+
+
+def _import_train_zoo():
+    # benchmarks/ is not a package and pytest runs with --import-mode=importlib: load the script by path.
+    spec = importlib.util.spec_from_file_location("train_zoo", _SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+tz = _import_train_zoo()
+
+
+def _loader(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiny learnable stand-in for Fashion-MNIST: 240 train (200 + 40 held out), 40 test images."""
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    n = 240 if split == "train" else 40
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = 0.3 * torch.rand(n, 1, 28, 28, generator=g)
+    x[torch.arange(n), 0, y, y] += 1.0  # a class-dependent pixel, so accuracy moves
+    return x, y
+
+
+def _argv(out: Path, *extra: str) -> list[str]:
+    return [
+        "--arch", "lenet300", "--data", "fashion-mnist", "--val-size", "40", "--batch", "50",
+        "--dense-epochs", "3", "--dense-patience", "2", "--svdo-epochs", "2", "--kl-warmup-epochs", "1",
+        "--threads", "1", "--log-step-losses", "--out-dir", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _curve(out: Path) -> list[dict]:
+    log = json.loads((out / "lenet300-fashion-mnist-log.json").read_text())
+    return [{k: v for k, v in r.items() if k not in ("seconds", "epoch_seconds")} for r in log["epochs"]]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("whole")
+    assert tz.main(_argv(out), loader=_loader) == 0
+    return out
+
+
+@pytest.mark.parametrize("stop_after", [1, 4])  # inside the dense phase; first SVDO epoch (3 dense epochs before)
+def test_resume_is_bit_for_bit(uninterrupted: Path, tmp_path: Path, stop_after: int) -> None:
+    assert tz.main(_argv(tmp_path, "--stop-after-epochs", str(stop_after)), loader=_loader) == 0
+    state = tmp_path / "lenet300-fashion-mnist-state.pt"
+    assert state.exists() and not (tmp_path / "lenet300-fashion-mnist-log.json").exists()
+    st = torch.load(state, weights_only=True)  # everything in the state is safe-loadable
+    assert len(st["book"]["log"]) == stop_after
+    # Perturb every global RNG the way another process would: the state must restore them.
+    torch.manual_seed(999)
+    assert tz.main(["--resume", str(state)], loader=_loader) == 0
+
+    whole, resumed = _curve(uninterrupted), _curve(tmp_path)
+    assert [r["phase"] for r in whole] == ["dense"] * 3 + ["svdo"] * 2
+    assert resumed == whole  # same step losses, accuracies, compression: the same run
+    for name in ("dense", "svdo"):
+        a = _weights(uninterrupted / f"lenet300-fashion-mnist-{name}.pt")
+        b = _weights(tmp_path / f"lenet300-fashion-mnist-{name}.pt")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.load(state, weights_only=True)["book"]["phase"] == "done"
+
+
+def test_log_reports_splits_dense_curve_and_commit(uninterrupted: Path) -> None:
+    log = json.loads((uninterrupted / "lenet300-fashion-mnist-log.json").read_text())
+    prov = log["provenance"]
+    assert (prov["train_size"], prov["val_size"], prov["test_size"]) == (200, 40, 40)
+    assert prov["git_commit"] != "HEAD" and prov["schedule"] == "linear" and prov["lr_decay_frac"] == 1.0
+    assert all("val_acc" in r and "test_acc" in r for r in log["epochs"])
+    dense = log["dense"]
+    assert dense["epochs"] == prov["dense_epochs"] and dense["kept_epoch"] == dense["best_epoch"]
+    best = max(r["val_acc"] for r in log["epochs"] if r["phase"] == "dense")
+    assert dense["val_acc"] == best  # the kept dense net is the best one on validation
+    assert log["epochs"][-1]["lr_end"] == 0.0  # linear to 0 over the whole run
+
+
+def test_resume_refuses_other_settings_and_a_finished_run_is_left_alone(uninterrupted: Path) -> None:
+    state = uninterrupted / "lenet300-fashion-mnist-state.pt"
+    with pytest.raises(SystemExit, match=r"--lr 0\.01"):
+        tz.main(["--resume", str(state), "--lr", "0.01"], loader=_loader)
+    with pytest.raises(SystemExit, match="--resume"):
+        tz.main(_argv(uninterrupted), loader=_loader)  # a fresh start over an existing state
+    before = (uninterrupted / "lenet300-fashion-mnist-svdo.pt").stat().st_mtime_ns
+    assert tz.main(["--resume", str(state)], loader=_loader) == 0
+    assert (uninterrupted / "lenet300-fashion-mnist-svdo.pt").stat().st_mtime_ns == before
