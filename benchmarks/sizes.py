@@ -30,14 +30,17 @@ from svdcompress.datasets import load_dataset
 from svdcompress.machine import machine_info
 
 RESULTS = Path(__file__).parent / "results"
-SETTINGS: tuple[int | str | None, ...] = (None, 16, 8, 6, 5, 4, 3, 2, "auto")
+SETTINGS: tuple[int | str | None, ...] = (None, 16, 8, 6, 5, 4, 3, 2, "auto", "auto+val")
+VAL = "fashion-mnist:val"  # "auto+val": bits="auto" checked on it before writing (export_model(data=...))
 DEEP_COMPRESSION = {"lenet5": 39.0, "lenet300": 40.0}  # Han et al. 2016, Table 1 (pruning + quantisation + Huffman)
 TARGETS = {"lenet5": 200.0, "lenet300": 150.0}  # issue 14: ×, within 0.3 points of the fp32 SVDO model
 MAX_DROP = 0.3
 
 
 def _label(bits: int | str | None) -> str:
-    return "fp32" if bits is None else "fp16" if bits == 16 else f"{bits} bits" if bits != "auto" else "auto"
+    if bits is None or bits == 16:
+        return "fp32" if bits is None else "fp16"
+    return str(bits) if isinstance(bits, str) else f"{bits} bits"
 
 
 _PATTERN_ROLES = ("mask", "positions", "indptr", "indices")
@@ -109,7 +112,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{name} {i + 1}/{len(SETTINGS)}] {_label(bits)}", file=sys.stderr, flush=True)
                 path = Path(tmp) / f"{name}-{_label(bits).replace(' ', '')}.csr"
                 t0 = time.perf_counter()
-                res = svdcompress.export_model(svdcompress.bundled_checkpoint(name), "csr", path, bits=bits, force=True)
+                checked = bits == "auto+val"
+                res = svdcompress.export_model(
+                    svdcompress.bundled_checkpoint(name),
+                    "csr",
+                    path,
+                    bits="auto" if checked else bits,
+                    data=VAL if checked else None,
+                    force=True,
+                )
                 t_export = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 runtime.read_bundle(path)
@@ -170,7 +181,10 @@ def _markdown(out: dict[str, Any]) -> str:
         "in the bundle (kept weights that quantise to exactly 0 are dropped: `zeroed`). Compressed bytes per stored",
         "weight: values (fp32/fp16 values, or codes + steps/codebook), pattern (positions or bitmap) and other",
         "(biases, manifest, zip headers); each LZMA member is shared among its tensors in proportion to what each",
-        "compresses to alone. `read s`: decoding the bundle at load.",
+        "compresses to alone. `read s`: decoding the bundle at load. `auto+val`: `--bits auto --data",
+        f"{VAL}`, which checks the bundle on that split before writing and tightens the noise allowed (c) until it",
+        "loses at most 0.3 points there (the bundled checkpoints trained on all 60,000 training images, so",
+        "the split is not held out for them; the test-set figures are what counts).",
         "",
     ]
     for name, rep in out["models"].items():
@@ -220,7 +234,7 @@ def _plot(out: dict[str, Any], path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(out["models"]), figsize=(6 * len(out["models"]), 4.2), squeeze=False)
     for ax, (name, rep) in zip(axes[0], out["models"].items(), strict=True):
-        fixed = [r for r in rep["rows"] if r["setting"] != "auto"]
+        fixed = [r for r in rep["rows"] if not r["setting"].startswith("auto")]
         ax.plot([r["ratio_vs_dense_fp32"] for r in fixed], [100 * r["accuracy"] for r in fixed], "o-", label="bits")
         for r in fixed:
             ax.annotate(
@@ -232,6 +246,10 @@ def _plot(out: dict[str, Any], path: Path) -> None:
             )
         auto = next(r for r in rep["rows"] if r["setting"] == "auto")
         ax.plot([auto["ratio_vs_dense_fp32"]], [100 * auto["accuracy"]], "r*", markersize=12, label="auto")
+        val = next(r for r in rep["rows"] if r["setting"] == "auto+val")
+        ax.plot(
+            [val["ratio_vs_dense_fp32"]], [100 * val["accuracy"]], "m^", markersize=9, label=f"auto, checked on {VAL}"
+        )
         ax.axvline(rep["deep_compression_ratio"], color="gray", ls="--", label="Deep Compression")
         ax.axvline(rep["target_ratio"], color="green", ls=":", label="target")
         base = 100 * rep["rows"][0]["accuracy"]

@@ -588,8 +588,19 @@ def prune(
 @click.option(
     "--data",
     metavar="SPEC",
-    help="With --threshold auto: the held-out data the threshold is chosen on (fashion-mnist:val, mnist5k:val or "
-    "FILE.npz with x and y; never a test split). Recorded in the artifact.",
+    help="Held-out labelled data (fashion-mnist:val, mnist5k:val or FILE.npz with x and y; never a test split): "
+    "with --threshold auto the threshold is chosen on it (recorded in the artifact); with --bits 2..8 or auto the "
+    "quantised bundle's accuracy on it is checked before the file is written.",
+)
+@click.option(
+    "--max-quant-drop",
+    type=float,
+    default=0.3,
+    show_default=True,
+    metavar="POINTS",
+    callback=_max_drop_value,
+    help="With --bits and --data: accuracy points quantisation may lose against the unquantised model; more fails "
+    "the export and writes no file.",
 )
 @_shape_opt
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset.")
@@ -619,6 +630,7 @@ def export(
     threshold: float | str,
     max_drop: float | None,
     data: str | None,
+    max_quant_drop: float,
     input_shape: tuple[int, ...] | None,
     opset: int,
     dtype: str,
@@ -633,8 +645,19 @@ def export(
     _check_out(output, "-o", force=force, ckpt=ckpt)
     if bits is not None and fmt != "csr":
         raise click.BadParameter(f"quantises CSR bundles only; got --format {fmt}", param_hint="'--bits'")
+    quantised = bits is not None and bits != "16"
     if _selection_spec(data, threshold, max_drop) is None and data is not None:
-        raise click.UsageError("--data chooses the threshold with --threshold auto; export does not use it otherwise")
+        if not quantised:
+            raise click.UsageError(
+                "--data chooses the threshold (--threshold auto) or checks a quantised bundle's accuracy "
+                "(--bits 2..8 or auto); export got neither"
+            )
+        from .dataspec import check_selectable
+
+        try:
+            check_selectable(data)
+        except InvalidInputError as e:
+            raise click.BadParameter(str(e), param_hint="'--data'") from None
 
     with _convention_notes():
         res = export_model(
@@ -652,6 +675,7 @@ def export(
             convention=convention,
             data=data,
             max_drop=0.5 if max_drop is None else max_drop,
+            max_quant_drop=max_quant_drop,
         )
     if res.threshold_selection is not None:
         _report_pick(res.threshold_selection)
@@ -659,9 +683,18 @@ def export(
     if res.quant:
         click.echo(_quant_table(res.quant))
         click.echo(
-            f"outputs vs the fp32 model on random inputs: max |diff| = {res.quant_drift or 0:.2e} of the output "
-            "scale; accuracy was not checked (measure it on your data, e.g. benchmarks/sizes.py)"
+            f"outputs vs the fp32 model on random inputs: max |diff| = {res.quant_drift or 0:.2e} of the output scale"
         )
+        a = res.accuracy
+        if a is None:
+            click.echo("accuracy was not checked: add --data SPEC (e.g. fashion-mnist:val) to check it before writing")
+        else:
+            c = next((q["c"] for q in res.quant.values() if "c" in q), None)
+            click.echo(
+                f"accuracy on {a['data']} ({a['examples']:,} examples): {a['accuracy']:.2f}% quantised, "
+                f"{a['fp32_accuracy']:.2f}% unquantised ({-a['drop_points']:+.2f} points; allowed "
+                f"-{a['max_drop']:g})" + (f"; --bits auto held quantisation noise to {c:g}·σ²" if c is not None else "")
+            )
 
 
 def _quant_table(quant: dict[str, dict[str, Any]]) -> str:

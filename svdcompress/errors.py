@@ -64,5 +64,9 @@ class ExportError(SvdcompressError):
     """An artifact could not be written or failed its check."""
 
 
+class AccuracyDropError(ExportError):
+    """A quantised artifact loses more accuracy on the data given than allowed; nothing was written."""
+
+
 class OutputExistsError(ExportError):
     """The output path exists (pass ``force=True``) or is the input file itself."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from svdcompress import runtime
-from svdcompress.errors import BundleError, ExportError
+from svdcompress.errors import BundleError, ExportError, InvalidInputError
 from svdcompress.export import export_csr
 from svdcompress.runtime import quant as Q
 
@@ -263,3 +263,94 @@ def test_corrupted_quantised_bundles_give_a_clean_error(case: str, fragment: str
     with pytest.raises(BundleError, match=fragment) as info:
         runtime.load(bad)
     assert str(bad) in str(info.value)
+
+
+def _labelled_npz(model: nn.Module, path: Path, n: int = 400) -> Path:
+    """Inputs with the labels the fp32 model predicts: its accuracy is 100%, and any drop is quantisation's."""
+    x = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    np.savez(path, x=x.numpy(), y=y.numpy())
+    return path
+
+
+def test_export_checks_a_quantised_bundle_on_data_and_writes_nothing_when_it_loses_too_much(tmp_path: Path) -> None:
+    from svdcompress import export_model
+    from svdcompress.errors import AccuracyDropError
+    from svdcompress.masking import mask_model
+    from svdcompress.zoo import lenet300
+
+    torch.manual_seed(1)  # a net whose 8-bit bundle keeps every prediction on this data (measured)
+    net = lenet300(svdo=True).eval()
+    data = _labelled_npz(mask_model(net, 3.0), tmp_path / "val.npz")
+    with pytest.raises(AccuracyDropError, match=r"loses [\d.]+ accuracy points on .*val\.npz.*no file was written"):
+        export_model(net, "csr", tmp_path / "q2.csr", input_shape=(1, 28, 28), bits=2, data=str(data))
+    assert not (tmp_path / "q2.csr").exists()
+    res = export_model(net, "csr", tmp_path / "q8.csr", input_shape=(1, 28, 28), bits=8, data=str(data))
+    assert res.accuracy is not None and res.accuracy["fp32_accuracy"] == 100.0
+    assert res.accuracy["examples"] == 400 and res.accuracy["drop_points"] <= 0.3
+    # the figure is what the runtime gives on that data
+    z = np.load(data)
+    pred = runtime.load(tmp_path / "q8.csr")(z["x"]).argmax(1)
+    assert res.accuracy["accuracy"] == pytest.approx(100.0 * float((pred == z["y"]).mean()))
+    with pytest.raises(InvalidInputError, match="test split"):
+        export_model(net, "csr", tmp_path / "t.csr", input_shape=(1, 28, 28), bits=4, data="fashion-mnist:test")
+    with pytest.raises(InvalidInputError, match="neither"):
+        export_model(net, "csr", tmp_path / "t.csr", input_shape=(1, 28, 28), data=str(data))
+
+
+def test_bits_auto_on_data_tightens_the_noise_until_the_accuracy_holds(tmp_path: Path) -> None:
+    from svdcompress import export_model
+    from svdcompress.errors import AccuracyDropError
+    from svdcompress.masking import mask_model
+    from svdcompress.zoo import lenet300
+
+    # An untrained SVDO net's σ is wide, so bits="auto" at the default c loses ~17 points on this data; measured
+    # by hand: c/4 loses 6.5, c/16 2.25. With 5 points allowed, the export lands on c/16.
+    torch.manual_seed(1)
+    net = lenet300(svdo=True).eval()
+    data = _labelled_npz(mask_model(net, 3.0), tmp_path / "val.npz")
+    free = export_model(net, "csr", tmp_path / "a.csr", input_shape=(1, 28, 28), bits="auto")
+    held = export_model(
+        net, "csr", tmp_path / "b.csr", input_shape=(1, 28, 28), bits="auto", data=str(data), max_quant_drop=5.0
+    )
+    assert free.quant is not None and held.quant is not None and held.accuracy is not None
+    assert 0 < held.accuracy["drop_points"] <= 5.0
+    assert {q["c"] for q in held.quant.values()} == {Q.AUTO_C / 16}
+    assert all(held.quant[k]["bits"] >= free.quant[k]["bits"] for k in free.quant)
+    assert sum(held.quant[k]["bits"] for k in held.quant) > sum(free.quant[k]["bits"] for k in free.quant)
+    with pytest.raises(AccuracyDropError, match="even with quantisation noise held to 1/16"):
+        export_model(
+            net, "csr", tmp_path / "c.csr", input_shape=(1, 28, 28), bits="auto", data=str(data), max_quant_drop=1.0
+        )
+    assert not (tmp_path / "c.csr").exists()
+
+
+def test_cli_export_accuracy_gate(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from svdcompress.checkpoint import save_checkpoint
+    from svdcompress.cli import main
+    from svdcompress.masking import mask_model
+    from svdcompress.zoo import lenet300
+
+    torch.manual_seed(1)
+    net = lenet300(svdo=True).eval()
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, net, arch="lenet300", arch_kwargs={"svdo": True}, input_shape=(1, 28, 28))
+    data = _labelled_npz(mask_model(net, 3.0), tmp_path / "val.npz")
+    out = tmp_path / "q.csr"
+    res = CliRunner().invoke(
+        main, ["export", str(ckpt), "--format", "csr", "--bits", "2", "--data", str(data), "-o", str(out)]
+    )
+    assert res.exit_code == 1 and "no file was written" in res.output and "Traceback" not in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(
+        main, ["export", str(ckpt), "--format", "csr", "--bits", "8", "--data", str(data), "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "accuracy on" in res.output and "quantised" in res.output and out.exists()
+    res = CliRunner().invoke(
+        main, ["export", str(ckpt), "--format", "csr", "--data", str(data), "-o", str(tmp_path / "x.csr")]
+    )
+    assert res.exit_code == 2 and "got neither" in res.output

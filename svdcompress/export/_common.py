@@ -48,6 +48,8 @@ class ExportResult:
         threshold: The log α threshold the masks came from, when :func:`~svdcompress.export.export_model` knows it.
         threshold_selection: How ``threshold="auto"`` chose it (:meth:`svdcompress.tuning.TuneResult.selection`);
             None for a threshold given as a number.
+        accuracy: For a quantised bundle checked on data (``export_model(data=..., bits=...)``): the data spec,
+            examples, the fp32 model's and the bundle's accuracy (%), the drop in points and the allowed drop.
     """
 
     path: Path
@@ -61,6 +63,7 @@ class ExportResult:
     quant_drift: float | None = None
     threshold: float | None = None
     threshold_selection: dict[str, Any] | None = None
+    accuracy: dict[str, Any] | None = None
 
     def summary(self) -> str:
         """One line for logs and the CLI (kB = 1000 bytes).

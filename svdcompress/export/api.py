@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any, cast
 
+import numpy as np
 import torch
 from torch import nn
 
 from .._inputs import check_input_shape
 from .._io import check_output_path
-from ..errors import InvalidInputError, NoSVDOLayersError
+from ..errors import AccuracyDropError, InvalidInputError, NoSVDOLayersError
 from ..masking import check_threshold
+from ..runtime import quant as Q
 from ..svdo import DEFAULT_THRESHOLD
 from ._common import ExportResult
 
@@ -59,6 +63,7 @@ def export_model(
     convention: str | None = None,
     data: str | None = None,
     max_drop: float = 0.5,
+    max_quant_drop: float = 0.3,
 ) -> ExportResult:
     """Mask, structurally prune and export ``source`` as ``fmt``, verified against the masked model.
 
@@ -83,9 +88,13 @@ def export_model(
         convention: the project the checkpoint comes from, when its names fit several (``weight`` +
             ``log_sigma2``: ``"pytorch-ard"``, ``"bayeswatch"``, ``"svdcompress"``); every layer is masked by
             its convention's formula, eps, clip and comparison, as :func:`svdcompress.analyze` counts it.
-        data: with ``threshold="auto"``: the held-out data spec (``"fashion-mnist:val"``, ``"FILE.npz"``, ...);
-            test splits are refused.
+        data: held-out labelled data (``"fashion-mnist:val"``, ``"FILE.npz"``, ...; test splits are refused):
+            with ``threshold="auto"`` the threshold is chosen on it; with ``bits`` (2-8 or ``"auto"``) the
+            quantised bundle's accuracy on it is checked against the fp32 SVDO model's before the file is
+            written (``ExportResult.accuracy``).
         max_drop: with ``threshold="auto"``: the accuracy points the pick may lose.
+        max_quant_drop: with ``bits`` and ``data``: the accuracy points quantisation may lose against the fp32
+            pruned model at the same threshold; more fails the export and leaves no file.
 
     Returns:
         The :class:`ExportResult`, with ``parameter_compression`` filled in.
@@ -116,20 +125,25 @@ def export_model(
     if bits is not None and fmt != "csr":
         raise InvalidInputError(f"bits= quantises CSR bundles only; got format {fmt!r}")
     auto = isinstance(threshold, str) and threshold == "auto"
-    if auto:
+    quantised = bits is not None and bits not in (16, "16")
+    if not (math.isfinite(max_quant_drop) and 0 <= max_quant_drop <= 100):
+        raise InvalidInputError(f"max_quant_drop must be between 0 and 100 accuracy points, got {max_quant_drop!r}")
+    if auto and data is None:
+        raise InvalidInputError(
+            "threshold='auto' chooses the threshold on held-out data: pass data='fashion-mnist:val' (or "
+            "'mnist5k:val', or 'FILE.npz' with x and y); test splits are refused"
+        )
+    if data is not None and not (auto or quantised):
+        raise InvalidInputError(
+            "data= chooses the threshold (threshold='auto') or checks a quantised bundle's accuracy (bits=2..8 or "
+            "'auto'); export_model() got neither"
+        )
+    spec: Any = None
+    if data is not None:
         from ..dataspec import check_selectable
 
-        if data is None:
-            raise InvalidInputError(
-                "threshold='auto' chooses the threshold on held-out data: pass data='fashion-mnist:val' (or "
-                "'mnist5k:val', or 'FILE.npz' with x and y); test splits are refused"
-            )
         spec = check_selectable(data)  # before any work
-    elif data is not None:
-        raise InvalidInputError(
-            "data= is used to choose the threshold with threshold='auto'; export_model() got a number"
-        )
-    else:
+    if not auto:
         threshold = check_threshold(cast(float, threshold))  # a string other than 'auto' is refused there
     shape = None if input_shape is None else check_input_shape(input_shape)
     provenance: dict[str, object] = {}
@@ -176,19 +190,32 @@ def export_model(
     except NoSVDOLayersError:  # a plain model with zeroed weights (Python API only): no log α to count
         compression = None
     if fmt == "csr":
-        res = export_csr(
-            result.model,
-            path,
-            input_shape=shape,
-            reference=result.masked,
-            dtype=dtype,
-            force=force,
-            threshold=threshold,
-            provenance=provenance,
-            bits=bits,
-            sigma=posterior_sigma(module, threshold, convention) if bits == "auto" else None,
-            threshold_selection=selection,
-        )
+        sigma = posterior_sigma(module, threshold, convention) if bits == "auto" else None
+        check = _accuracy_check(result.masked, spec, max_quant_drop, path, bits) if quantised and data else None
+        # bits="auto" checked on data: a bundle that loses too much is retried with quantisation noise held to
+        # a quarter, then a sixteenth, of the default fraction of σ² before the export gives up
+        tries = AUTO_C_RETRIES if bits == "auto" and check is not None else AUTO_C_RETRIES[:1]
+        for i, c in enumerate(tries):
+            try:
+                res = export_csr(
+                    result.model,
+                    path,
+                    input_shape=shape,
+                    reference=result.masked,
+                    dtype=dtype,
+                    force=force,
+                    threshold=threshold,
+                    provenance=provenance,
+                    bits=bits,
+                    sigma=sigma,
+                    threshold_selection=selection,
+                    check=check,
+                    auto_c=c,
+                )
+                break
+            except AccuracyDropError:
+                if i == len(tries) - 1:
+                    raise
     else:
         res = export_onnx(
             result.model,
@@ -204,6 +231,52 @@ def export_model(
     return dataclasses.replace(
         res, parameter_compression=compression, threshold=threshold, threshold_selection=selection
     )
+
+
+AUTO_C_RETRIES = (Q.AUTO_C, Q.AUTO_C / 4, Q.AUTO_C / 16)
+"""``bits="auto"`` with ``data``: the ``c`` values tried in turn until the bundle keeps its accuracy."""
+
+
+def _accuracy_check(
+    reference: nn.Module, spec: Any, max_drop: float, path: str | os.PathLike[str], bits: int | str | None
+) -> Callable[[Any], dict[str, Any]]:
+    """A check for :func:`export_csr`: the quantised bundle's accuracy on ``spec`` against ``reference`` (the fp32
+    masked model), raising :class:`ExportError` when it loses more than ``max_drop`` points."""
+    from ..dataspec import load_data
+
+    def check(bundle: Any) -> dict[str, Any]:
+        x, y = load_data(spec)
+        assert y is not None  # check_selectable refused unlabelled data
+        xs, ys = x.numpy().astype(np.float32), y.numpy()
+        ref_pred, q_pred = [], []
+        with torch.no_grad():
+            for i in range(0, len(xs), 500):
+                ref_pred.append(reference(x[i : i + 500]).argmax(1).numpy())
+                q_pred.append(np.asarray(bundle(xs[i : i + 500])).argmax(1))
+        acc_ref = 100.0 * float((np.concatenate(ref_pred) == ys).mean())
+        acc_q = 100.0 * float((np.concatenate(q_pred) == ys).mean())
+        drop = acc_ref - acc_q
+        if drop > max_drop:
+            fix = (
+                "even with quantisation noise held to 1/16 of the default; give --bits 8"
+                if bits == "auto"
+                else "give more bits (or --bits auto)"
+            )
+            raise AccuracyDropError(
+                f"{path}: the quantised bundle loses {drop:.2f} accuracy points on {spec} ({acc_q:.2f}% against "
+                f"{acc_ref:.2f}% unquantised), more than the {max_drop:g} allowed; no file was written: {fix}, "
+                "or allow more with --max-quant-drop"
+            )
+        return {
+            "data": str(spec),
+            "examples": len(xs),
+            "fp32_accuracy": acc_ref,
+            "accuracy": acc_q,
+            "drop_points": drop,
+            "max_drop": max_drop,
+        }
+
+    return check
 
 
 def _onnx_metadata(threshold: float, selection: dict[str, Any]) -> dict[str, str]:

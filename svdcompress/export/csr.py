@@ -10,6 +10,7 @@ import copy
 import json
 import operator
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -366,6 +367,8 @@ def export_csr(
     sigma: dict[str, float] | None = None,
     index_encoding: str = "auto",
     threshold_selection: dict[str, Any] | None = None,
+    check: Callable[[Any], dict[str, Any] | None] | None = None,
+    auto_c: float = Q.AUTO_C,
 ) -> ExportResult:
     """Write ``model`` as a CSR bundle, run it with :mod:`svdcompress.runtime` and compare with ``reference``.
 
@@ -401,6 +404,10 @@ def export_csr(
             tolerance); its drift from ``reference`` is reported, not bounded (check accuracy on data).
             Kept weights that quantise to exactly 0 are dropped from the pattern (``zeroed`` in the report).
         sigma: Layer (module name, e.g. ``"conv1"``) → median posterior σ of its kept weights, for ``"auto"``.
+        auto_c: The ``c`` of ``bits="auto"`` (quantisation noise variance allowed, as a fraction of σ²).
+        check: Called with the loaded bundle after verification and before the file is renamed into place
+            (e.g. an accuracy check on data); it raises to abort, leaving no file, or returns facts for
+            ``ExportResult.accuracy``.
         index_encoding: How each CSR layer's sparsity pattern is stored: ``"gaps"`` (bytes of the gaps between
             flat positions), ``"bitmap"`` (one bit per weight), ``"row_delta"`` (row pointers and per-row deltas,
             format 2's), or ``"auto"`` (default): whichever compresses smallest for that layer.
@@ -439,7 +446,7 @@ def export_csr(
                 quant, qinfo = None, None
                 if qbits is not None and "folded_batchnorm" not in n["attrs"]:
                     layer = capture.module_names.get(id(capture.weight_modules.get(pname)), n["name"])
-                    quant, qinfo, dequantised[pname] = _quantize(arr, qbits, sigma, layer)
+                    quant, qinfo, dequantised[pname] = _quantize(arr, qbits, sigma, layer, auto_c)
                     arr = dequantised[pname]  # the pattern the codes describe: quantised-to-zero weights dropped
                 elif vname == "fp16" and np.abs(arr).max(initial=0.0) > _FP16_MAX:
                     raise ExportError(f"{n['name']}: weights exceed the fp16 range (±65504); export as fp32")
@@ -480,12 +487,15 @@ def export_csr(
             drift = compare_outputs(ref, bundle, x, f"CSR bundle {out}", error=ExportError)
         else:
             diff = _verify(bundle, ref, tuple(input_shape), tol, f"CSR bundle {out}")
+        checked = None if check is None else check(bundle)  # may raise: then nothing is renamed into place
         size = tmp.stat().st_size
     dense = _dense_fp32_bytes(ref) if dense_fp32_bytes is None else int(dense_fp32_bytes)
     quant_layers = {k: v["quant"] for k, v in layers.items() if "quant" in v}
     extra: dict[str, Any] = {}
     if quant_layers:
         extra = {"quant": quant_layers, "quant_drift": None if drift is None else drift[0] / drift[1]}
+    if checked is not None:
+        extra["accuracy"] = checked
     return ExportResult(out, "csr", size, dense, dense / max(1, size), diff, **extra)
 
 
@@ -509,7 +519,7 @@ def _resolve_bits(bits: int | str | None, sigma: dict[str, float] | None) -> int
 
 
 def _quantize(
-    arr: np.ndarray, bits: int | str, sigma: dict[str, float] | None, layer: str
+    arr: np.ndarray, bits: int | str, sigma: dict[str, float] | None, layer: str, auto_c: float = Q.AUTO_C
 ) -> tuple[Q.Quantized, dict[str, Any], np.ndarray]:
     """(codes, their manifest facts, the dequantised weight) of one layer's kept weights."""
     mat = arr.reshape(arr.shape[0], -1)
@@ -520,7 +530,7 @@ def _quantize(
         if s is None:
             raise ExportError(f"bits='auto': no posterior σ for layer {layer!r} (sigma= has {sorted(sigma or {})})")
     width = None if bits == "auto" else int(bits)
-    q, rms, target = Q.choose(mat[rows, cols].astype(np.float32), rows, mat.shape[0], width, s)
+    q, rms, target = Q.choose(mat[rows, cols].astype(np.float32), rows, mat.shape[0], width, s, auto_c)
     values = Q.decode(q.scheme, q.bits, q.codes, q.table, rows)
     # Kept weights that quantise to exactly 0 are dropped from the pattern: they cost an index and a code and
     # add nothing (the dequantised model, which the bundle is verified against, holds the same zeros).
@@ -537,7 +547,7 @@ def _quantize(
         "target_rms": _sig(target),
         "bytes": q.nbytes,
         "step": None if step is None else _sig(step),
-        **({"median_sigma": _sig(s)} if s is not None else {}),
+        **({"median_sigma": _sig(s), "c": auto_c} if s is not None else {}),
     }
     return q, info, deq.reshape(arr.shape)
 

@@ -164,7 +164,12 @@ def _encode(scheme: str, values: np.ndarray, rows: np.ndarray, nrows: int, bits:
 
 
 def choose(
-    values: np.ndarray, rows: np.ndarray, nrows: int, bits: int | None, sigma: float | None = None
+    values: np.ndarray,
+    rows: np.ndarray,
+    nrows: int,
+    bits: int | None,
+    sigma: float | None = None,
+    c: float = AUTO_C,
 ) -> tuple[Quantized, float, float]:
     """The smallest encoding of a layer's kept ``values`` at a target RMS error; returns (it, rms, target).
 
@@ -176,7 +181,9 @@ def choose(
     if bits is None:
         if sigma is None or not math.isfinite(sigma) or sigma < 0:
             raise ValueError("bits='auto' needs the layer's median posterior standard deviation")
-        target = math.sqrt(AUTO_C) * sigma
+        if not (math.isfinite(c) and c > 0):
+            raise ValueError(f"c must be a positive number, got {c!r}")
+        target = math.sqrt(c) * sigma
         widths = range(2, MAX_BITS + 1)
     else:
         target = _encode("uniform", values, rows, nrows, bits)[1]
