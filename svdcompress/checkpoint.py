@@ -391,13 +391,18 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False)
 
     Args:
         path: a .pt/.pth (torch.save of a state_dict, possibly nested under ``net``, ``state_dict``, ...),
-            .safetensors, or .npy/.npz (the Lasagne positional list).
+            .safetensors, or .npy/.npz (the Lasagne positional list); ``"bundled:lenet5"`` names a checkpoint
+            shipped with the package, as on the command line (a file of that name wins).
         trust_pickle: allow arbitrary unpickling (runs code from the file). Off by default.
 
     Raises:
         CheckpointError: missing, unreadable, truncated or unsupported file, with the fix in the message.
     """
     p = Path(path)
+    if isinstance(path, str) and path.startswith("bundled:") and not p.exists():
+        from .models import bundled_checkpoint
+
+        p = bundled_checkpoint(path.removeprefix("bundled:"))
     try:
         return _load(p, trust_pickle)
     except MemoryError:  # a header or pickle claiming huge sizes, or a file that really does not fit

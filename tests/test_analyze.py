@@ -284,3 +284,17 @@ def test_bundled_checkpoints_match_their_training_log(name: str) -> None:
     assert report.total["weights"] == prov["weights"]
     assert report.total["compression"] == pytest.approx(prov["compression"])
     assert prov["data"] == "fashion-mnist"
+
+
+def test_the_api_takes_bundled_names_as_the_cli_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from svdcompress.models import bundled_checkpoint
+
+    by_name = svdcompress.analyze("bundled:lenet300")
+    by_path = svdcompress.analyze(bundled_checkpoint("lenet300"))
+    assert by_name.total == by_path.total
+    with pytest.raises(svdcompress.SvdcompressError, match="no bundled checkpoint 'nope'"):
+        svdcompress.analyze("bundled:nope")
+    monkeypatch.chdir(tmp_path)  # a file literally named "bundled:x" is read as that file
+    (tmp_path / "bundled:x").write_bytes(b"not a checkpoint")
+    with pytest.raises(svdcompress.SvdcompressError, match="bundled:x"):
+        svdcompress.analyze("bundled:x")
