@@ -26,8 +26,10 @@ thread are followed by a 15 ms sleep, also untimed.
 
 Method: each contender is warmed up, then a round robin of timed samples interleaves the
 contenders so that machine drift hits all alike. A sample averages enough calls to last
-about ``sample_ms``. ONNX Runtime sessions are created with intra-op spinning off, since a
-spinning ORT worker steals the core from whatever is timed next (DESIGN.md §5).
+about ``sample_ms``, after half as many untimed calls: on this VM a core that sat idle (after a settle
+sleep, or between a model's own thread hand-offs) runs the next calls up to 3× slower, so without them
+the contender timed after a sleeping one paid for it. ONNX Runtime sessions are created with intra-op
+spinning off, since a spinning ORT worker steals the core from whatever is timed next (DESIGN.md §5).
 
 Every record carries ``speedup_vs_best_dense``: the faster (lower median) of ``ort-dense`` and
 ``openvino-dense`` at the same batch size and thread count, divided by the contender's median. For
@@ -465,6 +467,11 @@ def _time_batch(
         k = r % len(calls)
         for c, fn in calls[k:] + calls[:k]:
             n = inner[c.name]
+            # Untimed warm-up calls (about half a sample) first: a core left idle by the previous contender's
+            # settle sleep, or by its own threads, runs the next calls up to 3× slower on this VM (measured:
+            # LeNet-300 at batch 256, 103 µs back to back, 340 µs after a 5 ms sleep), whoever comes next.
+            for _ in range(max(1, n // 2)):
+                fn()
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
