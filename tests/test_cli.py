@@ -92,6 +92,11 @@ CASES: list[tuple[list[str], int, str]] = [
     (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--max-drop", "1"], 2, "with --threshold auto"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.csr", "--threshold", "auto", "--data", "mnist5k"], 2, "test split"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.csr", "--max-drop", "x"], 2, "--max-drop"),
+    (
+        ["export", "bundled:lenet5", "-o", "{tmp}/m.csr", "--bits", "4", "--max-quant-drop", "-1"],
+        2,
+        "between 0 and 100",
+    ),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.csr", "--data", "fashion-mnist:val"], 2, "--threshold auto"),
     (["bench", "bundled:lenet5", "--threshold", "auto", "--data", "fashion-mnist"], 2, "test split"),
     (["bench", "bundled:lenet5", "--threshold", "auto", "--max-drop", "200"], 2, "between 0 and 100"),

@@ -44,7 +44,7 @@ def _argv(out: Path, *extra: str) -> list[str]:
 
 def _curve(out: Path) -> list[dict]:
     log = json.loads((out / "lenet300-fashion-mnist-log.json").read_text())
-    return [{k: v for k, v in r.items() if k not in ("seconds", "epoch_seconds")} for r in log["epochs"]]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "epoch_seconds", "cpu_seconds")} for r in log["epochs"]]
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -101,3 +101,14 @@ def test_resume_refuses_other_settings_and_a_finished_run_is_left_alone(uninterr
     before = (uninterrupted / "lenet300-fashion-mnist-svdo.pt").stat().st_mtime_ns
     assert tz.main(["--resume", str(state)], loader=_loader) == 0
     assert (uninterrupted / "lenet300-fashion-mnist-svdo.pt").stat().st_mtime_ns == before
+
+
+def test_init_from_a_dense_checkpoint_keeps_its_stopping_point(uninterrupted: Path, tmp_path: Path) -> None:
+    dense = uninterrupted / "lenet300-fashion-mnist-dense.pt"
+    argv = [*_argv(tmp_path), "--init-from", str(dense), "--svdo-epochs", "1"]
+    assert tz.main(argv, loader=_loader) == 0
+    log = json.loads((tmp_path / "lenet300-fashion-mnist-log.json").read_text())
+    whole = json.loads((uninterrupted / "lenet300-fashion-mnist-log.json").read_text())
+    assert [r["phase"] for r in log["epochs"]] == ["svdo"]
+    assert log["dense"]["stopped"] == "loaded" and log["dense"]["epochs"] == whole["dense"]["epochs"]
+    assert log["provenance"]["dense_val_acc"] == whole["provenance"]["dense_val_acc"]
