@@ -20,9 +20,10 @@ other engines' threads for fixed cores). Each call reuses one infer request: the
 zero-copy tensor, ``infer()`` runs without arguments and the output tensor's buffer is returned, which
 measured the lowest per-call cost of the Python API's calling forms. OpenVINO's threading runtime
 (oneTBB) keeps idle workers busy-waiting for about a millisecond after a multi-threaded call, so the
-harness sleeps a few ms, outside the timed region, after each OpenVINO sample at more than one thread.
+harness waits a few ms, outside the timed region, after each OpenVINO sample at more than one thread.
 PyTorch's OpenMP workers spin for ~10 ms after a multi-threaded call, so torch samples at more than one
-thread are followed by a 15 ms sleep, also untimed.
+thread are followed by a 15 ms wait, also untimed. The timing thread busy-waits through these pauses
+rather than sleeping: a core left idle runs the next contender's calls slower for several ms.
 
 Method: each contender is warmed up, then a round robin of timed samples interleaves the
 contenders so that machine drift hits all alike. A sample averages enough calls to last
@@ -477,7 +478,7 @@ def _time_batch(
                 fn()
             samples[c.name].append((time.perf_counter() - t0) / n * 1e6)
             if c.settle_s:
-                time.sleep(c.settle_s)
+                _settle(c.settle_s)
             tick(1)
     out = []
     for c in contenders:
@@ -488,6 +489,15 @@ def _time_batch(
             BenchResult(c.name, b, threads, med, p90, b / (med / 1e6), c.artifact_bytes, accuracy=accuracy.get(c.name))
         )
     return out
+
+
+def _settle(seconds: float) -> None:
+    """Wait ``seconds`` with the timing thread busy, so its core stays awake for the next contender: while the
+    other engines' workers go idle, a sleep here left the core idle too, and the contender timed next ran up to
+    3× slower for several ms (LeNet-300-100 at batch 256 after a 15 ms sleep: 343 µs, then ~130, against 103)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def _add_speedups(results: list[BenchResult]) -> None:

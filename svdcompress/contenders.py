@@ -51,12 +51,12 @@ OPENVINO_CONTENDERS = ("openvino-dense", "openvino-compact")
 # speedup_vs_best_dense divides the faster of these (same batch size and threads) by a contender's median.
 DENSE_REFERENCES = ("ort-dense", "openvino-dense")
 # oneTBB workers busy-wait about 1 ms after a multi-threaded OpenVINO call (measured: 1.1 ms of CPU time
-# in the 10 ms after a 2-thread call, 0.1 ms after a 1-thread call); sleeping this long after each sample
-# lets them go idle before the next contender is timed.
+# in the 10 ms after a 2-thread call, 0.1 ms after a 1-thread call); waiting this long after each sample
+# lets them go idle before the next contender is timed (the harness busy-waits: bench._settle).
 OPENVINO_SETTLE_S = 0.005
 # torch's OpenMP workers busy-wait ~10 ms after every multi-threaded call (measured: 9-10.6 ms of CPU time in
 # the 10 ms after a 2-thread LeNet-5 batch, 0.1 ms in each 10 ms after that): a core stolen from whatever
-# is timed next. Sleeping this long after each torch sample at more than one thread lets them go idle.
+# is timed next. Waiting this long after each torch sample at more than one thread lets them go idle.
 TORCH_SETTLE_S = 0.015
 
 
@@ -146,7 +146,7 @@ class Contender:
     fn: Callable[[Any], Any]
     numpy_input: bool
     artifact_bytes: int
-    settle_s: float = 0.0  # sleep after each timed sample, untimed, so busy-waiting workers go idle
+    settle_s: float = 0.0  # untimed wait after each timed sample, so other engines' spinning workers go idle
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Kernel building blocks written in LLVM IR, where numba's loops leave speed on the table.
 
 - :func:`stack_f32`: a private, non-aliasing accumulator on the stack, which LLVM keeps in registers.
+- :func:`load_acquire` and :func:`cpu_relax`: an atomic (acquire) load of an int64 flag and the CPU's spin-wait
+  hint, for the worker threads' GIL-free wait (:func:`svdcompress.runtime.kernels.sync.spin_until`).
 - :func:`transpose16`: a 16×16 float32 block transpose in registers (16 vector loads, 64 two-source
   shuffles, 16 vector stores). The scalar strided copy it replaces ran at ~2 cycles per element (LeNet-300-100's
   batch-256 input: ~115 µs; this: ~19 µs, AMD Zen 4, one core), most of a batched Linear chain's time.
@@ -15,9 +17,44 @@ from typing import Any
 
 import llvmlite.ir as llir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["stack_f32", "transpose16"]
+__all__ = ["cpu_relax", "load_acquire", "stack_f32", "transpose16"]
+
+
+@intrinsic
+def load_acquire(typingctx: Any, arr: Any, i: Any) -> Any:
+    """``arr[i]`` of a 1-D int64 array as an atomic acquire load: re-read from memory on every call (a plain
+    load in a wait loop may be hoisted out of it), and ordered before the loads that follow."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1):
+        return None
+    if not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        return builder.load_atomic(builder.gep(data, [idx]), "acquire", 8)
+
+    return types.int64(arr, i), codegen
+
+
+@intrinsic
+def cpu_relax(typingctx: Any) -> Any:
+    """The spin-wait hint (x86 ``pause``): a polling loop yields the core's resources and draws less power."""
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        import platform
+
+        if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+            fn = cgutils.get_or_insert_function(
+                builder.module, llir.FunctionType(llir.VoidType(), []), "llvm.x86.sse2.pause"
+            )
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
 
 
 @intrinsic
