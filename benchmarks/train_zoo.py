@@ -28,7 +28,8 @@ it does nothing. --stop-after-epochs N stops cleanly after N epochs (for time-bo
 Writes, under --out-dir: ``<arch>-<data>-dense.pt``, ``<arch>-<data>-svdo.pt`` (svdcompress
 checkpoints recording architecture and provenance), ``<arch>-<data>-log.json`` (when finished:
 per-epoch loss, validation/test accuracy, compression and time; the dense curve and stopping point)
-and ``<arch>-<data>-progress.json`` (the same, rewritten every epoch while the run is going).
+and ``<arch>-<data>-progress.json`` (the same, rewritten every epoch while the run is going). Times:
+``seconds`` is wall clock per phase (pauses such as SIGSTOP included), ``cpu_seconds`` this process's CPU time.
 ``--bundle`` also copies the SVDO checkpoint into the package.
 """
 
@@ -199,6 +200,16 @@ def _set_rng_state(st: dict[str, Any]) -> None:
     )
     p = st["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+def _load_dense(path: str, arch: str) -> tuple[nn.Module, dict[str, Any]]:
+    """A dense svdcompress checkpoint of ``arch`` (as this script writes it) -> (module, provenance)."""
+    ck = torch.load(path, weights_only=True)
+    if not isinstance(ck, dict) or "state_dict" not in ck or ck.get("arch") != arch:
+        raise SystemExit(f"--init-from {path}: not a dense svdcompress checkpoint of {arch}")
+    model = build(arch, **{**(ck.get("arch_kwargs") or {}), "svdo": False})
+    model.load_state_dict(ck["state_dict"])
+    return model, dict(ck.get("provenance") or {})
 
 
 # ---------------------------------------------------------------------------------------------- one phase
@@ -395,7 +406,8 @@ class Run:
             "phase": "dense",
             "epoch": 0,
             "log": [],
-            "elapsed": {"dense": 0.0, "svdo": 0.0},
+            "elapsed": {"dense": 0.0, "svdo": 0.0},  # wall clock, pauses (SIGSTOP) included
+            "cpu": {"dense": 0.0, "svdo": 0.0},  # this process's CPU time: the compute, pauses excluded
             "dense": None,
             "early_stop": {"best_val": -1.0, "best_epoch": 0, "bad_epochs": 0},
             "sessions": [],
@@ -472,16 +484,11 @@ class Run:
         xte, yte = self.splits["test"]
         summary: dict[str, Any] = {}
         if cfg["init_from"] is not None:
-            from svdcompress.models import load_model
-
-            resolved = load_model(cfg["init_from"])
-            dense = resolved.module
-            prov = resolved.meta.get("provenance") or {}
-            summary = {
-                "init_from": cfg["init_from"],
-                "epochs": prov.get("dense_epochs", prov.get("epochs")),
-                "stopped": "loaded",
-            }
+            dense, prov = _load_dense(cfg["init_from"], cfg["arch"])
+            # A dense checkpoint written by this script records its stopping point as dense_*; keep it.
+            summary = {k[len("dense_") :]: v for k, v in prov.items() if k.startswith("dense_") and "acc" not in k}
+            summary.update(init_from=cfg["init_from"], loaded_stopped=summary.get("stopped"), stopped="loaded")
+            summary.setdefault("epochs", prov.get("epochs"))
         elif dense is not None:
             es = book["early_stop"]
             if cfg["dense_patience"] > 0 and self.best_state is not None:
@@ -497,6 +504,7 @@ class Run:
                 "patience": cfg["dense_patience"],
                 "stopped": "max_epochs" if book["epoch"] >= cfg["dense_epochs"] else "patience",
                 "train_seconds": book["elapsed"]["dense"],
+                "train_cpu_seconds": book.get("cpu", {}).get("dense"),
             }
         if dense is not None:
             summary["val_acc"] = evaluate(dense, xval, yval)
@@ -532,7 +540,7 @@ class Run:
         name = book["phase"]
         total = ph.epochs
         xtr, ytr = self.splits["train"]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses = ph.train_epoch(xtr, ytr, f"{name} {book['epoch'] + 1}/{total}")
         train_s = time.perf_counter() - t0
         book["epoch"] += 1
@@ -564,8 +572,11 @@ class Run:
                 es["bad_epochs"] += 1
             rec["best_epoch"] = es["best_epoch"]
         book["elapsed"][name] += time.perf_counter() - t0
+        cpu = book.setdefault("cpu", {"dense": 0.0, "svdo": 0.0})  # states from before cpu time was kept
+        cpu[name] += time.process_time() - c0
         rec["epoch_seconds"] = train_s
         rec["seconds"] = book["elapsed"][name]
+        rec["cpu_seconds"] = cpu[name]
         book["log"].append(rec)
         extra = f" compression {rec['compression']:.1f}x kl_w {rec['kl_weight']:.2f}" if ph.svdo else ""
         if not ph.svdo:
@@ -629,6 +640,8 @@ class Run:
             "kept": st["kept"],
             "weights": st["weights"],
             "train_seconds": book["elapsed"]["svdo"],
+            "train_cpu_seconds": book.get("cpu", {}).get("svdo"),
+            "dense_train_cpu_seconds": dense.get("train_cpu_seconds"),
         }
         if cfg["init_from"] is not None:
             prov["init_from"] = cfg["init_from"]
