@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,29 @@ def test_one_caller_at_a_time_and_close() -> None:
     pool.close()
     assert all(not th.is_alive() for th in pool._threads)
     assert pool.try_map(lambda x: x, 1, [2]) is None  # stopped
+
+
+def test_an_idle_worker_does_not_keep_the_model_alive(tmp_path: Path) -> None:
+    import gc
+    import weakref
+
+    import torch
+    from torch import nn
+
+    from svdcompress import runtime
+    from svdcompress.export import export_csr
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10)).eval()
+    export_csr(net, tmp_path / "m.csr", input_shape=(64,))
+    m = runtime.load(tmp_path / "m.csr", threads=2)
+    m(np.ones((512, 64), np.float32))  # 512 × 37 k MACs: split, so the worker has run a part
+    pool = m._pool
+    assert pool is not None
+    ref = weakref.ref(m)
+    del m
+    gc.collect()
+    assert ref() is None  # collected, and its __del__ told the workers to stop
+    for t in pool._threads:
+        t.join(timeout=5)
+    assert not any(t.is_alive() for t in pool._threads)

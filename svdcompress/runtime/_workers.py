@@ -115,6 +115,8 @@ class SpinningWorkers:
                 self._results[w] = (True, fn(part))
             except BaseException as exc:  # handed to the caller, who raises it
                 self._results[w] = (False, exc)
+            # An idle worker must not keep the model alive (fn is its bound method): the model's __del__ stops us.
+            del job, fn, part
             done = want
             self._flags[w * _ROW + _DONE] = done
             with self._cond:
