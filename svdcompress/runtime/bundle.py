@@ -166,8 +166,9 @@ class BundleWriter:
 
         With ``quant`` (the codes of ``w``'s nonzeros in row-major order, :func:`quant.choose`), the layer is
         stored as CSR with quantised values; ``quant_info`` (error, target, σ) goes into its ``quant`` entry.
-        The sparsity pattern is stored as ``row_delta`` column indices plus row pointers, or as a ``bitmap`` of
-        the whole matrix, whichever compresses smaller (``index_encoding`` of the writer).
+        The sparsity pattern is stored as ``gaps`` between flat positions, a ``bitmap`` of the whole matrix, or
+        ``row_delta`` column indices plus row pointers, whichever compresses smallest (or the writer's
+        ``index_encoding``).
         Returns the layer's manifest entry.
         """
         mat = w.reshape(w.shape[0], -1)  # (out, in*kh*kw)
