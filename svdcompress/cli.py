@@ -652,12 +652,7 @@ def export(
                 "--data chooses the threshold (--threshold auto) or checks a quantised bundle's accuracy "
                 "(--bits 2..8 or auto); export got neither"
             )
-        from .dataspec import check_selectable
-
-        try:
-            check_selectable(data)
-        except InvalidInputError as e:
-            raise click.BadParameter(str(e), param_hint="'--data'") from None
+        _selection_spec(data, "auto", None)  # the same check: held-out labelled data, never a test split
 
     with _convention_notes():
         res = export_model(

@@ -193,16 +193,19 @@ class BundleWriter:
             raise BundleError(f"tensor {name}: {quant.count} quantised codes for {nnz} nonzeros")  # internal
         if quant is not None or csr_bytes < w.size * itemsize:
             info.update(storage="csr", matrix_shape=list(mat.shape))
-            mask = np.packbits(mat.reshape(-1) != 0)
             gaps = _encode_gaps(rows * mat.shape[1] + cols)
+
+            def bitmap() -> np.ndarray:  # built only where it may be kept
+                return np.packbits(mat.reshape(-1) != 0)
+
             encoding = self.index_encoding
             if encoding == "auto":  # whichever compresses smallest on its own
                 sizes = {"gaps": _packed_size(gaps), "row_delta": _packed_size(indptr) + _packed_size(indices)}
-                if mask.size <= 8 * gaps.size:  # sparser than 1 in 64, a bitmap never wins: skip compressing it
-                    sizes["bitmap"] = _packed_size(mask)
+                if -(-mat.size // 8) <= 8 * gaps.size:  # sparser than 1 in 64, a bitmap never wins: skip building it
+                    sizes["bitmap"] = _packed_size(bitmap())
                 encoding = min(sizes, key=lambda k: sizes[k])
             if encoding == "bitmap":
-                info["mask"] = self.add(f"{name}.mask", mask, "bitmap")
+                info["mask"] = self.add(f"{name}.mask", bitmap(), "bitmap")
             elif encoding == "gaps":
                 info["positions"] = self.add(f"{name}.positions", gaps, "gaps")
             else:
