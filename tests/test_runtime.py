@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -76,6 +77,15 @@ def lenet5_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Mo
     torch.set_num_threads(1)
     model = masked_zoo("lenet5")
     path = tmp_path_factory.mktemp("b") / "lenet5.csr"
+    export_csr(model, path, input_shape=MNIST)
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def lenet300_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
+    torch.set_num_threads(1)
+    model = masked_zoo("lenet300")
+    path = tmp_path_factory.mktemp("b") / "lenet300.csr"
     export_csr(model, path, input_shape=MNIST)
     return path, model
 
@@ -299,12 +309,19 @@ def test_fused_single_pass_only_for_plain_sequences(tmp_path: Path) -> None:
     np.testing.assert_allclose(m(x), _ref(model, x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("threads", [2, 1])
-def test_concurrent_calls_equal_lone_calls(lenet5_bundle: tuple[Path, nn.Module], threads: int) -> None:
+# LeNet-5 at batch 64 is split on the model's worker threads; LeNet-300-100 at 128 and 200 runs in numba's
+# parallel region (runtime.PRANGE_MIN_MACS).
+_CONCURRENT = [("lenet5", 2, _BATCHES), ("lenet5", 1, _BATCHES), ("lenet300", 2, (1, 16, 128, 200))]
+
+
+@pytest.mark.parametrize(("net", "threads", "batches"), _CONCURRENT)
+def test_concurrent_calls_equal_lone_calls(
+    request: pytest.FixtureRequest, net: str, threads: int, batches: tuple[int, ...]
+) -> None:
     """8 Python threads call one model at once, with different inputs and batch sizes: results are exact."""
-    m = runtime.load(lenet5_bundle[0], threads=threads)
+    m = runtime.load(request.getfixturevalue(f"{net}_bundle")[0], threads=threads)
     rng = np.random.default_rng(threads)
-    inputs = [rng.standard_normal((_BATCHES[i % 4], *MNIST)).astype(np.float32) for i in range(8)]
+    inputs = [rng.standard_normal((batches[i % 4], *MNIST)).astype(np.float32) for i in range(8)]
     alone = [m(x) for x in inputs]
     got: dict[tuple[int, int], np.ndarray] = {}
     errors: list[BaseException] = []
@@ -329,6 +346,93 @@ def test_concurrent_calls_equal_lone_calls(lenet5_bundle: tuple[Path, nn.Module]
     for (i, rep), y in got.items():
         assert np.array_equal(y, alone[(i + rep) % 8]), (i, rep, float(np.abs(y - alone[(i + rep) % 8]).max()))
     assert len(got) == 32
+
+
+def _count_parallel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the ``parts`` of every call of the parallel chain kernel."""
+    from svdcompress.runtime import kernels
+
+    calls: list[int] = []
+    real = kernels.chain_batched_parallel
+
+    def counted(*args: Any) -> None:
+        calls.append(int(args[-1]))
+        real(*args)
+
+    monkeypatch.setattr(kernels, "chain_batched_parallel", counted)
+    return calls
+
+
+def test_chain_model_runs_in_one_parallel_region(
+    lenet300_bundle: tuple[Path, nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trained LeNet-300-100, 2 threads: batches from PRANGE_MIN_MACS and two blocks of examples up run in
+    numba's parallel region, with the same bits as one thread and within tolerance of the masked dense model;
+    smaller batches run on the calling thread."""
+    from svdcompress.runtime import kernels
+
+    if kernels.parallel_layer() is None:
+        pytest.skip(f"numba's threading layer here is not thread-safe ({numba.threading_layer()})")
+    calls = _count_parallel_calls(monkeypatch)
+    path, model = lenet300_bundle
+    one, two = runtime.load(path, threads=1), runtime.load(path, threads=2)
+    rng = np.random.default_rng(7)
+    for batch, parallel in ((16, False), (64, False), (200, True), (256, True)):
+        assert (batch * two.macs_per_item >= runtime.PRANGE_MIN_MACS and batch > 64) == parallel
+        x = rng.standard_normal((batch, *MNIST)).astype(np.float32)
+        calls.clear()
+        y1 = one(x)
+        assert not calls
+        y2 = two(x)
+        assert calls == ([2] if parallel else []), (batch, calls)
+        assert np.array_equal(y1, y2), batch
+        np.testing.assert_allclose(y2, _ref(model, x), rtol=1e-4, atol=1e-5)
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # the caller's team size is restored
+
+
+def test_unsafe_threading_layer_falls_back_to_one_thread(
+    lenet300_bundle: tuple[Path, nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On numba's workqueue layer (it aborts the process when two threads enter it together) nothing runs in
+    a parallel region."""
+    from svdcompress.runtime.kernels import sync
+
+    calls = _count_parallel_calls(monkeypatch)
+    monkeypatch.setattr(sync, "_layer", "workqueue")
+    assert sync.parallel_layer() is None
+    x = np.random.default_rng(8).standard_normal((256, *MNIST)).astype(np.float32)
+    y = runtime.load(lenet300_bundle[0], threads=2)(x)
+    assert not calls
+    assert np.array_equal(y, runtime.load(lenet300_bundle[0], threads=1)(x))
+
+
+def test_a_forked_child_does_not_enter_gnu_openmp(lenet300_bundle: tuple[Path, nn.Module]) -> None:
+    """A server that warms a model up and then forks its workers (gunicorn --preload): numba terminates a
+    child that opens a GNU OpenMP region its parent had used, so the child runs the call on its own thread."""
+    from svdcompress.runtime import kernels
+
+    m = runtime.load(lenet300_bundle[0], threads=2)
+    x = np.random.default_rng(9).standard_normal((256, *MNIST)).astype(np.float32)
+    want = m(x)  # the parent's parallel region (when the layer allows one)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running the parent's atexit handlers
+        try:
+            ok = np.array_equal(m(x), want)
+            msg = f"{ok} {kernels.parallel_layer()}"
+        except BaseException as exc:  # reported through the pipe
+            msg = f"error {exc!r}"
+        os.write(write, msg.encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        msg = f.read()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, msg)
+    ok, layer = msg.split()
+    assert ok == "True", msg
+    if numba.threading_layer() == "omp":
+        assert layer == "None", msg
 
 
 # ---------------------------------------------------------------------------------------------- numba cache

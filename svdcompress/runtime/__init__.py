@@ -18,9 +18,11 @@ import threading
 import warnings
 from typing import Any
 
+import numba
 import numpy as np
 
 from ..errors import BundleError, InvalidInputError
+from . import kernels as K
 from ._workers import SpinningWorkers
 from .bundle import EXTENSION, FORMAT_NAME, FORMAT_VERSION, Bundle, read_bundle
 from .executor import BATCHED, KERNELS, OPS, build_plan
@@ -33,6 +35,7 @@ __all__ = [
     "KERNELS",
     "PARALLEL_MIN_ITEMS",
     "PARALLEL_MIN_MACS",
+    "PRANGE_MIN_MACS",
     "SUPPORTED_OPS",
     "Bundle",
     "CSRModel",
@@ -48,6 +51,13 @@ PARALLEL_MIN_MACS = 4_000_000
 work here): handing part of a batch to a waiting worker thread and collecting it costs ~70 µs on this 2-core
 VM, so smaller calls run whole on the caller's thread."""
 
+PRANGE_MIN_MACS = 400_000
+"""A model made of Linear chains alone runs a call on several threads in one numba parallel region
+(:func:`svdcompress.runtime.kernels.chain_batched_parallel`, one thread per block of 64 examples at most)
+from this many multiply-adds: such a region costs ~5-10 µs while numba's threads are awake (bundled
+LeNet-300-100, 4,525 multiply-adds an example, 1 → 2 threads: batch 128 51 → 35 µs, batch 256 99 → 60 µs,
+batch 1024 388 → 201 µs)."""
+
 PARALLEL_MIN_ITEMS = 16
 """Nor is a call split into parts of fewer examples than this: the batched kernels work on blocks of 16
 interleaved images (convolutions) or 16-64 examples (Linear chains), and half-empty blocks cost more than the
@@ -60,11 +70,13 @@ class CSRModel:
     Safe to call from many threads at once: each call allocates its own activations and scratch; the kernels
     share nothing but the read-only weights.
 
-    With ``threads > 1``, a large batch is split into ``threads`` parts: the caller's thread runs one, the
-    model's worker threads (created on first need) the rest, and the kernels release the GIL. An idle worker
-    polls for its next part for 2 ms without the GIL (:mod:`._workers`: an idle core runs the next call up to 3×
-    slower on the VM this was measured on), then blocks. While one call holds the workers, a concurrent call
-    runs whole on its own thread.
+    With ``threads > 1``, a large batch runs on several threads. A model made of Linear chains alone runs it in
+    one numba parallel region (:data:`PRANGE_MIN_MACS`; numba's threads wait for the next region as its
+    threading layer does, then sleep). Any other model splits it into ``threads`` parts: the caller's thread
+    runs one, the model's worker threads (created on first need) the rest, and the kernels release the GIL. An
+    idle worker polls for its next part for 2 ms without the GIL (:mod:`._workers`: an idle core runs the next
+    call up to 3× slower on the VM this was measured on), then blocks. While one call is running on several
+    threads, a concurrent call runs whole on its own thread.
 
     Attributes:
         manifest: The bundle's manifest, as read.
@@ -105,6 +117,8 @@ class CSRModel:
         self.nnz = plan.nnz
         self.macs_per_item = plan.macs_per_item
         self.weight_bytes = plan.weight_bytes
+        self._prange = plan.parallel_only()
+        self._prange_lock = threading.Lock()
 
     def __call__(self, x: Any) -> Any:
         """Run the model.
@@ -132,6 +146,18 @@ class CSRModel:
             out = np.zeros((0, *self.output_shape), np.float32)
         elif n == 1 and self._plan.single is not None:
             out = self._plan.single(arr)
+        elif self.threads > 1 and n >= 2 * PARALLEL_MIN_ITEMS and self._use_prange(n):
+            if self._prange_lock.acquire(blocking=False):  # a concurrent call runs whole on its own thread
+                prev = numba.get_num_threads()  # numba's team size is per calling thread: restore it after
+                try:
+                    team = self._prange_parts(n)
+                    numba.set_num_threads(team)
+                    out = self._run(arr, team)
+                finally:
+                    numba.set_num_threads(prev)
+                    self._prange_lock.release()
+            else:
+                out = self._run(arr)
         elif self.threads > 1 and n >= 2 * PARALLEL_MIN_ITEMS and n * self.macs_per_item >= PARALLEL_MIN_MACS:
             parts = np.array_split(arr, min(self.threads, n // PARALLEL_MIN_ITEMS))
             done = self._workers().try_map(self._run, parts[0], parts[1:])
@@ -148,11 +174,31 @@ class CSRModel:
                 self._pool = SpinningWorkers(self.threads - 1)
             return self._pool
 
-    def _run(self, arr: np.ndarray) -> np.ndarray:
+    def _use_prange(self, n: int) -> bool:
+        """Whether a call of ``n`` examples runs in one numba parallel region (see :data:`PRANGE_MIN_MACS`)."""
+        return (
+            self._prange
+            and n * self.macs_per_item >= PRANGE_MIN_MACS
+            and self._prange_parts(n) > 1
+            and K.parallel_layer() is not None
+        )
+
+    def _prange_parts(self, n: int) -> int:
+        """Threads for a parallel region: no more than the chain kernel's blocks of examples."""
+        blocks = -(-n // K.spmm_tile(n))
+        most = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # numba.config is built at runtime
+        return max(1, min(self.threads, blocks, most))
+
+    def _run(self, arr: np.ndarray, parts: int = 1) -> np.ndarray:
         v: list[Any] = [None] * self._plan.nslots
         v[0] = arr
-        for step in self._plan.steps:
-            step(v)
+        par = self._plan.parallel if parts > 1 else {}
+        for i, step in enumerate(self._plan.steps):
+            twin = par.get(i)
+            if twin is None:
+                step(v)
+            else:
+                twin(v, parts)
         return np.ascontiguousarray(v[self._plan.output_slot], dtype=np.float32)
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "SCALAR_ACTS",
     "Builder",
     "Fragment",
+    "ParallelStep",
     "Plan",
     "Step",
 ]
@@ -44,6 +45,7 @@ MAX_BLOCK_SCRATCH = 1 << 24  # floats of scratch per worker for a block of inter
 MAX_DENSE = 1 << 24  # weights of one layer in dense form (64 MB of fp32 values)
 DENSE_WORK_LIMIT = 50
 Step = Callable[[list[Any]], None]  # reads and writes value slots
+ParallelStep = Callable[[list[Any], int], None]  # the same on a given number of threads
 
 # Elementwise ops: manifest name → (attribute names with defaults, activation code or None for numpy-only).
 SCALAR_ACTS: dict[str, tuple[tuple[tuple[str, Any], ...], int]] = {
@@ -93,6 +95,14 @@ class Plan:
     weight_bytes: int = 0
     fragments: dict[int, Fragment] = field(default_factory=dict)  # step index → its single-example form
     single: Callable[[np.ndarray], np.ndarray] | None = None  # the whole pass for one example, if fusable
+    parallel: dict[int, ParallelStep] = field(default_factory=dict)  # step index → its multi-threaded twin
+
+    def parallel_only(self) -> bool:
+        """Whether every step that computes anything has a multi-threaded twin (the rest are reshapes)."""
+        return bool(self.parallel) and all(
+            i in self.parallel or (i in self.fragments and self.fragments[i].kind == "reshape")
+            for i in range(len(self.steps))
+        )
 
 
 class Builder:
@@ -109,10 +119,13 @@ class Builder:
         self.fused: set[int] = set()
 
     # -- helpers
-    def add_step(self, step: Step, fragment: Fragment | None = None) -> None:
-        """Append ``step``; ``fragment`` says what it does to one example, if the fused pass can do it."""
+    def add_step(self, step: Step, fragment: Fragment | None = None, parallel: ParallelStep | None = None) -> None:
+        """Append ``step``; ``fragment`` says what it does to one example, if the fused pass can do it;
+        ``parallel`` is the step on several threads, if it has such a twin."""
         if fragment is not None:
             self.plan.fragments[len(self.plan.steps)] = fragment
+        if parallel is not None:
+            self.plan.parallel[len(self.plan.steps)] = parallel
         self.plan.steps.append(step)
 
     def err(self, node: str, msg: str) -> BundleError:

@@ -7,7 +7,7 @@ Each builds the sparse and, where it could win, the dense form of the layer, let
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -322,8 +322,13 @@ def _chain_pack(layers: list[_Linear], dense: list[bool]) -> tuple[_IndexType, t
     return itype, _chain_arrays(layers, dense, itype)
 
 
-def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> Step:
-    """One step running ``layers`` back to back: one kernel call, activations feature-major in between."""
+class _ChainStep(Protocol):
+    def __call__(self, v: list[Any], parts: int = 1) -> None: ...
+
+
+def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> _ChainStep:
+    """One step running ``layers`` back to back: one kernel call, activations feature-major in between.
+    Batched, ``step(v, parts)`` with ``parts > 1`` runs it on that many threads (:func:`K.chain_batched_parallel`)."""
     itype, (meta, fpar, ptr, idx, vals, bias, dflags) = _chain_pack(layers, dense)
     x, o, rows = layers[0].in_slot, layers[-1].out_slot, layers[-1].rows
     # The batched kernel transposes in only the 16-feature groups layer 0 reads; its column indices become
@@ -333,11 +338,14 @@ def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> Step
     idx_b = idx.copy()
     idx_b[first] = (slot.reshape(-1) * 16 + idx[first] % 16).astype(itype)
 
-    def step(v: list[Any]) -> None:
+    def step(v: list[Any], parts: int = 1) -> None:
         xin = v[x]
         xin = np.ascontiguousarray(xin.reshape(xin.shape[0], -1))
         y = np.empty((xin.shape[0], rows), np.float32)
-        if batched:
+        if batched and parts > 1:
+            tile = K.spmm_tile(xin.shape[0])
+            K.chain_batched_parallel(xin, y, meta, fpar, ptr, idx_b, vals, bias, groups, tile, parts)
+        elif batched:
             K.chain_batched(xin, y, meta, fpar, ptr, idx_b, vals, bias, groups, K.spmm_tile(xin.shape[0]))
         elif xin.shape[0] == 1:
             K.chain_single(xin, y, meta, fpar, ptr, idx, vals, bias, dflags)
@@ -397,4 +405,10 @@ def linear(b: Builder, n: dict[str, Any]) -> None:
     def run(v: list[Any]) -> None:
         (many if v[x].shape[0] >= CHAIN_MIN_BATCH else one)(v)
 
-    b.add_step(run, Fragment("chain", x, layers[-1].out_slot, _chain_pack(layers, small)[1]))
+    def run_parallel(v: list[Any], parts: int) -> None:
+        if v[x].shape[0] >= CHAIN_MIN_BATCH:
+            many(v, parts)
+        else:
+            one(v)
+
+    b.add_step(run, Fragment("chain", x, layers[-1].out_slot, _chain_pack(layers, small)[1]), run_parallel)

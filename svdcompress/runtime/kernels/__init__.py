@@ -4,10 +4,12 @@ Every kernel trusts its arguments: :func:`svdcompress.runtime.bundle.read_bundle
 indices, shapes and attributes once at load, so the kernels run without bounds checks. Each kernel has a
 plain reference twin in the tests (``F.conv2d``, ``F.linear``, ``F.max_pool2d``, ...).
 
-Kernels are single-threaded and release the GIL (``nogil=True``): :class:`svdcompress.runtime.CSRModel`
-runs parts of a batch on its own worker threads. numba's ``prange`` was measured and dropped: a parallel
-launch cost ~110 µs on this 2-core VM (two per LeNet-5 call), against ~70 µs for handing half a batch to a
-waiting thread once per call.
+Kernels release the GIL (``nogil=True``). :class:`svdcompress.runtime.CSRModel` runs a large batch on several
+threads in one of two ways. A model made of Linear chains alone calls :func:`chain_batched_parallel`, one
+numba ``prange`` region over the batch's blocks (only on a thread-safe threading layer, see
+:func:`parallel_layer`). Any other model hands parts of the batch to its own worker threads
+(:mod:`svdcompress.runtime._workers`): a convolution step is several kernel calls, and a parallel region
+per call measured ~110 µs a launch on this 2-core VM when its threads had gone to sleep.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ if _dir is not None:
     numba.config.CACHE_DIR = _dir  # type: ignore[attr-defined]  # numba.config is built at runtime
 
 # The kernel modules compile (and look up their cache) at import: configure numba first.
-from . import conv, linear, net, pointwise  # noqa: E402  # the modules, for their dispatchers' cache paths
+from . import conv, linear, net, pointwise, sync  # noqa: E402  # the modules, for their dispatchers' cache paths
 from ._scalar import ACT_CODES, MONOTONE_ACTS, POOL_AVG, POOL_MAX, POOL_NONE  # noqa: E402
 from .conv import (  # noqa: E402
     LANES,
@@ -75,11 +77,13 @@ from .conv import (  # noqa: E402
 )
 from .linear import (  # noqa: E402
     chain_batched,
+    chain_batched_parallel,
     chain_single,
     spmm_tile,
 )
 from .net import CONV_IM2COL, CONV_SHIFTED, CONV_WIDE, net_single  # noqa: E402
 from .pointwise import activation, adaptive_avg_pool2d, pool2d  # noqa: E402
+from .sync import parallel_layer  # noqa: E402
 
 
 def _sources_digest() -> str:
@@ -118,7 +122,7 @@ def drop_stale_cache(dirs: set[Path], digest: str) -> None:
 def _cache_dirs() -> set[Path]:
     """The directories numba caches this package's kernels in (one per source directory)."""
     out: set[Path] = set()
-    for mod in (conv, linear, net, pointwise):
+    for mod in (conv, linear, net, pointwise, sync):
         for obj in vars(mod).values():
             path = getattr(getattr(obj, "_cache", None), "_cache_path", None)  # numba's FunctionCache
             if isinstance(path, str):
@@ -142,6 +146,7 @@ __all__ = [
     "adaptive_avg_pool2d",
     "blocked_scratch_sizes",
     "chain_batched",
+    "chain_batched_parallel",
     "chain_single",
     "conv2d",
     "conv2d_blocked",
@@ -153,6 +158,7 @@ __all__ = [
     "im2col_scratch_sizes",
     "im2col_taps",
     "net_single",
+    "parallel_layer",
     "pool2d",
     "shifted_offsets",
     "shifted_scratch_sizes",
