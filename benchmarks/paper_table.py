@@ -4,8 +4,8 @@
     python benchmarks/paper_table.py --no-train # tabulate existing runs only
 
 For each of LeNet-300-100 and LeNet-5 on each data set: test error of the dense net and of
-SVDO (trained from the dense net), per-layer sparsity (% of weights removed) and compression
-|W| / |W≠0|, next to the paper's MNIST figures. For runs trained with a validation split
+SVDO (trained from the dense net unless the table says otherwise), per-layer sparsity (% of weights
+removed) and compression |W| / |W≠0|, next to the paper's MNIST figures. For runs trained with a validation split
 (``train_zoo.py`` since issue 13: the last 5,000 Fashion-MNIST training images held out), also the
 threshold ``svdcompress.tune`` picks on that split (largest compression within 0.5 points of the
 unthresholded model there) and the test error and compression at it: the threshold never sees the
@@ -102,6 +102,15 @@ def _tuned(ckpt: Path, data: str) -> dict[str, Any]:
     }
 
 
+def _start(r: dict[str, Any]) -> str:
+    """How SVDO started, when not from the dense net it is compared with."""
+    if r.get("init") == "scratch":
+        return ", from scratch"
+    if r.get("start_dense_epochs"):
+        return f", from a {r['start_dense_epochs']}-epoch dense net"
+    return ""
+
+
 def _row(log: dict[str, Any], arch: str, data: str) -> dict[str, Any]:
     prov = log["provenance"]
     layers = log["layers"]
@@ -123,6 +132,8 @@ def _row(log: dict[str, Any], arch: str, data: str) -> dict[str, Any]:
         "val_size": prov.get("val_size", 0),
         "test_size": prov["test_size"],
         "schedule": prov.get("schedule", "hold-decay"),
+        "init": prov.get("init", "dense"),  # SVDO's starting point: the dense net or random weights
+        "start_dense_epochs": prov.get("start_dense_epochs"),  # SVDO started from a shorter-trained dense net
         "dense_stopped": prov.get("dense_stopped"),
         "run_dir": str(log["_dir"].relative_to(HERE.parent)),
     }
@@ -161,7 +172,8 @@ def _md(rows: list[dict[str, Any]]) -> str:
             out.append(
                 f"| {arch} | {r['data']} ({split}) | {r['dense_error']:.2f} ({r['dense_epochs']}) | "
                 f"{r['svdo_error']:.2f} | {r['error_gap']:+.2f} | {r['compression']:.1f}× | {tuned} "
-                f"{'-'.join(f'{s:.1f}' for s in r['sparsity'])} | {r['svdo_epochs']}, {r['schedule']} | "
+                f"{'-'.join(f'{s:.1f}' for s in r['sparsity'])} | {r['svdo_epochs']}, {r['schedule']}"
+                f"{_start(r)} | "
                 f"{r['train_seconds'] / 60:.1f} min |"
             )
     out += [

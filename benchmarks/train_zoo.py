@@ -78,6 +78,7 @@ TRAIN_KEYS = (
     "svdo_epochs",
     "from_scratch",
     "init_from",
+    "dense_ref",
     "kl_warmup_epochs",
     "batch",
     "lr",
@@ -334,6 +335,12 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     p.add_argument(
         "--init-from", type=str, help="start SVDO from this dense svdcompress checkpoint (skips dense training)"
     )
+    p.add_argument(
+        "--dense-ref",
+        type=str,
+        help="the dense net every comparison uses (its val/test accuracy and epochs), when SVDO starts from "
+        "another one (a briefly trained dense net, --dense-epochs N --dense-patience 0)",
+    )
     p.add_argument("--kl-warmup-epochs", type=float, default=d(5.0))
     p.add_argument("--batch", type=int, default=d(100))
     p.add_argument("--lr", type=float, default=d(1e-3))
@@ -524,6 +531,21 @@ class Run:
                 file=sys.stderr,
                 flush=True,
             )
+        if cfg.get("dense_ref") is not None:
+            # SVDO starts from `dense`; the comparisons use the reference net (e.g. one trained to convergence).
+            ref, ref_prov = _load_dense(cfg["dense_ref"], cfg["arch"])
+            start = {**summary}
+            summary = {k[len("dense_") :]: v for k, v in ref_prov.items() if k.startswith("dense_") and "acc" not in k}
+            summary.setdefault("epochs", ref_prov.get("epochs"))
+            summary.update(
+                ref=cfg["dense_ref"], val_acc=evaluate(ref, xval, yval), test_acc=evaluate(ref, xte, yte), start=start
+            )
+            print(
+                f"[dense] comparisons use {cfg['dense_ref']}: val acc {summary['val_acc']:.4f}, "
+                f"test acc {summary['test_acc']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
         book["dense"] = summary or None
         book["phase"], book["epoch"] = "svdo", 0
         self.best_state = None
@@ -645,6 +667,14 @@ class Run:
         }
         if cfg["init_from"] is not None:
             prov["init_from"] = cfg["init_from"]
+        if cfg.get("dense_ref") is not None:
+            start = dense.get("start") or {}
+            prov.update(
+                dense_ref=cfg["dense_ref"],
+                start_dense_epochs=start.get("epochs"),
+                start_dense_val_acc=start.get("val_acc"),
+                start_dense_test_acc=start.get("test_acc"),
+            )
         out = save_checkpoint(
             self.out_dir / f"{self.stem}-svdo.pt",
             model,
@@ -716,7 +746,7 @@ def _resolve_resume(a: argparse.Namespace, given: dict[str, Any]) -> tuple[dict[
     if not isinstance(st, dict) or st.get("book", {}).get("version") != STATE_VERSION:
         raise SystemExit(f"--resume {path}: not a train_zoo state file (version {STATE_VERSION})")
     stored = st["book"]["config"]
-    clash = {k: (given[k], stored[k]) for k in TRAIN_KEYS if k in given and given[k] != stored[k]}
+    clash = {k: (given[k], stored.get(k)) for k in TRAIN_KEYS if k in given and given[k] != stored.get(k)}
     if clash:
         diffs = ", ".join(f"--{k.replace('_', '-')} {new!r} (state has {old!r})" for k, (new, old) in clash.items())
         raise SystemExit(f"--resume {path}: the run was started with other settings: {diffs}")
@@ -743,8 +773,9 @@ def main(argv: list[str] | None = None, *, loader: Loader = load_dataset) -> int
         cfg, st = vars(a), None
         if cfg["val_size"] is None:
             cfg["val_size"] = VAL_SIZES[cfg["data"]]
-        if cfg["init_from"] is not None:
-            cfg["init_from"] = str(cfg["init_from"])
+        for k in ("init_from", "dense_ref"):
+            if cfg[k] is not None:
+                cfg[k] = str(cfg[k])
         path = _state_path(cfg)
         if path.exists():
             raise SystemExit(f"{path} exists: continue it with --resume {path}, or remove it to start over")

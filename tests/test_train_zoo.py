@@ -112,3 +112,19 @@ def test_init_from_a_dense_checkpoint_keeps_its_stopping_point(uninterrupted: Pa
     assert [r["phase"] for r in log["epochs"]] == ["svdo"]
     assert log["dense"]["stopped"] == "loaded" and log["dense"]["epochs"] == whole["dense"]["epochs"]
     assert log["provenance"]["dense_val_acc"] == whole["provenance"]["dense_val_acc"]
+
+
+def test_dense_ref_is_the_comparison_while_svdo_starts_from_the_short_run(uninterrupted: Path, tmp_path: Path) -> None:
+    """--dense-ref: SVDO starts from this run's 1-epoch dense net; the dense figures are the reference net's."""
+    ref = uninterrupted / "lenet300-fashion-mnist-dense.pt"
+    argv = [*_argv(tmp_path), "--dense-epochs", "1", "--dense-patience", "0", "--svdo-epochs", "1"]
+    assert tz.main([*argv, "--dense-ref", str(ref)], loader=_loader) == 0
+    log = json.loads((tmp_path / "lenet300-fashion-mnist-log.json").read_text())
+    whole = json.loads((uninterrupted / "lenet300-fashion-mnist-log.json").read_text())
+    prov = log["provenance"]
+    assert [r["phase"] for r in log["epochs"]] == ["dense", "svdo"]
+    assert prov["dense_ref"] == str(ref) and prov["start_dense_epochs"] == 1
+    assert prov["dense_val_acc"] == whole["provenance"]["dense_val_acc"]  # the reference's, measured again
+    assert prov["dense_test_acc"] == whole["provenance"]["dense_test_acc"]
+    assert prov["dense_epochs"] == whole["provenance"]["dense_epochs"]
+    assert prov["start_dense_val_acc"] == log["epochs"][0]["val_acc"]  # the net SVDO started from
