@@ -83,11 +83,14 @@ def lenet5_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Mo
 
 @pytest.fixture(scope="module")
 def lenet300_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
+    """The bundled, trained LeNet-300-100 as a CSR bundle, and its masked dense model (the reference)."""
+    from svdcompress.models import load_model
+
     torch.set_num_threads(1)
-    model = masked_zoo("lenet300")
     path = tmp_path_factory.mktemp("b") / "lenet300.csr"
-    export_csr(model, path, input_shape=MNIST)
-    return path, model
+    svdcompress.export_model("bundled:lenet300", "csr", path)
+    svdo = load_model(svdcompress.bundled_checkpoint("lenet300")).module
+    return path, svdcompress.prune(svdo, input_shape=MNIST).masked.eval()
 
 
 def _ref(model: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -366,7 +369,7 @@ def _count_parallel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_chain_model_runs_in_one_parallel_region(
     lenet300_bundle: tuple[Path, nn.Module], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Trained LeNet-300-100, 2 threads: batches from PRANGE_MIN_MACS and two blocks of examples up run in
+    """The bundled, trained LeNet-300-100, 2 threads: batches from PRANGE_MIN_MACS and two blocks of examples up run in
     numba's parallel region, with the same bits as one thread and within tolerance of the masked dense model;
     smaller batches run on the calling thread."""
     from svdcompress.runtime import kernels
