@@ -4,6 +4,7 @@ numba's parallel kernels may run in this process (:func:`parallel_layer`)."""
 from __future__ import annotations
 
 import os
+import threading
 
 import numba
 import numpy as np
@@ -20,6 +21,7 @@ SAFE_LAYERS = ("omp", "tbb")
 
 _layer: str | None = None  # the layer the probe launched, once it has run
 _unsafe_after_fork = False
+_probe_lock = threading.Lock()  # two first calls at once must not enter a layer that may turn out to be workqueue
 
 
 @njit(cache=True, nogil=True)
@@ -53,8 +55,10 @@ def parallel_layer() -> str | None:
     if _unsafe_after_fork:
         return None
     if _layer is None:
-        _probe(2)
-        _layer = str(numba.threading_layer())  # type: ignore[attr-defined]  # exported, not in __all__
+        with _probe_lock:
+            if _layer is None:
+                _probe(2)
+                _layer = str(numba.threading_layer())  # type: ignore[attr-defined]  # exported, not in __all__
     return _layer if _layer in SAFE_LAYERS else None
 
 
