@@ -146,11 +146,11 @@ class CSRModel:
             out = np.zeros((0, *self.output_shape), np.float32)
         elif n == 1 and self._plan.single is not None:
             out = self._plan.single(arr)
-        elif self.threads > 1 and n >= 2 * PARALLEL_MIN_ITEMS and self._use_prange(n):
+        elif self.threads > 1 and n >= 2 * PARALLEL_MIN_ITEMS and (team := self._prange_team(n)) > 1:
             if self._prange_lock.acquire(blocking=False):  # a concurrent call runs whole on its own thread
                 # numba's team size is per calling thread: set it to the parts for the call, then restore it
                 # (each set costs ~1 µs of a ~60 µs call, so only when it differs).
-                team, prev = self._prange_parts(n), numba.get_num_threads()
+                prev = numba.get_num_threads()
                 try:
                     if prev != team:
                         numba.set_num_threads(team)
@@ -177,20 +177,15 @@ class CSRModel:
                 self._pool = SpinningWorkers(self.threads - 1)
             return self._pool
 
-    def _use_prange(self, n: int) -> bool:
-        """Whether a call of ``n`` examples runs in one numba parallel region (see :data:`PRANGE_MIN_MACS`)."""
-        return (
-            self._prange
-            and n * self.macs_per_item >= PRANGE_MIN_MACS
-            and self._prange_parts(n) > 1
-            and K.parallel_layer() is not None
-        )
-
-    def _prange_parts(self, n: int) -> int:
-        """Threads for a parallel region: no more than the chain kernel's blocks of examples."""
+    def _prange_team(self, n: int) -> int:
+        """Threads for a call of ``n`` examples in one numba parallel region (see :data:`PRANGE_MIN_MACS`): no
+        more than the chain kernel's blocks of examples; 1 when the call does not run in one."""
+        if not self._prange or n * self.macs_per_item < PRANGE_MIN_MACS:
+            return 1
         blocks = -(-n // K.spmm_tile(n))
         most = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # numba.config is built at runtime
-        return max(1, min(self.threads, blocks, most))
+        team = min(self.threads, blocks, most)
+        return team if team > 1 and K.parallel_layer() is not None else 1
 
     def _run(self, arr: np.ndarray, parts: int = 1) -> np.ndarray:
         v: list[Any] = [None] * self._plan.nslots
