@@ -6,9 +6,13 @@
 - :func:`transpose16`: a 16×16 float32 block transpose in registers (16 vector loads, 64 two-source
   shuffles, 16 vector stores). The scalar strided copy it replaces ran at ~2 cycles per element (LeNet-300-100's
   batch-256 input: ~115 µs; this: ~19 µs, AMD Zen 4, one core), most of a batched Linear chain's time.
+- :func:`csr_row_dot`: one CSR row times a gathered input vector, eight nonzeros per step in one vector
+  multiply-add (the inputs assembled by element inserts, the values loaded as one vector). Scalar code needs two
+  floating-point loads per nonzero, and Zen 4 issues two per cycle: 1.25 cycles per nonzero measured; this:
+  0.99 (AVX-512 hardware gathers: 1.67 for 8 lanes, slower still for 16).
 
-Both are pure data movement: any SIMD width LLVM targets gets correct code (it splits or widens the vectors),
-and the tests compare the kernels that use them against torch.
+All are plain LLVM IR: any SIMD width LLVM targets gets correct code (it splits or widens the vectors), and the
+tests compare the kernels that use them against torch.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["cpu_relax", "load_acquire", "stack_f32", "transpose16"]
+__all__ = ["cpu_relax", "csr_row_dot", "load_acquire", "stack_f32", "transpose16"]
 
 
 @intrinsic
@@ -124,3 +128,84 @@ def transpose16(typingctx: Any, src: Any, soff: Any, spitch: Any, dst: Any, doff
 
     u64 = types.uint64
     return types.void(src, u64, u64, dst, u64, u64), codegen
+
+
+def _contiguous_1d(a: Any, dtype: Any) -> bool:
+    return isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and (dtype is None or a.dtype == dtype)
+
+
+@intrinsic
+def csr_row_dot(typingctx: Any, vals: Any, idx: Any, x: Any, start: Any, end: Any) -> Any:
+    """``Σ vals[k] · x[idx[k]]`` over ``k`` in ``[start, end)`` (uint64), as float32.
+
+    The sum is the one :func:`~svdcompress.runtime.kernels.chain_single`'s scalar loop formed, bit for bit: lane
+    ``q`` of the vector accumulator sums the nonzeros ``start + 8i + q`` (multiply-add fused where the scalar
+    code's ``contract`` fused it: ``llvm.fmuladd``), the last ``(end − start) mod 8`` go to lane 0 in order, and
+    the lanes are added as ``((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))``.
+
+    ``vals`` and ``x`` are C-contiguous 1-D float32 arrays, ``idx`` a 1-D array of any unsigned integer type. No
+    bounds checks: the caller guarantees ``end ≤ len(vals), len(idx)`` and every ``idx[k] < len(x)`` (validated
+    when the bundle is loaded).
+    """
+    if not (_contiguous_1d(vals, types.float32) and _contiguous_1d(x, types.float32) and _contiguous_1d(idx, None)):
+        return None
+    if not (isinstance(idx.dtype, types.Integer) and idx.dtype in types.unsigned_domain):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        f32, i64, i32 = llir.FloatType(), llir.IntType(64), llir.IntType(32)
+        v8 = llir.VectorType(f32, 8)
+        vp, ip, xp = (
+            context.make_array(t)(context, builder, a).data for t, a in zip(sig.args[:3], args[:3], strict=True)
+        )
+        start, end = args[3], args[4]
+        vfma = cgutils.get_or_insert_function(builder.module, llir.FunctionType(v8, [v8] * 3), "llvm.fmuladd.v8f32")
+        sfma = cgutils.get_or_insert_function(builder.module, llir.FunctionType(f32, [f32] * 3), "llvm.fmuladd.f32")
+
+        def col(k: Any) -> Any:
+            c = builder.load(builder.gep(ip, [k]))
+            return builder.zext(c, i64) if c.type.width < 64 else c
+
+        entry = builder.block
+        head, body, tail_head, tail_body, done = (
+            builder.append_basic_block(f"csrdot.{n}") for n in ("head", "body", "tail", "tailbody", "done")
+        )
+        builder.branch(head)
+        builder.position_at_end(head)  # 8 nonzeros per step while they last
+        j = builder.phi(i64)
+        acc = builder.phi(v8)
+        j.add_incoming(start, entry)
+        acc.add_incoming(llir.Constant(v8, [0.0] * 8), entry)
+        nxt = builder.add(j, llir.Constant(i64, 8))
+        builder.cbranch(builder.icmp_unsigned("<=", nxt, end), body, tail_head)
+        builder.position_at_end(body)
+        w = builder.load(builder.bitcast(builder.gep(vp, [j]), v8.as_pointer()), align=4)
+        xv = llir.Constant(v8, llir.Undefined)
+        for q in range(8):
+            xq = builder.load(builder.gep(xp, [col(builder.add(j, llir.Constant(i64, q)))]))
+            xv = builder.insert_element(xv, xq, llir.Constant(i32, q))
+        j.add_incoming(nxt, body)
+        acc.add_incoming(builder.call(vfma, [w, xv, acc]), body)
+        builder.branch(head)
+        builder.position_at_end(tail_head)  # the rest, one at a time, into lane 0
+        lane0 = builder.extract_element(acc, llir.Constant(i32, 0))
+        builder.branch(tail_body)
+        builder.position_at_end(tail_body)
+        k = builder.phi(i64)
+        s0 = builder.phi(f32)
+        k.add_incoming(j, tail_head)
+        s0.add_incoming(lane0, tail_head)
+        step = builder.append_basic_block("csrdot.step")
+        builder.cbranch(builder.icmp_unsigned("<", k, end), step, done)
+        builder.position_at_end(step)
+        prod = builder.call(sfma, [builder.load(builder.gep(vp, [k])), builder.load(builder.gep(xp, [col(k)])), s0])
+        k.add_incoming(builder.add(k, llir.Constant(i64, 1)), step)
+        s0.add_incoming(prod, step)
+        builder.branch(tail_body)
+        builder.position_at_end(done)
+        s = [s0] + [builder.extract_element(acc, llir.Constant(i32, q)) for q in range(1, 8)]
+        add = builder.fadd
+        return add(add(add(s[0], s[1]), add(s[2], s[3])), add(add(s[4], s[5]), add(s[6], s[7])))
+
+    u64 = types.uint64
+    return types.float32(vals, idx, x, u64, u64), codegen

@@ -1,8 +1,8 @@
 """Chains of sparse (or dense) Linear layers, bias and activation fused, in one kernel call per chain.
 
 - :func:`chain_single`: one example. Each output row is a dot product of its nonzeros with gathered inputs,
-  eight partial sums at a time (AVX-512 gathers measured slower than scalar indexed loads on this CPU); a
-  dense layer walks its rows contiguously.
+  eight partial sums at a time in one vector (inputs inserted element by element: AVX-512 gathers measured
+  slower on this CPU); a dense layer walks its rows contiguously.
 - :func:`chain_batched`: a batch, in feature-major blocks of ``tile`` examples, so that every nonzero
   multiplies one contiguous row of ``tile`` activations (broadcast multiply-add, no gathers). Each block is
   transposed in by the kernel; activations stay feature-major from layer to layer.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._intrinsics import transpose16
+from ._intrinsics import csr_row_dot, transpose16
 from ._scalar import FASTMATH, accumulate_taps, act, aligned_zeros
 
 __all__ = ["chain_batched", "chain_batched_parallel", "chain_single", "spmm_tile"]
@@ -231,8 +231,8 @@ def chain_single(
 ) -> None:
     """The chain for one example (``x``: ``(1, cols)``), one call for all layers.
 
-    Sparse layers run an 8-way unrolled SpMV; a layer with ``dense[l]`` set holds every entry in row-major order,
-    so its rows are contiguous dot products (no gathers).
+    Sparse layers run a SpMV eight nonzeros per vector multiply-add (:func:`csr_row_dot`); a layer with
+    ``dense[l]`` set holds every entry in row-major order, so its rows are contiguous dot products (no gathers).
     """
     width = 0
     for layer in range(meta.shape[0]):
@@ -242,7 +242,6 @@ def chain_single(
     cols0 = meta[0, 1]
     for c in range(cols0):
         a[0, c] = x[0, c]
-    u1 = np.uint64(1)
     nlayers = meta.shape[0]
     for layer in range(nlayers):
         src = a if layer % 2 == 0 else b
@@ -261,22 +260,8 @@ def chain_single(
                 d_row[r] = act(s + bias[bbase + r], kind, a0, a1)
         else:
             for r in range(rows):
-                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-                j, e = np.uint64(ptr[pbase + r]), np.uint64(ptr[pbase + r + 1])
-                while j + np.uint64(8) <= e:
-                    s0 += vals[j] * s_row[idx[j]]
-                    s1 += vals[j + u1] * s_row[idx[j + u1]]
-                    s2 += vals[j + np.uint64(2)] * s_row[idx[j + np.uint64(2)]]
-                    s3 += vals[j + np.uint64(3)] * s_row[idx[j + np.uint64(3)]]
-                    s4 += vals[j + np.uint64(4)] * s_row[idx[j + np.uint64(4)]]
-                    s5 += vals[j + np.uint64(5)] * s_row[idx[j + np.uint64(5)]]
-                    s6 += vals[j + np.uint64(6)] * s_row[idx[j + np.uint64(6)]]
-                    s7 += vals[j + np.uint64(7)] * s_row[idx[j + np.uint64(7)]]
-                    j += np.uint64(8)
-                while j < e:
-                    s0 += vals[j] * s_row[idx[j]]
-                    j += u1
-                d_row[r] = act(((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + bias[bbase + r], kind, a0, a1)
+                s = csr_row_dot(vals, idx, s_row, np.uint64(ptr[pbase + r]), np.uint64(ptr[pbase + r + 1]))
+                d_row[r] = act(s + bias[bbase + r], kind, a0, a1)
     out = b if nlayers % 2 == 1 else a
     for r in range(meta[nlayers - 1, 0]):
         y[0, r] = out[0, r]
