@@ -24,6 +24,7 @@ from click.testing import CliRunner, Result
 from torch import nn
 
 import svdcompress
+from svdcompress import bundled_checkpoint
 from svdcompress.bench import BenchConfig, BenchReport, BenchResult
 from svdcompress.cli import main
 from svdcompress.errors import InvalidInputError, MissingDependencyError, SvdcompressError
@@ -377,7 +378,8 @@ def test_export_prints_one_line_with_one_ratio(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 1, res.output
-    assert lines[0].count("smaller") == 1 and "parameter compression 57.0×" in lines[0]
+    trained = torch.load(bundled_checkpoint("lenet300"), weights_only=True)["provenance"]["compression"]
+    assert lines[0].count("smaller") == 1 and f"parameter compression {trained:.1f}×" in lines[0], lines[0]
     assert " kB " in lines[0] and "KB" not in lines[0]
 
 
