@@ -9,16 +9,8 @@
 # Re-running the same command continues the run from its state file.
 set -u
 cd "$(dirname "$0")/../../.." || exit 1
-. .venv/bin/activate
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-out=benchmarks/runs/val-scratch
-state=$out/lenet300-fashion-mnist-state.pt
-set -- --dense-epochs 100 --dense-patience 10 --svdo-epochs 200 --kl-warmup-epochs 5 --lr 1e-3 --batch 100 \
-    --log-sigma2-init -10 --schedule linear --from-scratch --init-from benchmarks/runs/val/lenet300-fashion-mnist-dense.pt
-if [ -f "$state" ]; then
-    set -- "$@" --resume "$state"
-fi
-echo "$(date '+%F %T') $out lenet300: train_zoo.py $*"
-nice -n 19 python benchmarks/train_zoo.py --arch lenet300 --data fashion-mnist --out-dir "$out" --threads 1 "$@" \
-    >> "$out/lenet300-fashion-mnist.out" 2>&1
-echo "$(date '+%F %T') $out lenet300: exit $?"
+. benchmarks/runs/train.sh
+
+# shellcheck disable=SC2086
+train benchmarks/runs/val-scratch lenet300 $DENSE_CONVERGED $SVDO_RECIPE --schedule linear --from-scratch \
+    --init-from benchmarks/runs/val/lenet300-fashion-mnist-dense.pt

@@ -9,33 +9,16 @@
 # Per-run logs: <out-dir>/<arch>-fashion-mnist.out. sh reads this file as it runs it: do not edit it while it runs.
 set -u
 cd "$(dirname "$0")/../../.." || exit 1
-. .venv/bin/activate
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-
-train() {  # train OUT_DIR ARCH [train_zoo options...]
-    out=$1
-    arch=$2
-    shift 2
-    state=$out/$arch-fashion-mnist-state.pt
-    if [ -f "$state" ]; then
-        set -- "$@" --resume "$state"
-    fi
-    echo "$(date '+%F %T') $out $arch: train_zoo.py $*"
-    nice -n 19 python benchmarks/train_zoo.py --arch "$arch" --data fashion-mnist --out-dir "$out" --threads 1 "$@" \
-        >> "$out/$arch-fashion-mnist.out" 2>&1
-    echo "$(date '+%F %T') $out $arch: exit $?"
-}
+. benchmarks/runs/train.sh
 
 # Paper recipe: Adam lr 1e-3, batch 100, dense to convergence (early stopping on val, patience 10),
 # SVDO from the best dense net, log sigma^2 = -10, KL warm-up 5 epochs, 200 epochs, LR linear to 0.
-PAPER="--dense-epochs 100 --dense-patience 10 --svdo-epochs 200 --kl-warmup-epochs 5 --lr 1e-3 --batch 100
-       --log-sigma2-init -10"
+PAPER="$DENSE_CONVERGED $SVDO_RECIPE"
 # 1. LeNet-300-100, the paper's schedule (finished 2026-12-06: 21.9x, test 88.89% vs dense 89.45%).
 # shellcheck disable=SC2086
 train benchmarks/runs/val lenet300 $PAPER --schedule linear
 # 2. Same converged dense net, the schedule of the earlier runs (LR held, linear to 0 over the last 40%):
 #    separates the schedule from the dense start as the reason for run 1's low compression.
-mkdir -p benchmarks/runs/val-holddecay
 # shellcheck disable=SC2086
 train benchmarks/runs/val-holddecay lenet300 $PAPER --schedule hold-decay --decay-frac 0.4 \
     --init-from benchmarks/runs/val/lenet300-fashion-mnist-dense.pt
