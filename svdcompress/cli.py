@@ -326,6 +326,9 @@ def _display_name(ckpt: Path) -> str:
 @click.version_option(package_name="svdcompress")
 def main() -> None:
     """Turn Sparse Variational Dropout checkpoints into small, fast CPU artifacts."""
+    from . import _notes
+
+    _notes.slow_work = lambda line: click.echo(line, err=True)  # e.g. the CSR runtime's first-use compilation
 
 
 def _convention_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -298,6 +298,29 @@ def test_bad_files(tmp_path: Path, lenet5_bundle: tuple[Path, nn.Module]) -> Non
 _BATCHES = (1, 3, 16, 64)
 
 
+def test_a_slow_load_says_why_and_a_fast_one_says_nothing(
+    monkeypatch: pytest.MonkeyPatch, lenet5_bundle: tuple[Path, Any]
+) -> None:
+    """The command line hears why a load is slow (numba compiling on first use); a quick load leaves no note."""
+    import time
+
+    from svdcompress import _notes
+
+    path = lenet5_bundle[0]
+    lines: list[str] = []
+    monkeypatch.setattr(_notes, "slow_work", lines.append)
+    monkeypatch.setattr(runtime, "SLOW_LOAD_S", 0.0)  # every load of a conv net takes longer (kernel timing)
+    runtime.load(path)
+    assert len(lines) == 1 and "numba compiles" in lines[0]
+    lines.clear()
+    monkeypatch.setattr(runtime, "SLOW_LOAD_S", 60.0)
+    runtime.load(path)
+    time.sleep(0.05)
+    assert lines == []  # the timer was cancelled when the load returned
+    monkeypatch.setattr(_notes, "slow_work", None)
+    assert runtime._slow_load_note() is None  # the library alone stays silent
+
+
 def test_fused_single_pass_only_for_plain_sequences(tmp_path: Path) -> None:
     """A graph with an add and a cat (WideMLP) has no fused single-example pass; batch 1 runs as steps."""
     from svdcompress.runtime._single import single_pass
@@ -505,6 +528,26 @@ def test_stale_kernel_cache_is_dropped(tmp_path: Path) -> None:
     kernels.drop_stale_cache({d}, "bbbb")  # a kernel source changed
     assert not any(f.exists() for f in cached)
     assert len(kernels._cache_dirs()) == 1  # every kernel module caches beside the same sources
+
+
+def test_an_unwritable_numba_cache_dir_falls_back_with_a_warning(tmp_path: Path) -> None:
+    """$NUMBA_CACHE_DIR naming a directory nobody can create (numba alone raises at import: "no locator
+    available"): the runtime still loads and answers, caching in the user cache, and says so."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    bundle = tmp_path / "mlp.csr"
+    export_csr(model, bundle, input_shape=(30,))
+    x = np.random.default_rng(0).standard_normal((1, 30)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "ref.npy", _ref(model, x))
+    cache_home = tmp_path / "cache"
+    env = {**os.environ, "NUMBA_CACHE_DIR": "/dev/null/numba", "XDG_CACHE_HOME": str(cache_home)}
+    argv = [sys.executable, "-c", _CACHE_SCRIPT, str(bundle), str(tmp_path / "x.npy"), str(tmp_path / "ref.npy")]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert any("NUMBA_CACHE_DIR=/dev/null/numba is not a writable directory" in w for w in run["warnings"]), run
+    assert list((cache_home / "svdcompress-numba").rglob("*.nbi")), "nothing was cached in the fallback"
 
 
 @pytest.mark.parametrize("home", ["writable", "read-only"])

@@ -21,6 +21,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from .. import _notes
 from ..errors import BundleError, InvalidInputError
 from . import kernels as K
 from ._workers import SpinningWorkers
@@ -36,6 +37,7 @@ __all__ = [
     "PARALLEL_MIN_ITEMS",
     "PARALLEL_MIN_MACS",
     "PRANGE_MIN_MACS",
+    "SLOW_LOAD_S",
     "SUPPORTED_OPS",
     "Bundle",
     "CSRModel",
@@ -57,6 +59,10 @@ PRANGE_MIN_MACS = 400_000
 from this many multiply-adds: such a region costs ~5-10 µs while numba's threads are awake (bundled
 LeNet-300-100, 4,525 multiply-adds an example, 1 → 2 threads: batch 128 51 → 35 µs, batch 256 99 → 60 µs,
 batch 1024 388 → 201 µs)."""
+
+SLOW_LOAD_S = 3.0
+"""A :func:`load` still running after this many seconds says why through :data:`svdcompress._notes.slow_work`
+(the command line prints it): numba is compiling the kernels, once per machine (~20-90 s for the LeNets here)."""
 
 PARALLEL_MIN_ITEMS = 16
 """Nor is a call split into parts of fewer examples than this: the batched kernels work on blocks of 16
@@ -240,9 +246,30 @@ def load(path: str | os.PathLike[str], *, threads: int | None = None, kernel: st
     if kernel not in KERNELS:
         raise InvalidInputError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
     bundle = read_bundle(path)
+    note = _slow_load_note()
     try:
         return CSRModel(bundle, kernel, threads)
     except (BundleError, InvalidInputError):
         raise
     except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:  # a manifest of the wrong shape
         raise BundleError(f"{path}: manifest is malformed ({type(exc).__name__}: {exc})") from None
+    finally:
+        if note is not None:
+            note.cancel()
+
+
+def _slow_load_note() -> threading.Timer | None:
+    """A started timer that passes one line to the ``slow_work`` hook if the load outlasts :data:`SLOW_LOAD_S`
+    (without the file's name: the command line's own checks load a temporary file)."""
+    hook = _notes.slow_work
+    if hook is None:
+        return None
+    message = (
+        "CSR runtime: loading takes a while: on their first use on a machine numba compiles the runtime's kernels "
+        "(~20-90 s for the LeNets; cached on disk, later loads take under a second), and kernel='auto' times "
+        "each layer's kernels on its shape"
+    )
+    timer = threading.Timer(SLOW_LOAD_S, hook, args=(message,))
+    timer.daemon = True
+    timer.start()
+    return timer

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numba
@@ -36,10 +37,15 @@ def _cache_dir() -> str | None:
     """Where compiled kernels go when ``__pycache__`` beside this package is not writable.
 
     numba itself falls back to a user-wide directory, but raises at import ("no locator available") when
-    that is not writable either (a service user without a home, a read-only image). Then use the first
-    writable of ``$XDG_CACHE_HOME``/``~/.cache`` and the temporary directory.
+    that is not writable either (a service user without a home, a read-only image), or when
+    ``$NUMBA_CACHE_DIR`` names a directory it cannot write. Then use the first writable of
+    ``$XDG_CACHE_HOME``/``~/.cache`` and the temporary directory (with a warning if ``$NUMBA_CACHE_DIR`` was set).
     """
-    if os.environ.get("NUMBA_CACHE_DIR") or _writable(Path(__file__).parent / "__pycache__"):
+    asked = os.environ.get("NUMBA_CACHE_DIR")
+    if asked:
+        if _writable(Path(asked)):
+            return None
+    elif _writable(Path(__file__).parent / "__pycache__"):
         return None
     candidates = [
         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "svdcompress-numba",
@@ -48,6 +54,13 @@ def _cache_dir() -> str | None:
     for c in candidates:
         try:
             if _writable(c):
+                if asked:
+                    warnings.warn(
+                        f"NUMBA_CACHE_DIR={asked} is not a writable directory; svdcompress caches its compiled "
+                        f"kernels in {c} instead",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                 return str(c)
         except RuntimeError:  # Path.home() without a home directory
             continue
