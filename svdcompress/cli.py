@@ -329,6 +329,7 @@ def main() -> None:
     from . import _notes
 
     _notes.slow_work = lambda line: click.echo(line, err=True)  # e.g. the CSR runtime's first-use compilation
+    click.get_current_context().call_on_close(lambda: setattr(_notes, "slow_work", None))  # main() called in-process
 
 
 def _convention_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
