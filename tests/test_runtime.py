@@ -530,9 +530,8 @@ def test_stale_kernel_cache_is_dropped(tmp_path: Path) -> None:
     assert len(kernels._cache_dirs()) == 1  # every kernel module caches beside the same sources
 
 
-def test_an_unwritable_numba_cache_dir_falls_back_with_a_warning(tmp_path: Path) -> None:
-    """$NUMBA_CACHE_DIR naming a directory nobody can create (numba alone raises at import: "no locator
-    available"): the runtime still loads and answers, caching in the user cache, and says so."""
+def _cache_script_args(tmp_path: Path) -> list[str]:
+    """A small MLP's bundle, an input and the model's output for it, on disk: the arguments of _CACHE_SCRIPT."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(30, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
     bundle = tmp_path / "mlp.csr"
@@ -540,9 +539,15 @@ def test_an_unwritable_numba_cache_dir_falls_back_with_a_warning(tmp_path: Path)
     x = np.random.default_rng(0).standard_normal((1, 30)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "ref.npy", _ref(model, x))
+    return [str(bundle), str(tmp_path / "x.npy"), str(tmp_path / "ref.npy")]
+
+
+def test_an_unwritable_numba_cache_dir_falls_back_with_a_warning(tmp_path: Path) -> None:
+    """$NUMBA_CACHE_DIR naming a directory nobody can create (numba alone raises at import: "no locator
+    available"): the runtime still loads and answers, caching in the user cache, and says so."""
     cache_home = tmp_path / "cache"
     env = {**os.environ, "NUMBA_CACHE_DIR": "/dev/null/numba", "XDG_CACHE_HOME": str(cache_home)}
-    argv = [sys.executable, "-c", _CACHE_SCRIPT, str(bundle), str(tmp_path / "x.npy"), str(tmp_path / "ref.npy")]
+    argv = [sys.executable, "-c", _CACHE_SCRIPT, *_cache_script_args(tmp_path)]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -558,13 +563,7 @@ def test_numba_cache_works_with_a_read_only_package(tmp_path: Path, home: str) -
     src = Path(svdcompress.__file__).parent
     pkg_root = tmp_path / "site"
     shutil.copytree(src, pkg_root / "svdcompress", ignore=shutil.ignore_patterns("__pycache__", "checkpoints"))
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(30, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
-    bundle = tmp_path / "mlp.csr"
-    export_csr(model, bundle, input_shape=(30,))
-    x = np.random.default_rng(0).standard_normal((1, 30)).astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "ref.npy", _ref(model, x))
+    args = _cache_script_args(tmp_path)
     home_dir = (tmp_path if home == "writable" else pkg_root) / "home"  # pkg_root is made read-only
     home_dir.mkdir()
     tmp_dir = tmp_path / "tmp"
@@ -581,9 +580,7 @@ def test_numba_cache_works_with_a_read_only_package(tmp_path: Path, home: str) -
                     sys.executable,
                     "-c",
                     _CACHE_SCRIPT,
-                    str(bundle),
-                    str(tmp_path / "x.npy"),
-                    str(tmp_path / "ref.npy"),
+                    *args,
                 ],
                 capture_output=True,
                 text=True,
