@@ -74,14 +74,15 @@ TUNE_MAX_DROP = 0.5
 VAL_MAX_GAP = 1.0  # choosing among runs: validation accuracy at the tuned threshold vs the dense net's, points
 
 
-def _rows(arch: str, data: str) -> list[dict[str, Any]]:
-    """Every SVDO run for (arch, data) under benchmarks/runs/ (longer schedules live in subfolders), shortest first."""
+def _runs(arch: str, data: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(table row, training log) of every SVDO run for (arch, data) under benchmarks/runs/ (longer schedules live
+    in subfolders), shortest first."""
     logs = []
     for p in sorted(RUNS.glob(f"**/{arch}-{data}-log.json")):
         lg = json.loads(p.read_text())
         lg["_dir"] = p.parent
         logs.append(lg)
-    return [_row(lg, arch, data) for lg in sorted(logs, key=lambda lg: lg["provenance"]["epochs"])]
+    return [(_row(lg, arch, data), lg) for lg in sorted(logs, key=lambda lg: lg["provenance"]["epochs"])]
 
 
 def _tuned(ckpt: Path, data: str) -> dict[str, Any]:
@@ -218,17 +219,7 @@ def _md(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _curves(arch: str, data: str) -> list[tuple[str, dict[str, Any]]]:
-    """(run directory, log) of every run of (arch, data) trained with a validation split."""
-    out = []
-    for p in sorted(RUNS.glob(f"**/{arch}-{data}-log.json")):
-        lg = json.loads(p.read_text())
-        if lg["provenance"].get("val_size"):
-            out.append((str(p.parent.relative_to(RUNS)), lg))
-    return out
-
-
-def _plot(rows: list[dict[str, Any]], path: Path, data: str = "fashion-mnist") -> Path | None:
+def _plot(runs: list[tuple[dict[str, Any], dict[str, Any]]], path: Path, data: str = "fashion-mnist") -> Path | None:
     """Learning curves of the validation-split runs and log α histograms of the bundled nets (None without
     matplotlib)."""
     try:
@@ -246,19 +237,21 @@ def _plot(rows: list[dict[str, Any]], path: Path, data: str = "fashion-mnist") -
     for col, arch in enumerate(archs):
         acc_ax, comp_ax, hist_ax = axes[0, col], axes[1, col], axes[2, col]
         dense_val = None
-        for run, lg in _curves(arch, data):
+        packaged = Path(svdcompress.bundled_checkpoint(arch)).read_bytes()
+        bundled: list[dict[str, Any]] = []
+        for r, lg in runs:
+            if (r["arch"], r["data"]) != (arch, data) or not r["val_size"]:
+                continue
             ep = [e for e in lg["epochs"] if e["phase"] == "svdo"]
-            prov = lg["provenance"]
-            start = (
-                f"{prov['start_dense_epochs']}-epoch dense start"
-                if prov.get("start_dense_epochs")
-                else ("from scratch" if prov.get("init") == "scratch" else f"{prov['dense_epochs']}-epoch dense start")
-            )
-            label = f"{run}: {prov.get('schedule', 'hold-decay')}, {start}"
+            start = _start(r) or f", from the {r['dense_epochs']}-epoch dense net"
+            label = f"{Path(r['run_dir']).name}: {r['schedule']}{start}"
             xs = [e["epoch"] for e in ep]
             acc_ax.plot(xs, [100 * e["val_acc"] for e in ep], lw=1, label=label)
             comp_ax.plot(xs, [e["compression"] for e in ep], lw=1, label=label)
-            dense_val = prov.get("dense_val_acc", dense_val)
+            dense_val = lg["provenance"].get("dense_val_acc", dense_val)
+            ckpt = lg["_dir"] / f"{arch}-{data}-svdo.pt"
+            if "tuned_threshold" in r and ckpt.exists() and ckpt.read_bytes() == packaged:
+                bundled.append(r)
         if dense_val is not None:
             acc_ax.axhline(100 * dense_val, color="black", ls="--", lw=1, label="converged dense net")
             acc_ax.set_ylim(100 * dense_val - 4, 100 * dense_val + 1.5)
@@ -281,7 +274,6 @@ def _plot(rows: list[dict[str, Any]], path: Path, data: str = "fashion-mnist") -
             total = sum(hist) or 1
             hist_ax.stairs([h / total for h in hist], edges, label=f"{layer['name']} ({layer['weights']:,})")
         hist_ax.axvline(3, color="#cc3311", ls="--", lw=1, label="threshold 3")
-        bundled = [r for r in rows if r["arch"] == arch and "tuned_threshold" in r and _is_bundled(r)]
         if bundled:
             t = bundled[0]["tuned_threshold"]
             hist_ax.axvline(t, color="#228833", ls=":", lw=1.5, label=f"tuned on val: {t:.3g}")
@@ -295,33 +287,25 @@ def _plot(rows: list[dict[str, Any]], path: Path, data: str = "fashion-mnist") -
     return path
 
 
-def _is_bundled(row: dict[str, Any]) -> bool:
-    """Whether the row's run is the checkpoint shipped with the package (same bytes)."""
-    import svdcompress
-
-    run = HERE.parent / row["run_dir"] / f"{row['arch']}-{row['data']}-svdo.pt"
-    packaged = Path(svdcompress.bundled_checkpoint(row["arch"]))
-    return run.exists() and run.read_bytes() == packaged.read_bytes()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-train", action="store_true", help="only tabulate runs that exist")
     a = ap.parse_args(argv)
-    rows: list[dict[str, Any]] = []
+    runs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for arch, data in SCHEDULES:
-        found = _rows(arch, data)
+        found = _runs(arch, data)
         if not found and not a.no_train:
             _train(arch, data)
-            found = _rows(arch, data)
-        rows += found
+            found = _runs(arch, data)
+        runs += found
+    rows = [r for r, _ in runs]
     _choose_on_val(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "paper_table.json").write_text(json.dumps({"paper": PAPER, "runs": rows}, indent=2))
     md = _md(rows)
     (RESULTS / "paper_table.md").write_text("# Paper Table 1, reproduced offline\n\n" + md + "\n")
     print(md)
-    png = _plot(rows, RESULTS / "paper_table.png")
+    png = _plot(runs, RESULTS / "paper_table.png")
     if png is not None:
         print(f"wrote {png}")
     return 0
