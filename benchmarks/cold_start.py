@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import svdcompress
-from svdcompress.bench import machine_info
+from svdcompress.benchmark.harness import machine_info
 from svdcompress.export import export_model
 
 RESULTS = Path(__file__).parent / "results"

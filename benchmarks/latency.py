@@ -36,10 +36,10 @@ import torch
 from latency_summary import targets_markdown
 
 import svdcompress
-from svdcompress.bench import BenchConfig, bench
-from svdcompress.datasets import load_dataset
-from svdcompress.models import load_model
-from svdcompress.zoo import mlp
+from svdcompress.benchmark.harness import BenchConfig, bench
+from svdcompress.nn.architecture import load_model
+from svdcompress.nn.zoo import mlp
+from svdcompress.tuning.datasets import load_dataset
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -125,8 +125,8 @@ def main() -> int:
             raise SystemExit(f"import failed: {base['stderr']}")
         _stage(f"  baseline peak RSS {_fmt_mb(base['peak_rss_bytes'])}")
         # The CLI imports lazily, so that baseline lacks torch. What analyze imports before it reads any data:
-        _stage("baseline with torch: python -c 'import svdcompress.cli, svdcompress.analysis'")
-        base_torch = measure([sys.executable, "-c", "import svdcompress.cli, svdcompress.analysis"])
+        _stage("baseline with torch: python -c 'import svdcompress.cli, svdcompress.checkpoint.analysis'")
+        base_torch = measure([sys.executable, "-c", "import svdcompress.cli, svdcompress.checkpoint.analysis"])
         _stage(f"  baseline peak RSS with torch {_fmt_mb(base_torch['peak_rss_bytes'])}")
 
         _stage(f"generating the checkpoint (scale {a.scale:g})")
@@ -199,7 +199,8 @@ def _markdown(r: dict[str, Any]) -> str:
         f"{_fmt_mb(r['all_pairs_bytes'])}; largest pair {_fmt_mb(largest)} ({largest:,} B).",
         "",
         f'Baselines: `python -c "import svdcompress.cli"` peak RSS {_fmt_mb(base)} (the CLI imports lazily, '
-        f"without torch); `import svdcompress.cli, svdcompress.analysis` (torch loaded, what analyze needs before "
+        f"without torch); `import svdcompress.cli, svdcompress.checkpoint.analysis` (torch loaded, what analyze needs "
+        "before "
         f"reading data) {_fmt_mb(r['baseline_import_with_torch_rss_bytes'])}. Target: peak ≤ 1.5 × largest pair + "
         f"the torch baseline = {_fmt_mb(r['target_peak_bytes'])}.",
         "",

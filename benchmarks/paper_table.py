@@ -90,9 +90,9 @@ def _tuned(ckpt: Path, data: str) -> dict[str, Any]:
     import torch
 
     import svdcompress
-    from svdcompress.datasets import load_dataset
-    from svdcompress.masking import mask_model
-    from svdcompress.models import load_model
+    from svdcompress.nn.architecture import load_model
+    from svdcompress.pruning.masking import mask_model
+    from svdcompress.tuning.datasets import load_dataset
 
     t = svdcompress.tune(ckpt, f"{data}:val", max_drop=TUNE_MAX_DROP)
     model = mask_model(load_model(ckpt, require_svdo=True).module, t.threshold).eval()

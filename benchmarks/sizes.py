@@ -26,8 +26,8 @@ import numpy as np
 
 import svdcompress
 from svdcompress import runtime
-from svdcompress.datasets import load_dataset
-from svdcompress.machine import machine_info
+from svdcompress.benchmark.machine import machine_info
+from svdcompress.tuning.datasets import load_dataset
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS: tuple[int | str | None, ...] = (None, 16, 8, 6, 5, 4, 3, 2, "auto", "auto+val")

@@ -19,10 +19,10 @@ import torch
 from tqdm import tqdm
 
 import svdcompress
-from svdcompress.bench import BenchConfig, bench
-from svdcompress.datasets import load_dataset
-from svdcompress.masking import mask_model
-from svdcompress.models import load_model
+from svdcompress.benchmark.harness import BenchConfig, bench
+from svdcompress.nn.architecture import load_model
+from svdcompress.pruning.masking import mask_model
+from svdcompress.tuning.datasets import load_dataset
 
 RESULTS = Path(__file__).parent / "results"
 CONTENDERS = ("ort-dense", "torch-pruned", "ort-compact", "csr-runtime")

@@ -14,7 +14,7 @@ SVDO starts from and the "dense" every comparison uses. --dense-patience 0 train
 
 SVDO (the paper's recipe): starts from the dense net with log sigma^2 = --log-sigma2-init, Adam,
 batch 100, KL weight 0 -> 1 over --kl-warmup-epochs, log alpha clipped to +-8 in the KL term
-(svdcompress.svdo), --svdo-epochs epochs (200 by default), learning rate decayed linearly to 0
+(svdcompress.nn.layers), --svdo-epochs epochs (200 by default), learning rate decayed linearly to 0
 over the whole run (--schedule linear). --schedule hold-decay holds it, then decays it linearly to
 0 over the last --decay-frac of the steps (the schedule of the runs before issue 13).
 
@@ -55,18 +55,19 @@ from tqdm import tqdm
 
 import svdcompress
 from svdcompress._io import atomic_path
-from svdcompress.checkpoint import save_checkpoint
-from svdcompress.datasets import load_dataset
-from svdcompress.svdo import ELBOLoss, kl_divergence, sparsify, svdo_layers
-from svdcompress.zoo import INPUT_SHAPES, build
+from svdcompress.checkpoint.formats import save_checkpoint
+from svdcompress.nn.layers import ELBOLoss, kl_divergence, sparsify, svdo_layers
+from svdcompress.nn.zoo import INPUT_SHAPES, build
+from svdcompress.tuning.datasets import load_dataset
 
-PACKAGE_CKPT_DIR = Path(svdcompress.__file__).parent / "checkpoints"
+PACKAGE_CKPT_DIR = Path(svdcompress.__file__).parent / "checkpoint" / "bundled"
 SCRIPT = "benchmarks/train_zoo.py"
 STATE_VERSION = 1
 
 VAL_SIZES = {"fashion-mnist": 5000, "mnist5k": 500}
 """Images held out from the end of each data set's training split for validation: the same images as the
-data specs ``fashion-mnist:val`` and ``mnist5k:val`` (svdcompress.dataspec): tune never picks on trained-on data."""
+data specs ``fashion-mnist:val`` and ``mnist5k:val`` (svdcompress.tuning.dataspec):
+tune never picks on trained-on data."""
 
 # Settings that define a run: a resumed run must use the stored values (see _resolve_resume).
 TRAIN_KEYS = (

@@ -1,7 +1,9 @@
 """svdcompress: turn Sparse Variational Dropout models into artifacts that are really small and fast.
 
-Pipeline, one module per stage: checkpoint → conventions → analysis → masking → structured
-(graph) → export → runtime → bench.
+One subpackage per pipeline stage, data flowing one way: ``checkpoint`` (read, recognise, analyze) → ``nn``
+(SVDO layers, the zoo, a checkpoint's architecture) → ``pruning`` (mask, trace, remove dead units) → ``tuning``
+(choose the threshold on data) → ``pipeline`` (resolve a source into a model and a threshold) → ``export``
+(ONNX, CSR bundle) → ``runtime`` (run a bundle; numpy and numba only) → ``benchmark`` → ``cli``.
 
 The public names below are imported lazily (PEP 562), so that ``import svdcompress.runtime`` in a
 deployment process loads the runtime alone, not the training layers or the model zoo.
@@ -10,105 +12,47 @@ deployment process loads the runtime alone, not the training layers or the model
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("svdcompress")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0"
+from ._version import __version__ as __version__
 
-# public name -> defining submodule
-_EXPORTS: dict[str, str] = {
-    "AnalysisReport": "analysis",
-    "LayerReport": "analysis",
-    "analyze": "analysis",
-    "BenchConfig": "bench",
-    "BenchReport": "bench",
-    "bench": "bench",
-    "load_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "SVDOLayer": "conventions",
-    "find_svdo_layers": "conventions",
-    "CheckpointError": "errors",
-    "ExportError": "errors",
-    "NoSVDOLayersError": "errors",
-    "OutputExistsError": "errors",
-    "SvdcompressError": "errors",
-    "UnsupportedOpError": "errors",
-    "VerificationError": "errors",
-    "ExportResult": "export",
-    "export_csr": "export",
-    "export_model": "export",
-    "InvalidInputError": "errors",
-    "InputShapeError": "errors",
-    "MissingDependencyError": "errors",
-    "BundleError": "errors",
-    "export_onnx": "export",
-    "apply_masks_": "masking",
-    "mask_model": "masking",
-    "bundled_checkpoint": "models",
-    "load_model": "models",
-    "load_pruned": "pt2",
-    "save_pruned": "pt2",
-    "PruneConfig": "structured",
-    "PruneReport": "structured",
-    "PruneResult": "structured",
-    "prune": "structured",
-    "Conv2dSVDO": "svdo",
-    "ELBOLoss": "svdo",
-    "LinearSVDO": "svdo",
-    "kl_divergence": "svdo",
-    "sparsify": "svdo",
-    "TuneResult": "tuning",
-    "tune": "tuning",
+# The public API, one entry per defining module: the lazy-import table and ``__all__`` come from it, and a test
+# checks that the TYPE_CHECKING imports below name the same things.
+_PUBLIC: dict[str, tuple[str, ...]] = {
+    "errors": (
+        "AccuracyDropError",
+        "BundleError",
+        "CheckpointError",
+        "ConventionWarning",
+        "ExportError",
+        "InputShapeError",
+        "InvalidInputError",
+        "MissingDependencyError",
+        "NoSVDOLayersError",
+        "OutputExistsError",
+        "SvdcompressError",
+        "UnsupportedOpError",
+        "VerificationError",
+    ),
+    "checkpoint.formats": ("load_checkpoint", "save_checkpoint"),
+    "checkpoint.conventions": ("SVDOLayer", "find_svdo_layers"),
+    "checkpoint.analysis": ("AnalysisReport", "LayerReport", "analyze"),
+    "checkpoint.bundled": ("bundled_checkpoint",),
+    "nn.layers": ("Conv2dSVDO", "ELBOLoss", "LinearSVDO", "kl_divergence", "sparsify"),
+    "nn.architecture": ("load_model",),
+    "pruning.masking": ("apply_masks_", "mask_model"),
+    "pruning.structural": ("PruneConfig", "PruneReport", "PruneResult"),
+    "pruning.pt2": ("load_pruned", "save_pruned"),
+    "tuning.threshold": ("TuneResult", "tune"),
+    "pipeline": ("Prepared", "prepare", "prune"),
+    "export": ("ExportResult", "export_csr", "export_model", "export_onnx"),
+    "benchmark.config": ("BenchConfig",),
+    "benchmark.harness": ("BenchReport", "bench"),
 }
 
-__all__ = [
-    "AnalysisReport",
-    "BenchConfig",
-    "BenchReport",
-    "BundleError",
-    "CheckpointError",
-    "Conv2dSVDO",
-    "ELBOLoss",
-    "ExportError",
-    "ExportResult",
-    "InputShapeError",
-    "InvalidInputError",
-    "LayerReport",
-    "LinearSVDO",
-    "MissingDependencyError",
-    "NoSVDOLayersError",
-    "OutputExistsError",
-    "PruneConfig",
-    "PruneReport",
-    "PruneResult",
-    "SVDOLayer",
-    "SvdcompressError",
-    "TuneResult",
-    "UnsupportedOpError",
-    "VerificationError",
-    "__version__",
-    "analyze",
-    "apply_masks_",
-    "bench",
-    "bundled_checkpoint",
-    "export_csr",
-    "export_model",
-    "export_onnx",
-    "find_svdo_layers",
-    "kl_divergence",
-    "load_checkpoint",
-    "load_model",
-    "load_pruned",
-    "mask_model",
-    "prune",
-    "save_checkpoint",
-    "save_pruned",
-    "sparsify",
-    "tune",
-]
+_EXPORTS: dict[str, str] = {name: module for module, names in _PUBLIC.items() for name in names}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
@@ -124,28 +68,74 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .analysis import AnalysisReport, LayerReport, analyze
-    from .bench import BenchConfig, BenchReport, bench
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .conventions import SVDOLayer, find_svdo_layers
-    from .errors import (
-        BundleError,
-        CheckpointError,
-        ExportError,
-        InputShapeError,
-        InvalidInputError,
-        MissingDependencyError,
-        NoSVDOLayersError,
-        OutputExistsError,
-        SvdcompressError,
-        UnsupportedOpError,
-        VerificationError,
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; test_public_api checks it matches _PUBLIC
+    from .benchmark.config import BenchConfig as BenchConfig
+    from .benchmark.harness import (
+        BenchReport as BenchReport,
+        bench as bench,
     )
-    from .export import ExportResult, export_csr, export_model, export_onnx
-    from .masking import apply_masks_, mask_model
-    from .models import bundled_checkpoint, load_model
-    from .pt2 import load_pruned, save_pruned
-    from .structured import PruneConfig, PruneReport, PruneResult, prune
-    from .svdo import Conv2dSVDO, ELBOLoss, LinearSVDO, kl_divergence, sparsify
-    from .tuning import TuneResult, tune
+    from .checkpoint.analysis import (
+        AnalysisReport as AnalysisReport,
+        LayerReport as LayerReport,
+        analyze as analyze,
+    )
+    from .checkpoint.bundled import bundled_checkpoint as bundled_checkpoint
+    from .checkpoint.conventions import (
+        SVDOLayer as SVDOLayer,
+        find_svdo_layers as find_svdo_layers,
+    )
+    from .checkpoint.formats import (
+        load_checkpoint as load_checkpoint,
+        save_checkpoint as save_checkpoint,
+    )
+    from .errors import (
+        AccuracyDropError as AccuracyDropError,
+        BundleError as BundleError,
+        CheckpointError as CheckpointError,
+        ConventionWarning as ConventionWarning,
+        ExportError as ExportError,
+        InputShapeError as InputShapeError,
+        InvalidInputError as InvalidInputError,
+        MissingDependencyError as MissingDependencyError,
+        NoSVDOLayersError as NoSVDOLayersError,
+        OutputExistsError as OutputExistsError,
+        SvdcompressError as SvdcompressError,
+        UnsupportedOpError as UnsupportedOpError,
+        VerificationError as VerificationError,
+    )
+    from .export import (
+        ExportResult as ExportResult,
+        export_csr as export_csr,
+        export_model as export_model,
+        export_onnx as export_onnx,
+    )
+    from .nn.architecture import load_model as load_model
+    from .nn.layers import (
+        Conv2dSVDO as Conv2dSVDO,
+        ELBOLoss as ELBOLoss,
+        LinearSVDO as LinearSVDO,
+        kl_divergence as kl_divergence,
+        sparsify as sparsify,
+    )
+    from .pipeline import (
+        Prepared as Prepared,
+        prepare as prepare,
+        prune as prune,
+    )
+    from .pruning.masking import (
+        apply_masks_ as apply_masks_,
+        mask_model as mask_model,
+    )
+    from .pruning.pt2 import (
+        load_pruned as load_pruned,
+        save_pruned as save_pruned,
+    )
+    from .pruning.structural import (
+        PruneConfig as PruneConfig,
+        PruneReport as PruneReport,
+        PruneResult as PruneResult,
+    )
+    from .tuning.threshold import (
+        TuneResult as TuneResult,
+        tune as tune,
+    )

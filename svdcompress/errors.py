@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 __all__ = [
+    "AccuracyDropError",
     "BundleError",
     "CheckpointError",
+    "ConventionWarning",
     "ExportError",
     "InputShapeError",
     "InvalidInputError",
@@ -18,7 +20,16 @@ __all__ = [
 
 
 class SvdcompressError(Exception):
-    """Base class: the CLI turns it into one line on stderr and exit code 1."""
+    """Base class: the CLI turns it into one line on stderr and exit code 1.
+
+    ``param`` names the Python parameter the error concerns (``"input_shape"``, ``"threshold"``, ``"data"``, ...),
+    when one does; the command line maps it to its flag. The message itself names parameters as Python does
+    (``threshold='auto'``, ``data=``), never as flags.
+    """
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        super().__init__(*args)
+        self.param = param
 
 
 class InvalidInputError(SvdcompressError, ValueError):
@@ -70,3 +81,7 @@ class AccuracyDropError(ExportError):
 
 class OutputExistsError(ExportError):
     """The output path exists (pass ``force=True``) or is the input file itself."""
+
+
+class ConventionWarning(UserWarning):
+    """The file's names fit several conventions whose formulas disagree on some weight: pass ``convention=``."""

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from svdcompress.datasets import FASHION_MNIST_DIR
-from svdcompress.svdo import ELBOLoss, LinearSVDO
+from svdcompress.nn.layers import ELBOLoss, LinearSVDO
+from svdcompress.tuning.datasets import FASHION_MNIST_DIR
 
 torch.set_num_threads(1)
 

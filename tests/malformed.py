@@ -66,14 +66,14 @@ class _RunsCode:
 
 
 def _lenet300_module() -> torch.nn.Module:
-    from svdcompress.zoo import build as build_arch
+    from svdcompress.nn.zoo import build as build_arch
 
     torch.manual_seed(0)
     return build_arch("lenet300", svdo=True)
 
 
 def _lenet300_state() -> dict[str, torch.Tensor]:
-    from svdcompress.zoo import build as build_arch
+    from svdcompress.nn.zoo import build as build_arch
 
     torch.manual_seed(0)
     model = build_arch("lenet300", svdo=True)
@@ -81,8 +81,8 @@ def _lenet300_state() -> dict[str, torch.Tensor]:
 
 
 def svdcompress_payload(state: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
-    """The dict :func:`svdcompress.checkpoint.save_checkpoint` writes for a lenet300, with fields overridden."""
-    from svdcompress.checkpoint import FORMAT_NAME, FORMAT_VERSION
+    """The dict :func:`svdcompress.checkpoint.formats.save_checkpoint` writes for a lenet300, with fields overridden."""
+    from svdcompress.checkpoint.formats import FORMAT_NAME, FORMAT_VERSION
 
     payload: dict[str, Any] = {
         "format": FORMAT_NAME,
@@ -100,8 +100,8 @@ def svdcompress_payload(state: dict[str, Any] | None = None, **overrides: Any) -
 
 def valid_checkpoint(path: Path) -> Path:
     """A genuine svdcompress checkpoint of an (untrained) lenet300, written by ``save_checkpoint``."""
-    from svdcompress.checkpoint import save_checkpoint
-    from svdcompress.zoo import build as build_arch
+    from svdcompress.checkpoint.formats import save_checkpoint
+    from svdcompress.nn.zoo import build as build_arch
 
     torch.manual_seed(0)
     model = build_arch("lenet300", svdo=True)

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 import svdcompress
-from svdcompress.analysis import analyze
-from svdcompress.checkpoint import load_checkpoint, save_checkpoint
+from svdcompress.checkpoint.analysis import analyze
+from svdcompress.checkpoint.conventions import find_svdo_layers
+from svdcompress.checkpoint.formats import load_checkpoint, save_checkpoint
 from svdcompress.cli import main
-from svdcompress.conventions import find_svdo_layers
 from svdcompress.errors import CheckpointError, NoSVDOLayersError
 
 LAYERS = ("fc1", "fc2", "fc3")
@@ -287,7 +287,7 @@ def test_bundled_checkpoints_match_their_training_log(name: str) -> None:
 
 
 def test_the_api_takes_bundled_names_as_the_cli_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from svdcompress.models import bundled_checkpoint
+    from svdcompress.checkpoint.bundled import bundled_checkpoint
 
     by_name = svdcompress.analyze("bundled:lenet300")
     by_path = svdcompress.analyze(bundled_checkpoint("lenet300"))

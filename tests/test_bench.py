@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from svdcompress.bench import (
+from svdcompress.benchmark.harness import (
     BenchConfig,
     BenchResult,
     bench,
@@ -26,9 +26,9 @@ from svdcompress.bench import (
 
 from .conftest import TinySVDO
 
-# The module itself: `svdcompress.bench` as an attribute is the bench() function the package re-exports.
-bench_mod = importlib.import_module("svdcompress.bench")
-contenders_mod = importlib.import_module("svdcompress.contenders")
+# The module itself: `svdcompress.benchmark.harness` as an attribute is the bench() function the package re-exports.
+bench_mod = importlib.import_module("svdcompress.benchmark.harness")
+contenders_mod = importlib.import_module("svdcompress.benchmark.contenders")
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 HAVE_THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None
 

@@ -58,7 +58,7 @@ CASES: list[tuple[list[str], int, str]] = [
     # export: --format, -o, --model, --threshold, --input-shape, --opset, --dtype, --bits
     (["export", "bundled:lenet5", "--format", "tflite", "-o", "{tmp}/m.x"], 2, "--format"),
     (["export", "bundled:lenet5", "-o", "{tmp}/taken.json"], 1, "pass --force"),
-    (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--model", "svdcompress.zoo:nothing"], 1, "no attribute"),
+    (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--model", "svdcompress.nn.zoo:nothing"], 1, "no attribute"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--threshold", "x"], 2, "--threshold"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--input-shape", "1,5,5"], 2, "check --input-shape"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--input-shape", "1;28"], 2, "--input-shape"),

@@ -24,11 +24,11 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 from torch import nn
 
-from svdcompress.analysis import ConventionWarning, analyze
-from svdcompress.checkpoint import load_checkpoint, save_checkpoint
+from svdcompress.checkpoint.analysis import analyze
+from svdcompress.checkpoint.formats import load_checkpoint, save_checkpoint
 from svdcompress.cli import main
-from svdcompress.errors import CheckpointError, InvalidInputError, NoSVDOLayersError
-from svdcompress.svdo import LinearSVDO, SVDOModule
+from svdcompress.errors import CheckpointError, ConventionWarning, InvalidInputError, NoSVDOLayersError
+from svdcompress.nn.layers import LinearSVDO, SVDOModule
 
 THRESHOLDS = (3.0, 8.0, 9.0, -1.0)  # the paper's, at the ±8 clip, above it, and far below
 
@@ -412,7 +412,7 @@ def test_svdcompress_layers_saved_as_bare_state_dict(tmp_path: Path) -> None:
 
 
 def test_foreign_live_modules_mask_by_their_class() -> None:
-    from svdcompress.masking import mask_model
+    from svdcompress.pruning.masking import mask_model
 
     net, refs = _ard_net()
     masked = mask_model(net, threshold=9.0)
@@ -781,9 +781,9 @@ def _pipeline(
     """export --format onnx at each threshold: ONNX Runtime's output is the project's eval output (``reference``),
     and the masked model prune/export start from holds the project's eval weights (``weights``, by module name).
     ``analyze`` keeps as many weights as the project does; with ``prune_too`` the .pt2 of ``prune`` is checked."""
-    from svdcompress.masking import mask_model
-    from svdcompress.models import load_model
-    from svdcompress.pt2 import load_pruned
+    from svdcompress.nn.architecture import load_model
+    from svdcompress.pruning.masking import mask_model
+    from svdcompress.pruning.pt2 import load_pruned
 
     flags = [*(["--model", model] if model else []), *(["--trust-pickle"] if trust_pickle else [])]
     flags += ["--convention", convention] if convention else []
@@ -959,7 +959,7 @@ def test_pipeline_lasagne_list_maps_onto_a_factory_in_order(tmp_path: Path) -> N
 
 
 def test_lasagne_list_onto_the_zoo_lenet300(tmp_path: Path) -> None:
-    """``--model svdcompress.zoo:lenet300`` builds the authors' LeNet-300-100 for their list (logits, no softmax)."""
+    """``--model svdcompress.nn.zoo:lenet300`` builds the authors' LeNet-300-100 for their list (logits, no softmax)."""
     shapes = [(300, 784), (100, 300), (10, 100)]
     params, dense = [], []
     for i, shape in enumerate(shapes):
@@ -979,16 +979,16 @@ def test_lasagne_list_onto_the_zoo_lenet300(tmp_path: Path) -> None:
 
     x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     out = tmp_path / "m.onnx"
-    args = ["export", str(f), "--model", "svdcompress.zoo:lenet300", "--input-shape", "1,28,28", "-o", str(out)]
+    args = ["export", str(f), "--model", "svdcompress.nn.zoo:lenet300", "--input-shape", "1,28,28", "-o", str(out)]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     ref = lasagne_eval(x, 3.0)
     assert float(np.abs(_ort(out, x) - ref.numpy()).max()) <= 1e-4 * max(1.0, float(ref.abs().max()))
     res = CliRunner().invoke(main, ["export", str(f), "--input-shape", "1,28,28", "-o", str(tmp_path / "n.onnx")])
     assert res.exit_code == 1 and "positional Lasagne list" in res.output and "--model" in res.output
-    args[3], args[-1] = "svdcompress.zoo:lenet5", str(tmp_path / "k.onnx")
+    args[3], args[-1] = "svdcompress.nn.zoo:lenet5", str(tmp_path / "k.onnx")
     res = CliRunner().invoke(main, args)
-    assert res.exit_code == 1 and "does not fit --model 'svdcompress.zoo:lenet5'" in res.output
+    assert res.exit_code == 1 and "does not fit --model 'svdcompress.nn.zoo:lenet5'" in res.output
     assert "does not fit 'conv1' (Conv2d, weight (20, 1, 5, 5))" in res.output and "in order" in res.output
 
 
@@ -1006,8 +1006,8 @@ def make_small_lasagne_conv_only() -> nn.Module:
 
 
 def test_lasagne_mapping_checks_every_array_and_parameter(tmp_path: Path) -> None:
-    from svdcompress.masking import mask_model
-    from svdcompress.models import load_model
+    from svdcompress.nn.architecture import load_model
+    from svdcompress.pruning.masking import mask_model
 
     params, refs = _lasagne_params()
     f = tmp_path / "small.npy"
@@ -1358,7 +1358,7 @@ def test_pipeline_numenta_central_data_through_a_factory(tmp_path: Path) -> None
     f = tmp_path / "central.pt"
     torch.save(net.state_dict(), f)
     _pipeline(tmp_path, f, _MLP, (3.0,), _evaluated(net), _by_module(net), model=_factory(_CentralNet), analyzed=False)
-    from svdcompress.masking import mask_model
+    from svdcompress.pruning.masking import mask_model
 
     masked = mask_model(net, 3.0)
     assert not hasattr(masked, "vdrop_data")  # no longer called: not counted as the masked model's parameters
@@ -1478,7 +1478,7 @@ class _BayesByBackpropLinear(nn.Module):
 
 def test_unrecognised_layer_is_named_with_the_conventions_tried() -> None:
     from svdcompress.errors import UnsupportedOpError
-    from svdcompress.structured import prune
+    from svdcompress.pruning.structural import prune
 
     model = nn.Sequential(LinearSVDO(12, 8), nn.ReLU(), _BayesByBackpropLinear(8, 4)).eval()
     with pytest.raises(UnsupportedOpError) as e:
@@ -1506,8 +1506,8 @@ def test_convention_on_prune_export_bench(tmp_path: Path) -> None:
         main, ["prune", str(f), "-o", str(tmp_path / "p.pt2"), *base, "--convention", "svdcompress"]
     )
     assert res.exit_code == 0 and "warning" not in res.stderr, res.output
-    from svdcompress.bench import BenchConfig
-    from svdcompress.structured import PruneConfig
+    from svdcompress.benchmark.harness import BenchConfig
+    from svdcompress.pruning.structural import PruneConfig
 
     with pytest.raises(InvalidInputError, match="not known"):
         PruneConfig(convention="nope")

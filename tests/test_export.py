@@ -15,10 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from svdcompress import masking, runtime, zoo
+from svdcompress import runtime
 from svdcompress.errors import ExportError, OutputExistsError
 from svdcompress.export import ExportResult, export_csr, export_onnx
+from svdcompress.nn import zoo
 from svdcompress.ops import InputGather
+from svdcompress.pruning import masking
 
 MNIST = (1, 28, 28)
 FP32_TOL = 1e-4
@@ -312,7 +314,7 @@ def test_dense_bytes_from_reference(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arch", ["lenet300", "lenet5"])
 def test_structurally_pruned_models(tmp_path: Path, arch: str) -> None:
-    from svdcompress import structured
+    from svdcompress.pruning import structural as structured
 
     torch.manual_seed(0)
     model = zoo.build(arch, svdo=True)

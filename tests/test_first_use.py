@@ -25,14 +25,14 @@ from torch import nn
 
 import svdcompress
 from svdcompress import bundled_checkpoint
-from svdcompress.bench import BenchConfig, BenchReport, BenchResult
+from svdcompress.benchmark.harness import BenchConfig, BenchReport, BenchResult
 from svdcompress.cli import main
 from svdcompress.errors import InvalidInputError, MissingDependencyError, SvdcompressError
-from svdcompress.svdo import LinearSVDO
+from svdcompress.nn.layers import LinearSVDO
 
-bench_mod = importlib.import_module("svdcompress.bench")
-analysis_mod = importlib.import_module("svdcompress.analysis")
-cli_mod = importlib.import_module("svdcompress.cli")
+bench_mod = importlib.import_module("svdcompress.benchmark.harness")
+analysis_mod = importlib.import_module("svdcompress.checkpoint.analysis")
+cli_mod = importlib.import_module("svdcompress.cli.commands")
 plot_mod = importlib.import_module("svdcompress._plot")
 
 

@@ -363,7 +363,7 @@ FORCE_WRITERS = ("prune", "export-onnx", "export-csr", "analyze-plot", "bench-js
 
 @pytest.mark.parametrize("writer", FORCE_WRITERS)
 def test_force_replaces_output_atomically(writer: str, tmp_path: Path) -> None:
-    from svdcompress.models import bundled_checkpoint
+    from svdcompress.checkpoint.bundled import bundled_checkpoint
 
     ckpt = bundled_checkpoint("lenet300")
     ckpt_before = _fingerprint(ckpt)
@@ -381,13 +381,13 @@ def test_force_replaces_output_atomically(writer: str, tmp_path: Path) -> None:
 
 def test_interrupted_write_keeps_old_output(valid_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash half-way through writing (disk full, killed writer) leaves the old output and no temporary file."""
-    import svdcompress.pt2
+    import svdcompress.pruning.pt2
 
     def half_write(program: Any, f: Any, *args: Any, **kwargs: Any) -> None:
         Path(f).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(svdcompress.pt2.torch.export, "save", half_write)
+    monkeypatch.setattr(svdcompress.pruning.pt2.torch.export, "save", half_write)
     out = tmp_path / "model.pt2"
     out.write_bytes(b"old output")
     res = _invoke(["prune", str(valid_ckpt), "-o", str(out), "--force"])

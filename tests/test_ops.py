@@ -17,7 +17,7 @@ from svdcompress import runtime
 from svdcompress.errors import ExportError, UnsupportedOpError
 from svdcompress.export import export_csr
 from svdcompress.ops import OPS, Op, lookup
-from svdcompress.structured import prune
+from svdcompress.pruning.structural import prune
 
 torch.set_num_threads(1)
 

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 
 import svdcompress
 from svdcompress import runtime
-from svdcompress.bench import CONTENDERS, OPENVINO_CONTENDERS
+from svdcompress.benchmark.harness import CONTENDERS, OPENVINO_CONTENDERS
 from svdcompress.cli import main
-from svdcompress.datasets import FASHION_MNIST_DIR, load_dataset
-from svdcompress.models import load_model
-from svdcompress.pt2 import load_pruned
+from svdcompress.nn.architecture import load_model
+from svdcompress.pruning.pt2 import load_pruned
+from svdcompress.tuning.datasets import FASHION_MNIST_DIR, load_dataset
 
 BUNDLED = ["lenet300", "lenet5"]
 
@@ -171,7 +171,7 @@ def test_runtime_runs_a_bundle_in_a_fresh_process(tmp_path: Path) -> None:
         f"m = rt.load({str(bundle)!r})\n"
         f"y = m(np.load({str(tmp_path / 'x.npy')!r}))\n"
         f"assert np.allclose(y, np.load({str(tmp_path / 'ref.npy')!r}), rtol=1e-4, atol=1e-4)\n"
-        "model_code = ('torch', 'svdcompress.zoo', 'svdcompress.svdo', 'svdcompress.structured')\n"
+        "model_code = ('torch', 'svdcompress.nn.zoo', 'svdcompress.nn.layers', 'svdcompress.pruning.structural')\n"
         "bad = [k for k in sys.modules if k.startswith(model_code)]\n"
         "assert not bad, bad\n"
         "print('ok')\n"

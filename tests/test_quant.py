@@ -277,8 +277,8 @@ def _labelled_npz(model: nn.Module, path: Path, n: int = 400) -> Path:
 def test_export_checks_a_quantised_bundle_on_data_and_writes_nothing_when_it_loses_too_much(tmp_path: Path) -> None:
     from svdcompress import export_model
     from svdcompress.errors import AccuracyDropError
-    from svdcompress.masking import mask_model
-    from svdcompress.zoo import lenet300
+    from svdcompress.nn.zoo import lenet300
+    from svdcompress.pruning.masking import mask_model
 
     torch.manual_seed(1)  # a net whose 8-bit bundle keeps every prediction on this data (measured)
     net = lenet300(svdo=True).eval()
@@ -302,8 +302,8 @@ def test_export_checks_a_quantised_bundle_on_data_and_writes_nothing_when_it_los
 def test_bits_auto_on_data_tightens_the_noise_until_the_accuracy_holds(tmp_path: Path) -> None:
     from svdcompress import export_model
     from svdcompress.errors import AccuracyDropError
-    from svdcompress.masking import mask_model
-    from svdcompress.zoo import lenet300
+    from svdcompress.nn.zoo import lenet300
+    from svdcompress.pruning.masking import mask_model
 
     # An untrained SVDO net's σ is wide, so bits="auto" at the default c loses ~17 points on this data; measured
     # by hand: c/4 loses 6.5, c/16 2.25. With 5 points allowed, the export lands on c/16.
@@ -329,10 +329,10 @@ def test_bits_auto_on_data_tightens_the_noise_until_the_accuracy_holds(tmp_path:
 def test_cli_export_accuracy_gate(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from svdcompress.checkpoint import save_checkpoint
+    from svdcompress.checkpoint.formats import save_checkpoint
     from svdcompress.cli import main
-    from svdcompress.masking import mask_model
-    from svdcompress.zoo import lenet300
+    from svdcompress.nn.zoo import lenet300
+    from svdcompress.pruning.masking import mask_model
 
     torch.manual_seed(1)
     net = lenet300(svdo=True).eval()

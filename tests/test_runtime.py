@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 import svdcompress
-from svdcompress import masking, runtime, zoo
+from svdcompress import runtime
 from svdcompress.errors import BundleError, InvalidInputError, SvdcompressError
 from svdcompress.export import export_csr
+from svdcompress.nn import zoo
+from svdcompress.pruning import masking
 
 MNIST = (1, 28, 28)
 
@@ -84,7 +86,7 @@ def lenet5_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Mo
 @pytest.fixture(scope="module")
 def lenet300_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
     """The bundled, trained LeNet-300-100 as a CSR bundle, and its masked dense model (the reference)."""
-    from svdcompress.models import load_model
+    from svdcompress.nn.architecture import load_model
 
     torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("b") / "lenet300.csr"
@@ -106,16 +108,16 @@ _BANNED = (
     "torch",
     "onnx",
     "onnxruntime",
-    "svdcompress.zoo",
-    "svdcompress.svdo",
-    "svdcompress.masking",
-    "svdcompress.checkpoint",
-    "svdcompress.structured",
-    "svdcompress.graph",
+    "svdcompress.nn.zoo",
+    "svdcompress.nn.layers",
+    "svdcompress.pruning.masking",
+    "svdcompress.checkpoint.formats",
+    "svdcompress.pruning.structural",
+    "svdcompress.pruning.tracing",
     "svdcompress.export",
-    "svdcompress.models",
+    "svdcompress.nn.architecture",
     "svdcompress.ops",
-    "svdcompress.bench",
+    "svdcompress.benchmark.harness",
 )
 
 _SCRIPT = """
@@ -562,7 +564,7 @@ def test_numba_cache_works_with_a_read_only_package(tmp_path: Path, home: str) -
     and the second loads the machine code from there."""
     src = Path(svdcompress.__file__).parent
     pkg_root = tmp_path / "site"
-    shutil.copytree(src, pkg_root / "svdcompress", ignore=shutil.ignore_patterns("__pycache__", "checkpoints"))
+    shutil.copytree(src, pkg_root / "svdcompress", ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
     args = _cache_script_args(tmp_path)
     home_dir = (tmp_path if home == "writable" else pkg_root) / "home"  # pkg_root is made read-only
     home_dir.mkdir()

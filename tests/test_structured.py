@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from svdcompress import channels as channels_mod
 from svdcompress.errors import InputShapeError, InvalidInputError, UnsupportedOpError, VerificationError
+from svdcompress.nn.layers import ELBOLoss, SVDOModule, sparsify
+from svdcompress.nn.zoo import lenet5, lenet300
 from svdcompress.ops import InputGather
-from svdcompress.structured import PruneConfig, PruneResult, prune
-from svdcompress.svdo import ELBOLoss, SVDOModule, sparsify
-from svdcompress.zoo import lenet5, lenet300
+from svdcompress.pruning import channels as channels_mod
+from svdcompress.pruning.structural import PruneConfig, PruneResult, prune
 
 torch.set_num_threads(1)
 

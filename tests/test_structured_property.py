@@ -19,12 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 from torch import nn
 
 from svdcompress.ops import InputGather
-from svdcompress.structured import prune
+from svdcompress.pruning.structural import prune
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from svdcompress.svdo import (
+from svdcompress.nn.layers import (
     Conv2dSVDO,
     ELBOLoss,
     LinearSVDO,
@@ -21,7 +21,7 @@ from svdcompress.svdo import (
     sparsify,
     svdo_layers,
 )
-from svdcompress.zoo import INPUT_SHAPES, build
+from svdcompress.nn.zoo import INPUT_SHAPES, build
 
 
 def _paper_neg_kl(la: torch.Tensor) -> torch.Tensor:

@@ -18,11 +18,11 @@ from torch import nn
 
 from svdcompress import InvalidInputError, bundled_checkpoint, mask_model, prune
 from svdcompress.cli import main
-from svdcompress.datasets import FASHION_MNIST_DIR
-from svdcompress.dataspec import check_selectable, load_data, parse_data_spec
 from svdcompress.export import export_model
-from svdcompress.pt2 import pruned_metadata
-from svdcompress.tuning import tune
+from svdcompress.pruning.pt2 import pruned_metadata
+from svdcompress.tuning.datasets import FASHION_MNIST_DIR
+from svdcompress.tuning.dataspec import check_selectable, load_data, parse_data_spec
+from svdcompress.tuning.threshold import tune
 
 _FASHION = FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"
 _NO_FASHION = (
@@ -177,7 +177,7 @@ def test_bundled_lenet5_on_real_validation_images(tmp_path: Path) -> None:
 
 
 def test_a_validation_split_the_model_was_trained_on_is_flagged() -> None:
-    from svdcompress.tuning import _overlap_warning
+    from svdcompress.tuning.threshold import _overlap_warning
 
     val = parse_data_spec("fashion-mnist:val")
     all_train = {"provenance": {"data": "fashion-mnist", "train_size": 60000}}  # trained on all 60,000 images
@@ -266,7 +266,7 @@ def test_fashion_mnist_splits_are_the_documented_slices() -> None:
     xv, yv = load_data("fashion-mnist:val")
     xt, _ = load_data("fashion-mnist:train")
     assert (len(xv), len(yv), len(xt)) == (5000, 5000, 55000)
-    from svdcompress.datasets import load_fashion_mnist
+    from svdcompress.tuning.datasets import load_fashion_mnist
 
     full, _ = load_fashion_mnist("train")
     assert torch.equal(full[-5000:], xv) and torch.equal(full[:55000], xt)
@@ -309,8 +309,8 @@ def test_bad_options(trained_tiny: nn.Module, val_npz: Path) -> None:
 
 def _labelled_by_model(tmp_path: Path, ckpt: str, n: int = 200) -> Path:
     """Inputs the bundled model's own dense predictions label: a validation file without any data set."""
-    from svdcompress.masking import dense_copy
-    from svdcompress.models import load_model
+    from svdcompress.nn.architecture import load_model
+    from svdcompress.pruning.masking import dense_copy
 
     resolved = load_model(bundled_checkpoint(ckpt))
     x = torch.rand((n, *(resolved.input_shape or ())), generator=torch.Generator().manual_seed(0))
@@ -422,7 +422,7 @@ def test_api_auto_in_prune_and_onnx_export(trained_tiny: nn.Module, val_npz: Pat
 
 def test_bench_auto_benchmarks_the_chosen_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI path only: the benchmark itself is replaced (no timing runs in unit tests)."""
-    import svdcompress.bench as bench_mod
+    import svdcompress.benchmark.harness as bench_mod
 
     seen: dict[str, object] = {}
 

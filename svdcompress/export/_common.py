@@ -46,7 +46,8 @@ class ExportResult:
         quant_drift: For a quantised bundle, ``max|bundle − reference| / max(1, max|reference|)`` on the
             verification batch (``max_abs_diff`` is then against the dequantised model).
         threshold: The log α threshold the masks came from, when :func:`~svdcompress.export.export_model` knows it.
-        threshold_selection: How ``threshold="auto"`` chose it (:meth:`svdcompress.tuning.TuneResult.selection`);
+        threshold_selection: How ``threshold="auto"`` chose it
+            (:meth:`svdcompress.tuning.threshold.TuneResult.selection`);
             None for a threshold given as a number.
         accuracy: For a quantised bundle checked on data (``export_model(data=..., bits=...)``): the data spec,
             examples, the fp32 model's and the bundle's accuracy (%), the drop in points and the allowed drop.

@@ -8,18 +8,17 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._inputs import check_input_shape
 from .._io import check_output_path
+from ..checkpoint import DEFAULT_THRESHOLD
 from ..errors import AccuracyDropError, InvalidInputError, NoSVDOLayersError
-from ..masking import check_threshold
+from ..pruning.masking import check_threshold
 from ..runtime import quant as Q
-from ..svdo import DEFAULT_THRESHOLD
 from ._common import ExportResult
 
 __all__ = ["FORMATS", "export_model", "posterior_sigma"]
@@ -36,8 +35,8 @@ def posterior_sigma(
     For the SVDO layers of ``model`` (every convention, each masked by its own formula); what ``bits="auto"``
     sizes each layer's quantisation step by.
     """
-    from ..conventions import keep_mask
-    from ..masking import layers_of_model
+    from ..checkpoint.conventions import keep_mask
+    from ..pruning.masking import layers_of_model
 
     out: dict[str, float] = {}
     for layer in layers_of_model(model, convention):
@@ -108,79 +107,54 @@ def export_model(
     Example:
         >>> import tempfile
         >>> from pathlib import Path
-        >>> from svdcompress.zoo import lenet300
+        >>> from svdcompress.nn.zoo import lenet300
         >>> with tempfile.TemporaryDirectory() as d:
         ...     res = export_model(lenet300(svdo=True), "onnx", Path(d) / "m.onnx", input_shape=(1, 28, 28))
         >>> res.format
         'onnx'
     """
-    from ..analysis import ConventionWarning, analyze
-    from ..models import load_model
-    from ..structured import prune
+    from ..checkpoint.analysis import analyze
+    from ..errors import ConventionWarning
+    from ..pipeline import prepare
+    from ..pruning.structural import prune
     from .csr import export_csr
     from .onnx import export_onnx
 
     if fmt not in FORMATS:
-        raise InvalidInputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise InvalidInputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", param="fmt")
     if bits is not None and fmt != "csr":
-        raise InvalidInputError(f"bits= quantises CSR bundles only; got format {fmt!r}")
+        raise InvalidInputError(f"bits= quantises CSR bundles only; got format {fmt!r}", param="bits")
     auto = isinstance(threshold, str) and threshold == "auto"
     quantised = bits is not None and bits not in (16, "16")
     if not (math.isfinite(max_quant_drop) and 0 <= max_quant_drop <= 100):
-        raise InvalidInputError(f"max_quant_drop must be between 0 and 100 accuracy points, got {max_quant_drop!r}")
-    if auto and data is None:
         raise InvalidInputError(
-            "threshold='auto' chooses the threshold on held-out data: pass data='fashion-mnist:val' (or "
-            "'mnist5k:val', or 'FILE.npz' with x and y); test splits are refused"
+            f"max_quant_drop must be between 0 and 100 accuracy points, got {max_quant_drop!r}", param="max_quant_drop"
         )
     if data is not None and not (auto or quantised):
         raise InvalidInputError(
             "data= chooses the threshold (threshold='auto') or checks a quantised bundle's accuracy (bits=2..8 or "
-            "'auto'); export_model() got neither"
+            "'auto'); export_model() got neither",
+            param="data",
         )
-    spec: Any = None
-    if data is not None:
-        from ..dataspec import check_selectable
-
-        spec = check_selectable(data)  # before any work
-    if not auto:
-        threshold = check_threshold(cast(float, threshold))  # a string other than 'auto' is refused there
-    shape = None if input_shape is None else check_input_shape(input_shape)
-    provenance: dict[str, object] = {}
     # checked before the slow part; the exporter checks again right before writing
     check_output_path(path, force=force, inputs=() if isinstance(source, nn.Module) else (source,))
-    if isinstance(source, nn.Module):
-        module = source
-    else:
-        resolved = load_model(
-            source,
-            model=model,
-            trust_pickle=trust_pickle,
-            input_shape=shape,
-            require_svdo=True,
-            convention=convention,
+    if isinstance(source, nn.Module) and input_shape is None:
+        raise InvalidInputError(
+            "export_model() of a module needs input_shape (per example, e.g. (1, 28, 28))", param="input_shape"
         )
-        module, shape = resolved.module, resolved.input_shape
-        provenance = dict(resolved.meta.get("provenance") or {})
-        if shape is None:
-            raise InvalidInputError(
-                f"{source}: the checkpoint does not record its input shape; pass input_shape, e.g. 1,28,28"
-            )
-    if shape is None:
-        raise InvalidInputError("export_model() of a module needs input_shape (per example, e.g. (1, 28, 28))")
-    selection: dict[str, Any] | None = None
-    if auto:
-        from ..tuning import tune
-
-        tuned = tune(
-            module if isinstance(source, nn.Module) else resolved,
-            spec,
-            max_drop=max_drop,
-            input_shape=shape,
-            convention=convention,
-        )
-        threshold, selection = tuned.threshold, tuned.selection()
-    threshold = float(threshold)
+    prepared = prepare(
+        source,
+        threshold=threshold,
+        data=data,
+        max_drop=max_drop,
+        input_shape=input_shape,
+        model=model,
+        trust_pickle=trust_pickle,
+        convention=convention,
+        data_checks_threshold_only=False,
+    )
+    module, shape, threshold = prepared.module, prepared.input_shape, prepared.threshold
+    spec, provenance, selection = prepared.data, prepared.provenance, prepared.selection()
     result = prune(module, threshold=threshold, input_shape=shape, require_csr=fmt == "csr", convention=convention)
     # Everything that can fail runs before the artifact is renamed into place: a failure leaves no file.
     try:
@@ -242,7 +216,7 @@ def _accuracy_check(
 ) -> Callable[[Any], dict[str, Any]]:
     """A check for :func:`export_csr`: the quantised bundle's accuracy on ``spec`` against ``reference`` (the fp32
     masked model), raising :class:`ExportError` when it loses more than ``max_drop`` points."""
-    from ..dataspec import load_data
+    from ..tuning.dataspec import load_data
 
     known: dict[str, Any] = {}  # the data and the reference's accuracy, once for every bundle tried
 

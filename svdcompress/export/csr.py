@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from .. import __version__
 from .._inputs import example_inputs
 from .._io import atomic_path
 from .._verify import compare_outputs
+from .._version import __version__
 from ..errors import ExportError, SvdcompressError
-from ..graph import Tracer, describe_node, propagate_shapes, softmax_dim
 from ..ops import InputGather, Op, lookup
+from ..pruning.tracing import Tracer, describe_node, propagate_shapes, softmax_dim
 from ..runtime import quant as Q
 from ..runtime.bundle import FORMAT_NAME, FORMAT_VERSION, BundleWriter, narrow_uint
 from ._common import DEFAULT_TOLERANCES, ExportResult, _dense_fp32_bytes, _prepare, _verify
@@ -411,7 +411,8 @@ def export_csr(
         index_encoding: How each CSR layer's sparsity pattern is stored: ``"gaps"`` (bytes of the gaps between
             flat positions), ``"bitmap"`` (one bit per weight), ``"row_delta"`` (row pointers and per-row deltas,
             format 2's), or ``"auto"`` (default): whichever compresses smallest for that layer.
-        threshold_selection: How ``threshold`` was chosen (:meth:`svdcompress.tuning.TuneResult.selection`: the
+        threshold_selection: How ``threshold`` was chosen
+            (:meth:`svdcompress.tuning.threshold.TuneResult.selection`: the
             data spec, its accuracy, ...); recorded in the manifest as ``threshold_selection``.
 
     Returns:
@@ -473,10 +474,10 @@ def export_csr(
     }
     with atomic_path(out) as tmp:
         writer.write(tmp, manifest)
-        from .. import runtime  # verify with the reader that will consume the file, not a second copy of it
+        from ..runtime import load as load_bundle  # verify with the reader that will consume the file
 
         try:
-            bundle = runtime.load(tmp)
+            bundle = load_bundle(tmp)
         except SvdcompressError as exc:  # the runtime refuses what we wrote: an exporter bug or an unknown op
             raise ExportError(f"{out}: the runtime cannot run the bundle just written: {exc}") from exc
         drift = None

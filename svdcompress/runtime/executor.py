@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import layers as L
-from . import simple_ops as S
+from . import layers as L, simple_ops as S
 from ._builder import BATCHED, BLOCKED_MIN_BATCH, CHAIN_MIN_BATCH, KERNELS, SCALAR_ACTS, Builder, Plan
 from ._single import single_pass
 from .bundle import Bundle

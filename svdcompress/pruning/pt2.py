@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._inputs import example_inputs
-from ._io import atomic_path
-from .errors import ExportError
+from .._inputs import example_inputs
+from .._io import atomic_path
+from ..errors import ExportError
 
 __all__ = ["METADATA_FILE", "load_pruned", "pruned_metadata", "save_pruned"]
 

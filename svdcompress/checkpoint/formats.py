@@ -1,7 +1,7 @@
 """Read checkpoints from disk: .pt/.pth (torch.save), safetensors, and Lasagne positional .npy lists.
 
 The result is a flat ``{name: tensor}`` mapping plus whatever svdcompress metadata the
-file carries. Recognising SVDO layers in it is :mod:`svdcompress.conventions`' job.
+file carries. Recognising SVDO layers in it is :mod:`svdcompress.checkpoint.conventions`' job.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._io import atomic_path
-from .errors import CheckpointError
+from .._io import atomic_path
+from ..errors import CheckpointError
 
 __all__ = [
     "FORMAT_NAME",
@@ -375,14 +375,14 @@ def _check_meta(path: Path, meta: Mapping[str, Any]) -> None:
     ):
         raise CheckpointError(
             f"{path}: records input_shape {shape!r}, not a list of positive integers; "
-            "the file is damaged: re-save it with svdcompress.checkpoint.save_checkpoint"
+            "the file is damaged: re-save it with svdcompress.checkpoint.formats.save_checkpoint"
         )
     for key, kind in (("arch", str), ("arch_kwargs", Mapping)):
         value = meta.get(key)
         if value is not None and not isinstance(value, kind):
             raise CheckpointError(
                 f"{path}: records {key} as a {type(value).__name__}, not a {kind.__name__}; "
-                "the file is damaged: re-save it with svdcompress.checkpoint.save_checkpoint"
+                "the file is damaged: re-save it with svdcompress.checkpoint.formats.save_checkpoint"
             )
 
 
@@ -400,7 +400,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False)
     """
     p = Path(path)
     if isinstance(path, str) and path.startswith("bundled:") and not p.exists():
-        from .models import bundled_checkpoint
+        from .bundled import bundled_checkpoint
 
         p = bundled_checkpoint(path.removeprefix("bundled:"))
     try:

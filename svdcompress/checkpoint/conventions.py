@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._io import release_pages
-from .errors import CheckpointError, InvalidInputError, NoSVDOLayersError
+from .._io import release_pages
+from ..errors import CheckpointError, InvalidInputError, NoSVDOLayersError
 
 __all__ = [
     "AMBIGUOUS",
@@ -139,7 +139,7 @@ SVDCOMPRESS = Convention(
     1e-8,
     "square",
     "torch",
-    "svdcompress.svdo (LinearSVDO/Conv2dSVDO)",
+    "svdcompress.nn.layers (LinearSVDO/Conv2dSVDO)",
 )
 
 
@@ -247,7 +247,7 @@ _LOOKALIKES: tuple[tuple[tuple[str, ...], str], ...] = (
 def log_alpha(theta: torch.Tensor, log_sigma2: torch.Tensor, conv: Convention) -> torch.Tensor:
     """log alpha = log sigma² − log theta², with the convention's eps and clip. At least float32.
 
-    This is the only implementation of the formula: the training layers (:mod:`svdcompress.svdo`),
+    This is the only implementation of the formula: the training layers (:mod:`svdcompress.nn.layers`),
     masking and the analysis all call it with their convention. svdcompress's own convention does not
     clip (its KL term clips separately).
     """

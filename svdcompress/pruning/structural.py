@@ -1,7 +1,7 @@
 """Exact structural pruning: remove dead neurons and filters so the model shrinks but computes the same.
 
-The pipeline: :func:`svdcompress.masking.mask_model` gives the masked dense reference; it is
-traced with torch.fx (:mod:`svdcompress.graph`), and then, until nothing changes,
+The pipeline: :func:`svdcompress.pruning.masking.mask_model` gives the masked dense reference; it is
+traced with torch.fx (:mod:`svdcompress.pruning.tracing`), and then, until nothing changes,
 
 * a slot group (channels tied by adds, cats, flattens, per-channel ops) is removed when no
   layer reads it with a non-zero weight, or when every such layer can absorb its constant value
@@ -20,23 +20,20 @@ import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import fx, nn
 
-from ._inputs import example_inputs as example_inputs_
-from ._verify import check_outputs, compare_outputs
+from .._inputs import example_inputs as example_inputs_
+from .._verify import check_outputs, compare_outputs
+from ..checkpoint import DEFAULT_THRESHOLD
+from ..checkpoint.conventions import CONVENTION_NAMES
+from ..errors import InvalidInputError
+from ..ops import InputGather
 from .channels import ChannelGraph, build_channel_graph, layer_weight_bias
-from .conventions import CONVENTION_NAMES
-from .errors import InvalidInputError
-from .graph import Kind, propagate_shapes, trace_model
 from .masking import mask_model
-from .ops import InputGather
-from .svdo import DEFAULT_THRESHOLD
-
-if TYPE_CHECKING:
-    from .tuning import TuneResult
+from .tracing import Kind, propagate_shapes, trace_model
 
 __all__ = ["LayerPruneRow", "PruneConfig", "PruneReport", "PruneResult", "prune"]
 
@@ -57,7 +54,7 @@ class PruneConfig:
         require_csr: refuse, with the reason, ops the CSR bundle cannot express (Conv1d, sub/mul/div, ...),
             so that a model meant for :func:`~svdcompress.export.export_csr` fails here, before any work.
         convention: the project the SVDO layers come from, for ``weight`` + ``log_sigma2`` layers whose class
-            does not say (one of :data:`svdcompress.conventions.CONVENTION_NAMES`); every layer is masked by
+            does not say (one of :data:`svdcompress.checkpoint.conventions.CONVENTION_NAMES`); every layer is masked by
             its convention's formula, eps, clip and comparison.
     """
 
@@ -72,7 +69,14 @@ class PruneConfig:
         if not (isinstance(self.tolerance, (int, float)) and self.tolerance >= 0 and math.isfinite(self.tolerance)):
             raise InvalidInputError(f"tolerance must be a finite number >= 0, got {self.tolerance!r}")
         if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)):
-            raise InvalidInputError(f"threshold must be a finite number, got {self.threshold!r}")
+            fix = (
+                "; threshold='auto' is chosen on data by svdcompress.prune or svdcompress.prepare"
+                if isinstance(self.threshold, str) and self.threshold == "auto"
+                else ""
+            )
+            raise InvalidInputError(
+                f"threshold must be a finite number, got {self.threshold!r}{fix}", param="threshold"
+            )
         if self.convention is not None and self.convention not in CONVENTION_NAMES:
             raise InvalidInputError(
                 f"convention={self.convention!r} is not known; choose one of {', '.join(CONVENTION_NAMES)}"
@@ -165,13 +169,11 @@ class PruneReport:
 
 @dataclass
 class PruneResult:
-    """The pruned model (eval mode), the masked dense reference and the report; with ``threshold="auto"``,
-    the sweep that chose the threshold (``tuned``)."""
+    """The pruned model (eval mode), the masked dense reference and the report."""
 
     model: nn.Module
     masked: nn.Module
     report: PruneReport
-    tuned: TuneResult | None = None
 
 
 def prune(
@@ -180,25 +182,21 @@ def prune(
     *,
     example_inputs: torch.Tensor | None = None,
     input_shape: tuple[int, ...] | None = None,
-    data: str | None = None,
-    max_drop: float = 0.5,
     **overrides: Any,
 ) -> PruneResult:
     """Mask ``model`` and remove every neuron/filter that can go without changing its outputs.
 
     ``model`` is not modified. Shapes are taken from ``example_inputs`` (or ``torch.randn(8,
-    *input_shape)``), which also serve to verify the result against the masked model.
+    *input_shape)``), which also serve to verify the result against the masked model. The threshold is a
+    number here; :func:`svdcompress.prune` (:func:`svdcompress.pipeline.prune`) also takes checkpoint files and
+    ``threshold="auto"``.
 
     Args:
         model: an SVDO model (masked at ``config.threshold``) or a plain model with zeroed weights.
         config: options; ``overrides`` replace single fields, e.g. ``prune(m, threshold=2.0)``.
         example_inputs: a batch of inputs, shape ``(N, ...)``.
         input_shape: the per-example input shape, used when ``example_inputs`` is not given.
-        data: with ``threshold="auto"``, the held-out data spec the threshold is chosen on
-            (:func:`svdcompress.tune`: the largest compression within ``max_drop`` accuracy points); never a
-            test split.
-        max_drop: with ``threshold="auto"``, the accuracy points the pick may lose.
-        **overrides: :class:`PruneConfig` fields; ``threshold="auto"`` chooses it on ``data``.
+        **overrides: :class:`PruneConfig` fields.
 
     Returns:
         The pruned model (a ``torch.fx.GraphModule`` in eval mode), the masked reference and a report.
@@ -210,26 +208,11 @@ def prune(
         VerificationError: the pruned outputs differ from the masked ones beyond the tolerance.
 
     Example:
-        >>> from svdcompress.zoo import lenet300
+        >>> from svdcompress.nn.zoo import lenet300
         >>> result = prune(lenet300(svdo=True), input_shape=(1, 28, 28))
         >>> result.report.params_after <= result.report.params_before
         True
     """
-    tuned = None
-    if isinstance(overrides.get("threshold"), str) and overrides["threshold"] == "auto":
-        from .tuning import tune
-
-        if data is None:
-            raise InvalidInputError(
-                "threshold='auto' chooses the threshold on held-out data: pass data='fashion-mnist:val' (or "
-                "'mnist5k:val', or 'FILE.npz' with x and y); test splits are refused"
-            )
-        conv = overrides.get("convention", config.convention if config is not None else None)
-        shape = tuple(example_inputs.shape[1:]) if isinstance(example_inputs, torch.Tensor) else input_shape
-        tuned = tune(model, data, max_drop=max_drop, input_shape=shape, convention=conv)
-        overrides = {**overrides, "threshold": tuned.threshold}
-    elif data is not None:
-        raise InvalidInputError("data= is used to choose the threshold with threshold='auto'; prune() got a number")
     cfg = _config(config, overrides)
     masked = mask_model(model, cfg.threshold, convention=cfg.convention).eval()
     x = _example(masked, example_inputs, input_shape)
@@ -272,7 +255,7 @@ def prune(
     )
     if cfg.verify:
         check_outputs(diff, scale, cfg.tolerance, "pruned model")
-    return PruneResult(model=gm, masked=masked, report=report, tuned=tuned)
+    return PruneResult(model=gm, masked=masked, report=report)
 
 
 def _config(config: PruneConfig | None, overrides: dict[str, Any]) -> PruneConfig:

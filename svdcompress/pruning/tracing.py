@@ -6,7 +6,7 @@ that still runs, exports and traces. ``torch.fx.symbolic_trace`` gives both: a g
 analyse and a ``GraphModule`` whose submodules can be swapped for smaller ones. Torch-Pruning
 would do the dependency analysis too, but adds a dependency and resolves unknown ops
 heuristically; here every op is either understood exactly (it is in :data:`svdcompress.ops.OPS`)
-or refused. :mod:`svdcompress.channels` builds the channel-dependency graph from the classified nodes.
+or refused. :mod:`svdcompress.pruning.channels` builds the channel-dependency graph from the classified nodes.
 
 In-place ops are accepted only where nothing reads their input afterwards, since the analysis
 treats every node's value as immutable.
@@ -28,8 +28,8 @@ from torch import fx, nn
 from torch.fx.operator_schemas import normalize_function
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from .errors import InputShapeError, UnsupportedOpError
-from .ops import Flow, InputGather, Op, lookup, lookup_module
+from ..errors import InputShapeError, UnsupportedOpError
+from ..ops import Flow, InputGather, Op, lookup, lookup_module
 
 __all__ = [
     "Kind",
@@ -235,7 +235,7 @@ _ORIGIN = "svdcompress_modules"  # GraphModule.meta key: {qualified name: (class
 def _get_attr_reason(gm: fx.GraphModule, target: str) -> str:
     """Why a tensor read in forward() stops the pruner: most often a layer svdcompress did not recognise as SVDO
     (it would have been replaced by a plain Linear / Conv2d before tracing), so name the layer and the pairs tried."""
-    from .conventions import known_pairs
+    from ..checkpoint.conventions import known_pairs
 
     owner, _, attr = target.rpartition(".")
     try:

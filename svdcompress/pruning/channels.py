@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .graph import Kind, NodeInfo, classify_nodes
+from .tracing import Kind, NodeInfo, classify_nodes
 
 __all__ = ["ChannelGraph", "build_channel_graph", "layer_weight_bias"]
 
@@ -126,11 +126,12 @@ def _zero_padded(conv: nn.Conv1d | nn.Conv2d) -> bool:
 
 
 def build_channel_graph(gm: fx.GraphModule, *, require_csr: bool = False) -> ChannelGraph:
-    """Build the channel graph of a traced, shape-propagated model (see :func:`svdcompress.graph.trace_model`).
+    """Build the channel graph of a traced, shape-propagated model
+    (see :func:`svdcompress.pruning.tracing.trace_model`).
 
     Args:
         gm: the traced model.
-        require_csr: refuse ops the CSR bundle cannot express (see :func:`svdcompress.graph.classify_nodes`).
+        require_csr: refuse ops the CSR bundle cannot express (see :func:`svdcompress.pruning.tracing.classify_nodes`).
 
     Raises:
         UnsupportedOpError: at the first node whose channel flow is unknown.

@@ -18,12 +18,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import release_pages
-from .checkpoint import load_checkpoint
-from .conventions import SVDOLayer, central_data_layers, find_svdo_layers, keep_rule, module_layer
-from .conventions import log_alpha as _log_alpha
-from .errors import InvalidInputError
-from .svdo import DEFAULT_THRESHOLD
+from .._io import release_pages
+from ..errors import ConventionWarning, InvalidInputError
+from . import DEFAULT_THRESHOLD
+from .conventions import (
+    SVDOLayer,
+    central_data_layers,
+    find_svdo_layers,
+    keep_rule,
+    log_alpha as _log_alpha,
+    module_layer,
+)
+from .formats import load_checkpoint
 
 __all__ = [
     "AnalysisReport",
@@ -34,10 +40,6 @@ __all__ = [
     "layers_of",
     "live_layers",
 ]
-
-
-class ConventionWarning(UserWarning):
-    """The file's names fit several conventions whose formulas disagree on some weight: pass ``convention=``."""
 
 
 _HIST_RANGE = (-15.0, 15.0)
@@ -189,7 +191,7 @@ class AnalysisReport:
             MissingDependencyError: matplotlib is not installed (``pip install 'svdcompress[plot]'``).
             InvalidInputError: a suffix matplotlib cannot write.
         """
-        from ._plot import image_format, pyplot, save_figure
+        from .._plot import image_format, pyplot, save_figure
 
         image_format(path)  # before drawing anything
         plt = pyplot()
@@ -234,7 +236,7 @@ def _fmt_x(x: float) -> str:
 
 def layers_of(model: nn.Module, convention: str | None = None) -> list[SVDOLayer]:
     """SVDO layers of a live module: every submodule holding a weight + log-variance pair of a known convention
-    (:func:`svdcompress.conventions.module_layer`), then numenta's VDropCentralData layers.
+    (:func:`svdcompress.checkpoint.conventions.module_layer`), then numenta's VDropCentralData layers.
 
     The convention comes from ``convention`` (when it reads the layer's names), from the tag
     :func:`svdcompress.load_model` leaves when the file settled it, from the layer's class, else from its names.
@@ -257,15 +259,15 @@ def live_layers(model: nn.Module, convention: str | None = None) -> list[SVDOLay
         NoSVDOLayersError: no SVDO layer in ``model``; the message lists the pairs looked for.
         InvalidInputError: ``convention`` reads none of its layers.
     """
+    from ..errors import NoSVDOLayersError
     from .conventions import known_pairs
-    from .errors import NoSVDOLayersError
 
     layers = layers_of(model, convention) + central_data_layers(model)
     name = type(model).__name__
     if not layers:
         raise NoSVDOLayersError(
             f"{name}: the module has no SVDO layers (a submodule holding one of: {known_pairs()}); "
-            "wrap a plain model with svdcompress.svdo.sparsify and train it first"
+            "wrap a plain model with svdcompress.nn.layers.sparsify and train it first"
         )
     if convention is not None and not any(layer.convention.name == convention for layer in layers):
         raise InvalidInputError(f"{name}: convention={convention!r} reads none of the module's SVDO layers")
@@ -403,7 +405,7 @@ def analyze(
         threshold: log alpha above which a weight is noise (3.0 in the paper).
         trust_pickle: allow arbitrary unpickling when reading a file (runs code; off by default).
         convention: the project the file comes from, one of
-            :data:`svdcompress.conventions.CONVENTION_NAMES` (e.g. ``"bayeswatch"``); by default it is
+            :data:`svdcompress.checkpoint.conventions.CONVENTION_NAMES` (e.g. ``"bayeswatch"``); by default it is
             recognised from the names and, where they are ambiguous, from the file.
 
     Returns:
@@ -413,7 +415,7 @@ def analyze(
         CheckpointError: unreadable file or unusable tensor. NoSVDOLayersError: no SVDO layer found.
 
     Example:
-        >>> from svdcompress.zoo import lenet300
+        >>> from svdcompress.nn.zoo import lenet300
         >>> report = analyze(lenet300(svdo=True), threshold=3.0)
         >>> [r.name for r in report.layers]
         ['fc1', 'fc2', 'fc3']

@@ -14,9 +14,10 @@ import warnings
 import torch
 from torch import nn
 
-from .conventions import SVDOLayer, central_data_layers, keep_mask, known_pairs, module_layer
-from .errors import InvalidInputError, UnsupportedOpError
-from .svdo import DEFAULT_THRESHOLD, SVDOModule
+from ..checkpoint import DEFAULT_THRESHOLD
+from ..checkpoint.conventions import SVDOLayer, central_data_layers, keep_mask, known_pairs, module_layer
+from ..errors import InvalidInputError, UnsupportedOpError
+from ..nn.layers import SVDOModule
 
 __all__ = [
     "apply_masks_",
@@ -33,7 +34,7 @@ def is_svdo_like(module: nn.Module) -> bool:
     """True for svdcompress's SVDO layers and foreign ones that keep ``weight`` + ``log_sigma2``
     (pytorch-ard's ``LinearARD`` / ``Conv2dARD``, numenta-style layers named alike).
 
-    That family only: :func:`svdcompress.conventions.module_layer` reads a layer of every convention (and the
+    That family only: :func:`svdcompress.checkpoint.conventions.module_layer` reads a layer of every convention (and the
     formula a loaded file settled), which is what masking, pruning and export use."""
     if isinstance(module, SVDOModule):
         return True
@@ -42,14 +43,14 @@ def is_svdo_like(module: nn.Module) -> bool:
     return isinstance(w, torch.Tensor) and isinstance(ls2, torch.Tensor) and w.shape == ls2.shape
 
 
-def check_threshold(threshold: float) -> float:
+def check_threshold(threshold: object) -> float:
     """``threshold`` as a float, refused unless it is a finite number.
 
     Raises:
         InvalidInputError: NaN, ±inf or not a number (NaN would keep nothing, +inf everything, silently).
     """
     try:
-        value = float(threshold)
+        value = float(threshold)  # type: ignore[arg-type]  # anything else is refused below
     except (TypeError, ValueError):
         raise InvalidInputError(f"threshold must be a finite number like 3.0, got {threshold!r}") from None
     if not math.isfinite(value):
@@ -63,7 +64,8 @@ def masked_weight_of(
 ) -> torch.Tensor:
     """theta · keep-mask of an SVDO layer, in PyTorch layout ((out, in) or (out, in, kh, kw)).
 
-    Each layer uses its convention's formula, eps, clip and comparison (:func:`svdcompress.conventions.module_layer`:
+    Each layer uses its convention's formula, eps, clip and comparison
+    (:func:`svdcompress.checkpoint.conventions.module_layer`:
     ``convention``, the tag a loaded file left, the class, else the names); ``weight`` + ``log_sigma2`` layers that
     nothing decides are read as pytorch-ard, as :func:`svdcompress.analyze` reads them.
 
@@ -126,7 +128,7 @@ def apply_masks_(model: nn.Module, threshold: float = DEFAULT_THRESHOLD, *, conv
         model: the model.
         threshold: log α threshold.
         convention: the project the layers come from, for ``weight`` + ``log_sigma2`` layers whose class does
-            not say (see :data:`svdcompress.conventions.CONVENTION_NAMES`).
+            not say (see :data:`svdcompress.checkpoint.conventions.CONVENTION_NAMES`).
 
     Raises:
         InvalidInputError: ``threshold`` is not a finite number; ``convention`` is unknown or reads no layer.
@@ -144,8 +146,9 @@ def _apply_masks(model: nn.Module, threshold: float, convention: str | None = No
 def _layers(model: nn.Module, convention: str | None, threshold: float) -> list[SVDOLayer]:
     """The SVDO layers of ``model`` (as :func:`svdcompress.analyze` reads them); a :class:`ConventionWarning`
     when the names leave the formula open and the candidates keep different weights."""
-    from .analysis import ConventionWarning, ambiguity_warnings
-    from .conventions import _by_name
+    from ..checkpoint.analysis import ambiguity_warnings
+    from ..checkpoint.conventions import _by_name
+    from ..errors import ConventionWarning
 
     _by_name(convention)  # an unknown name is refused even when the model has no layer it could read
     layers = layers_of_model(model, convention)
@@ -203,7 +206,7 @@ def mask_model(model: nn.Module, threshold: float = DEFAULT_THRESHOLD, *, conven
         InvalidInputError: ``threshold`` is not a finite number; ``convention`` is unknown or reads no layer.
 
     Example:
-        >>> from svdcompress.zoo import lenet300
+        >>> from svdcompress.nn.zoo import lenet300
         >>> masked = mask_model(lenet300(svdo=True))
         >>> type(masked.fc1).__name__
         'Linear'

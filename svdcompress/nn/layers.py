@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conventions import SVDCOMPRESS, keep_rule, log_alpha
-from .errors import UnsupportedOpError
+from ..checkpoint import DEFAULT_THRESHOLD
+from ..checkpoint.conventions import SVDCOMPRESS, keep_rule, log_alpha
+from ..errors import UnsupportedOpError
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -32,9 +33,6 @@ __all__ = [
     "svdo_layers",
 ]
 
-DEFAULT_THRESHOLD = 3.0
-"""log alpha above which a weight is noise (the paper's value; alpha > 20)."""
-
 LOG_ALPHA_EPS = 1e-8
 """Added to theta^2 before the log, so that a weight of exactly 0 has a finite log alpha."""
 
@@ -45,7 +43,7 @@ _LOG_ALPHA_CLIP = 8.0
 def log_alpha_of(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
     """log alpha = log sigma^2 - log(theta^2 + eps), unclipped. Same shape as ``theta``.
 
-    svdcompress's own convention (:data:`svdcompress.conventions.SVDCOMPRESS`, eps :data:`LOG_ALPHA_EPS`).
+    svdcompress's own convention (:data:`svdcompress.checkpoint.conventions.SVDCOMPRESS`, eps :data:`LOG_ALPHA_EPS`).
     """
     return log_alpha(theta, log_sigma2, SVDCOMPRESS)
 
@@ -198,7 +196,7 @@ class ELBOLoss(nn.Module):
         warmup_steps: steps over which the KL weight rises linearly from 0 to 1.
 
     Example:
-        >>> from svdcompress.zoo import lenet300
+        >>> from svdcompress.nn.zoo import lenet300
         >>> net = lenet300(svdo=True)
         >>> loss_fn = ELBOLoss(net, train_size=60000, warmup_steps=100)
         >>> x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])

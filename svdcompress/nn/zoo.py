@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InvalidInputError
-from .svdo import Conv2dSVDO, LinearSVDO
+from ..errors import InvalidInputError
+from .layers import Conv2dSVDO, LinearSVDO
 
 __all__ = [
     "ARCHITECTURES",

@@ -12,36 +12,17 @@ import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 
-from ._inputs import parse_int_list
-from .checkpoint import LoadedCheckpoint, load_checkpoint
-from .conventions import RULE_ATTR, SVDOLayer, check_finite, find_svdo_layers, module_layer, module_reader
-from .errors import CheckpointError, InvalidInputError, NoSVDOLayersError, SvdcompressError
+from .._inputs import parse_int_list
+from ..checkpoint.conventions import RULE_ATTR, SVDOLayer, check_finite, find_svdo_layers, module_layer, module_reader
+from ..checkpoint.formats import LoadedCheckpoint, load_checkpoint
+from ..errors import CheckpointError, InvalidInputError, NoSVDOLayersError
 
-__all__ = ["BUNDLED", "ResolvedModel", "bundled_checkpoint", "load_model", "parse_input_shape"]
-
-BUNDLED = ("lenet300", "lenet5")
-
-
-def bundled_checkpoint(name: str) -> Path:
-    """Path of a trained SVDO checkpoint shipped with the package: ``"lenet5"`` or ``"lenet300"``.
-
-    Example:
-        >>> bundled_checkpoint("lenet5").name
-        'lenet5.pt'
-    """
-    if name not in BUNDLED:
-        raise InvalidInputError(f"no bundled checkpoint {name!r}; choose one of {', '.join(BUNDLED)}")
-    path = Path(str(resources.files("svdcompress") / "checkpoints" / f"{name}.pt"))
-    if not path.exists():
-        raise SvdcompressError(f"{path}: bundled checkpoint missing from this installation; reinstall svdcompress")
-    return path
+__all__ = ["ResolvedModel", "load_model", "parse_input_shape"]
 
 
 @dataclass
@@ -66,17 +47,26 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     return parse_int_list(text, "input_shape")
 
 
+# Module paths of svdcompress 0.1's flat layout that users wrote in --model and scripts, and where they live now.
+_MOVED_MODULES = {"svdcompress.zoo": "svdcompress.nn.zoo", "svdcompress.svdo": "svdcompress.nn.layers"}
+
+
 def _import_factory(spec: str) -> Any:
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
-        raise InvalidInputError(f"model={spec!r}: expected package.module:factory, e.g. mypkg.nets:make_lenet")
+        raise InvalidInputError(
+            f"model={spec!r}: expected package.module:factory, e.g. mypkg.nets:make_lenet", param="model"
+        )
+    mod_name = _MOVED_MODULES.get(mod_name, mod_name)
     try:
         obj: Any = importlib.import_module(mod_name)
     except ImportError as e:
-        raise InvalidInputError(f"model={spec!r}: cannot import {mod_name} ({e}); is it on PYTHONPATH?") from None
+        raise InvalidInputError(
+            f"model={spec!r}: cannot import {mod_name} ({e}); is it on PYTHONPATH?", param="model"
+        ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise InvalidInputError(f"model={spec!r}: {mod_name} has no attribute {attr!r}")
+            raise InvalidInputError(f"model={spec!r}: {mod_name} has no attribute {attr!r}", param="model")
         obj = getattr(obj, part)
     return obj
 
@@ -208,7 +198,7 @@ def _load_positional(module: nn.Module, ckpt: LoadedCheckpoint, layers: list[SVD
     to hold log σ²) or SVDO of any convention, and its BatchNorm modules; each layer is tagged with Lasagne's
     formula (dense without eps, conv with eps 1e-8, clip ±8, keep log α < threshold).
     """
-    from .svdo import _conv_from, _linear_from
+    from .layers import _conv_from, _linear_from
 
     where = f"{ckpt.path}: the positional Lasagne list does not fit model={spec!r}"
     how = (
@@ -297,13 +287,14 @@ def load_model(
     """Rebuild the model a checkpoint belongs to.
 
     Each SVDO layer the file settles the convention of (svdcompress's own checkpoint, a pickled module's classes,
-    ``convention``, a Lasagne list) is tagged with it (:data:`svdcompress.conventions.RULE_ATTR`), so that masking,
+    ``convention``, a Lasagne list) is tagged with it
+    (:data:`svdcompress.checkpoint.conventions.RULE_ATTR`), so that masking,
     pruning and export apply that project's formula, eps, clip and comparison, as ``analyze`` counts the file.
 
     With ``model``, the file's names are matched to the factory's: exactly; with ``/`` read as ``.`` (TensorFlow,
     Chainer); or under one prefix (a Chainer trainer snapshot), integer counters aside. A positional Lasagne list
     is mapped onto the factory's Linear / Conv2d (plain or SVDO) and BatchNorm modules in ``named_modules()``
-    order, every shape checked; ``svdcompress.zoo:lenet5`` and ``svdcompress.zoo:lenet300`` build the authors'
+    order, every shape checked; ``svdcompress.nn.zoo:lenet5`` and ``svdcompress.nn.zoo:lenet300`` build the authors'
     LeNets (their outputs are the logits; the authors' nets end in a softmax).
 
     Args:
@@ -335,7 +326,7 @@ def load_model(
         else:
             _tag(module, layers, _load_state(module, ckpt))
         if missing is not None and require_svdo:
-            from .analysis import live_layers
+            from ..checkpoint.analysis import live_layers
 
             try:
                 live_layers(module, convention)
@@ -361,7 +352,8 @@ def load_model(
         raise CheckpointError(
             f"{ckpt.path}: is a positional Lasagne list (W, b, ls2 per layer, no names, no architecture). Pass "
             "model=package.module:factory: the list is mapped onto its Linear/Conv2d and BatchNorm modules in "
-            "order, every shape checked (svdcompress.zoo:lenet5 and svdcompress.zoo:lenet300 are the authors' LeNets)"
+            "order, every shape checked (svdcompress.nn.zoo:lenet5 and svdcompress.nn.zoo:lenet300 are the authors' "
+            "LeNets)"
         )
     raise CheckpointError(
         f"{ckpt.path}: holds weights but no architecture. Pass model=package.module:factory (a function "

@@ -1,7 +1,7 @@
 """The contenders ``bench`` times: how each form of the model is built, checked and called.
 
 Each contender is a callable on one batch plus what it needs to be timed fairly (numpy or torch input, artifact
-size, a settle time after each sample). See :mod:`svdcompress.bench` for the list and the method.
+size, a settle time after each sample). See :mod:`svdcompress.benchmark.harness` for the list and the method.
 """
 
 from __future__ import annotations
@@ -16,15 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .masking import dense_copy, mask_model
+from ..pruning.masking import dense_copy, mask_model
+from .config import CONTENDERS, OPENVINO_CONTENDERS
 
-if TYPE_CHECKING:  # a type only: bench imports this module, not the other way round at run time
-    from .bench import BenchConfig
+if TYPE_CHECKING:
+    from .config import BenchConfig
 
 __all__ = [
-    "CONTENDERS",
-    "DENSE_REFERENCES",
-    "OPENVINO_CONTENDERS",
     "Contender",
     "Models",
     "build_contenders",
@@ -36,20 +34,6 @@ __all__ = [
     "runtime_info",
 ]
 
-CONTENDERS = (
-    "torch-dense",
-    "ort-dense",
-    "openvino-dense",
-    "torch-masked",
-    "torch-pruned",
-    "ort-compact",
-    "openvino-compact",
-    "ort-sparse",
-    "csr-runtime",
-)
-OPENVINO_CONTENDERS = ("openvino-dense", "openvino-compact")
-# speedup_vs_best_dense divides the faster of these (same batch size and threads) by a contender's median.
-DENSE_REFERENCES = ("ort-dense", "openvino-dense")
 # oneTBB workers busy-wait about 1 ms after a multi-threaded OpenVINO call (measured: 1.1 ms of CPU time
 # in the 10 ms after a 2-thread call, 0.1 ms after a 1-thread call); waiting this long after each sample
 # lets them go idle before the next contender is timed (the harness busy-waits: bench._settle).
@@ -61,7 +45,7 @@ TORCH_SETTLE_S = 0.015
 
 
 def ort_session(path: Path, threads: int) -> Any:
-    from .export.onnx import ort_session  # the shared set-up: spinning off (DESIGN.md §5)
+    from ..export.onnx import ort_session  # the shared set-up: spinning off (DESIGN.md §5)
 
     return ort_session(path, threads)
 
@@ -163,7 +147,7 @@ class Models:
 def prepare_models(
     model: nn.Module, input_shape: tuple[int, ...], cfg: BenchConfig, workdir: Path, log: Callable[[str], None]
 ) -> Models:
-    from .structured import prune
+    from ..pruning.structural import prune
 
     dense = dense_original(model, cfg.convention)
     masked = mask_model(model, cfg.threshold, convention=cfg.convention)
@@ -185,7 +169,7 @@ def prepare_models(
 
 def onnx_artifact(models: Models, form: str, input_shape: tuple[int, ...], workdir: Path) -> Path:
     """The ONNX file for ``form`` ("dense", "compact" or "sparse"), exported once and shared by every engine."""
-    from .export import export_onnx
+    from ..export import export_onnx
 
     path = workdir / f"{form}.onnx"
     if not path.exists():
@@ -199,7 +183,7 @@ def check_outputs(
     name: str, fn: Callable[[np.ndarray], np.ndarray], reference: nn.Module, input_shape: tuple[int, ...]
 ) -> None:
     """A third-party engine must compute what the model computes before its time means anything."""
-    from .errors import VerificationError
+    from ..errors import VerificationError
 
     x = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -250,8 +234,8 @@ def build_contenders(
                 Contender(name, run, True, path.stat().st_size, settle_s=OPENVINO_SETTLE_S if threads > 1 else 0.0)
             )
         elif name == "csr-runtime" and pruned is not None:
-            from .export import export_csr
-            from .runtime import load as load_runtime
+            from ..export import export_csr
+            from ..runtime import load as load_runtime
 
             path = workdir / "model.csr"
             if not path.exists():
@@ -263,7 +247,7 @@ def build_contenders(
             native_numpy = getattr(rt, "macs_per_item", None) is not None
             out.append(Contender(name, rt, native_numpy, path.stat().st_size))
         elif name not in CONTENDERS:
-            from .errors import SvdcompressError
+            from ..errors import SvdcompressError
 
             raise SvdcompressError(f"unknown contender {name!r}; choose from {', '.join(CONTENDERS)}")
     return out, info

@@ -2,7 +2,7 @@
 
 - ``fashion-mnist:train`` is the first 55,000 of the 60,000 training images, ``fashion-mnist:val`` the last
   5,000 and ``fashion-mnist:test`` the 10,000 test images.
-- ``mnist5k:train`` is the first 3,500 of the 4,000 digits :func:`~svdcompress.datasets.load_mnist5k` calls its
+- ``mnist5k:train`` is the first 3,500 of the 4,000 digits :func:`~svdcompress.tuning.datasets.load_mnist5k` calls its
   training split, ``mnist5k:val`` the last 500 and ``mnist5k:test`` its 1,000 test digits.
 - ``FILE.npz`` holds ``x`` (float inputs, ``(N, ...)``, preprocessed as the model expects) and ``y`` (integer
   class labels, ``(N,)``); it is read with ``allow_pickle=False``.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 __all__ = [
     "DATASETS",

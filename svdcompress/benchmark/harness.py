@@ -60,12 +60,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._io import atomic_path
+from ..errors import InputShapeError
 from . import contenders as C
-from ._io import atomic_path
-from .contenders import CONTENDERS, DENSE_REFERENCES, OPENVINO_CONTENDERS
-from .errors import InputShapeError
+from .config import CONTENDERS, DENSE_REFERENCES, OPENVINO_CONTENDERS, BenchConfig
 from .machine import copy_bandwidth, cpu_simd_flags, machine_info, sgemm_peak, time_once, torch_threads
-from .svdo import DEFAULT_THRESHOLD
 
 __all__ = [
     "CONTENDERS",
@@ -82,27 +81,6 @@ __all__ = [
     "sgemm_peak",
     "torch_threads",
 ]
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """What to measure. ``repeats`` timed samples per contender and setting, after ``warmup`` calls."""
-
-    batch_sizes: tuple[int, ...] = (1, 16, 256)
-    threads: tuple[int, ...] = (1,)
-    repeats: int = 30
-    warmup: int = 5
-    sample_ms: float = 2.0
-    contenders: tuple[str, ...] = CONTENDERS
-    threshold: float = DEFAULT_THRESHOLD
-    convention: str | None = None  # for weight + log_sigma2 layers whose class does not say (see analyze)
-
-    def __post_init__(self) -> None:
-        from .masking import check_threshold
-        from .structured import PruneConfig
-
-        check_threshold(self.threshold)
-        PruneConfig(convention=self.convention)  # an unknown name: the same message as prune's
 
 
 @dataclass
@@ -216,7 +194,7 @@ class BenchReport:
             MissingDependencyError: matplotlib is not installed (``pip install 'svdcompress[plot]'``).
             InvalidInputError: a suffix matplotlib cannot write.
         """
-        from ._plot import image_format, pyplot, save_figure
+        from .._plot import image_format, pyplot, save_figure
 
         image_format(path)  # before drawing anything
         plt = pyplot()
@@ -266,7 +244,7 @@ def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime as ort
 
-    from . import __version__
+    from .._version import __version__
 
     out = {
         "svdcompress": __version__,
@@ -370,8 +348,8 @@ def bench(
 def _check_runs(model: nn.Module, shape: tuple[int, ...]) -> None:
     """One example through the model before any work, so a wrong input shape is one line, not a traceback
     from the first contender that runs it."""
-    from ._inputs import example_inputs
-    from .graph import expected_input
+    from .._inputs import example_inputs
+    from ..pruning.tracing import expected_input
 
     try:
         with torch.no_grad():
@@ -549,9 +527,9 @@ def csr_latency(
     What ``svdcompress tune --latency`` shows beside a few candidates. Each sample times a calibrated run of
     back-to-back calls, as :func:`bench` does; bundles go to a temporary directory.
     """
-    from . import runtime
-    from ._inputs import example_inputs
-    from .export import export_model
+    from .._inputs import example_inputs
+    from ..export import export_model
+    from ..runtime import load as load_bundle
 
     shape = tuple(int(d) for d in input_shape)
     x = example_inputs(shape, 1).numpy()  # (1, *input_shape)
@@ -560,7 +538,7 @@ def csr_latency(
         for i, t in enumerate(thresholds):
             path = Path(d) / f"t{i}.csr"
             export_model(model, "csr", path, input_shape=shape, threshold=t, convention=convention)
-            rt = runtime.load(path)
+            rt = load_bundle(path)
 
             def call(rt: Any = rt) -> object:
                 return rt(x)

@@ -20,38 +20,47 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import InputShapeError, InvalidInputError, MissingDependencyError, SvdcompressError
+from ..errors import InputShapeError, InvalidInputError, MissingDependencyError, SvdcompressError
 
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-# Library messages name Python parameters; on the command line the same things are flags.
-_FLAGS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\bmodel="), "--model "),
-    (re.compile(r"\bconvention="), "--convention "),
-    (re.compile(r"\btrust_pickle=True\b"), "--trust-pickle"),
-    (re.compile(r"\bforce=True\b"), "--force"),
-    (re.compile(r"\bgather_inputs=True\b"), "--gather-inputs"),
-    (re.compile(r"\binput_shape\b"), "--input-shape"),
-    (re.compile(r"\bdata spec\b"), "--data"),
-    (re.compile(r"\bmax_drop\b"), "--max-drop"),
-    (re.compile(r"\bthreshold='auto'"), "--threshold auto"),
-    (re.compile(r"\bdata='"), "--data '"),
-    (re.compile(r"\bthe output\b|\banother output path\b"), "another -o path"),
-)
+# Library messages name Python parameters (``data=``, ``input_shape``, ``trust_pickle=True``); on the command line
+# the same things are the command's flags. The table comes from the command's own options: an option's Python
+# name is the library parameter's, except where the command spells it otherwise (below).
+_PARAM_OF_OPTION = {"model_spec": "model", "fmt": "format"}
+
+
+def _flags() -> dict[str, str]:
+    """Library parameter name -> the current command's flag for it (``{"data": "--data", ...}``)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    out: dict[str, str] = {}
+    for p in ctx.command.params:
+        if isinstance(p, click.Option) and p.name:
+            out[_PARAM_OF_OPTION.get(p.name, p.name)] = max(p.opts, key=len)
+    return out
 
 
 def _cli_message(e: BaseException, output_flag: str = "-o") -> str:
-    """The library's message in the CLI's words (flags, not parameters), on one line.
+    """The library's message in the CLI's words (the command's flags, not Python parameters), on one line.
 
     ``output_flag`` is the option that named the file being written (``-o``, ``--plot``, ``--json-out``).
     """
     text = " ".join(str(e).split())
-    for pattern, flag in _FLAGS:
-        text = pattern.sub(flag, text)
-    return text.replace("another -o path", f"another {output_flag} path")
+    flags = _flags()
+    for name, flag in flags.items():
+        text = re.sub(rf"\b{name}=True\b", flag, text)
+        text = re.sub(rf"\b{name}='auto'", f"{flag} auto", text)
+        text = re.sub(rf"\b{name}=", f"{flag} ", text)
+        if "_" in name:  # a bare multi-word parameter name cannot be an ordinary word of the sentence
+            text = re.sub(rf"\b{name}\b", flag, text)
+    if "data" in flags:
+        text = re.sub(r"\bdata spec\b", "--data", text)
+    return re.sub(r"\banother output path\b|\bthe output\b", f"another {output_flag} path", text)
 
 
 def _friendly(fn: F) -> F:
@@ -67,6 +76,10 @@ def _friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except InputShapeError as e:
             raise click.BadParameter(_cli_message(e), param_hint="'--input-shape'") from None
+        except InvalidInputError as e:
+            if e.param == "input_shape":  # none known: a bad usage, like a missing --input-shape
+                raise click.UsageError(_cli_message(e)) from None
+            raise click.ClickException(_cli_message(e)) from None
         except SvdcompressError as e:
             raise click.ClickException(_cli_message(e)) from None
         except MemoryError:
@@ -80,7 +93,7 @@ def _friendly(fn: F) -> F:
 
 def _check_out(path: Path, flag: str, *, force: bool, ckpt: Path) -> None:
     """Refuse an output path before any work, naming the option it came from."""
-    from ._io import check_output_path
+    from .._io import check_output_path
 
     try:
         check_output_path(path, force=force, inputs=(ckpt,))
@@ -108,7 +121,7 @@ def _bundled(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
     ctx.meta[_CKPT_NAME] = text
     if not text.startswith("bundled:"):
         return value
-    from .models import BUNDLED, bundled_checkpoint
+    from ..checkpoint.bundled import BUNDLED, bundled_checkpoint
 
     name = text.split(":", 1)[1]
     if name not in BUNDLED:
@@ -184,7 +197,7 @@ def _max_drop_opt(default: float | None) -> Callable[[F], F]:
 def _selection_spec(data: str | None, threshold: float | str, max_drop: float | None) -> Any:
     """Before any work: ``--threshold auto`` needs ``--data`` that may choose (not a test split); --max-drop
     needs ``auto``. Returns the parsed spec (None without ``auto``)."""
-    from .dataspec import check_selectable
+    from ..tuning.dataspec import check_selectable
 
     if threshold != "auto":
         if max_drop is not None:
@@ -201,22 +214,34 @@ def _selection_spec(data: str | None, threshold: float | str, max_drop: float | 
         raise click.BadParameter(str(e), param_hint="'--data'") from None
 
 
-def _tune_for(resolved: Any, spec: Any, max_drop: float | None, convention: str | None) -> Any:
-    """With --threshold auto (``spec`` not None): the sweep ``svdcompress tune`` runs, its pick reported on
-    stderr; else None."""
-    if spec is None:
-        return None
-    from .tuning import tune
+def _prepare(
+    ckpt: Path,
+    *,
+    model_spec: str | None,
+    trust_pickle: bool,
+    input_shape: tuple[int, ...] | None,
+    threshold: float | str,
+    data: str | None,
+    max_drop: float | None,
+    convention: str | None,
+) -> Any:
+    """:func:`svdcompress.pipeline.prepare` for a command: the checkpoint resolved, the threshold a number (with
+    --threshold auto, chosen on --data and reported on stderr)."""
+    from ..pipeline import DEFAULT_MAX_DROP, prepare
 
-    tuned = tune(
-        resolved,
-        spec,
-        max_drop=0.5 if max_drop is None else max_drop,
-        input_shape=resolved.input_shape,
+    prepared = prepare(
+        ckpt,
+        threshold=threshold,
+        data=data if threshold == "auto" else None,
+        max_drop=DEFAULT_MAX_DROP if max_drop is None else max_drop,
+        input_shape=input_shape,
+        model=model_spec,
+        trust_pickle=trust_pickle,
         convention=convention,
     )
-    _report_pick(tuned.selection())
-    return tuned
+    if prepared.tuned is not None:
+        _report_pick(prepared.tuned.selection())
+    return prepared
 
 
 def _report_pick(selection: dict[str, Any]) -> None:
@@ -252,7 +277,7 @@ def _plot_path(ctx: click.Context, param: click.Parameter, value: Path | None) -
     value = _file_out(ctx, param, value)
     if value is None:
         return None
-    from ._plot import require_matplotlib
+    from .._plot import require_matplotlib
 
     try:
         require_matplotlib()
@@ -265,7 +290,7 @@ def _check_plot(plot: Path | None, *, force: bool, ckpt: Path) -> None:
     """The --plot path as an output (not the input, not existing without --force), then its image suffix."""
     if plot is None:
         return
-    from ._plot import image_format
+    from .._plot import image_format
 
     _check_out(plot, "--plot", force=force, ckpt=ckpt)
     try:
@@ -297,7 +322,7 @@ def _emit(text: str, *, as_json: bool, json_out: Path | None) -> None:
 
 
 def _emit_json(obj: Any, *, as_json: bool, json_out: Path | None) -> None:
-    from ._io import atomic_path
+    from .._io import atomic_path
 
     text = json.dumps(obj, indent=2)
     if as_json or (json_out is not None and str(json_out) == "-"):
@@ -326,7 +351,7 @@ def _display_name(ckpt: Path) -> str:
 @click.version_option(package_name="svdcompress")
 def main() -> None:
     """Turn Sparse Variational Dropout checkpoints into small, fast CPU artifacts."""
-    from . import _notes
+    from .. import _notes
 
     _notes.slow_work = lambda line: click.echo(line, err=True)  # e.g. the CSR runtime's first-use compilation
     click.get_current_context().call_on_close(lambda: setattr(_notes, "slow_work", None))  # main() called in-process
@@ -335,7 +360,7 @@ def main() -> None:
 def _convention_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    from .conventions import CONVENTION_NAMES
+    from ..checkpoint.conventions import CONVENTION_NAMES
 
     if value not in CONVENTION_NAMES:
         raise click.BadParameter(f"{value!r} is not a known convention; choose one of {', '.join(CONVENTION_NAMES)}")
@@ -356,7 +381,7 @@ _convention_opt = click.option(
 def _convention_notes() -> Iterator[None]:
     """The ConventionWarnings raised inside, each once on stderr in the CLI's words, as analyze prints them;
     other warnings are shown as Python shows them."""
-    from .analysis import ConventionWarning
+    from ..errors import ConventionWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConventionWarning)
@@ -405,8 +430,8 @@ def analyze(
     """Report per layer how many weights log α < THRESHOLD keeps, and which units are dead."""
     import dataclasses
 
-    from .analysis import ConventionWarning
-    from .analysis import analyze as _analyze
+    from ..checkpoint.analysis import analyze as _analyze
+    from ..errors import ConventionWarning
 
     _check_plot(plot, force=force, ckpt=ckpt)
     _check_json_out(json_out, force=force, ckpt=ckpt)
@@ -438,7 +463,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     """A comma-separated list of positive integers (``--batch-sizes 1,16,256``, ``--input-shape 1,28,28``)."""
     if value is None:
         return None
-    from ._inputs import parse_int_list
+    from .._inputs import parse_int_list
 
     example = {"input_shape": "1,28,28", "threads": "1,2"}.get(param.name or "", "1,16,256")
     try:
@@ -456,37 +481,12 @@ _shape_opt = click.option(
 _force_opt = click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 
 
-def _resolve(
-    ckpt: Path,
-    model_spec: str | None,
-    trust_pickle: bool,
-    input_shape: tuple[int, ...] | None,
-    convention: str | None = None,
-) -> Any:
-    from .models import load_model
-
-    # Every command refuses a checkpoint without SVDO layers, with analyze's message, before any work.
-    resolved = load_model(
-        ckpt,
-        model=model_spec,
-        trust_pickle=trust_pickle,
-        input_shape=input_shape,
-        require_svdo=True,
-        convention=convention,
-    )
-    if resolved.input_shape is None:
-        raise click.UsageError(
-            f"{ckpt}: the checkpoint does not record its input shape; pass --input-shape, e.g. --input-shape 1,28,28"
-        )
-    return resolved
-
-
 def _load_inputs(spec: str | None, limit: int | None = None) -> tuple[Any, Any] | None:
-    """A data spec (:mod:`svdcompress.dataspec`): ``NAME:SPLIT``, a bare ``fashion-mnist`` / ``mnist5k`` (the
+    """A data spec (:mod:`svdcompress.tuning.dataspec`): ``NAME:SPLIT``, a bare ``fashion-mnist`` / ``mnist5k`` (the
     test split), ``FILE.npz`` (x and y) or ``FILE.npy`` (inputs only: no labels)."""
     if spec is None:
         return None
-    from .dataspec import load_data
+    from ..tuning.dataspec import load_data
 
     x, y = load_data(spec)
     if limit:
@@ -536,30 +536,37 @@ def prune(
     convention: str | None,
 ) -> None:
     """Zero the noise, remove dead neurons and filters, verify, and save a model that loads without source."""
-    from .pt2 import save_pruned
-    from .structured import prune as _prune
+    from ..pruning.pt2 import save_pruned
+    from ..pruning.structural import prune as _prune
 
     _check_out(output, "-o", force=force, ckpt=ckpt)
     _check_json_out(json_out, force=force, ckpt=ckpt)
-    spec = _selection_spec(data, threshold, max_drop)
+    _selection_spec(data, threshold, max_drop)
     with _convention_notes():
-        resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape, convention)
-        tuned = _tune_for(resolved, spec, max_drop, convention)
+        prepared = _prepare(
+            ckpt,
+            model_spec=model_spec,
+            trust_pickle=trust_pickle,
+            input_shape=input_shape,
+            threshold=threshold,
+            data=data,
+            max_drop=max_drop,
+            convention=convention,
+        )
         batch = _load_inputs(data, limit=1000)
         result = _prune(
-            resolved.module,
-            threshold=threshold if tuned is None else tuned.threshold,
+            prepared.module,
+            threshold=prepared.threshold,
             gather_inputs=gather_inputs,
-            input_shape=resolved.input_shape,
+            input_shape=prepared.input_shape,
             example_inputs=None if batch is None else batch[0],
             convention=convention,
         )
-    meta = (
-        {"threshold": threshold}
-        if tuned is None
-        else {"threshold": tuned.threshold, "threshold_selection": tuned.selection()}
-    )
-    save_pruned(result.model, output, input_shape=resolved.input_shape, metadata=meta)
+    selection = prepared.selection()
+    meta: dict[str, Any] = {"threshold": prepared.threshold}
+    if selection is not None:
+        meta["threshold_selection"] = selection
+    save_pruned(result.model, output, input_shape=prepared.input_shape, metadata=meta)
     if as_json or json_out is not None:
         _emit_json({**result.report.to_dict(), **meta, "output": str(output)}, as_json=as_json, json_out=json_out)
     if not as_json:
@@ -644,7 +651,7 @@ def export(
     convention: str | None,
 ) -> None:
     """Prune and export a deployable artifact, verified against the masked model."""
-    from .export import export_model
+    from ..export import export_model
 
     _check_out(output, "-o", force=force, ckpt=ckpt)
     if bits is not None and fmt != "csr":
@@ -815,12 +822,12 @@ def bench(
     convention: str | None,
 ) -> None:
     """Time dense, masked, pruned, ONNX and CSR forms of the model side by side."""
-    from .bench import CONTENDERS, BenchConfig
-    from .bench import bench as _bench
+    from ..benchmark.config import CONTENDERS, BenchConfig
+    from ..benchmark.harness import bench as _bench
 
     _check_plot(plot, force=force, ckpt=ckpt)
     _check_json_out(json_out, force=force, ckpt=ckpt)
-    spec = _selection_spec(data, threshold, max_drop)
+    _selection_spec(data, threshold, max_drop)
     chosen: tuple[str, ...] = CONTENDERS
     if contenders:
         chosen = tuple(c.strip() for c in contenders.split(",") if c.strip())
@@ -837,8 +844,16 @@ def bench(
             err=True,
         )
     with _convention_notes():
-        resolved = _resolve(ckpt, model_spec, trust_pickle, input_shape, convention)
-        tuned = _tune_for(resolved, spec, max_drop, convention)
+        prepared = _prepare(
+            ckpt,
+            model_spec=model_spec,
+            trust_pickle=trust_pickle,
+            input_shape=input_shape,
+            threshold=threshold,
+            data=data,
+            max_drop=max_drop,
+            convention=convention,
+        )
         loaded = _load_inputs(data)
         labelled = (loaded[0], loaded[1]) if loaded is not None and loaded[1] is not None else None
         cfg = BenchConfig(
@@ -846,17 +861,18 @@ def bench(
             threads=threads,
             repeats=repeats,
             contenders=chosen,
-            threshold=float(threshold) if tuned is None else tuned.threshold,
+            threshold=prepared.threshold,
             convention=convention,
         )
         report = _bench(
-            resolved.module,
-            input_shape=resolved.input_shape,
+            prepared.module,
+            input_shape=prepared.input_shape,
             config=cfg,
             data=labelled,
             name=Path(ckpt).stem,
             progress=not quiet and _stderr_is_tty(),  # no carriage returns in CI logs
         )
+    tuned = prepared.tuned
     if tuned is not None:
         report.model["threshold_selection"] = tuned.selection()
     if as_json or json_out is not None:
@@ -925,8 +941,8 @@ def tune_cmd(
     --max-drop points of the unthresholded model's (θ, no mask) on the same data."""
     import dataclasses
 
-    from .models import load_model
-    from .tuning import tune
+    from ..nn.architecture import load_model
+    from ..tuning.threshold import tune
 
     _check_plot(plot, force=force, ckpt=ckpt)
     _check_json_out(json_out, force=force, ckpt=ckpt)
@@ -943,7 +959,7 @@ def tune_cmd(
         result = tune(resolved, spec, max_drop=max_drop, metric=metric, input_shape=input_shape, convention=convention)
     result = dataclasses.replace(result, source=_display_name(ckpt))
     if latency:
-        from .bench import csr_latency
+        from ..benchmark.harness import csr_latency
 
         few = result.few(5)
         click.echo(f"timing the CSR runtime at thresholds {', '.join(f'{t:.6g}' for t in few)} ...", err=True)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InvalidInputError, SvdcompressError
+from ..errors import InvalidInputError, SvdcompressError
 
 __all__ = ["FASHION_MNIST_DIR", "load_dataset", "load_fashion_mnist", "load_mnist5k", "read_idx"]
 

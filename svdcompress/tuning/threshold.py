@@ -12,7 +12,7 @@ threshold (the one ``prune`` and ``export`` start from); log α is computed once
 
 The pick: the largest compression whose accuracy is at least the reference's minus ``max_drop`` points, the
 reference being the model as trained (θ, no mask, eval mode) on the same data. Test splits may not choose
-(:func:`svdcompress.dataspec.check_selectable`).
+(:func:`svdcompress.tuning.dataspec.check_selectable`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .conventions import Convention, keep_rule, log_alpha
+from ..checkpoint import DEFAULT_THRESHOLD
+from ..checkpoint.conventions import Convention, keep_rule, log_alpha
+from ..errors import InvalidInputError, NoSVDOLayersError
+from ..nn.architecture import ResolvedModel, load_model
+from ..pruning.masking import check_threshold, dense_copy, layers_of_model, mask_model
 from .dataspec import DataSpec, check_selectable, load_data
-from .errors import InvalidInputError, NoSVDOLayersError
-from .masking import check_threshold, dense_copy, layers_of_model, mask_model
-from .models import ResolvedModel, load_model
-from .svdo import DEFAULT_THRESHOLD
 
 __all__ = ["METRICS", "TuneResult", "TuneRow", "tune"]
 
@@ -102,7 +102,7 @@ class TuneResult:
 
     def selection(self) -> dict[str, Any]:
         """What an artifact records about how its threshold was chosen (JSON-able)."""
-        from . import __version__
+        from .._version import __version__
 
         c = self.chosen
         return {
@@ -188,7 +188,7 @@ class TuneResult:
         Raises:
             MissingDependencyError: matplotlib is not installed. InvalidInputError: a suffix it cannot write.
         """
-        from ._plot import image_format, pyplot, save_figure
+        from .._plot import image_format, pyplot, save_figure
 
         image_format(path)
         plt = pyplot()
@@ -264,7 +264,7 @@ class _Layer:
 class _Sweep:
     """A plain copy of the model whose weights are re-masked in place, threshold after threshold.
 
-    The layers are those :func:`svdcompress.mask_model` masks (:func:`~svdcompress.masking.layers_of_model`),
+    The layers are those :func:`svdcompress.mask_model` masks (:func:`~svdcompress.pruning.masking.layers_of_model`),
     and ``weight = θ · keep_rule(log α, θ, t)`` is its arithmetic, so the model scored at ``t`` is, weight for
     weight, the one ``mask_model(model, t)`` returns (:meth:`check` proves it for the pick).
     """
@@ -300,7 +300,7 @@ class _Sweep:
     def check(self, model: nn.Module, threshold: float) -> None:
         """The copy masked at ``threshold`` holds the weights ``mask_model(model, threshold)`` builds: what prune
         and export will start from (and ``mask_model`` warns, as they do, when the file's convention is open)."""
-        from .errors import SvdcompressError
+        from ..errors import SvdcompressError
 
         self.set(threshold)
         masked = mask_model(model, threshold, convention=self.convention)
@@ -478,7 +478,7 @@ def tune(
         source: a trained SVDO ``nn.Module``, a checkpoint with SVDO layers, or what
             :func:`svdcompress.load_model` returned for one (its provenance is checked against ``data``).
         data: a data spec that is not a test split: ``"fashion-mnist:val"``, ``"mnist5k:val"``, or a
-            ``FILE.npz`` with ``x`` and ``y`` (see :mod:`svdcompress.dataspec`).
+            ``FILE.npz`` with ``x`` and ``y`` (see :mod:`svdcompress.tuning.dataspec`).
         max_drop: accuracy points the pick may lose against the unthresholded model on the same data.
         metric: ``"accuracy"`` (top-1, percent).
         model: ``package.module:factory`` for a checkpoint that does not record its architecture.
@@ -503,7 +503,7 @@ def tune(
 
     Example:
         >>> import tempfile, numpy as np, torch
-        >>> from svdcompress.zoo import lenet300
+        >>> from svdcompress.nn.zoo import lenet300
         >>> with tempfile.TemporaryDirectory() as d:
         ...     x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
         ...     np.savez(f"{d}/val.npz", x=x, y=np.arange(64) % 10)
