@@ -203,13 +203,15 @@ def test_machine_info_records_cpu_and_simd() -> None:
 
 
 def test_missing_openvino_is_skipped_with_one_note(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(contenders_mod, "import_openvino", lambda: None)
     cfg = _tiny_config(threads=(1, 2), contenders=("torch-dense", "openvino-dense", "openvino-compact"))
     report = bench(TinySVDO(), input_shape=(20,), config=cfg, progress=False)
-    err = capsys.readouterr().err
-    assert err.count("note: skipping openvino-dense, openvino-compact") == 1
+    notes = [r.getMessage() for r in caplog.records if r.name == "svdcompress.benchmark.harness"]
+    assert notes == [
+        "skipping openvino-dense, openvino-compact: openvino is not installed (pip install 'svdcompress[peers]')"
+    ]
     assert {r.contender for r in report.results} == {"torch-dense"}
     assert set(report.model["skipped"]) == {"openvino-dense", "openvino-compact"}
     assert "Skipped openvino-dense" in report.markdown()

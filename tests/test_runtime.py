@@ -4,6 +4,7 @@ and a numba cache that works when the package directory is read-only."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -306,21 +307,30 @@ def test_a_slow_load_says_why_and_a_fast_one_says_nothing(
     """The command line hears why a load is slow (numba compiling on first use); a quick load leaves no note."""
     import time
 
-    from svdcompress import _notes
-
     path = lenet5_bundle[0]
     lines: list[str] = []
-    monkeypatch.setattr(_notes, "slow_work", lines.append)
-    monkeypatch.setattr(runtime, "SLOW_LOAD_S", 0.0)  # every load of a conv net takes longer (kernel timing)
-    runtime.load(path)
-    assert len(lines) == 1 and "numba compiles" in lines[0]
-    lines.clear()
-    monkeypatch.setattr(runtime, "SLOW_LOAD_S", 60.0)
-    runtime.load(path)
-    time.sleep(0.05)
-    assert lines == []  # the timer was cancelled when the load returned
-    monkeypatch.setattr(_notes, "slow_work", None)
-    assert runtime._slow_load_note() is None  # the library alone stays silent
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("svdcompress.runtime")
+    handler = _Collect()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        monkeypatch.setattr(runtime, "SLOW_LOAD_S", 0.0)  # every load of a conv net takes longer (kernel timing)
+        runtime.load(path)
+        assert len(lines) == 1 and "numba compiles" in lines[0]
+        lines.clear()
+        monkeypatch.setattr(runtime, "SLOW_LOAD_S", 60.0)
+        runtime.load(path)
+        time.sleep(0.05)
+        assert lines == []  # the timer was cancelled when the load returned
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    assert runtime._slow_load_note() is None  # nobody listens to INFO: the library stays silent
 
 
 def test_fused_single_pass_only_for_plain_sequences(tmp_path: Path) -> None:

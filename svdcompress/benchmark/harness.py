@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import statistics
 import sys
@@ -81,6 +82,8 @@ __all__ = [
     "sgemm_peak",
     "torch_threads",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -327,7 +330,7 @@ def bench(
         asked = [c for c in cfg.contenders if c in OPENVINO_CONTENDERS]
         reason = "openvino is not installed (pip install 'svdcompress[peers]')"
         skipped = dict.fromkeys(asked, reason)
-        print(f"note: skipping {', '.join(asked)}: {reason}", file=sys.stderr, flush=True)
+        _log.warning("skipping %s: %s", ", ".join(asked), reason)
     training = {m: m.training for m in model.modules()}
     tmp_ctx = tempfile.TemporaryDirectory(prefix="svdcompress-bench-") if workdir is None else None
     try:

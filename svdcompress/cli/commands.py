@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import re
@@ -351,10 +352,28 @@ def _display_name(ckpt: Path) -> str:
 @click.version_option(package_name="svdcompress")
 def main() -> None:
     """Turn Sparse Variational Dropout checkpoints into small, fast CPU artifacts."""
-    from .. import _notes
+    # The library's notes (the CSR runtime compiling on first use, a skipped contender) are log records; the
+    # command shows INFO and above on stderr, one line each, for as long as it runs (main() may run in-process).
+    handler = _EchoHandler()
+    logger = logging.getLogger("svdcompress")
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
-    _notes.slow_work = lambda line: click.echo(line, err=True)  # e.g. the CSR runtime's first-use compilation
-    click.get_current_context().call_on_close(lambda: setattr(_notes, "slow_work", None))  # main() called in-process
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+    click.get_current_context().call_on_close(restore)
+
+
+class _EchoHandler(logging.Handler):
+    """A log record as one ``note:`` line on stderr (click's echo: safe from the runtime's timer thread)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"note: {' '.join(record.getMessage().split())}", err=True)
 
 
 def _convention_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -21,7 +22,6 @@ from typing import Any
 import numba
 import numpy as np
 
-from .. import _notes
 from ..errors import BundleError, InvalidInputError
 from . import kernels as K
 from ._workers import SpinningWorkers
@@ -60,9 +60,12 @@ from this many multiply-adds: such a region costs ~5-10 µs while numba's thread
 LeNet-300-100, 4,525 multiply-adds an example, 1 → 2 threads: batch 128 51 → 35 µs, batch 256 99 → 60 µs,
 batch 1024 388 → 201 µs)."""
 
+_log = logging.getLogger(__name__)
+
 SLOW_LOAD_S = 3.0
-"""A :func:`load` still running after this many seconds says why through :data:`svdcompress._notes.slow_work`
-(the command line prints it): numba is compiling the kernels, once per machine (~20-90 s for the LeNets here)."""
+"""A :func:`load` still running after this many seconds says why, as an INFO record of the ``svdcompress.runtime``
+logger (the command line shows it; a library user sees it once logging shows INFO): numba is compiling the
+kernels, once per machine."""
 
 PARALLEL_MIN_ITEMS = 16
 """Nor is a call split into parts of fewer examples than this: the batched kernels work on blocks of 16
@@ -259,17 +262,16 @@ def load(path: str | os.PathLike[str], *, threads: int | None = None, kernel: st
 
 
 def _slow_load_note() -> threading.Timer | None:
-    """A started timer that passes one line to the ``slow_work`` hook if the load outlasts :data:`SLOW_LOAD_S`
-    (without the file's name: the command line's own checks load a temporary file)."""
-    hook = _notes.slow_work
-    if hook is None:
+    """A started timer that logs one line if the load outlasts :data:`SLOW_LOAD_S` (without the file's name: the
+    command line's own checks load a temporary file); None when nobody listens to INFO records."""
+    if not _log.isEnabledFor(logging.INFO):
         return None
     message = (
         "CSR runtime: loading takes a while: on their first use on a machine numba compiles the runtime's kernels "
         "(~20-90 s for the LeNets; cached on disk, later loads take under a second), and kernel='auto' times "
         "each layer's kernels on its shape"
     )
-    timer = threading.Timer(SLOW_LOAD_S, hook, args=(message,))
+    timer = threading.Timer(SLOW_LOAD_S, _log.info, args=(message,))
     timer.daemon = True
     timer.start()
     return timer

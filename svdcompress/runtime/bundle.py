@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError
+from ..errors import BundleError, InvalidInputError
 from . import quant as Q
 
 __all__ = [
@@ -133,7 +133,10 @@ class BundleWriter:
 
     def __init__(self, index_encoding: str = "auto") -> None:
         if index_encoding not in ("auto", *_INDEX_ENCODINGS):
-            raise ValueError(f"index_encoding must be 'auto' or one of {_INDEX_ENCODINGS}, got {index_encoding!r}")
+            raise InvalidInputError(
+                f"index_encoding must be 'auto' or one of {_INDEX_ENCODINGS}, got {index_encoding!r}",
+                param="index_encoding",
+            )
         self.index_encoding = index_encoding
         self._parts: dict[str, list[np.ndarray]] = {}
         self._sizes: dict[str, int] = {}

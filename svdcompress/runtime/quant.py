@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidInputError
+
 __all__ = [
     "AUTO_C",
     "MAX_BITS",
@@ -180,9 +182,13 @@ def choose(
     """
     if bits is None:
         if sigma is None or not math.isfinite(sigma) or sigma < 0:
-            raise ValueError("bits='auto' needs the layer's median posterior standard deviation")
+            raise InvalidInputError(
+                "bits='auto' needs the layer's median posterior standard deviation (sigma=); give bits=2..8 for a "
+                "model without SVDO layers",
+                param="sigma",
+            )
         if not (math.isfinite(c) and c > 0):
-            raise ValueError(f"c must be a positive number, got {c!r}")
+            raise InvalidInputError(f"c must be a positive number, got {c!r}", param="c")
         target = math.sqrt(c) * sigma
         widths = range(2, MAX_BITS + 1)
     else:
