@@ -358,18 +358,20 @@ def _convention_notes() -> Iterator[None]:
     other warnings are shown as Python shows them."""
     from .analysis import ConventionWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConventionWarning)
-        try:
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConventionWarning)
             yield
-        finally:
-            shown: set[str] = set()
-            for w in caught:
-                if not issubclass(w.category, ConventionWarning):
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
-                elif str(w.message) not in shown:
-                    shown.add(str(w.message))
-                    click.echo(f"warning: {_cli_message(Exception(str(w.message)))}", err=True)
+    finally:
+        # Replayed after the block: inside it, showwarning appends to ``caught`` and this loop never ends.
+        shown: set[str] = set()
+        for w in caught:
+            if not issubclass(w.category, ConventionWarning):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+            elif str(w.message) not in shown:
+                shown.add(str(w.message))
+                click.echo(f"warning: {_cli_message(Exception(str(w.message)))}", err=True)
 
 
 _CKPT_DOC = (
