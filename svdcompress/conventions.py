@@ -198,6 +198,8 @@ CONVENTIONS: tuple[Convention, ...] = (
     _nupic("w_mu", "w_logsigma2", "(VDropLinear, 2019)"),
     _nupic("weight", "w_logvar", "(early VDrop layers)"),
     _nupic("w_mu", "w_logvar", "(VDropLinear2 / VDropConv2d2)"),
+    # soskek's links compute log(W ** 2 + 1e-8) since commit fb913a6 ("make stable and precise", 2017-04-28;
+    # master: vd_functions.calculate_log_alpha(eps=1e-8)). Only the repository's first three days had no eps.
     Convention(
         "chainer",
         "W",

@@ -505,7 +505,9 @@ def test_chainer_save_npz(tmp_path: Path) -> None:
     f = tmp_path / "snapshot_iter_600"
     with open(f, "wb") as fh:
         np.savez_compressed(fh, **arrays)  # chainer.serializers.save_npz(..., compression=True)
-    ref = _ref_square(1e-8, 8.0, strict_drop=True)  # calculate_log_alpha(eps=1e-8, (-8, 8)); zero where > thr
+    # vd_functions.calculate_log_alpha(eps=1e-8, (-8, 8)); zero where > thr. The eps decides row 0's |θ| = 1e-4
+    # weight: soskek's code has had it since commit fb913a6 (2017-04-28), and this test fails without it.
+    ref = _ref_square(1e-8, 8.0, strict_drop=True)
     expected = _expected([(wc, sc, ref), (wf, sf, ref)])
     _bimodality(expected, [54, 240])
     _check(f, expected, "chainer")
