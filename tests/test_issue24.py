@@ -6,16 +6,21 @@ import pickle
 import signal
 import subprocess
 import sys
+import types
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from torch import nn
 
 from svdcompress.checkpoint import load_checkpoint
-from svdcompress.cli import _convention_notes
+from svdcompress.cli import _convention_notes, main
 from svdcompress.errors import CheckpointError
 
 # --- 1: a warning under prune/export/bench hung the command --------------------------------------------------
@@ -68,3 +73,96 @@ def test_legacy_torch_file_with_a_newer_pickle_protocol_names_the_fix(tmp_path: 
         with pytest.raises(CheckpointError, match=r"legacy \(non-zip\) format with pickle protocol 4.*trust_pickle"):
             load_checkpoint(path)
     assert set(load_checkpoint(path, trust_pickle=True).tensors) == {"fc1.weight"}
+
+
+# --- 3: a Lasagne list through --model whose layers are ports of the authors' Lasagne layers ---------------
+
+_PORTS = types.ModuleType("svdcompress_test_issue24_factories")
+sys.modules[_PORTS.__name__] = _PORTS
+
+
+class _LasagnePort(nn.Module):
+    """A PyTorch port of the authors' Lasagne SVDO layers: their names (W, b, log σ² as ``var``) and layout
+    (dense W (in, out), conv W (out, in, kh, kw)), their eval-mode mask (dense log(W²), conv log(W² + 1e-8))."""
+
+    def __init__(self, shape: tuple[int, ...], var: str) -> None:
+        super().__init__()
+        self.var = var
+        self.W = nn.Parameter(torch.zeros(shape))
+        self.b = nn.Parameter(torch.zeros(shape[1] if len(shape) == 2 else shape[0]))
+        self.register_parameter(var, nn.Parameter(torch.full(shape, -10.0)))
+        self.threshold = 3.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        eps = 0.0 if self.W.dim() == 2 else 1e-8
+        log_alpha = (getattr(self, self.var) - torch.log(self.W**2 + eps)).clamp(-8.0, 8.0)
+        w = self.W * (log_alpha < self.threshold)
+        return x @ w + self.b if w.dim() == 2 else F.conv2d(x, w, self.b)
+
+
+class _PortNet(nn.Module):
+    def __init__(self, var: str) -> None:
+        super().__init__()
+        self.conv1 = _LasagnePort((4, 1, 3, 3), var)
+        self.fc1 = _LasagnePort((64, 10), var)
+        self.fc2 = _LasagnePort((10, 3), var)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(F.relu(self.conv1(x)).flatten(1))))
+
+
+def port_net_log_sigma2() -> nn.Module:
+    return _PortNet("log_sigma2")
+
+
+def port_net_ls2() -> nn.Module:
+    return _PortNet("ls2")
+
+
+_PORTS.port_net_log_sigma2 = port_net_log_sigma2  # type: ignore[attr-defined]
+_PORTS.port_net_ls2 = port_net_ls2  # type: ignore[attr-defined]
+
+
+def _lasagne_list(net: nn.Module, path: Path) -> None:
+    """Fill ``net``'s ports with a bimodal log α and np.save them as the authors' code does: W, b, ls2 per layer."""
+    g = torch.Generator().manual_seed(24)
+    arrays = []
+    for port in (net.conv1, net.fc1, net.fc2):
+        w = torch.randn(port.W.shape, generator=g) * 0.3
+        la = torch.where(torch.rand(w.shape, generator=g) < 0.5, 6.0, -4.0) + torch.randn(w.shape, generator=g)
+        with torch.no_grad():
+            port.W.copy_(w)
+            port.b.copy_(torch.randn(port.b.shape, generator=g) * 0.1)
+            getattr(port, port.var).copy_(la + torch.log(w**2))
+        arrays += [port.W, port.b, getattr(port, port.var)]
+    listed = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        listed[i] = a.detach().numpy().copy()
+    np.save(path, listed, allow_pickle=True)
+
+
+@pytest.mark.parametrize("var", ["log_sigma2", "ls2"])
+def test_lasagne_list_onto_ports_of_lasagne_layers(var: str, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from svdcompress.analysis import analyze
+    from svdcompress.models import load_model
+
+    net, ckpt, out = _PortNet(var).eval(), tmp_path / "lenet.npy", tmp_path / "m.onnx"
+    _lasagne_list(net, ckpt)
+    spec = f"{_PORTS.__name__}:port_net_{var}"
+    res = CliRunner().invoke(
+        main, ["export", str(ckpt), "--model", spec, "--format", "onnx", "-o", str(out), "--input-shape", "1,6,6"]
+    )
+    assert res.exit_code == 0, res.output
+    x = torch.randn(8, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = net(x).numpy()
+    assert np.abs(got - want).max() <= 1e-5, np.abs(got - want).max()
+    # The live model is counted as the file is (Lasagne's formula, dense W read as (in, out)).
+    live = analyze(load_model(ckpt, model=spec, input_shape=(1, 6, 6)).module)
+    counted = analyze(ckpt)
+    assert [(r.kept, r.shape) for r in live.layers] == [(r.kept, r.shape) for r in counted.layers]
+    assert [r.shape for r in counted.layers] == [[4, 1, 3, 3], [10, 64], [3, 10]]
