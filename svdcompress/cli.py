@@ -391,6 +391,13 @@ _CKPT_DOC = (
     help="Write log α histograms as an image; the suffix picks the format (.png, .svg, .pdf, ...).",
 )
 @click.option("--force", is_flag=True, help="Overwrite existing --plot / --json-out files.")
+@click.option(
+    "--model",
+    "model_spec",
+    metavar="PKG.MODULE:FACTORY",
+    help="Import path of a function returning the nn.Module the checkpoint belongs to: the layers are counted "
+    "from the live model (one row per layer for numenta's VDropCentralData, one flat group without it).",
+)
 @_trust_opt
 @_convention_opt
 @_friendly
@@ -401,6 +408,7 @@ def analyze(
     json_out: Path | None,
     plot: Path | None,
     force: bool,
+    model_spec: str | None,
     trust_pickle: bool,
     convention: str | None,
 ) -> None:
@@ -414,7 +422,7 @@ def analyze(
     _check_json_out(json_out, force=force, ckpt=ckpt)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConventionWarning)  # shown below, as one line in the CLI's words
-        report = _analyze(ckpt, threshold, trust_pickle=trust_pickle, convention=convention)
+        report = _analyze(ckpt, threshold, trust_pickle=trust_pickle, convention=convention, model=model_spec)
     for note in report.warnings:
         click.echo(f"warning: {_cli_message(Exception(note))}", err=True)
     report = dataclasses.replace(report, source=_display_name(ckpt))

@@ -39,6 +39,7 @@ __all__ = [
     "Convention",
     "SVDOLayer",
     "central_data_layers",
+    "central_data_note",
     "check_finite",
     "convention_of_module",
     "find_svdo_layers",
@@ -331,8 +332,9 @@ class SVDOLayer:
 
     Attributes:
         name: the layer's prefix in the checkpoint (e.g. ``"fc1"``), or ``"layer3"`` for Lasagne lists.
-        kind: "linear", "conv1d" or "conv2d".
-        theta: weight mean, (out, in) or (out, in/groups, kh, kw).
+        kind: "linear", "conv1d" or "conv2d"; "flat" for numenta's VDropCentralData read from a state_dict,
+            every layer's weights in one vector whose per-layer slices the file does not record.
+        theta: weight mean, (out, in) or (out, in/groups, kh, kw); 1-D for "flat".
         log_sigma2: log sigma², same shape as ``theta``.
         bias: (out,) or None.
         convention: the scheme it was read with.
@@ -497,15 +499,26 @@ def _lasagne_layers(file: str, tensors: Mapping[str, torch.Tensor]) -> list[SVDO
     return layers
 
 
-def _central_data_message(
+def _central_data_layer(
     file: str, prefix: str, suffixes: Mapping[str, str], tensors: Mapping[str, torch.Tensor]
-) -> str:
-    n = tensors[suffixes["z_mu"]].numel()
+) -> SVDOLayer:
+    """numenta's VDropCentralData in a state_dict: every weight is known, only the per-layer slices are not, so
+    its flat z_mu / z_logvar are one "flat" group, read as VDropCentralData reads them (no clip)."""
+    mu_key, var_key = suffixes["z_mu"], suffixes["z_logvar"]
+    theta, var = _check_tensor(file, mu_key, tensors[mu_key]), _check_tensor(file, var_key, tensors[var_key])
+    check_finite(file, mu_key, theta)
+    check_finite(file, var_key, var)
+    nupic = next(c for c in CONVENTIONS if c.theta == "w_mu" and c.variance == "w_logvar")
+    return SVDOLayer(prefix or mu_key, "flat", theta, var, None, nupic, mu_key, var_key)
+
+
+def central_data_note(file: str, layer: SVDOLayer) -> str:
+    """What a "flat" VDropCentralData row is, and how to get one row per layer."""
     return (
-        f"'{suffixes['z_mu']}' and '{suffixes['z_logvar']}' are numenta's VDropCentralData: the weights of every "
-        f"VDrop layer in one flat vector of {n:,}. The per-layer slices (z_chunk_sizes) and shapes are Python "
-        "attributes that state_dict() does not save, so the layers cannot be cut out of the file; pass the live "
-        "model to svdcompress.analyze(model) instead"
+        f"{file}: '{layer.theta_key}' and '{layer.variance_key}' are numenta's VDropCentralData, the weights of "
+        f"every VDrop layer in one flat vector of {layer.theta.numel():,}, counted as one group "
+        f"'{layer.name}'. The per-layer slices (z_chunk_sizes) and shapes are Python attributes that state_dict() "
+        "does not save; for one row per layer, pass model=package.module:factory (the function building the network)"
     )
 
 
@@ -530,6 +543,8 @@ def find_svdo_layers(
     """Find every SVDO layer in a flat ``{name: tensor}`` mapping.
 
     Names are split on the last ``.`` or ``/`` (TF and Chainer keys), so ``conv1/kernel`` is layer ``conv1``.
+    numenta's VDropCentralData (every layer's weights in one flat ``z_mu`` / ``z_logvar``) is one layer of kind
+    "flat" (:func:`central_data_note`).
 
     Args:
         tensors: flat mapping; Lasagne lists use the keys "0", "1", ...
@@ -566,7 +581,6 @@ def find_svdo_layers(
 
     layers = []
     lookalikes: list[str] = []
-    central: list[str] = []
     for prefix, suffixes in by_prefix.items():
         found: Convention | None = None
         alternatives: tuple[Convention, ...] = ()
@@ -584,7 +598,7 @@ def find_svdo_layers(
             else:
                 alternatives = tuple(c for c in AMBIGUOUS if c is not found)
         if _is_central_data(suffixes, tensors):
-            central.append(_central_data_message(file, prefix, suffixes, tensors))
+            layers.append(_central_data_layer(file, prefix, suffixes, tensors))
         else:
             for names, why in _LOOKALIKES:
                 if all(n in suffixes for n in names):
@@ -601,8 +615,6 @@ def find_svdo_layers(
         pairs = " or ".join(f"{c.theta} + {c.variance}" for c in forced)
         raise InvalidInputError(f"{file}: convention={convention!r} reads {pairs} pairs; the file has none")
     if not layers:
-        if central:
-            raise NoSVDOLayersError(f"{file}: {central[0]}")
         listed = ", ".join(list(tensors)[:6]) + (" ..." if len(tensors) > 6 else "")
         hint = f" Found look-alikes that are not SVDO: {'; '.join(lookalikes)}." if lookalikes else ""
         known = "; ".join(sorted({f"{c.theta}+{c.variance}" for c in CONVENTIONS}))

@@ -164,7 +164,7 @@ def _tag(module: nn.Module, layers: list[SVDOLayer], keymap: Mapping[str, str]) 
     module_key = {f: m for m, f in keymap.items()}
     for layer in layers:
         key = module_key.get(layer.theta_key)
-        if layer.alternatives or key is None:
+        if layer.alternatives or key is None or layer.kind == "flat":  # flat: VDropCentralData, not a layer
             continue
         setattr(module.get_submodule(key.rpartition(".")[0]), RULE_ATTR, layer.convention)
 
