@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from torch import nn
 
 from svdcompress.checkpoint import load_checkpoint
 from svdcompress.cli import _convention_notes, main
-from svdcompress.errors import CheckpointError
+from svdcompress.errors import CheckpointError, ExportError
 
 # --- 1: a warning under prune/export/bench hung the command --------------------------------------------------
 
@@ -166,3 +167,69 @@ def test_lasagne_list_onto_ports_of_lasagne_layers(var: str, tmp_path: Path) -> 
     counted = analyze(ckpt)
     assert [(r.kept, r.shape) for r in live.layers] == [(r.kept, r.shape) for r in counted.layers]
     assert [r.shape for r in counted.layers] == [[4, 1, 3, 3], [10, 64], [3, 10]]
+
+
+# --- two realistic regressions the suite let through -----------------------------------------------------
+
+
+class _TwoLayers(nn.Module):
+    def __init__(self, density: float = 1.0, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc1, self.fc2 = nn.Linear(40, 30), nn.Linear(30, 10)
+        with torch.no_grad():
+            for fc in (self.fc1, self.fc2):
+                w = torch.randn(fc.weight.shape, generator=g) * 0.1
+                keep = torch.randperm(w.numel(), generator=g)[: round(density * w.numel())]
+                fc.weight.zero_().view(-1)[keep] = w.view(-1)[keep]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def _huge_weight() -> nn.Module:
+    model = _TwoLayers().eval()
+    with torch.no_grad():
+        model.fc2.weight[3, 7] = 70000.0  # above fp16's largest finite value, 65504
+    return model
+
+
+def test_csr_fp16_refuses_a_weight_beyond_the_fp16_range(tmp_path: Path) -> None:
+    from svdcompress.export import export_csr
+
+    out = tmp_path / "m.csr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not numpy's overflow warning, nor a bundle the runtime refuses
+        with pytest.raises(ExportError, match=r"fc2\b.*fp16 range.*export as fp32"):
+            export_csr(_huge_weight(), out, input_shape=(40,), dtype="fp16")
+    assert not out.exists()
+
+
+def test_onnx_fp16_refuses_a_weight_beyond_the_fp16_range(tmp_path: Path) -> None:
+    from svdcompress.export import export_onnx
+
+    out = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's overflow warning
+        with pytest.raises(ExportError, match=r"fc2\.weight.*fp16 range.*export as fp32"):
+            export_onnx(_huge_weight(), out, input_shape=(40,), dtype="fp16")
+    assert not out.exists()
+
+
+def test_onnx_sparse_keeps_a_41_percent_dense_layer_dense(tmp_path: Path) -> None:
+    """COO costs a value plus an int64 index (8 bytes) per non-zero: at 41% density, 0.41 * (4 + 8) > 4 bytes per
+    element, so the layer stays dense. Counting the index as int32 would move it and grow the file."""
+    from svdcompress.export import export_onnx
+
+    dense41, sparse30 = _TwoLayers(density=0.41).eval(), _TwoLayers(density=0.30).eval()
+    plain = export_onnx(dense41, tmp_path / "plain.onnx", input_shape=(40,))
+    sparse = export_onnx(dense41, tmp_path / "sparse.onnx", input_shape=(40,), sparse=True)
+    assert sparse.file_bytes <= plain.file_bytes
+    assert not onnx.load(str(sparse.path)).graph.sparse_initializer
+    # At 30% density (0.30 * 12 < 4 bytes per element) COO is smaller; its indices are int64, as written.
+    plain30 = export_onnx(sparse30, tmp_path / "plain30.onnx", input_shape=(40,))
+    sparse30_res = export_onnx(sparse30, tmp_path / "sparse30.onnx", input_shape=(40,), sparse=True)
+    assert sparse30_res.file_bytes < plain30.file_bytes
+    proto = onnx.load(str(sparse30_res.path))
+    assert {st.values.name for st in proto.graph.sparse_initializer} == {"fc1.weight", "fc2.weight"}
+    assert {st.indices.data_type for st in proto.graph.sparse_initializer} == {onnx.TensorProto.INT64}
