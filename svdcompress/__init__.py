@@ -36,7 +36,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     ),
     "checkpoint.formats": ("load_checkpoint", "save_checkpoint"),
     "checkpoint.conventions": ("SVDOLayer", "find_svdo_layers"),
-    "checkpoint.analysis": ("AnalysisReport", "LayerReport", "analyze"),
+    "checkpoint.analysis": ("AnalysisReport", "LayerReport"),
     "checkpoint.bundled": ("bundled_checkpoint",),
     "nn.layers": ("Conv2dSVDO", "ELBOLoss", "LinearSVDO", "kl_divergence", "sparsify"),
     "nn.architecture": ("load_model",),
@@ -44,7 +44,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "pruning.structural": ("PruneConfig", "PruneReport", "PruneResult"),
     "pruning.pt2": ("load_pruned", "save_pruned"),
     "tuning.threshold": ("TuneResult", "tune"),
-    "pipeline": ("Prepared", "prepare", "prune"),
+    "pipeline": ("Prepared", "analyze", "prepare", "prune"),
     "export": ("ExportResult", "export_csr", "export_model", "export_onnx"),
     "benchmark.config": ("BenchConfig",),
     "benchmark.harness": ("BenchReport", "bench"),
@@ -68,26 +68,13 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; test_public_api checks it matches _PUBLIC
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; test_layout checks it matches _PUBLIC
     from .benchmark.config import BenchConfig as BenchConfig
-    from .benchmark.harness import (
-        BenchReport as BenchReport,
-        bench as bench,
-    )
-    from .checkpoint.analysis import (
-        AnalysisReport as AnalysisReport,
-        LayerReport as LayerReport,
-        analyze as analyze,
-    )
+    from .benchmark.harness import BenchReport as BenchReport, bench as bench
+    from .checkpoint.analysis import AnalysisReport as AnalysisReport, LayerReport as LayerReport
     from .checkpoint.bundled import bundled_checkpoint as bundled_checkpoint
-    from .checkpoint.conventions import (
-        SVDOLayer as SVDOLayer,
-        find_svdo_layers as find_svdo_layers,
-    )
-    from .checkpoint.formats import (
-        load_checkpoint as load_checkpoint,
-        save_checkpoint as save_checkpoint,
-    )
+    from .checkpoint.conventions import SVDOLayer as SVDOLayer, find_svdo_layers as find_svdo_layers
+    from .checkpoint.formats import load_checkpoint as load_checkpoint, save_checkpoint as save_checkpoint
     from .errors import (
         AccuracyDropError as AccuracyDropError,
         BundleError as BundleError,
@@ -117,25 +104,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; test_public_
         kl_divergence as kl_divergence,
         sparsify as sparsify,
     )
-    from .pipeline import (
-        Prepared as Prepared,
-        prepare as prepare,
-        prune as prune,
-    )
-    from .pruning.masking import (
-        apply_masks_ as apply_masks_,
-        mask_model as mask_model,
-    )
-    from .pruning.pt2 import (
-        load_pruned as load_pruned,
-        save_pruned as save_pruned,
-    )
-    from .pruning.structural import (
-        PruneConfig as PruneConfig,
-        PruneReport as PruneReport,
-        PruneResult as PruneResult,
-    )
-    from .tuning.threshold import (
-        TuneResult as TuneResult,
-        tune as tune,
-    )
+    from .pipeline import Prepared as Prepared, analyze as analyze, prepare as prepare, prune as prune
+    from .pruning.masking import apply_masks_ as apply_masks_, mask_model as mask_model
+    from .pruning.pt2 import load_pruned as load_pruned, save_pruned as save_pruned
+    from .pruning.structural import PruneConfig as PruneConfig, PruneReport as PruneReport, PruneResult as PruneResult
+    from .tuning.threshold import TuneResult as TuneResult, tune as tune

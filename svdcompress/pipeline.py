@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from ._inputs import check_input_shape
 from .checkpoint import DEFAULT_THRESHOLD
+from .checkpoint.analysis import AnalysisReport, analyze as analyze_layers
 from .errors import InvalidInputError
 from .nn.architecture import ResolvedModel, load_model
 from .pruning.masking import check_threshold
@@ -27,7 +29,7 @@ from .pruning.structural import PruneConfig, PruneResult, prune as prune_model
 from .tuning.dataspec import DataSpec, check_selectable
 from .tuning.threshold import TuneResult, tune
 
-__all__ = ["DEFAULT_MAX_DROP", "PipelinePruneResult", "Prepared", "prepare", "prune"]
+__all__ = ["DEFAULT_MAX_DROP", "PipelinePruneResult", "Prepared", "analyze", "prepare", "prune"]
 
 DEFAULT_MAX_DROP = 0.5
 """Accuracy points ``threshold="auto"`` may lose against the unthresholded model, unless told otherwise."""
@@ -245,3 +247,29 @@ def prune(
     return PipelinePruneResult(
         **{f.name: getattr(result, f.name) for f in dataclasses.fields(result)}, prepared=prepared
     )
+
+
+def analyze(
+    source: str | os.PathLike[str] | nn.Module | Mapping[str, torch.Tensor],
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    trust_pickle: bool = False,
+    convention: str | None = None,
+    model: str | None = None,
+) -> AnalysisReport:
+    """Report per layer what ``log α < threshold`` keeps: :func:`svdcompress.checkpoint.analysis.analyze`, with
+    ``model="package.module:factory"`` building the network of a checkpoint file first, so that its layers are
+    counted from the live model (e.g. one row per layer for numenta's VDropCentralData, whose state_dict alone is
+    one flat group).
+
+    Example:
+        >>> from svdcompress.nn.zoo import lenet300
+        >>> [r.name for r in analyze(lenet300(svdo=True)).layers]
+        ['fc1', 'fc2', 'fc3']
+    """
+    module = None
+    if model is not None and not isinstance(source, (nn.Module, Mapping)):
+        module = load_model(source, model=model, trust_pickle=trust_pickle, convention=convention).module
+    elif model is not None:
+        raise InvalidInputError("model= applies to a checkpoint file, not to a module or a state_dict", param="model")
+    return analyze_layers(source, threshold, trust_pickle=trust_pickle, convention=convention, module=module)

@@ -40,6 +40,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["analyze", "bundled:lenet5", "--plot", "{tmp}/h.xyz"], 2, "suffix '.xyz' is not an image format"),
     (["analyze", "bundled:lenet5", "--json-out", MISSING_DIR + "/r.json"], 1, "does not exist"),
     (["analyze", "bundled:lenet5", "--convention", "nope"], 2, "not a known convention"),
+    (["analyze", "bundled:lenet5", "--model", "nodots"], 1, "--model 'nodots'"),
     # prune: -o, --model, --threshold, --input-shape, --data
     (["prune", "bundled:lenet5", "-o", "{tmp}"], 2, "is a directory"),
     (["prune", "bundled:lenet5", "-o", MISSING_DIR + "/m.pt2"], 1, "does not exist"),

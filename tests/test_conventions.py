@@ -8,6 +8,7 @@ holds the boundary cases: log α exactly at 3, log α beyond the clip, and |θ| 
 
 from __future__ import annotations
 
+import json
 import pickle
 import struct
 import sys
@@ -505,7 +506,9 @@ def test_chainer_save_npz(tmp_path: Path) -> None:
     f = tmp_path / "snapshot_iter_600"
     with open(f, "wb") as fh:
         np.savez_compressed(fh, **arrays)  # chainer.serializers.save_npz(..., compression=True)
-    ref = _ref_square(1e-8, 8.0, strict_drop=True)  # calculate_log_alpha(eps=1e-8, (-8, 8)); zero where > thr
+    # vd_functions.calculate_log_alpha(eps=1e-8, (-8, 8)); zero where > thr. The eps decides row 0's |θ| = 1e-4
+    # weight: soskek's code has had it since commit fb913a6 (2017-04-28), and this test fails without it.
+    ref = _ref_square(1e-8, 8.0, strict_drop=True)
     expected = _expected([(wc, sc, ref), (wf, sf, ref)])
     _bimodality(expected, [54, 240])
     _check(f, expected, "chainer")
@@ -525,19 +528,42 @@ def test_numenta_vdrop_linear2(tmp_path: Path) -> None:
     _check(f, expected, "nupic")
 
 
-def test_numenta_central_data_says_why_it_cannot_be_read(tmp_path: Path) -> None:
+def test_numenta_central_data_state_dict_is_one_flat_group(tmp_path: Path) -> None:
+    """Issue 24: every weight of a VDropCentralData state_dict is known, only the per-layer slices are not: one
+    flat group, counted as compute_z_logalpha() < threshold, with a note that --model gives one row per layer."""
+    net = _CentralNet()
+    (w1, s1), (w2, s2) = _bimodal((16, 12), 17), _bimodal((4, 16), 18)
+    with torch.no_grad():
+        net.vdrop_data.z_mu.copy_(torch.cat([w1.flatten(), w2.flatten()]))
+        net.vdrop_data.z_logvar.copy_(torch.cat([s1.flatten(), s2.flatten()]))
     f = tmp_path / "central.pt"
-    torch.save(
-        {
-            "vdrop_data.z_mu": torch.randn(24 * 10 + 10 * 4),
-            "vdrop_data.z_logvar": torch.randn(24 * 10 + 10 * 4),
-            "fc1.bias": torch.zeros(10),
-            "fc2.bias": torch.zeros(4),
-        },
-        f,
-    )
-    with pytest.raises(NoSVDOLayersError, match=r"VDropCentralData.*z_chunk_sizes.*state_dict\(\) does not save"):
-        analyze(f)
+    torch.save(net.state_dict(), f)
+    ref = _ref_square(1e-8, None, strict_drop=False)
+    per_layer = {thr: [_kept(ref(w1, s1, thr), w1), _kept(ref(w2, s2, thr), w2)] for thr in THRESHOLDS}
+    _bimodality(per_layer, [192, 64])
+    for thr in THRESHOLDS:
+        with pytest.warns(ConventionWarning, match=r"VDropCentralData.*one group.*model=package\.module:factory"):
+            report = analyze(f, threshold=thr)
+        assert [(r.name, r.kind, r.shape, r.weights) for r in report.layers] == [("vdrop_data", "flat", [256], 256)]
+        assert report.layers[0].kept == sum(per_layer[thr])
+        assert report.layers[0].convention == "nupic"
+        # With the network's factory: one row per layer, the same weights kept.
+        live = analyze(f, threshold=thr, model=_factory(_CentralNet))
+        assert [(r.name, r.kept) for r in live.layers] == list(zip(["fc1", "fc2"], per_layer[thr], strict=True))
+        assert not live.warnings
+    res = CliRunner().invoke(main, ["analyze", str(f)])
+    assert res.exit_code == 0, res.output
+    row = next(line for line in res.stdout.splitlines() if line.startswith("vdrop_data"))
+    assert row.split()[:5] == ["vdrop_data", "flat", "256", "256", f"{sum(per_layer[3.0])}"]
+    notes = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(notes) == 1 and notes[0].startswith("warning: ") and "pass --model package.module:factory" in notes[0]
+    res = CliRunner().invoke(main, ["analyze", str(f), "--model", _factory(_CentralNet), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["layers"]
+    assert [(r["name"], r["kind"], r["kept"]) for r in rows] == [
+        ("fc1", "linear", per_layer[3.0][0]),
+        ("fc2", "linear", per_layer[3.0][1]),
+    ]
     # Bayesian Compression keeps its name.
     bc = {"fc1.weight_mu": torch.randn(4, 3), "fc1.weight_logvar": torch.randn(4, 3)}
     bc |= {"fc1.z_mu": torch.randn(3), "fc1.z_logvar": torch.randn(3)}

@@ -24,6 +24,7 @@ from . import DEFAULT_THRESHOLD
 from .conventions import (
     SVDOLayer,
     central_data_layers,
+    central_data_note,
     find_svdo_layers,
     keep_rule,
     log_alpha as _log_alpha,
@@ -51,7 +52,8 @@ _EXACT_MEDIAN_MAX = 1 << 24
 @dataclass
 class LayerReport:
     """One row of the table. ``shape`` is PyTorch layout; ``dead_*`` count all-zero rows/filters and
-    all-zero input columns/channels of the masked weight."""
+    all-zero input columns/channels of the masked weight. A "flat" row (numenta's VDropCentralData read from a
+    state_dict) has no rows or columns: ``outputs``, ``inputs`` and ``dead_*`` are 0."""
 
     name: str
     kind: str
@@ -145,8 +147,8 @@ class AnalysisReport:
                     f"{r.kept:,}",
                     f"{r.sparsity:.2f}",
                     _fmt_x(r.compression),
-                    f"{r.dead_outputs}/{r.outputs}",
-                    f"{r.dead_inputs}/{r.inputs}",
+                    "-" if r.kind == "flat" else f"{r.dead_outputs}/{r.outputs}",
+                    "-" if r.kind == "flat" else f"{r.dead_inputs}/{r.inputs}",
                     f"{r.log_alpha_min:.1f} / {r.log_alpha_median:.1f} / {r.log_alpha_max:.1f}",
                 ]
             )
@@ -317,6 +319,9 @@ def ambiguity_warnings(name: str, layers: list[SVDOLayer], threshold: float) -> 
 @torch.no_grad()
 def _layer_report(layer: SVDOLayer, threshold: float) -> LayerReport:
     theta, ls2 = layer.theta, layer.log_sigma2  # (out, in[, kh, kw])
+    is_flat = theta.dim() == 1  # VDropCentralData: one vector, chunked as (n, 1); it has no units
+    if is_flat:
+        theta, ls2 = theta.reshape(-1, 1), ls2.reshape(-1, 1)
     out_units, in_units = theta.shape[0], theta.shape[1]
     row_elems = max(1, theta[0].numel())
     rows_per_chunk = max(1, _CHUNK_ELEMS // row_elems)
@@ -370,15 +375,15 @@ def _layer_report(layer: SVDOLayer, threshold: float) -> LayerReport:
         name=layer.name,
         kind=layer.kind,
         convention=layer.convention.name,
-        shape=list(theta.shape),
+        shape=list(layer.theta.shape),
         weights=weights,
         kept=kept,
         sparsity=100.0 * (1 - kept / weights) if weights else 0.0,
         compression=weights / kept if kept else math.inf,
-        outputs=out_units,
-        inputs=in_units,
-        dead_outputs=int((~row_alive).sum()),
-        dead_inputs=int((~col_alive).sum()),
+        outputs=0 if is_flat else out_units,
+        inputs=0 if is_flat else in_units,
+        dead_outputs=0 if is_flat else int((~row_alive).sum()),
+        dead_inputs=0 if is_flat else int((~col_alive).sum()),
         biases=0 if layer.bias is None else layer.bias.numel(),
         log_alpha_min=la_min,
         log_alpha_median=median,
@@ -393,6 +398,7 @@ def analyze(
     *,
     trust_pickle: bool = False,
     convention: str | None = None,
+    module: nn.Module | None = None,
 ) -> AnalysisReport:
     """Report per layer what ``log α < threshold`` keeps (each convention's own clip and comparison).
 
@@ -407,6 +413,10 @@ def analyze(
         convention: the project the file comes from, one of
             :data:`svdcompress.checkpoint.conventions.CONVENTION_NAMES` (e.g. ``"bayeswatch"``); by default it is
             recognised from the names and, where they are ambiguous, from the file.
+        module: the live network a checkpoint ``source`` was loaded into (:func:`svdcompress.load_model`): its
+            layers are counted instead of the file's names, e.g. one row per layer for numenta's
+            VDropCentralData, whose state_dict alone is counted as one flat group. ``svdcompress.analyze(path,
+            model="pkg.mod:factory")`` builds it.
 
     Returns:
         An :class:`AnalysisReport`; ``.format_table()``, ``.to_dict()`` and ``.plot(path)`` render it.
@@ -423,6 +433,8 @@ def analyze(
     if not math.isfinite(threshold):
         raise InvalidInputError(f"threshold must be a finite number, got {threshold}")
     meta: dict[str, Any] = {}
+    if module is not None and isinstance(source, (nn.Module, Mapping)):
+        raise InvalidInputError("model= applies to a checkpoint file, not to a module or a state_dict", param="model")
     if isinstance(source, nn.Module):
         layers = live_layers(source, convention)
         name = type(source).__name__
@@ -435,15 +447,19 @@ def analyze(
         meta = {k: v for k, v in ckpt.meta.items() if k != "provenance"}
         if ckpt.meta.get("provenance"):
             meta["provenance"] = ckpt.meta["provenance"]
-        layers = find_svdo_layers(
-            ckpt.tensors,
-            file=name,
-            source=ckpt.source,
-            own=bool(ckpt.meta),
-            classes=ckpt.classes,
-            convention=convention,
-        )
+        if module is not None:
+            layers = live_layers(module, convention)
+        else:
+            layers = find_svdo_layers(
+                ckpt.tensors,
+                file=name,
+                source=ckpt.source,
+                own=bool(ckpt.meta),
+                classes=ckpt.classes,
+                convention=convention,
+            )
     notes = ambiguity_warnings(name, layers, threshold)
+    notes += [central_data_note(name, layer) for layer in layers if layer.kind == "flat"]
     for note in notes:
         warnings.warn(note, ConventionWarning, stacklevel=2)
     return AnalysisReport(name, float(threshold), [_layer_report(layer, threshold) for layer in layers], meta, notes)

@@ -39,6 +39,7 @@ __all__ = [
     "Convention",
     "SVDOLayer",
     "central_data_layers",
+    "central_data_note",
     "check_finite",
     "convention_of_module",
     "find_svdo_layers",
@@ -63,7 +64,8 @@ class Convention:
         variance_is: "log_sigma2" or "log_sigma" (then log sigma² = 2 · log sigma).
         eps: constant inside the log of theta (0: none, so theta = 0 gives log alpha = +inf before the clip).
         eps_mode: "square" → log(theta² + eps); "abs" → 2 · log(|theta| + eps).
-        layout: "torch" ((out, in), (out, in, kh, kw)) or "in_out" ((in, out), TF conv (kh, kw, in, out)).
+        layout: "torch" ((out, in), (out, in, kh, kw)), "in_out" ((in, out), TF conv (kh, kw, in, out)) or
+            "lasagne" (dense (in, out), conv (out, in, kh, kw)).
         source: where the convention comes from.
         clip: log alpha is clamped to [-clip, clip] before the comparison (None: not clipped), for 2-D weights.
         clip_conv: the same for conv kernels (pytorch-ard clips its Linear at 10, its Conv2d at 8).
@@ -198,6 +200,8 @@ CONVENTIONS: tuple[Convention, ...] = (
     _nupic("w_mu", "w_logsigma2", "(VDropLinear, 2019)"),
     _nupic("weight", "w_logvar", "(early VDrop layers)"),
     _nupic("w_mu", "w_logvar", "(VDropLinear2 / VDropConv2d2)"),
+    # soskek's links compute log(W ** 2 + 1e-8) since commit fb913a6 ("make stable and precise", 2017-04-28;
+    # master: vd_functions.calculate_log_alpha(eps=1e-8)). Only the repository's first three days had no eps.
     Convention(
         "chainer",
         "W",
@@ -230,6 +234,9 @@ LASAGNE = Convention(
     clip_conv=8.0,
 )
 _LASAGNE_DENSE = dataclasses.replace(LASAGNE, eps=0.0, layout="in_out")
+# A PyTorch port of the authors' Lasagne layers keeps their names and layout: W (dense (in, out), conv
+# (out, in, kh, kw)), b, and log σ² under the layer's attribute name (log_sigma2) or Theano's (ls2).
+_LASAGNE_PORTS = (dataclasses.replace(LASAGNE, variance="log_sigma2"), LASAGNE)
 
 CONVENTION_NAMES: tuple[str, ...] = tuple(
     dict.fromkeys(c.name for c in (*CONVENTIONS, BAYESWATCH, SVDCOMPRESS, LASAGNE))
@@ -325,8 +332,9 @@ class SVDOLayer:
 
     Attributes:
         name: the layer's prefix in the checkpoint (e.g. ``"fc1"``), or ``"layer3"`` for Lasagne lists.
-        kind: "linear", "conv1d" or "conv2d".
-        theta: weight mean, (out, in) or (out, in/groups, kh, kw).
+        kind: "linear", "conv1d" or "conv2d"; "flat" for numenta's VDropCentralData read from a state_dict,
+            every layer's weights in one vector whose per-layer slices the file does not record.
+        theta: weight mean, (out, in) or (out, in/groups, kh, kw); 1-D for "flat".
         log_sigma2: log sigma², same shape as ``theta``.
         bias: (out,) or None.
         convention: the scheme it was read with.
@@ -379,6 +387,8 @@ def _to_torch_layout(file: str, key: str, t: torch.Tensor, layout: str) -> torch
             return t.t()  # (in, out) -> (out, in)
         if t.dim() == 4:
             return t.permute(3, 2, 0, 1)  # TF (kh, kw, in, out) -> (out, in, kh, kw)
+    if layout == "lasagne" and t.dim() == 2:
+        return t.t()  # Lasagne's dense (in, out); its conv kernels are PyTorch's already
     if t.dim() not in (2, 3, 4):
         raise _fail(
             file,
@@ -489,15 +499,26 @@ def _lasagne_layers(file: str, tensors: Mapping[str, torch.Tensor]) -> list[SVDO
     return layers
 
 
-def _central_data_message(
+def _central_data_layer(
     file: str, prefix: str, suffixes: Mapping[str, str], tensors: Mapping[str, torch.Tensor]
-) -> str:
-    n = tensors[suffixes["z_mu"]].numel()
+) -> SVDOLayer:
+    """numenta's VDropCentralData in a state_dict: every weight is known, only the per-layer slices are not, so
+    its flat z_mu / z_logvar are one "flat" group, read as VDropCentralData reads them (no clip)."""
+    mu_key, var_key = suffixes["z_mu"], suffixes["z_logvar"]
+    theta, var = _check_tensor(file, mu_key, tensors[mu_key]), _check_tensor(file, var_key, tensors[var_key])
+    check_finite(file, mu_key, theta)
+    check_finite(file, var_key, var)
+    nupic = next(c for c in CONVENTIONS if c.theta == "w_mu" and c.variance == "w_logvar")
+    return SVDOLayer(prefix or mu_key, "flat", theta, var, None, nupic, mu_key, var_key)
+
+
+def central_data_note(file: str, layer: SVDOLayer) -> str:
+    """What a "flat" VDropCentralData row is, and how to get one row per layer."""
     return (
-        f"'{suffixes['z_mu']}' and '{suffixes['z_logvar']}' are numenta's VDropCentralData: the weights of every "
-        f"VDrop layer in one flat vector of {n:,}. The per-layer slices (z_chunk_sizes) and shapes are Python "
-        "attributes that state_dict() does not save, so the layers cannot be cut out of the file; pass the live "
-        "model to svdcompress.analyze(model) instead"
+        f"{file}: '{layer.theta_key}' and '{layer.variance_key}' are numenta's VDropCentralData, the weights of "
+        f"every VDrop layer in one flat vector of {layer.theta.numel():,}, counted as one group "
+        f"'{layer.name}'. The per-layer slices (z_chunk_sizes) and shapes are Python attributes that state_dict() "
+        "does not save; for one row per layer, pass model=package.module:factory (the function building the network)"
     )
 
 
@@ -522,6 +543,8 @@ def find_svdo_layers(
     """Find every SVDO layer in a flat ``{name: tensor}`` mapping.
 
     Names are split on the last ``.`` or ``/`` (TF and Chainer keys), so ``conv1/kernel`` is layer ``conv1``.
+    numenta's VDropCentralData (every layer's weights in one flat ``z_mu`` / ``z_logvar``) is one layer of kind
+    "flat" (:func:`central_data_note`).
 
     Args:
         tensors: flat mapping; Lasagne lists use the keys "0", "1", ...
@@ -558,7 +581,6 @@ def find_svdo_layers(
 
     layers = []
     lookalikes: list[str] = []
-    central: list[str] = []
     for prefix, suffixes in by_prefix.items():
         found: Convention | None = None
         alternatives: tuple[Convention, ...] = ()
@@ -576,7 +598,7 @@ def find_svdo_layers(
             else:
                 alternatives = tuple(c for c in AMBIGUOUS if c is not found)
         if _is_central_data(suffixes, tensors):
-            central.append(_central_data_message(file, prefix, suffixes, tensors))
+            layers.append(_central_data_layer(file, prefix, suffixes, tensors))
         else:
             for names, why in _LOOKALIKES:
                 if all(n in suffixes for n in names):
@@ -593,8 +615,6 @@ def find_svdo_layers(
         pairs = " or ".join(f"{c.theta} + {c.variance}" for c in forced)
         raise InvalidInputError(f"{file}: convention={convention!r} reads {pairs} pairs; the file has none")
     if not layers:
-        if central:
-            raise NoSVDOLayersError(f"{file}: {central[0]}")
         listed = ", ".join(list(tensors)[:6]) + (" ..." if len(tensors) > 6 else "")
         hint = f" Found look-alikes that are not SVDO: {'; '.join(lookalikes)}." if lookalikes else ""
         known = "; ".join(sorted({f"{c.theta}+{c.variance}" for c in CONVENTIONS}))
@@ -631,33 +651,50 @@ def _own_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _reader(tensors: Mapping[str, torch.Tensor], forced: tuple[Convention, ...] = ()) -> Convention | None:
-    """The convention whose names a module's own tensors carry (look-alikes excluded), or None."""
+def _reader(
+    tensors: Mapping[str, torch.Tensor], forced: tuple[Convention, ...] = (), lasagne: bool = False
+) -> Convention | None:
+    """The convention whose names a module's own tensors carry (look-alikes excluded), or None; with
+    ``lasagne``, ``W`` + ``log_sigma2`` / ``ls2`` are a Lasagne port's (dense W (in, out)), not Chainer's."""
     if any(all(n in tensors for n in names) for names, _ in _LOOKALIKES):
         return None
-    return next((c for c in (*forced, *CONVENTIONS) if c.theta in tensors and c.variance in tensors), None)
+    ports = _LASAGNE_PORTS if lasagne else ()
+    return next((c for c in (*forced, *ports, *CONVENTIONS) if c.theta in tensors and c.variance in tensors), None)
 
 
-def module_reader(module: nn.Module) -> Convention | None:
-    """The convention whose names (and so layout and variance form) a live layer stores its tensors under."""
-    return _reader(_own_tensors(module))
+def _is_lasagne(conv: object) -> bool:
+    return isinstance(conv, Convention) and conv.name == LASAGNE.name
 
 
-def module_layer(module: nn.Module, name: str = "", convention: str | None = None) -> SVDOLayer | None:
+def module_reader(module: nn.Module, *, lasagne: bool = False) -> Convention | None:
+    """The convention whose names (and so layout and variance form) a live layer stores its tensors under;
+    ``lasagne``: the layer receives a Lasagne list, so ``W`` + ``log_sigma2`` / ``ls2`` are read in Lasagne's layout."""
+    return _reader(_own_tensors(module), lasagne=lasagne or _is_lasagne(getattr(module, RULE_ATTR, None)))
+
+
+def module_layer(
+    module: nn.Module, name: str = "", convention: str | None = None, *, lasagne: bool = False
+) -> SVDOLayer | None:
     """The SVDO layer a live module holds in its own parameters and buffers, in PyTorch layout; None if none.
 
     Its tensors are found by the names of :data:`CONVENTIONS` (as in a file: ``theta`` (in, out) is transposed,
-    the demo's log σ doubled). The formula that masks it comes, in this order, from ``convention`` (when it reads
-    the module's names), from the :data:`RULE_ATTR` tag :func:`svdcompress.load_model` leaves on layers whose file
-    settled it, from the class (svdcompress's, pytorch-ard's and BayesWatch's layers), else from the names, with
-    ``weight`` + ``log_sigma2`` read as pytorch-ard and the other two readers of those names as ``alternatives``.
+    the demo's log σ doubled). A layer that receives a Lasagne list (``lasagne``) or was tagged with Lasagne's
+    formula, or any layer under ``convention="lasagne"``, is read as a port of the authors' Lasagne layers when
+    it stores ``W`` + ``log_sigma2`` (or ``ls2``): dense ``W`` is (in, out), as Lasagne stores it.
+
+    The formula that masks it comes, in this order, from ``convention`` (when it reads the module's names), from
+    the :data:`RULE_ATTR` tag :func:`svdcompress.load_model` leaves on layers whose file settled it, from the class
+    (svdcompress's, pytorch-ard's and BayesWatch's layers), from a Lasagne port's names (Lasagne's formula), else
+    from the names, with ``weight`` + ``log_sigma2`` read as pytorch-ard and the other two readers of those names
+    as ``alternatives``.
     Look-alikes (Bayesian Compression, Structured Bayesian Pruning), vectors and pairs of different shapes are not
     layers.
     """
     tensors = _own_tensors(module)
     # Lasagne's names belong to positional lists; a live layer loaded from one carries the tag instead
     forced = tuple(c for c in _by_name(convention) if c is not LASAGNE)
-    reader = _reader(tensors, forced)
+    tag = getattr(module, RULE_ATTR, None)
+    reader = _reader(tensors, forced, lasagne or _is_lasagne(tag) or convention == LASAGNE.name)
     if reader is None:
         return None
     theta, var = tensors[reader.theta], tensors[reader.variance]
@@ -665,11 +702,12 @@ def module_layer(module: nn.Module, name: str = "", convention: str | None = Non
         return None
     rule: Convention = reader
     alternatives: tuple[Convention, ...] = ()
-    tag = getattr(module, RULE_ATTR, None)
     if reader in forced:
         pass
     elif isinstance(tag, Convention):
         rule = tag
+    elif reader in _LASAGNE_PORTS:
+        rule = _LASAGNE_DENSE if theta.dim() == 2 else LASAGNE  # dense without eps, conv with 1e-8
     elif reader in AMBIGUOUS:
         rule, alternatives = convention_of_module(module)
     bkey = next((b for b in reader.bias_names if b in tensors), None)

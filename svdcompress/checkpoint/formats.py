@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -244,10 +245,14 @@ def _load_npz(p: Path, names: list[str], trust_pickle: bool) -> LoadedCheckpoint
     return LoadedCheckpoint(p, tensors, "npz")
 
 
+# torch.save's legacy (non-zip) format starts with this pickled int, after the protocol header and frame.
+_TORCH_LEGACY_MAGIC = b"\x8a\x0a" + torch.serialization.MAGIC_NUMBER.to_bytes(10, "little")
+
+
 def _sniff(path: Path) -> bytes:
     try:
         with open(path, "rb") as f:
-            return f.read(16)
+            return f.read(32)
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a directory; give the checkpoint file inside it") from None
     except PermissionError:
@@ -324,7 +329,10 @@ def _load_torch(path: Path, trust_pickle: bool) -> Any:
                 mmap=zipfile.is_zipfile(path),
                 pickle_module=_NamingPickleModule,
             )
-        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS), warnings.catch_warnings():
+            # torch warns that its safe unpickler may not read a legacy file's protocol; if it cannot,
+            # the error below says so in one line.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except _MissingClassError as e:
         raise CheckpointError(_missing_class_message(path, e)) from None
@@ -338,6 +346,13 @@ def _load_torch(path: Path, trust_pickle: bool) -> Any:
         else:  # the reason follows "error:" on the same line, or (newer torch) on the next non-empty one
             rest = [lines[at].split("error:", 1)[1].strip(), *lines[at + 1 :]]
             why = next((ln for ln in rest if ln), "").split(" was not", 1)[0]
+        head = _sniff(path)
+        if why.startswith("Unsupported operand") and _TORCH_LEGACY_MAGIC in head and head[1] > 2:
+            raise CheckpointError(
+                f"{path}: was written by torch.save in the legacy (non-zip) format with pickle protocol "
+                f"{head[1]}, which safe loading cannot read. Re-save it with torch.save's default format, or "
+                "pass trust_pickle=True only if you trust its source"
+            ) from None
         if why.startswith("Unsupported operand"):  # garbage bytes, not a refused object: trusting would not help
             raise CheckpointError(
                 f"{path}: truncated or corrupt torch checkpoint ({why[:160]}); re-save it with torch.save"
@@ -446,6 +461,11 @@ def _load(p: Path, trust_pickle: bool) -> LoadedCheckpoint:
         raise CheckpointError(
             f"{p}: not a checkpoint svdcompress can read; expected .pt/.pth (torch.save), "
             ".safetensors or a Lasagne .npy/.npz list"
+        )
+    elif _TORCH_LEGACY_MAGIC not in head:
+        raise CheckpointError(
+            f"{p}: is a plain Python pickle (pickle.dump), not a file written by torch.save; load it in Python "
+            "and re-save its tensors with torch.save(state_dict, path) or safetensors.torch.save_file"
         )
 
     obj = _load_torch(p, trust_pickle)

@@ -402,18 +402,20 @@ def _convention_notes() -> Iterator[None]:
     other warnings are shown as Python shows them."""
     from ..errors import ConventionWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConventionWarning)
-        try:
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConventionWarning)
             yield
-        finally:
-            shown: set[str] = set()
-            for w in caught:
-                if not issubclass(w.category, ConventionWarning):
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
-                elif str(w.message) not in shown:
-                    shown.add(str(w.message))
-                    click.echo(f"warning: {_cli_message(Exception(str(w.message)))}", err=True)
+    finally:
+        # Replayed after the block: inside it, showwarning appends to ``caught`` and this loop never ends.
+        shown: set[str] = set()
+        for w in caught:
+            if not issubclass(w.category, ConventionWarning):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+            elif str(w.message) not in shown:
+                shown.add(str(w.message))
+                click.echo(f"warning: {_cli_message(Exception(str(w.message)))}", err=True)
 
 
 _CKPT_DOC = (
@@ -433,6 +435,13 @@ _CKPT_DOC = (
     help="Write log α histograms as an image; the suffix picks the format (.png, .svg, .pdf, ...).",
 )
 @click.option("--force", is_flag=True, help="Overwrite existing --plot / --json-out files.")
+@click.option(
+    "--model",
+    "model_spec",
+    metavar="PKG.MODULE:FACTORY",
+    help="Import path of a function returning the nn.Module the checkpoint belongs to: the layers are counted "
+    "from the live model (one row per layer for numenta's VDropCentralData, one flat group without it).",
+)
 @_trust_opt
 @_convention_opt
 @_friendly
@@ -443,20 +452,21 @@ def analyze(
     json_out: Path | None,
     plot: Path | None,
     force: bool,
+    model_spec: str | None,
     trust_pickle: bool,
     convention: str | None,
 ) -> None:
     """Report per layer how many weights log α < THRESHOLD keeps, and which units are dead."""
     import dataclasses
 
-    from ..checkpoint.analysis import analyze as _analyze
     from ..errors import ConventionWarning
+    from ..pipeline import analyze as _analyze
 
     _check_plot(plot, force=force, ckpt=ckpt)
     _check_json_out(json_out, force=force, ckpt=ckpt)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConventionWarning)  # shown below, as one line in the CLI's words
-        report = _analyze(ckpt, threshold, trust_pickle=trust_pickle, convention=convention)
+        report = _analyze(ckpt, threshold, trust_pickle=trust_pickle, convention=convention, model=model_spec)
     for note in report.warnings:
         click.echo(f"warning: {_cli_message(Exception(note))}", err=True)
     report = dataclasses.replace(report, source=_display_name(ckpt))

@@ -154,7 +154,7 @@ def _tag(module: nn.Module, layers: list[SVDOLayer], keymap: Mapping[str, str]) 
     module_key = {f: m for m, f in keymap.items()}
     for layer in layers:
         key = module_key.get(layer.theta_key)
-        if layer.alternatives or key is None:
+        if layer.alternatives or key is None or layer.kind == "flat":  # flat: VDropCentralData, not a layer
             continue
         setattr(module.get_submodule(key.rpartition(".")[0]), RULE_ATTR, layer.convention)
 
@@ -164,7 +164,7 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 def _weight_shape(m: nn.Module) -> tuple[int, ...] | None:
     """The PyTorch-layout weight shape of a layer a Lasagne list can map onto, or None."""
-    layer = module_layer(m)
+    layer = module_layer(m, lasagne=True)
     if layer is not None:
         return tuple(layer.theta.shape)
     if isinstance(m, (nn.Linear, nn.Conv2d)):
@@ -175,11 +175,11 @@ def _weight_shape(m: nn.Module) -> tuple[int, ...] | None:
 @torch.no_grad()
 def _store(m: nn.Module, layer: SVDOLayer) -> None:
     """Write a Lasagne layer's θ, log σ² and bias into an SVDO layer, in the names and layout it stores them."""
-    reader = module_reader(m)
+    reader = module_reader(m, lasagne=True)
     if reader is None:  # pragma: no cover - _weight_shape read the layer
         raise CheckpointError(f"{type(m).__name__} holds no SVDO pair")
     theta, ls2 = layer.theta, layer.log_sigma2
-    if reader.layout == "in_out":
+    if reader.layout == "in_out" or (reader.layout == "lasagne" and theta.dim() == 2):
         dims = (1, 0) if theta.dim() == 2 else (2, 3, 1, 0)
         theta, ls2 = theta.permute(*dims), ls2.permute(*dims)
     getattr(m, reader.theta).copy_(theta)
@@ -248,7 +248,7 @@ def _load_positional(module: nn.Module, ckpt: LoadedCheckpoint, layers: list[SVD
                 f"{where}: layer {n_layer} of the list (arrays {layer.theta_key}..{int(layer.theta_key) + 2}, W "
                 f"{tuple(layer.theta.shape)} in PyTorch layout) does not fit '{name}' ({cls}, weight {shape}); {how}"
             )
-        if module_layer(m) is None:  # a plain Linear / Conv2d: an SVDO layer holds the list's log σ²
+        if module_layer(m, lasagne=True) is None:  # a plain Linear / Conv2d: an SVDO layer holds the list's log σ²
             if not name:
                 raise CheckpointError(f"{where}: the factory returns a single {cls}; wrap it in nn.Sequential")
             new: nn.Module = (
