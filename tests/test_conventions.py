@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 from torch import nn
 
-from svdcompress.checkpoint.analysis import analyze
+from svdcompress import analyze
 from svdcompress.checkpoint.formats import load_checkpoint, save_checkpoint
 from svdcompress.cli import main
 from svdcompress.errors import CheckpointError, ConventionWarning, InvalidInputError, NoSVDOLayersError
