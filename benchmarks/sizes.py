@@ -27,6 +27,7 @@ import numpy as np
 import svdcompress
 from svdcompress import runtime
 from svdcompress.benchmark.machine import machine_info
+from svdcompress.runtime import quant as Q
 from svdcompress.tuning.datasets import load_dataset
 
 RESULTS = Path(__file__).parent / "results"
@@ -181,7 +182,9 @@ def _markdown(out: dict[str, Any]) -> str:
         "in the bundle (kept weights that quantise to exactly 0 are dropped: `zeroed`). Compressed bytes per stored",
         "weight: values (fp32/fp16 values, or codes + steps/codebook), pattern (positions or bitmap) and other",
         "(biases, manifest, zip headers); each LZMA member is shared among its tensors in proportion to what each",
-        "compresses to alone. `read s`: decoding the bundle at load. `auto+val`: `--bits auto --data",
+        "compresses to alone. `read s`: decoding the bundle at load. `auto`: `--bits auto` without `--data`, what",
+        f"a user gets by default: per layer the fewest bits whose noise variance is within c = 1/{1 / Q.AUTO_C:g}",
+        "of its median posterior σ², accuracy unchecked at export. `auto+val`: `--bits auto --data",
         f"{VAL}`, which checks the bundle on that split before writing and tightens the noise allowed (c) until it",
         "loses at most 0.3 points there (the bundled checkpoints trained on the other 55,000 training images,",
         "so the split is held out for them; the test-set figures are what counts).",

@@ -56,6 +56,7 @@ def _cli_message(e: BaseException, output_flag: str = "-o") -> str:
     for name, flag in flags.items():
         text = re.sub(rf"\b{name}=True\b", flag, text)
         text = re.sub(rf"\b{name}='auto'", f"{flag} auto", text)
+        text = re.sub(rf"\b{name}=(?=[\s,;)]|$)", flag, text)  # "pass data= (...)": the flag alone
         text = re.sub(rf"\b{name}=", f"{flag} ", text)
         if "_" in name:  # a bare multi-word parameter name cannot be an ordinary word of the sentence
             text = re.sub(rf"\b{name}\b", flag, text)
@@ -373,7 +374,7 @@ class _EchoHandler(logging.Handler):
     """A log record as one ``note:`` line on stderr (click's echo: safe from the runtime's timer thread)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"note: {' '.join(record.getMessage().split())}", err=True)
+        click.echo(f"note: {_cli_message(Exception(record.getMessage()))}", err=True)
 
 
 def _convention_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -721,9 +722,7 @@ def export(
             f"outputs vs the fp32 model on random inputs: max |diff| = {res.quant_drift or 0:.2e} of the output scale"
         )
         a = res.accuracy
-        if a is None:
-            click.echo("accuracy was not checked: add --data SPEC (e.g. fashion-mnist:val) to check it before writing")
-        else:
+        if a is not None:  # without data, the exporter's note says that accuracy was not checked
             c = next((q["c"] for q in res.quant.values() if "c" in q), None)
             click.echo(
                 f"accuracy on {a['data']} ({a['examples']:,} examples): {a['accuracy']:.2f}% quantised, "

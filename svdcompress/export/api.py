@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import warnings
@@ -22,6 +23,8 @@ from ..runtime import quant as Q
 from ._common import ExportResult
 
 __all__ = ["FORMATS", "export_model", "posterior_sigma"]
+
+_log = logging.getLogger("svdcompress.export")
 
 FORMATS = ("onnx", "onnx-sparse", "csr")
 """Artifact formats :func:`export_model` writes."""
@@ -82,8 +85,10 @@ def export_model(
         opset: ONNX opset (ONNX formats only).
         force: overwrite an existing output.
         bits: CSR only: quantise the kept weights to ``16`` (fp16), 2-8 bits, or ``"auto"``: per layer the
-            fewest bits whose error stays within the posterior σ of its kept weights (see
-            :func:`~svdcompress.export.export_csr`); σ comes from the SVDO layers' log σ².
+            fewest bits whose RMS error stays within √c·σ, σ the median posterior σ of its kept weights (from
+            the SVDO layers' log σ²) and c = :data:`~svdcompress.runtime.quant.AUTO_C` (see
+            :func:`~svdcompress.export.export_csr`). Without ``data`` the accuracy is not checked (logged on
+            the ``svdcompress.export`` logger).
         convention: the project the checkpoint comes from, when its names fit several (``weight`` +
             ``log_sigma2``: ``"pytorch-ard"``, ``"bayeswatch"``, ``"svdcompress"``); every layer is masked by
             its convention's formula, eps, clip and comparison, as :func:`svdcompress.analyze` counts it.
@@ -201,6 +206,13 @@ def export_model(
             dtype=dtype,
             force=force,
             metadata=None if selection is None else _onnx_metadata(threshold, selection),
+        )
+    if quantised and data is None:
+        _log.info(
+            "%s: quantised to bits=%s without data: accuracy was not checked; pass data= (held-out, e.g. "
+            "'fashion-mnist:val') to check it before the file is written",
+            res.path,
+            bits,
         )
     return dataclasses.replace(
         res, parameter_compression=compression, threshold=threshold, threshold_selection=selection
