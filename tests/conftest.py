@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from torch import nn
 
 from svdcompress.nn.layers import ELBOLoss, LinearSVDO
 from svdcompress.tuning.datasets import FASHION_MNIST_DIR
 
 torch.set_num_threads(1)
+
+# Hypothesis profiles: "ci" (the default, what .ci/run runs) draws the same 100 examples per property every run;
+# "thorough" draws 20 times as many, fresh each run, for a long local search:
+# SVDCOMPRESS_HYPOTHESIS=thorough pytest tests/test_kernels.py tests/test_structured_property.py
+_QUIET = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile("ci", max_examples=100, derandomize=True, deadline=None, suppress_health_check=_QUIET)
+settings.register_profile("thorough", max_examples=2000, deadline=None, suppress_health_check=_QUIET)
+settings.load_profile(os.environ.get("SVDCOMPRESS_HYPOTHESIS", "ci"))
 
 _FASHION_TEST_IMAGES = FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"
 _NO_REAL_DATA = [

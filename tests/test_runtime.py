@@ -554,6 +554,7 @@ def _cache_script_args(tmp_path: Path) -> list[str]:
     return [str(bundle), str(tmp_path / "x.npy"), str(tmp_path / "ref.npy")]
 
 
+@pytest.mark.slow
 def test_an_unwritable_numba_cache_dir_falls_back_with_a_warning(tmp_path: Path) -> None:
     """$NUMBA_CACHE_DIR naming a directory nobody can create (numba alone raises at import: "no locator
     available"): the runtime still loads and answers, caching in the user cache, and says so."""
@@ -567,6 +568,7 @@ def test_an_unwritable_numba_cache_dir_falls_back_with_a_warning(tmp_path: Path)
     assert list((cache_home / "svdcompress-numba").rglob("*.nbi")), "nothing was cached in the fallback"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("home", ["writable", "read-only"])
 def test_numba_cache_works_with_a_read_only_package(tmp_path: Path, home: str) -> None:
     """A fresh process loads and calls a bundle twice. The package's __pycache__ cannot be written, so the

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import event, given, settings, strategies as st
 from torch import nn
 
 from svdcompress.ops import InputGather
@@ -29,7 +29,6 @@ torch.set_num_threads(1)
 
 RTOL = 1e-5  # float32, summed in a different order after pruning
 ATOL_PER_SCALE = 1e-5  # absolute tolerance per unit of output magnitude
-MAX_EXAMPLES = 100  # per test; three tests -> 300 random models
 
 _ACTS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -42,9 +41,7 @@ _ACTS: dict[str, type[nn.Module]] = {
     "identity": nn.Identity,
     "silu": nn.SiLU,
 }
-_SETTINGS = settings(
-    max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
+_SETTINGS = settings()  # the profile's (tests/conftest.py): "ci" 100 random models per test, derandomized
 
 Spec = dict[str, Any]
 
