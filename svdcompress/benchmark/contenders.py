@@ -34,18 +34,17 @@ __all__ = [
     "runtime_info",
 ]
 
-# oneTBB workers busy-wait about 1 ms after a multi-threaded OpenVINO call (measured: 1.1 ms of CPU time
-# in the 10 ms after a 2-thread call, 0.1 ms after a 1-thread call); waiting this long after each sample
-# lets them go idle before the next contender is timed (the harness busy-waits: bench._settle).
+# oneTBB workers busy-wait about 1 ms after a multi-threaded OpenVINO call; waiting this long after each sample
+# lets them go idle before the next contender is timed (the harness busy-waits: harness._settle). The
+# measurements: benchmarks/results/harness_notes.md.
 OPENVINO_SETTLE_S = 0.005
-# torch's OpenMP workers busy-wait ~10 ms after every multi-threaded call (measured: 9-10.6 ms of CPU time in
-# the 10 ms after a 2-thread LeNet-5 batch, 0.1 ms in each 10 ms after that): a core stolen from whatever
-# is timed next. Waiting this long after each torch sample at more than one thread lets them go idle.
+# torch's OpenMP workers busy-wait ~10 ms after every multi-threaded call: a core stolen from whatever is timed
+# next. Waiting this long after each torch sample at more than one thread lets them go idle.
 TORCH_SETTLE_S = 0.015
 
 
 def ort_session(path: Path, threads: int) -> Any:
-    from ..export.onnx import ort_session  # the shared set-up: spinning off (DESIGN.md §5)
+    from ..export.onnx import ort_session  # the shared set-up: spinning off
 
     return ort_session(path, threads)
 

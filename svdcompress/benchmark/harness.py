@@ -17,8 +17,8 @@ The OpenVINO contenders need the ``peers`` extra (``pip install 'svdcompress[pee
 stream, ``inference_num_threads`` set to the thread count asked, fp32 inference precision (OpenVINO
 would otherwise run bf16 on CPUs that have it) and CPU pinning off (pinned threads would fight the
 other engines' threads for fixed cores). Each call reuses one infer request: the input is bound as a
-zero-copy tensor, ``infer()`` runs without arguments and the output tensor's buffer is returned, which
-measured the lowest per-call cost of the Python API's calling forms. OpenVINO's threading runtime
+zero-copy tensor, ``infer()`` runs without arguments and the output tensor's buffer is returned: the cheapest
+of the Python API's calling forms. OpenVINO's threading runtime
 (oneTBB) keeps idle workers busy-waiting for about a millisecond after a multi-threaded call, so the
 harness waits a few ms, outside the timed region, after each OpenVINO sample at more than one thread.
 PyTorch's OpenMP workers spin for ~10 ms after a multi-threaded call, so torch samples at more than one
@@ -27,10 +27,11 @@ rather than sleeping: a core left idle runs the next contender's calls slower fo
 
 Method: each contender is warmed up, then a round robin of timed samples interleaves the
 contenders so that machine drift hits all alike. A sample averages enough calls to last
-about ``sample_ms``, after half as many untimed calls: on this VM a core that sat idle (after a settle
-sleep, or between a model's own thread hand-offs) runs the next calls up to 3× slower, so without them
-the contender timed after a sleeping one paid for it. ONNX Runtime sessions are created with intra-op
-spinning off, since a spinning ORT worker steals the core from whatever is timed next (DESIGN.md §5).
+about ``sample_ms``, after half as many untimed calls: a core that sat idle (after a settle sleep, or between a
+model's own thread hand-offs) runs the next calls slower, so without them the contender timed after a sleeping
+one paid for it. ONNX Runtime sessions are created with intra-op spinning off, since a spinning ORT worker
+steals the core from whatever is timed next. The measurements behind these choices are in
+``benchmarks/results/harness_notes.md``.
 
 Every record carries ``speedup_vs_best_dense``: the faster (lower median) of ``ort-dense`` and
 ``openvino-dense`` at the same batch size and thread count, divided by the contender's median. For
@@ -450,8 +451,7 @@ def _time_batch(
         for c, fn in calls[k:] + calls[:k]:
             n = inner[c.name]
             # Untimed warm-up calls (about half a sample) first: a core left idle by the previous contender's
-            # settle sleep, or by its own threads, runs the next calls up to 3× slower on this VM (measured:
-            # LeNet-300 at batch 256, 103 µs back to back, 340 µs after a 5 ms sleep), whoever comes next.
+            # settle, or by its own threads, runs the next calls slower, whoever comes next.
             for _ in range(max(1, n // 2)):
                 fn()
             t0 = time.perf_counter()
@@ -474,8 +474,8 @@ def _time_batch(
 
 def _settle(seconds: float) -> None:
     """Wait ``seconds`` with the timing thread busy, so its core stays awake for the next contender: while the
-    other engines' workers go idle, a sleep here left the core idle too, and the contender timed next ran up to
-    3× slower for several ms (LeNet-300-100 at batch 256 after a 15 ms sleep: 343 µs, then ~130, against 103)."""
+    other engines' workers go idle, a sleep here would leave the core idle too, and the contender timed next would
+    run slower for several ms (benchmarks/results/harness_notes.md)."""
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
