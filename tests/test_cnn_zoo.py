@@ -60,3 +60,57 @@ def test_every_stage_is_exact(name: str, tmp_path: Path) -> None:
     csr_path = tmp_path / f"{name}.csr"
     export_model(net, "csr", csr_path, input_shape=SHAPE)
     _close(runtime.load(csr_path)(x.numpy()), ref, f"{name} csr")
+
+
+def _widths(model: nn.Module) -> list[int]:
+    return [
+        m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_round_to_keeps_few_dead_channels_for_round_widths(name: str) -> None:
+    net = synthetic_svdo_(NETS[name](), sparsity=0.9, seed=0)
+    ragged = prune(net, input_shape=SHAPE)
+    for multiple in (4, 8):
+        rounded = prune(net, input_shape=SHAPE, round_to=multiple)
+        originals = _widths(mask_model(net, 3.0))
+        for before, after, orig in zip(_widths(ragged.model), _widths(rounded.model), originals, strict=True):
+            assert after % multiple == 0 or after == orig, (before, after, orig)
+            # at most one multiple above the ragged width rounded up: a dead unit kept for one layer's width can
+            # keep another layer's inputs read, and that layer then rounds up from there
+            assert before <= after <= -(-before // multiple) * multiple + multiple or after == orig
+        assert rounded.report.max_abs_diff <= 1e-4 * max(1.0, rounded.report.output_scale)
+        assert any(f"round_to={multiple}" in n for n in rounded.report.notes) or _widths(ragged.model) == _widths(
+            rounded.model
+        )
+
+
+def test_round_to_is_checked_and_reaches_the_cli(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from svdcompress import InvalidInputError
+    from svdcompress.cli import main
+
+    net = synthetic_svdo_(NETS["vgg_like"](), sparsity=0.9, seed=0)
+    for bad in (0, 2.5, True, 4096):
+        with pytest.raises(InvalidInputError, match="round_to"):
+            prune(net, input_shape=SHAPE, round_to=bad)
+    ckpt = tmp_path / "vgg.pt"
+    from svdcompress import save_checkpoint
+
+    save_checkpoint(ckpt, net, arch="vgg_like", arch_kwargs={"k": 0.125, "svdo": True}, input_shape=SHAPE)
+    res = CliRunner().invoke(main, ["prune", str(ckpt), "-o", str(tmp_path / "p.pt2"), "--round-to", "0"])
+    assert res.exit_code == 2 and "between 1 and 1024" in res.output
+    res = CliRunner().invoke(main, ["prune", str(ckpt), "-o", str(tmp_path / "p.pt2"), "--round-to", "auto"])
+    assert res.exit_code == 2 and "not a whole number" in res.output
+    res = CliRunner().invoke(main, ["export", str(ckpt), "-o", str(tmp_path / "m.onnx"), "--round-to", "auto"])
+    assert res.exit_code == 0, res.output
+    assert "round-to auto:" in res.output
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert int(props["svdcompress.round_to"]) in (1, 4, 8, 16)
+    assert '"median_us"' in props["svdcompress.round_to_selection"]

@@ -51,6 +51,9 @@ class ExportResult:
             None for a threshold given as a number.
         accuracy: For a quantised bundle checked on data (``export_model(data=..., bits=...)``): the data spec,
             examples, the fp32 model's and the bundle's accuracy (%), the drop in points and the allowed drop.
+        round_to: The channel multiple the pruned widths were rounded to (1: none), when
+            :func:`~svdcompress.export.export_model` knows it.
+        round_to_selection: How ``round_to="auto"`` chose it: the candidates' ONNX Runtime medians on this machine.
     """
 
     path: Path
@@ -65,6 +68,8 @@ class ExportResult:
     threshold: float | None = None
     threshold_selection: dict[str, Any] | None = None
     accuracy: dict[str, Any] | None = None
+    round_to: int | None = None
+    round_to_selection: dict[str, Any] | None = None
 
     def summary(self) -> str:
         """One line for logs and the CLI (kB = 1000 bytes).

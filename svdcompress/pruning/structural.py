@@ -38,6 +38,7 @@ from .tracing import Kind, propagate_shapes, trace_model
 __all__ = ["LayerPruneRow", "PruneConfig", "PruneReport", "PruneResult", "prune"]
 
 _MAX_ITERATIONS = 1000  # each pass removes at least one slot, so this only guards against bugs
+_MAX_ROUNDING_RUNS = 4  # round_to: prunes run with rising width floors; two settle the zoo's CNNs
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class PruneConfig:
         verify: raise :class:`~svdcompress.errors.VerificationError` above the tolerance.
         require_csr: refuse, with the reason, ops the CSR bundle cannot express (Conv1d, sub/mul/div, ...),
             so that a model meant for :func:`~svdcompress.export.export_csr` fails here, before any work.
+        round_to: keep extra dead (hence exact) units so that the width of every layer that loses units is a
+            multiple of this, or its original width; 1 keeps none. Each layer stops at its pruned width rounded
+            up, unless a unit kept elsewhere keeps its inputs read (then one multiple more). ONNX Runtime runs
+            ragged channel counts (13, 27) slower than round ones, even when there are fewer of them.
         convention: the project the SVDO layers come from, for ``weight`` + ``log_sigma2`` layers whose class
             does not say (one of :data:`svdcompress.checkpoint.conventions.CONVENTION_NAMES`); every layer is masked by
             its convention's formula, eps, clip and comparison.
@@ -63,6 +68,7 @@ class PruneConfig:
     tolerance: float = 1e-4
     verify: bool = True
     require_csr: bool = False
+    round_to: int = 1
     convention: str | None = None
 
     def __post_init__(self) -> None:
@@ -76,6 +82,11 @@ class PruneConfig:
             )
             raise InvalidInputError(
                 f"threshold must be a finite number, got {self.threshold!r}{fix}", param="threshold"
+            )
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or not 1 <= self.round_to <= 1024:
+            raise InvalidInputError(
+                f"round_to must be a whole number of channels from 1 to 1024 (e.g. 8), got {self.round_to!r}",
+                param="round_to",
             )
         if self.convention is not None and self.convention not in CONVENTION_NAMES:
             raise InvalidInputError(
@@ -216,29 +227,25 @@ def prune(
     cfg = _config(config, overrides)
     masked = mask_model(model, cfg.threshold, convention=cfg.convention).eval()
     x = _example(masked, example_inputs, input_shape)
-    gm = trace_model(copy.deepcopy(masked), x)
-    gm.eval()
-    before = _layer_stats(gm)
-    notes: list[str] = []
-    gather = _insert_gather(gm, notes) if cfg.gather_inputs else None
-    iterations = 0
-    while True:
-        iterations += 1
-        propagate_shapes(gm, x)
-        cg = build_channel_graph(gm, require_csr=cfg.require_csr)
-        removed, pass_notes = _decide(cg, gather_inputs=cfg.gather_inputs)
-        if not bool(removed.any()) or iterations >= _MAX_ITERATIONS:
-            notes += pass_notes
-            break
-        _apply(cg, removed)
-        gm.eval()  # rebuilt modules start in training mode; BatchNorm must use its running stats
-    if gather is not None and _drop_full_gather(gm, gather):
-        notes.append("gather_inputs: every input feature is read; no InputGather inserted")
-    gm.graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    gm.eval()
-    propagate_shapes(gm, x)
+    before, gm, notes, iterations = _shrink(masked, x, cfg, floors=None)
+    if cfg.round_to > 1:
+        # Rounding inside the passes would stop cascades (a dead unit kept for its width keeps its inputs read),
+        # so the ragged widths come first; then a second run stops each layer at its width rounded up.
+        # A layer held at its floor can keep another's inputs read in turn: round again until every width is on
+        # the grid (floors only rise, so this ends; a layer that reaches its original width stops there).
+        ragged = widths = {name: s["units"] for name, s in _layer_stats(gm).items()}
+        for _ in range(_MAX_ROUNDING_RUNS):
+            floors = {n: min(before[n]["units"], -(-w // cfg.round_to) * cfg.round_to) for n, w in widths.items()}
+            if floors == widths:
+                break
+            _, gm, notes, iterations = _shrink(masked, x, cfg, floors=floors)
+            widths = {name: s["units"] for name, s in _layer_stats(gm).items()}
+        extra = sum(widths.values()) - sum(ragged.values())
+        if extra:
+            notes.append(
+                f"round_to={cfg.round_to}: kept {extra} dead unit(s) so that every pruned layer's width is a "
+                f"multiple of {cfg.round_to}"
+            )
     after = _layer_stats(gm)
     diff, scale = compare_outputs(masked, gm, x, "pruned model")
     report = PruneReport(
@@ -256,6 +263,40 @@ def prune(
     if cfg.verify:
         check_outputs(diff, scale, cfg.tolerance, "pruned model")
     return PruneResult(model=gm, masked=masked, report=report)
+
+
+def _shrink(
+    masked: nn.Module, x: torch.Tensor, cfg: PruneConfig, floors: dict[str, int] | None
+) -> tuple[dict[str, dict[str, Any]], fx.GraphModule, list[str], int]:
+    """Trace ``masked`` and remove units pass by pass until nothing more can go; with ``floors`` (layer name ->
+    width), no layer is cut below its floor. Returns the layer stats before, the pruned module, the notes and the
+    number of passes."""
+    gm = trace_model(copy.deepcopy(masked), x)
+    gm.eval()
+    before = _layer_stats(gm)
+    notes: list[str] = []
+    gather = _insert_gather(gm, notes) if cfg.gather_inputs else None
+    iterations = 0
+    while True:
+        iterations += 1
+        propagate_shapes(gm, x)
+        cg = build_channel_graph(gm, require_csr=cfg.require_csr)
+        removed, pass_notes = _decide(cg, gather_inputs=cfg.gather_inputs)
+        if floors is not None:
+            _keep_floors(cg, removed, floors)
+        if not bool(removed.any()) or iterations >= _MAX_ITERATIONS:
+            notes += pass_notes
+            break
+        _apply(cg, removed)
+        gm.eval()  # rebuilt modules start in training mode; BatchNorm must use its running stats
+    if gather is not None and _drop_full_gather(gm, gather):
+        notes.append("gather_inputs: every input feature is read; no InputGather inserted")
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    gm.eval()
+    propagate_shapes(gm, x)
+    return before, gm, notes, iterations
 
 
 def _config(config: PruneConfig | None, overrides: dict[str, Any]) -> PruneConfig:
@@ -313,6 +354,31 @@ def _decide(cg: ChannelGraph, gather_inputs: bool) -> tuple[torch.Tensor, list[s
             last_unit[g] = f"removing it would leave '{info.node.target if info.module else name}' with no units"
     removed = ok[group]  # (S,)
     return removed, _notes(cg, removed, last_unit, gather_inputs)
+
+
+_LAYER_KINDS = (Kind.DENSE, Kind.GROUPED, Kind.DEPTHWISE)
+
+
+def _keep_floors(cg: ChannelGraph, removed: torch.Tensor, floors: dict[str, int]) -> None:
+    """Put back into ``removed`` (in place) the last removable slots of every layer this pass would cut below its
+    floor, each with its whole group (coupled layers move together). A slot put back is a dead unit that stays:
+    the model computes what the masked one computes either way."""
+    for info in cg.infos.values():
+        if info.kind not in _LAYER_KINDS or not info.module or not info.channels:
+            continue
+        floor = floors.get(str(info.node.target))
+        if floor is None:
+            continue
+        s = cg.slots(info.node.name)
+        going = torch.nonzero(removed[s]).flatten()  # (k,)
+        excess = floor - (info.channels - len(going))
+        for i in going.flip(0).tolist():
+            if excess <= 0:
+                break
+            if removed[s.start + i]:
+                group = cg.group == cg.group[s.start + i]  # (S,)
+                excess -= int(removed[s][group[s]].sum())
+                removed[group] = False
 
 
 def _notes(cg: ChannelGraph, removed: torch.Tensor, last_unit: dict[int, str], gather_inputs: bool) -> list[str]:
