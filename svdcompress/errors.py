@@ -27,9 +27,12 @@ class SvdcompressError(Exception):
     (``threshold='auto'``, ``data=``), never as flags.
     """
 
+    default_param: str | None = None
+    """The parameter an error of this class concerns when the raise site names none."""
+
     def __init__(self, *args: object, param: str | None = None) -> None:
         super().__init__(*args)
-        self.param = param
+        self.param = param if param is not None else self.default_param
 
 
 class InvalidInputError(SvdcompressError, ValueError):
@@ -44,6 +47,8 @@ class InputShapeError(InvalidInputError):
 
     The CLI reports it as a bad ``--input-shape`` value (exit 2), like a missing one.
     """
+
+    default_param = "input_shape"
 
 
 class MissingDependencyError(SvdcompressError):
@@ -81,6 +86,8 @@ class AccuracyDropError(ExportError):
 
 class OutputExistsError(ExportError):
     """The output path exists (pass ``force=True``) or is the input file itself."""
+
+    default_param = "path"
 
 
 class ConventionWarning(UserWarning):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import svdcompress
-from svdcompress import InvalidInputError, prepare
+from svdcompress import InvalidInputError, prepare, prune
 from svdcompress.nn.zoo import lenet300
 
 PKG = Path(svdcompress.__file__).parent
@@ -123,3 +123,17 @@ def test_the_flat_layout_zoo_path_still_builds_models() -> None:
     from svdcompress.nn.architecture import _import_factory
 
     assert _import_factory("svdcompress.zoo:lenet5") is _import_factory("svdcompress.nn.zoo:lenet5")
+
+
+def test_errors_name_the_parameter_they_concern() -> None:
+    from svdcompress.errors import InputShapeError, OutputExistsError
+    from svdcompress.tuning.dataspec import parse_data_spec
+
+    with pytest.raises(InvalidInputError) as info:
+        parse_data_spec("nope:val")
+    assert info.value.param == "data"
+    with pytest.raises(InvalidInputError) as info:
+        prune(lenet300(svdo=True), input_shape=(1, 28, 28), threshold=float("inf"))
+    assert info.value.param == "threshold"
+    assert InputShapeError("x").param == "input_shape" and OutputExistsError("x").param == "path"
+    assert InvalidInputError("x", param="round_to").param == "round_to"

@@ -291,7 +291,9 @@ def _by_name(name: str | None) -> tuple[Convention, ...]:
         return ()
     found = tuple(c for c in (*CONVENTIONS, BAYESWATCH, SVDCOMPRESS, LASAGNE) if c.name == name)
     if not found:
-        raise InvalidInputError(f"convention={name!r} is not known; choose one of {', '.join(CONVENTION_NAMES)}")
+        raise InvalidInputError(
+            f"convention={name!r} is not known; choose one of {', '.join(CONVENTION_NAMES)}", param="convention"
+        )
     return found
 
 

@@ -52,9 +52,11 @@ def check_threshold(threshold: object) -> float:
     try:
         value = float(threshold)  # type: ignore[arg-type]  # anything else is refused below
     except (TypeError, ValueError):
-        raise InvalidInputError(f"threshold must be a finite number like 3.0, got {threshold!r}") from None
+        raise InvalidInputError(
+            f"threshold must be a finite number like 3.0, got {threshold!r}", param="threshold"
+        ) from None
     if not math.isfinite(value):
-        raise InvalidInputError(f"threshold must be a finite number like 3.0, got {threshold!r}")
+        raise InvalidInputError(f"threshold must be a finite number like 3.0, got {threshold!r}", param="threshold")
     return value
 
 

@@ -23,6 +23,12 @@ import torch
 
 from ..errors import InvalidInputError
 
+
+def _DataSpecError(message: str) -> InvalidInputError:
+    """An :class:`InvalidInputError` about the ``data`` parameter (the CLI's ``--data``)."""
+    return InvalidInputError(message, param="data")
+
+
 __all__ = [
     "DATASETS",
     "FASHION_MNIST_VAL",
@@ -94,7 +100,7 @@ def parse_data_spec(text: str | DataSpec) -> DataSpec:
     if isinstance(text, DataSpec):
         return text
     if not isinstance(text, str) or not text.strip():
-        raise InvalidInputError(f"data spec {text!r} is empty or not a string; {_SPEC_HELP}")
+        raise _DataSpecError(f"data spec {text!r} is empty or not a string; {_SPEC_HELP}")
     s = text.strip()
     suffix = Path(s).suffix.lower()
     if suffix in (".npz", ".npy"):
@@ -103,12 +109,12 @@ def parse_data_spec(text: str | DataSpec) -> DataSpec:
     canonical = _ALIASES.get(name.lower())
     if canonical is None:
         if "." in Path(s).name or "/" in s:
-            raise InvalidInputError(f"data spec {s!r}: a data file must end in .npz (x and y arrays); {_SPEC_HELP}")
-        raise InvalidInputError(f"unknown data set {name!r} in data spec {s!r}; {_SPEC_HELP}")
+            raise _DataSpecError(f"data spec {s!r}: a data file must end in .npz (x and y arrays); {_SPEC_HELP}")
+        raise _DataSpecError(f"unknown data set {name!r} in data spec {s!r}; {_SPEC_HELP}")
     if not sep:
         return DataSpec(s, canonical, "test", bare=True)
     if split.lower() not in SPLITS:
-        raise InvalidInputError(f"unknown split {split!r} in data spec {s!r}; use {canonical}:train, :val or :test")
+        raise _DataSpecError(f"unknown split {split!r} in data spec {s!r}; use {canonical}:train, :val or :test")
     return DataSpec(s, canonical, split.lower())
 
 
@@ -128,13 +134,13 @@ def check_selectable(spec: str | DataSpec) -> DataSpec:
     ds = parse_data_spec(spec)
     if ds.split == "test":
         bare = f" (without a split, {ds.name!r} means its test split)" if ds.bare else ""
-        raise InvalidInputError(
+        raise _DataSpecError(
             f"data spec {ds.text!r} is a test split{bare}, which may be evaluated on but cannot choose the "
             "threshold: data that picks a hyperparameter no longer measures it, so its accuracy would be "
             f"optimistic. Choose on {ds.name}:val and keep {ds.name}:test for the final evaluation"
         )
     if not ds.labelled:
-        raise InvalidInputError(
+        raise _DataSpecError(
             f"data spec {ds.text!r}: a .npy file holds inputs without labels, so it cannot score a threshold; "
             "save inputs and labels with numpy.savez(FILE.npz, x=inputs, y=labels)"
         )
@@ -176,11 +182,9 @@ def _load_npy(path: Path) -> tuple[torch.Tensor, None]:
         arr = np.load(path, allow_pickle=False)
         x = torch.from_numpy(np.asarray(arr)).float()
     except (OSError, ValueError, TypeError) as e:  # missing, not .npy, object or non-numeric arrays
-        raise InvalidInputError(
-            f"data spec {path}: cannot read inputs ({e}); give a float .npy array (N, ...)"
-        ) from None
+        raise _DataSpecError(f"data spec {path}: cannot read inputs ({e}); give a float .npy array (N, ...)") from None
     if x.dim() < 2 or x.shape[0] == 0:
-        raise InvalidInputError(f"data spec {path}: expected a batch of inputs (N, ...), got shape {tuple(x.shape)}")
+        raise _DataSpecError(f"data spec {path}: expected a batch of inputs (N, ...), got shape {tuple(x.shape)}")
     return x, None
 
 
@@ -189,16 +193,16 @@ _NPZ_FIX = "save it with numpy.savez(path, x=inputs, y=labels): x float (N, ...)
 
 def _load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not path.is_file():
-        raise InvalidInputError(f"data spec {path}: no such file; {_NPZ_FIX}")
+        raise _DataSpecError(f"data spec {path}: no such file; {_NPZ_FIX}")
     if not zipfile.is_zipfile(path):  # numpy would try to unpickle it, and say so
-        raise InvalidInputError(f"data spec {path}: not an .npz archive (a zip of .npy arrays); {_NPZ_FIX}")
+        raise _DataSpecError(f"data spec {path}: not an .npz archive (a zip of .npy arrays); {_NPZ_FIX}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)
             missing = [k for k in ("x", "y") if k not in names]
             if missing:
                 found = ", ".join(names) if names else "none"
-                raise InvalidInputError(
+                raise _DataSpecError(
                     f"data spec {path}: no array {' or '.join(repr(k) for k in missing)} "
                     f"(arrays found: {found}); {_NPZ_FIX}"
                 )
@@ -206,32 +210,30 @@ def _load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     except InvalidInputError:
         raise
     except ValueError as e:  # object arrays refused by allow_pickle=False, or a corrupt member
-        raise InvalidInputError(f"data spec {path}: cannot read its arrays ({e}); {_NPZ_FIX}") from None
+        raise _DataSpecError(f"data spec {path}: cannot read its arrays ({e}); {_NPZ_FIX}") from None
     except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise InvalidInputError(f"data spec {path}: not a readable .npz file ({e}); {_NPZ_FIX}") from None
+        raise _DataSpecError(f"data spec {path}: not a readable .npz file ({e}); {_NPZ_FIX}") from None
     if not np.issubdtype(x.dtype, np.floating):
         hint = " (e.g. x.astype('float32') / 255 for 8-bit images)" if np.issubdtype(x.dtype, np.integer) else ""
-        raise InvalidInputError(
+        raise _DataSpecError(
             f"data spec {path}: x has dtype {x.dtype}; store the inputs as floats, preprocessed as the model "
             f"expects{hint}"
         )
     if x.ndim < 2 or x.shape[0] == 0:
-        raise InvalidInputError(
-            f"data spec {path}: x must be a batch of inputs (N, ...) with N >= 1, got shape {x.shape}"
-        )
+        raise _DataSpecError(f"data spec {path}: x must be a batch of inputs (N, ...) with N >= 1, got shape {x.shape}")
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
-        raise InvalidInputError(
+        raise _DataSpecError(
             f"data spec {path}: y must be integer class labels of shape (N,), got dtype {y.dtype} and shape {y.shape}"
         )
     if len(y) != len(x):
-        raise InvalidInputError(
+        raise _DataSpecError(
             f"data spec {path}: x has {len(x):,} examples but y has {len(y):,} labels; they must match"
         )
     if (y < 0).any():
-        raise InvalidInputError(
+        raise _DataSpecError(
             f"data spec {path}: y has negative labels (min {int(y.min())}); labels are class indices 0..C-1"
         )
     xt = torch.from_numpy(np.ascontiguousarray(x)).float()
     if not bool(torch.isfinite(xt).all()):
-        raise InvalidInputError(f"data spec {path}: x holds NaN or infinite values")
+        raise _DataSpecError(f"data spec {path}: x holds NaN or infinite values")
     return xt, torch.from_numpy(y.astype(np.int64))
