@@ -141,11 +141,14 @@ class Models:
     pruned: nn.Module | None
     state_bytes: dict[str, int]
     info: dict[str, Any]
+    pruned_for_onnx: nn.Module | None = None
+    """Pruned with the ONNX exporter's default ``round_to`` (what ``export --format onnx`` writes)."""
 
 
 def prepare_models(
     model: nn.Module, input_shape: tuple[int, ...], cfg: BenchConfig, workdir: Path, log: Callable[[str], None]
 ) -> Models:
+    from ..export.api import ONNX_ROUND_TO
     from ..pruning.structural import prune
 
     dense = dense_original(model, cfg.convention)
@@ -161,9 +164,16 @@ def prepare_models(
             "params_after": result.report.params_after,
             "max_abs_diff": result.report.max_abs_diff,
         }
+    pruned_for_onnx = None
+    if set(cfg.contenders) & {"ort-compact", "openvino-compact", "ort-sparse"}:
+        log("pruning for ONNX")
+        rounded = prune(
+            model, threshold=cfg.threshold, input_shape=input_shape, convention=cfg.convention, round_to=ONNX_ROUND_TO
+        )
+        pruned_for_onnx = rounded.model
     forms = {"dense": dense, "masked": masked, **({"pruned": pruned} if pruned is not None else {})}
     sizes = {k: state_bytes(m, workdir, k) for k, m in forms.items()}
-    return Models(dense, masked, pruned, sizes, info)
+    return Models(dense, masked, pruned, sizes, info, pruned_for_onnx)
 
 
 def onnx_artifact(models: Models, form: str, input_shape: tuple[int, ...], workdir: Path) -> Path:
@@ -172,7 +182,7 @@ def onnx_artifact(models: Models, form: str, input_shape: tuple[int, ...], workd
 
     path = workdir / f"{form}.onnx"
     if not path.exists():
-        src, ref = (models.dense, models.dense) if form == "dense" else (models.pruned, models.masked)
+        src, ref = (models.dense, models.dense) if form == "dense" else (models.pruned_for_onnx, models.masked)
         assert src is not None  # prepare_models prunes whenever a compact or sparse contender was asked for
         export_onnx(src, path, input_shape=input_shape, reference=ref, sparse=form == "sparse", force=True)
     return path

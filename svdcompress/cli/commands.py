@@ -677,11 +677,9 @@ def prune(
 @click.option(
     "--round-to",
     type=_RoundTo(allow_auto=True),
-    default="1",
-    show_default=True,
-    help="Keep the fewest extra dead (exact) channels that make each pruned layer's width a multiple of N "
-    "(ONNX Runtime runs ragged widths slower); auto: time 1, 4, 8 and 16 in ONNX Runtime on this machine and keep "
-    "the fastest, recorded in the ONNX metadata (CSR bundles: 1).",
+    help="Keep extra dead (exact) units so that each pruned layer's width is a multiple of N (ONNX Runtime runs "
+    "ragged widths slower); auto: time 1, 4, 8 and 16 in ONNX Runtime on this machine and keep the fastest, "
+    "recorded in the ONNX metadata. Default: 8 for onnx and onnx-sparse, 1 for csr.",
 )
 @click.option(
     "--dtype",
@@ -712,7 +710,7 @@ def export(
     max_quant_drop: float,
     input_shape: tuple[int, ...] | None,
     opset: int,
-    round_to: int | str,
+    round_to: int | str | None,
     dtype: str,
     bits: str | None,
     trust_pickle: bool,

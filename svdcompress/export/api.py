@@ -66,7 +66,7 @@ def export_model(
     data: str | None = None,
     max_drop: float = 0.5,
     max_quant_drop: float = 0.3,
-    round_to: int | str = 1,
+    round_to: int | str | None = None,
 ) -> ExportResult:
     """Mask, structurally prune and export ``source`` as ``fmt``, verified against the masked model.
 
@@ -100,10 +100,10 @@ def export_model(
         max_drop: with ``threshold="auto"``: the accuracy points the pick may lose.
         max_quant_drop: with ``bits`` and ``data``: the accuracy points quantisation may lose against the fp32
             pruned model at the same threshold; more fails the export and leaves no file.
-        round_to: keep the fewest extra dead (exact) channels that make every pruned layer's width a multiple of
-            this (ONNX Runtime runs ragged widths slower); ``"auto"``: time :data:`ROUND_TO_CANDIDATES` in ONNX
-            Runtime on this machine and keep the fastest (recorded in the ONNX ``metadata_props``); a CSR bundle
-            takes no rounding from ``"auto"``.
+        round_to: keep extra dead (exact) units so that every pruned layer's width is a multiple of this (ONNX
+            Runtime runs ragged widths slower); ``"auto"``: time :data:`ROUND_TO_CANDIDATES` in ONNX Runtime on
+            this machine and keep the fastest (recorded in the ONNX ``metadata_props``). Default:
+            :data:`ONNX_ROUND_TO` for the ONNX formats, 1 for a CSR bundle (its kernels gain nothing from it).
 
     Returns:
         The :class:`ExportResult`, with ``parameter_compression`` filled in.
@@ -165,6 +165,8 @@ def export_model(
     )
     module, shape, threshold = prepared.module, prepared.input_shape, prepared.threshold
     spec, provenance, selection = prepared.data, prepared.provenance, prepared.selection()
+    if round_to is None:
+        round_to = 1 if fmt == "csr" else ONNX_ROUND_TO
     if isinstance(round_to, str) and round_to != "auto":
         raise InvalidInputError(f"round_to must be a number of channels or 'auto', got {round_to!r}", param="round_to")
     if round_to == "auto" and fmt == "csr":
@@ -305,6 +307,10 @@ def _onnx_metadata(
         props["svdcompress.round_to_selection"] = json.dumps(rounding, sort_keys=True)
     return props
 
+
+ONNX_ROUND_TO = 8
+"""The ONNX formats' default ``round_to``: in ``benchmarks/results/round_to.md`` 8 was as fast as or faster than the
+ragged widths on every model and batch, and the compact ONNX at least as fast as the dense one."""
 
 ROUND_TO_CANDIDATES = (1, 4, 8, 16)
 """What ``round_to="auto"`` times in ONNX Runtime."""
