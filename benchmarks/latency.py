@@ -1,8 +1,9 @@
-"""Latency of every contender for the bundled LeNets and a wide SVDO MLP, in one run each.
+"""Latency of every contender for the bundled LeNets, a wide SVDO MLP and the CNNs people deploy, in one run each.
 
     pip install -e '.[peers]'                    # OpenVINO, for the openvino-* contenders
-    python benchmarks/latency.py                 # all three models
+    python benchmarks/latency.py                 # the LeNets and the wide MLP
     python benchmarks/latency.py --models wide   # just the wide MLP
+    python benchmarks/latency.py --models resnet-90,mobilenet_v2-90,vgg_like-90   # CNNs, batches 1 and 64
 
 Writes ``benchmarks/results/latency.{json,md}`` (with the issue-10 targets table from
 ``latency_summary.py``; ``python benchmarks/latency_summary.py --readme`` then rewrites the README's
@@ -19,7 +20,9 @@ Without ``openvino`` the script stops (the results would lack the dense peer to 
 
 The wide MLP (4096-4096-4096-1000) is not trained: its log σ² is drawn so that about 2% of
 weights survive the threshold, with whole dead rows, the way trained SVDO layers look. Its
-accuracy is meaningless; its speed is the point.
+accuracy is meaningless; its speed is the point. So are the CNNs named ``ARCH-PERCENT`` (``resnet-90``,
+``mobilenet_v2-95``, ``vgg_like-80``): the zoo's architecture with seeded synthetic SVDO sparsity and 25% dead
+units (``svdcompress.nn.zoo.synthetic_svdo_``), timed at batches 1 and 64 unless ``--batch-sizes`` says otherwise.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from latency_summary import targets_markdown
 import svdcompress
 from svdcompress.benchmark.harness import BenchConfig, bench
 from svdcompress.nn.architecture import load_model
-from svdcompress.nn.zoo import mlp
+from svdcompress.nn.zoo import INPUT_SHAPES, build, mlp, synthetic_svdo_
 from svdcompress.tuning.datasets import load_dataset
 
 RESULTS = Path(__file__).parent / "results"
@@ -59,6 +62,22 @@ def wide_mlp(density: float = 0.02, dead_rows: float = 0.1, seed: int = 0) -> to
                 la = torch.where(keep, torch.full_like(layer.weight, -6.0), torch.full_like(layer.weight, 8.0))
                 layer.log_sigma2.copy_(la + torch.log(layer.weight**2 + 1e-8))
     return model.eval()
+
+
+# The CNN benchmark models: architecture and arguments (widths that run here in seconds per call).
+CNNS: dict[str, dict[str, Any]] = {
+    "resnet": {},
+    "mobilenet_v2": {"width": 0.5},
+    "vgg_like": {"k": 0.25},
+}
+CNN_BATCHES = (1, 64)
+
+
+def synthetic_cnn(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """``resnet-90`` → the zoo's ResNet with 90% synthetic SVDO sparsity (seed 0) and its input shape."""
+    arch, _, percent = name.rpartition("-")
+    model = build(arch, svdo=True, **CNNS[arch])
+    return synthetic_svdo_(model, sparsity=int(percent) / 100, seed=0), INPUT_SHAPES[arch]
 
 
 def _write(out_json: Path, everything: dict[str, Any]) -> None:
@@ -89,7 +108,7 @@ def _markdown(everything: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="lenet5,lenet300,wide")
-    ap.add_argument("--batch-sizes", default="1,16,256")
+    ap.add_argument("--batch-sizes", default=None, help="default: 1,16,256 (the CNNs: 1,64)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument(
@@ -105,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    batch_sizes = tuple(int(b) for b in a.batch_sizes.split(","))
+    asked = None if a.batch_sizes is None else tuple(int(b) for b in a.batch_sizes.split(","))
     threads = tuple(int(t) for t in a.threads.split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json = RESULTS / "latency.json"
@@ -124,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     names = a.models.split(",")
     for name in names:
         print(f"== {name}", file=sys.stderr, flush=True)
+        batch_sizes = asked or (1, 16, 256)
         if name == "wide":
             model, shape, d = wide_mlp(), (4096,), None
+        elif name.rpartition("-")[0] in CNNS:
+            (model, shape), d = synthetic_cnn(name), None
+            batch_sizes = asked or CNN_BATCHES
         else:
             r = load_model(svdcompress.bundled_checkpoint(name))
             model, shape, d = r.module, r.input_shape, data
