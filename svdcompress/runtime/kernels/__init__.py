@@ -73,7 +73,6 @@ if _dir is not None:
 
 # The kernel modules compile (and look up their cache) at import: configure numba first.
 from . import conv, linear, net, pointwise, sync  # noqa: E402  # the modules, for their dispatchers' cache paths
-from ._scalar import ACT_CODES, MONOTONE_ACTS, POOL_AVG, POOL_MAX, POOL_NONE  # noqa: E402
 from .conv import (  # noqa: E402
     LANES,
     blocked_scratch_sizes,
@@ -88,6 +87,7 @@ from .conv import (  # noqa: E402
     shifted_offsets,
     shifted_scratch_sizes,
 )
+from .layout import ACT_CODES, MONOTONE_ACTS, POOL_AVG, POOL_MAX, POOL_NONE  # noqa: E402
 from .linear import (  # noqa: E402
     chain_batched,
     chain_batched_parallel,

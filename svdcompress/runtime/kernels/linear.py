@@ -21,6 +21,7 @@ from numba import njit, prange
 
 from ._intrinsics import csr_row_dot, transpose16
 from ._scalar import FASTMATH, accumulate_taps, act, aligned_zeros
+from .layout import CHAIN_ACT, CHAIN_BIAS_BASE, CHAIN_COLS, CHAIN_PTR_BASE, CHAIN_ROWS, FP_A0, FP_A1
 
 __all__ = ["chain_batched", "chain_batched_parallel", "chain_single", "spmm_tile"]
 
@@ -52,8 +53,9 @@ def _chain_rows(
 
     Feature ``c`` of the block's examples is ``src[c·tile : (c+1)·tile]``; ``dst`` has the same pitch.
     """
-    rows, pbase, bbase, kind = meta[layer, 0], meta[layer, 2], meta[layer, 3], meta[layer, 4]
-    a0, a1 = fpar[layer, 0], fpar[layer, 1]
+    rows, pbase = meta[layer, CHAIN_ROWS], meta[layer, CHAIN_PTR_BASE]
+    bbase, kind = meta[layer, CHAIN_BIAS_BASE], meta[layer, CHAIN_ACT]
+    a0, a1 = fpar[layer, FP_A0], fpar[layer, FP_A1]
     ut = np.uint64(tile)
     for r in range(rows):
         base = np.uint64(r) * ut
@@ -123,7 +125,7 @@ def _chain_block(
         else:
             _chain_rows(buf_b, buf_a, meta, fpar, ptr, idx, vals, bias, layer, tile)
     out = buf_a if nlayers % 2 == 1 else buf_b
-    rows = meta[nlayers - 1, 0]
+    rows = meta[nlayers - 1, CHAIN_ROWS]
     for r0 in range(0, rows, 16):  # transpose out, 16 outputs at a time
         r1 = min(r0 + 16, rows)
         for t in range(m):
@@ -149,7 +151,7 @@ def _chain_blocks(
     """Blocks ``b0 .. b1`` (of ``tile`` examples each) of :func:`chain_batched`, with scratch of their own."""
     width = 0
     for layer in range(meta.shape[0]):
-        width = max(width, meta[layer, 0])
+        width = max(width, meta[layer, CHAIN_ROWS])
     buf_a = aligned_zeros(width * tile)
     buf_b = aligned_zeros(width * tile)
     buf_x = aligned_zeros(max(1, groups.size) * 16 * tile)
@@ -180,9 +182,10 @@ def chain_batched(
     every nonzero multiplies one contiguous row of ``tile`` activations (broadcast multiply-add, no gathers).
     This replaced a transpose of the whole batch in numpy (70 µs of LeNet-300-100's 166 at batch 256, and a
     fresh 800 kB buffer per call).
-    ``meta[l]`` is (rows, cols, row-pointer base, bias base, activation) of layer ``l``; ``fpar[l]`` its
-    activation attributes; ``ptr``, ``idx``, ``vals``, ``bias`` the layers' CSR arrays concatenated (``ptr``
-    entries are positions in the concatenated ``idx``/``vals``). A dense layer is a CSR holding every entry.
+    ``meta[l]`` is (rows, cols, row-pointer base, bias base, activation) of layer ``l`` (``CHAIN_*`` of
+    :mod:`.layout`); ``fpar[l]`` its activation attributes (``FP_*``); ``ptr``, ``idx``, ``vals``, ``bias``
+    the layers' CSR arrays concatenated (``ptr`` entries are positions in the concatenated ``idx``/``vals``).
+    A dense layer is a CSR holding every entry.
     """
     _chain_blocks(x, y, meta, fpar, ptr, idx, vals, bias, groups, tile, 0, (y.shape[0] + tile - 1) // tile)
 
@@ -236,18 +239,19 @@ def chain_single(
     """
     width = 0
     for layer in range(meta.shape[0]):
-        width = max(width, meta[layer, 0], meta[layer, 1])
+        width = max(width, meta[layer, CHAIN_ROWS], meta[layer, CHAIN_COLS])
     a = np.empty((1, width), np.float32)
     b = np.empty((1, width), np.float32)
-    cols0 = meta[0, 1]
+    cols0 = meta[0, CHAIN_COLS]
     for c in range(cols0):
         a[0, c] = x[0, c]
     nlayers = meta.shape[0]
     for layer in range(nlayers):
         src = a if layer % 2 == 0 else b
         dst = b if layer % 2 == 0 else a
-        rows, cols, pbase, bbase, kind = meta[layer, 0], meta[layer, 1], meta[layer, 2], meta[layer, 3], meta[layer, 4]
-        a0, a1 = fpar[layer, 0], fpar[layer, 1]
+        rows, cols, pbase = meta[layer, CHAIN_ROWS], meta[layer, CHAIN_COLS], meta[layer, CHAIN_PTR_BASE]
+        bbase, kind = meta[layer, CHAIN_BIAS_BASE], meta[layer, CHAIN_ACT]
+        a0, a1 = fpar[layer, FP_A0], fpar[layer, FP_A1]
         s_row = src[0]
         d_row = dst[0]
         if dense[layer]:
@@ -263,5 +267,5 @@ def chain_single(
                 s = csr_row_dot(vals, idx, s_row, np.uint64(ptr[pbase + r]), np.uint64(ptr[pbase + r + 1]))
                 d_row[r] = act(s + bias[bbase + r], kind, a0, a1)
     out = b if nlayers % 2 == 1 else a
-    for r in range(meta[nlayers - 1, 0]):
+    for r in range(meta[nlayers - 1, CHAIN_ROWS]):
         y[0, r] = out[0, r]
