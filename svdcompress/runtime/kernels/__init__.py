@@ -67,11 +67,29 @@ def _cache_dir() -> str | None:
     return None
 
 
+def _pure_cache_dir() -> str | None:
+    """Where kernels built on the pure-numba twins (:mod:`._intrinsics`) go: ``pure-numba`` below the directory
+    the others use, so that neither kind is ever loaded in place of the other (numba's cache index knows the
+    source file, not which building blocks it was compiled with). None if it cannot be written."""
+    base = getattr(numba.config, "CACHE_DIR", "") or str(Path(__file__).parent / "__pycache__")
+    d = Path(base) / "pure-numba"
+    return str(d) if _writable(d) else None
+
+
 _dir = _cache_dir()
 if _dir is not None:
     numba.config.CACHE_DIR = _dir  # type: ignore[attr-defined]  # numba.config is built at runtime
 
-# The kernel modules compile (and look up their cache) at import: configure numba first.
+# Which building blocks the kernels use is settled at import of _intrinsics (it may compile a probe, so after
+# the cache directory is set); the kernel modules compile (and look up their cache) at import: configure numba
+# for them next.
+from . import _intrinsics  # noqa: E402
+
+if _intrinsics.PURE_NUMBA:
+    _dir = _pure_cache_dir()
+    if _dir is not None:
+        numba.config.CACHE_DIR = _dir  # type: ignore[attr-defined]
+
 from . import conv, linear, net, pointwise, sync  # noqa: E402  # the modules, for their dispatchers' cache paths
 from .conv import (  # noqa: E402
     LANES,

@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 from numba import njit
-from numba.np.numpy_support import carray
 
 from ._intrinsics import stack_f32
 from .layout import (
@@ -250,8 +249,8 @@ def accumulate_taps(
     u1, u2 = np.uint64(1), np.uint64(2)
     uc = np.uint64(CHUNK)
     ja, end = np.uint64(j0), np.uint64(j1)
-    even = carray(stack_f32(CHUNK), (CHUNK,))
-    odd = carray(stack_f32(CHUNK), (CHUNK,))
+    even = stack_f32(CHUNK)
+    odd = stack_f32(CHUNK)
     whole = length // uc * uc if end - ja >= np.uint64(CHUNK_MIN_TAPS) else np.uint64(0)
     for c in range(np.uint64(0), whole, uc):
         for t in range(uc):
