@@ -191,6 +191,13 @@ PREFETCH_AHEAD = 1024
 to hide a miss to memory when the weights are not in cache, at one prefetch per 16 nonzeros."""
 
 
+def _prefetch_name(ptr: Any) -> str:
+    """The name of LLVM's prefetch intrinsic for a pointer argument of type ``ptr``: ``llvm.prefetch.p0`` where
+    llvmlite writes opaque pointers (``ptr``, LLVM 15 and later), the typed-pointer ``llvm.prefetch.p0i8``
+    otherwise."""
+    return "llvm.prefetch.p0" if str(ptr) == "ptr" else "llvm.prefetch.p0i8"
+
+
 @intrinsic
 def _llvm_csr_row_dot(typingctx: Any, vals: Any, idx: Any, x: Any, start: Any, end: Any) -> Any:
     """``Σ vals[k] · x[idx[k]]`` over ``k`` in ``[start, end)`` (uint64), as float32.
@@ -221,7 +228,7 @@ def _llvm_csr_row_dot(typingctx: Any, vals: Any, idx: Any, x: Any, start: Any, e
         vfma = cgutils.get_or_insert_function(mod, llir.FunctionType(v8, [v8] * 3), "llvm.fmuladd.v8f32")
         sfma = cgutils.get_or_insert_function(mod, llir.FunctionType(f32, [f32] * 3), "llvm.fmuladd.f32")
         prefetch = cgutils.get_or_insert_function(
-            mod, llir.FunctionType(llir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8"
+            mod, llir.FunctionType(llir.VoidType(), [i8p, i32, i32, i32]), _prefetch_name(i8p)
         )
 
         def n(v: int) -> Any:
