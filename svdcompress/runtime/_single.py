@@ -50,8 +50,8 @@ def single_pass(plan: Plan) -> Callable[[np.ndarray], np.ndarray] | None:
         return None
     if not convs:
         # Reshapes and one chain: the chain's own batch-1 step is already one kernel call, and the fused pass
-        # would only add a dispatch of ~18 arrays (LeNet-300-100: slower as one call) after compiling every
-        # convolution kernel it can run (~45 s on a cold numba cache).
+        # would only add a dispatch of ~18 arrays after compiling every convolution kernel it can run (slow on a
+        # cold numba cache).
         return None
     packed = _pack_convs(convs)
     chain_arrays = chain if chain is not None else _NO_CHAIN

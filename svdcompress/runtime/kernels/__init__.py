@@ -9,7 +9,7 @@ threads in one of two ways. A model made of Linear chains alone calls :func:`cha
 numba ``prange`` region over the batch's blocks (only on a thread-safe threading layer, see
 :func:`parallel_layer`). Any other model hands parts of the batch to its own worker threads
 (:mod:`svdcompress.runtime._workers`): a convolution step is several kernel calls, and a parallel region
-per call measured ~110 µs a launch on this 2-core VM when its threads had gone to sleep.
+per call is slow to launch when its threads have gone to sleep (measurements: ``benchmarks/results/kernel_notes.md``).
 """
 
 from __future__ import annotations

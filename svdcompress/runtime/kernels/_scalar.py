@@ -54,8 +54,8 @@ __all__ = [
     "pool_plane",
 ]
 
-# Conditions join with ``|``, not ``or``: ``or`` short-circuits into branches, which kept LLVM from turning
-# NaN-propagating max and ReLU into vector selects (2×2 max pooling over LeNet-5's conv1: 2.5 -> 1.7 µs).
+# Conditions join with ``|``, not ``or``: ``or`` short-circuits into branches, which keeps LLVM from turning
+# NaN-propagating max and ReLU into vector selects.
 # Contraction gives FMAs. No reassociation in the elementwise kernels: with it LLVM turns the 8-tap sum
 # tree of accumulate_taps into one serial chain of 8 dependent FMAs per vector (latency-bound), and no
 # nnan/ninf anywhere: NaN and inf must propagate as they do in PyTorch.
@@ -142,8 +142,8 @@ def max_pool_inside(src: np.ndarray, sw: int, dst: np.ndarray, dh: int, dw: int,
     kh, kw, st_h, st_w = ip[POOL_KERNEL_H], ip[POOL_KERNEL_W], ip[POOL_STRIDE_H], ip[POOL_STRIDE_W]
     dil_h, dil_w = ip[POOL_DIL_H], ip[POOL_DIL_W]
     if kh == 2 and kw == 2 and st_h == 2 and st_w == 2 and dil_h == 1 and dil_w == 1:
-        # The common 2×2/2 case. A sweep of row-pair maxima first, then of column pairs, measured slower
-        # here: output rows are short (12 and 4 values in LeNet-5), so those loops run in scalar remainders.
+        # The common 2×2/2 case, in one sweep: a sweep of row-pair maxima first, then of column pairs, runs
+        # short output rows in scalar remainders.
         usw = np.uint64(sw)
         udw = np.uint64(dw)
         two = np.uint64(2)
@@ -220,8 +220,7 @@ CHUNK = 64
 """Positions per register-resident accumulator block in :func:`accumulate_taps` (four AVX-512 registers)."""
 CHUNK_MIN_TAPS = 32
 """Taps a run needs for :func:`accumulate_taps` to use accumulator blocks: each block re-reads every tap's
-weight and offset, which rows of few taps over many positions do not repay (LeNet-5's conv1, 17 taps over
-576 positions: 7.8 µs per image with passes, 8.5 with blocks; its conv2, 88 taps over 64: 9.2 against 7.5)."""
+weight and offset, which rows of few taps over many positions do not repay."""
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -242,9 +241,8 @@ def accumulate_taps(
     With at least :data:`CHUNK_MIN_TAPS` taps, whole blocks of :data:`CHUNK` positions sum every tap in
     accumulators on the stack (two, for even and odd taps, so that consecutive multiply-adds do not wait on
     each other), which LLVM keeps in registers: one load and one FMA per vector and tap, and the accumulator
-    is read and written once per block. Measured on one Zen 5 core on LeNet-5's conv2 taps: 43-46 GFMA/s,
-    against 27 for the 8-taps-per-pass loop of :func:`_accumulate_rest`, which sums the positions past the
-    last whole block (and whole runs of fewer taps).
+    is read and written once per block. The 8-taps-per-pass loop of :func:`_accumulate_rest` sums the
+    positions past the last whole block (and whole runs of fewer taps).
     """
     u1, u2 = np.uint64(1), np.uint64(2)
     uc = np.uint64(CHUNK)
@@ -295,7 +293,7 @@ def _accumulate_rest(
     """:func:`accumulate_taps` for a run shorter than a block (any length), in passes over the positions.
 
     Eight taps per pass (then four, then the rest in one pass) cut the accumulator's load/store traffic per
-    multiply-add 8× (measured on one Zen 5 core: 30-35 GFMA/s against 11-16 for one tap per pass). All
+    multiply-add 8× against one tap per pass. All
     positions are unsigned: signed ones make numba test every index for negative wrap-around, which keeps
     LLVM from vectorising and doubles scalar loops (and uint64 + int64 would promote to float64).
     """

@@ -1,8 +1,8 @@
 """Chains of sparse (or dense) Linear layers, bias and activation fused, in one kernel call per chain.
 
 - :func:`chain_single`: one example. Each output row is a dot product of its nonzeros with gathered inputs,
-  eight partial sums at a time in one vector (inputs inserted element by element: AVX-512 gathers measured
-  slower on this CPU); a dense layer walks its rows contiguously.
+  eight partial sums at a time in one vector (inputs inserted element by element, which beat AVX-512
+  gathers); a dense layer walks its rows contiguously.
 - :func:`chain_batched`: a batch, in feature-major blocks of ``tile`` examples, so that every nonzero
   multiplies one contiguous row of ``tile`` activations (broadcast multiply-add, no gathers). Each block is
   transposed in by the kernel; activations stay feature-major from layer to layer.
@@ -10,8 +10,8 @@
 
 Column indices may be any unsigned integer type: each width compiles its own specialisation, so the
 narrowest type that fits (uint16 below 65,536 inputs) cuts the bytes read per nonzero. Positions are
-unsigned throughout: signed ones make numba test each index for negative wrap-around, which halved the
-SpMV's speed here and keeps LLVM from vectorising.
+unsigned throughout: signed ones make numba test each index for negative wrap-around, which slows the SpMV
+and keeps LLVM from vectorising. The measurements behind these choices: ``benchmarks/results/kernel_notes.md``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ __all__ = ["chain_batched", "chain_batched_parallel", "chain_single", "spmm_tile
 def spmm_tile(batch: int) -> int:
     """Examples per batch block: 64 (LLVM's vector body, 16 lanes × 4 interleaved, so no block runs its scalar
     remainder loop), fewer for small batches, where padding a block to 64 would waste more than the shorter
-    loop costs. Measured on a 4096×4096 layer at 2%: 10 GMAC/s at 64, 6 at 32, 4 at 16, 7 at 128."""
+    loop costs (64 measured fastest of 16 to 128 on a large sparse layer)."""
     return 64 if batch > 32 else 32 if batch > 16 else 16
 
 
@@ -180,8 +180,7 @@ def chain_batched(
     the 16-feature groups ``groups`` that layer 0 reads; its column indices are positions in the transposed
     block, see :func:`_transpose_in`) and its activations stay feature-major from layer to layer, so that
     every nonzero multiplies one contiguous row of ``tile`` activations (broadcast multiply-add, no gathers).
-    This replaced a transpose of the whole batch in numpy (70 µs of LeNet-300-100's 166 at batch 256, and a
-    fresh 800 kB buffer per call).
+    No transpose of the whole batch, and no buffer of its size, per call.
     ``meta[l]`` is (rows, cols, row-pointer base, bias base, activation) of layer ``l`` (``CHAIN_*`` of
     :mod:`.layout`); ``fpar[l]`` its activation attributes (``FP_*``); ``ptr``, ``idx``, ``vals``, ``bias``
     the layers' CSR arrays concatenated (``ptr`` entries are positions in the concatenated ``idx``/``vals``).
@@ -209,9 +208,8 @@ def chain_batched_parallel(
     (a call inside the kernel would keep it out of numba's cache: it reads a ctypes pointer).
 
     One parallel region per call and no Python between the parts: handing half a batch to a Python worker
-    thread instead costs a GIL hand-over each way (LeNet-300-100 at batch 256: 98 µs on one thread, 125 µs
-    split on two workers, 49 µs here). The loop body is a call, not inlined code: numba's parallel compile of
-    the inlined chain took 37 s against 21 s.
+    thread instead costs a GIL hand-over each way. The loop body is a call, not inlined code: numba's parallel
+    compile of the inlined chain takes much longer.
     """
     nblocks = (y.shape[0] + tile - 1) // tile
     for p in prange(parts):

@@ -1,9 +1,9 @@
 """One call for a whole single-example pass of a sequential network: convolutions, then a Linear chain.
 
-At batch 1 the kernels themselves take ~20 µs of LeNet-5's ~26; the rest was Python: four steps, each with
-its closures, reshapes, an output allocation and a numba dispatch (~1 µs for nine array arguments). Here the
-executor hands the whole pass to :func:`net_single`, which runs the very kernels the steps would have run
-(the per-image convolution variant each layer picked at load, then :func:`chain_single`), in one dispatch.
+At batch 1 on a small network, Python is a large part of a step-by-step pass: each step has its closures,
+reshapes, an output allocation and a numba dispatch. Here the executor hands the whole pass to
+:func:`net_single`, which runs the very kernels the steps would have run (the per-image convolution variant
+each layer picked at load, then :func:`chain_single`), in one dispatch.
 
 Layer ``k``'s arrays sit in concatenations; ``cmeta[k]`` holds the variant and where the layer's slice of
 each concatenation starts and how long it is (``NET_*`` of :mod:`.layout`). Scratch is allocated per call, so
