@@ -72,7 +72,11 @@ def _pack_convs(convs: list[tuple[Any, ...]]) -> tuple[np.ndarray, ...]:
     meta = np.zeros((len(convs), L.NET_LEN), np.int64)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ptr", "off", "used", "vals", "bias", "sizes")}
     base = dict.fromkeys(parts, 0)
-    for k, (code, indptr, off, used, vals, bias, ip, _fp, sizes) in enumerate(convs):
+    ips: list[np.ndarray] = []
+    fps: list[np.ndarray] = []
+    for k, (code, indptr, off, used, vals, bias, ip, fp, sizes) in enumerate(convs):
+        ips.append(ip)
+        fps.append(fp)
         cout = indptr.size - 1
         arrays = {"ptr": indptr, "off": off, "used": used, "vals": vals, "bias": bias, "sizes": sizes}
         row = meta[k]
@@ -85,8 +89,8 @@ def _pack_convs(convs: list[tuple[Any, ...]]) -> tuple[np.ndarray, ...]:
         for key, arr in arrays.items():
             parts[key].append(arr)
             base[key] += arr.size
-    ip_all = np.stack([c[6] for c in convs]) if convs else np.zeros((0, L.IP_LEN), np.int64)
-    fp_all = np.stack([c[7] for c in convs]) if convs else np.zeros((0, L.FP_LEN), np.float32)
+    ip_all = np.stack(ips) if ips else np.zeros((0, L.IP_LEN), np.int64)
+    fp_all = np.stack(fps) if fps else np.zeros((0, L.FP_LEN), np.float32)
 
     def cat(key: str, dtype: Any) -> np.ndarray:
         return np.concatenate(parts[key]).astype(dtype) if parts[key] else np.zeros(0, dtype)
