@@ -137,6 +137,13 @@ def test_choose() -> None:
 
 def test_probe_passes() -> None:
     I._probe()
+    I._probe_in_child()  # as at import: in a fresh interpreter running _intrinsics.py alone
+
+
+def test_a_failing_probe_process_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(I.sys, "executable", "/bin/false")
+    with pytest.raises(RuntimeError, match="the probe process exited with 1"):
+        I._probe_in_child()
 
 
 def test_environment_variable_selects_the_twins_and_their_cache(tmp_path: Any) -> None:

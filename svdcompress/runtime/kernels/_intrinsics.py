@@ -25,10 +25,11 @@ which are bound once, at import, to one side:
   row dot), but need nothing from LLVM beyond what numba's own loops need. The spin-wait then reduces to one
   check (a plain load in a loop may be hoisted out of it): idle workers block at once instead of polling.
   Kernels compiled this way are cached apart from the others (``pure-numba`` below the usual cache directory).
-- Otherwise the intrinsics, once a probe (:func:`_probe`) has built and run each one and checked its result.
-  The probe runs once per numba and llvmlite version (a stamp file in the kernels' cache directory remembers
-  that it passed). If it fails, for instance after a numba or llvmlite upgrade whose LLVM no longer accepts
-  the IR, the kernels use the twins, with one ``RuntimeWarning`` saying why.
+- Otherwise the intrinsics, once a probe (:func:`_probe`) has built and run each one and checked its result,
+  in a child process (LLVM may crash on IR it rejects rather than raise). The probe runs once per numba and
+  llvmlite version (a stamp file in the kernels' cache directory remembers that it passed). If it fails, for
+  instance after a numba or llvmlite upgrade whose LLVM no longer accepts the IR, the kernels use the twins,
+  with one ``RuntimeWarning`` saying why.
 
 :data:`PURE_NUMBA` says which side was chosen, :data:`FALLBACK_REASON` why the twins were taken if the probe
 failed.
@@ -39,6 +40,8 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -353,10 +356,10 @@ TWINS: dict[str, tuple[Any, Any]] = {
 # ---------------------------------------------------------------------------------------------- choice
 
 
-@njit(cache=True, nogil=True)
 def _probe_kernel(
     vals: np.ndarray, idx: np.ndarray, x: np.ndarray, src: np.ndarray, dst: np.ndarray, flags: np.ndarray
 ) -> tuple[float, float, int]:
+    """Every LLVM IR building block once (compiled by :func:`_probe`)."""
     buf = _llvm_stack_f32(16)
     for i in range(16):
         buf[i] = x[i]
@@ -367,15 +370,16 @@ def _probe_kernel(
 
 
 def _probe() -> None:
-    """Build and run every LLVM IR building block once (one cached kernel), and check what they return; raises
-    if any fails to build or returns something else."""
+    """Build and run every LLVM IR building block (one kernel, compiled here, not cached), and check what they
+    return; raises if any fails to build or returns something else."""
+    kernel = njit(nogil=True)(_probe_kernel)
     rng = np.random.default_rng(0)
     vals = rng.standard_normal(37).astype(np.float32)
     idx = rng.integers(0, 16, 37).astype(np.uint16)
     x = rng.standard_normal(16).astype(np.float32)
     src = np.arange(256, dtype=np.float32)
     dst = np.zeros(256, np.float32)
-    dot, last, flag = _probe_kernel(vals, idx, x, src, dst, np.array([3, 7], np.int64))
+    dot, last, flag = kernel(vals, idx, x, src, dst, np.array([3, 7], np.int64))
     want = float(np.dot(vals.astype(np.float64), x[idx].astype(np.float64)))
     if not (
         abs(dot - want) <= 1e-5 * (1.0 + float(np.abs(vals).sum()))
@@ -386,9 +390,39 @@ def _probe() -> None:
         raise RuntimeError("an LLVM IR building block returned a wrong result")
 
 
+_PROBE_CHILD_ENV = "_SVDCOMPRESS_INTRINSICS_PROBE"
+PROBE_TIMEOUT_S = 600.0
+
+
+def _probe_in_child() -> None:
+    """:func:`_probe` in a fresh interpreter running this file alone: LLVM may abort or crash the process on IR
+    it rejects, rather than raise. Raises if the child fails; in-process when there is no interpreter to run."""
+    if not sys.executable:
+        _probe()
+        return
+    env = {k: v for k, v in os.environ.items() if k != PURE_NUMBA_ENV}
+    env[_PROBE_CHILD_ENV] = "1"
+    cache_dir = getattr(numba.config, "CACHE_DIR", "")
+    if cache_dir:  # the child's cache=True decorators need a writable place, as here
+        env["NUMBA_CACHE_DIR"] = str(cache_dir)
+    code = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='_svdcompress_intrinsics_probe')"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PROBE_TIMEOUT_S,
+        check=False,
+    )
+    if proc.returncode != 0:
+        how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with {proc.returncode}"
+        last = (proc.stderr.strip().splitlines() or [""])[-1][:200]
+        raise RuntimeError(f"the probe process {how}" + (f": {last}" if last else ""))
+
+
 def _probe_once() -> None:
-    """:func:`_probe`, unless a stamp beside the kernels' cache says it passed with this numba, llvmlite and
-    source; writes the stamp when it passes (if the directory is writable)."""
+    """:func:`_probe_in_child`, unless a stamp beside the kernels' cache says it passed with this numba, llvmlite
+    and source; writes the stamp when it passes (if the directory is writable)."""
     base = getattr(numba.config, "CACHE_DIR", "") or str(Path(__file__).parent / "__pycache__")
     key = hashlib.sha256(
         f"{numba.__version__} {llvmlite.__version__} {platform.machine()}".encode() + Path(__file__).read_bytes()
@@ -396,7 +430,7 @@ def _probe_once() -> None:
     stamp = Path(base) / f"svdcompress-intrinsics-{key}.ok"
     if stamp.exists():
         return
-    _probe()
+    _probe_in_child()
     try:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.touch()
@@ -415,6 +449,10 @@ def choose(env: Mapping[str, str], probe: Callable[[], None]) -> tuple[bool, str
         return True, f"{type(exc).__name__}: {first}"
     return False, None
 
+
+if os.environ.get(_PROBE_CHILD_ENV) and __name__ == "_svdcompress_intrinsics_probe":
+    _probe()  # the child of _probe_in_child: a failure exits non-zero
+    sys.exit(0)
 
 PURE_NUMBA, FALLBACK_REASON = choose(os.environ, _probe_once)
 """Whether the kernels use the pure-numba twins; and why, if the intrinsics' probe failed (else None)."""
