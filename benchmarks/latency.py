@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument(
+        "--out",
+        default="latency",
+        help="file stem under benchmarks/results/ (default latency: the README's table; e.g. latency-cnn)",
+    )
+    ap.add_argument(
         "--allow-missing-peers",
         action="store_true",
         help="run without openvino (its contenders are then skipped with a note)",
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     asked = None if a.batch_sizes is None else tuple(int(b) for b in a.batch_sizes.split(","))
     threads = tuple(int(t) for t in a.threads.split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out_json = RESULTS / "latency.json"
+    out_json = RESULTS / f"{a.out}.json"
     everything: dict[str, Any] = {
         "run": {
             "command": " ".join(["python", "benchmarks/latency.py", *(sys.argv[1:] if argv is None else argv)]),
@@ -158,12 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         everything["models"][name] = {**report.to_dict(), "markdown": report.markdown()}
         everything["run"]["machine"] = {**everything["run"]["machine"], **report.machine}
         everything["run"]["versions"] = report.versions
-        report.plot(RESULTS / f"latency-{name}.png")
+        report.plot(RESULTS / f"{a.out}-{name}.png")
         print(report.markdown(), flush=True)
         if name == names[-1]:
             everything["run"].update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), complete=True)
         _write(out_json, everything)
-        (RESULTS / "latency.md").write_text(_markdown(everything))
+        (RESULTS / f"{a.out}.md").write_text(_markdown(everything))
     return 0
 
 
