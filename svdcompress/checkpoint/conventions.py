@@ -524,10 +524,14 @@ def central_data_note(file: str, layer: SVDOLayer) -> str:
     )
 
 
+_OWN_WEIGHTS = ("weight", "weight_mu", "w_mu", "W", "theta", "kernel", "weights")
+
+
 def _is_central_data(suffixes: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> bool:
-    """numenta's VDropCentralData: flat 1-D z_mu / z_logvar, with no per-layer weight_mu (that is Bayesian
-    Compression, whose z_mu/z_logvar are per-unit gates next to a weight_mu/weight_logvar pair)."""
-    if not ("z_mu" in suffixes and "z_logvar" in suffixes) or "weight_mu" in suffixes:
+    """numenta's VDropCentralData: flat 1-D z_mu / z_logvar in a module that holds no weight of its own (gates
+    next to a weight are Bayesian Compression's per-unit z_mu/z_logvar, beside weight_mu/weight_logvar or a plain
+    weight)."""
+    if not ("z_mu" in suffixes and "z_logvar" in suffixes) or any(w in suffixes for w in _OWN_WEIGHTS):
         return False
     mu, lv = tensors[suffixes["z_mu"]], tensors[suffixes["z_logvar"]]
     return isinstance(mu, torch.Tensor) and isinstance(lv, torch.Tensor) and mu.dim() == 1 and mu.shape == lv.shape

@@ -396,7 +396,8 @@ PROBE_TIMEOUT_S = 600.0
 
 def _probe_in_child() -> None:
     """:func:`_probe` in a fresh interpreter running this file alone: LLVM may abort or crash the process on IR
-    it rejects, rather than raise. Raises if the child fails; in-process when there is no interpreter to run."""
+    it rejects, rather than raise. Raises if the child fails; probes in-process when there is no interpreter to
+    run, or it cannot be started."""
     if not sys.executable:
         _probe()
         return
@@ -406,14 +407,18 @@ def _probe_in_child() -> None:
     if cache_dir:  # the child's cache=True decorators need a writable place, as here
         env["NUMBA_CACHE_DIR"] = str(cache_dir)
     code = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='_svdcompress_intrinsics_probe')"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, __file__],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=PROBE_TIMEOUT_S,
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, __file__],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except OSError:  # no child can be started here (the interpreter's path not executable by this user, ...)
+        _probe()
+        return
     if proc.returncode != 0:
         how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with {proc.returncode}"
         last = (proc.stderr.strip().splitlines() or [""])[-1][:200]
