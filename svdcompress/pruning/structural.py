@@ -8,7 +8,8 @@ traced with torch.fx (:mod:`svdcompress.pruning.tracing`), and then, until nothi
   into its bias exactly (Linear, unpadded conv, or a constant of exactly 0);
 * the remaining layers are rebuilt smaller, with the folded constants added to their biases.
 
-Groups pinned by the model input/output or by grouped convolutions, and constants that a
+Groups pinned by the model input/output, grouped convolutions, ops that mix channels (matmul of
+activations, LayerNorm, LSTM) or ops the pruner does not know (barriers), and constants that a
 zero-padded convolution would see differently at the border, are kept and reported in notes.
 Finally the pruned model is checked against the masked one on example inputs.
 """
@@ -204,7 +205,9 @@ def prune(
     Raises:
         InvalidInputError: neither ``example_inputs`` nor ``input_shape`` is given, they do not run through
             the model, or a bad or unknown option.
-        UnsupportedOpError: the model holds an op whose channel flow is unknown.
+        UnsupportedOpError: with ``require_csr``, an op the CSR bundle cannot express (without it, an op whose
+            channel flow is unknown is a barrier: its channels are kept and a note says so); an in-place op whose
+            input is read again; a layer that looks variational but was not recognised as SVDO.
         VerificationError: the pruned outputs differ from the masked ones beyond the tolerance.
 
     Example:
@@ -324,11 +327,15 @@ def _notes(cg: ChannelGraph, removed: torch.Tensor, last_unit: dict[int, str], g
     for slot, layer in cg.dead_source.items():
         if not removed[slot]:
             dead[layer, group_reason.get(int(cg.group[slot]), "unknown")] += 1
-    notes = [f"{layer}: kept {n} dead unit(s) (all-zero weights) because {why}" for (layer, why), n in dead.items()]
+    notes = [info.note for info in cg.infos.values() if info.note]  # barriers and layers kept whole
+    notes += [f"{layer}: kept {n} dead unit(s) (all-zero weights) because {why}" for (layer, why), n in dead.items()]
     unread_owner: Counter[tuple[str, str]] = Counter()
     unread = (cg.read_zero > 0) & (cg.read_live == 0) & ~removed  # (S,)
     for name, info in cg.infos.items():
-        if info.kind in (Kind.SHAPE, Kind.OUTPUT, Kind.DENSE, Kind.GROUPED, Kind.DEPTHWISE) or info.channels == 0:
+        if (
+            info.kind in (Kind.SHAPE, Kind.OUTPUT, Kind.DENSE, Kind.GROUPED, Kind.DEPTHWISE, Kind.EMBEDDING)
+            or info.channels == 0
+        ):
             continue  # dead rows of layers are covered above
         s = cg.slots(name)
         for i in torch.nonzero(unread[s]).flatten().tolist():
@@ -359,7 +366,8 @@ def _apply(cg: ChannelGraph, removed: torch.Tensor) -> None:
         new: nn.Module | None = None
         if info.kind is Kind.DENSE:
             src = info.inputs[0].name
-            rm_in = removed[cg.slots(src)]  # (C_in,)
+            # (C_in,): an input read on another axis than its channels is pinned, so nothing of it goes
+            rm_in = removed[cg.slots(src)] if info.read_ok else torch.zeros(_in_units(mod), dtype=torch.bool)
             if bool(rm_in.any() or rm_out.any()):
                 new = _shrink_dense(mod, ~rm_in, ~rm_out, cg.const[cg.slots(src)])
         elif rm_out.any():
@@ -371,6 +379,8 @@ def _apply(cg: ChannelGraph, removed: torch.Tensor) -> None:
                 new = InputGather(gather.index[keep], gather.in_features)
             elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 new = _shrink_bn(mod, keep)
+            elif isinstance(mod, nn.Embedding):
+                new = _shrink_embedding(mod, keep)
             elif isinstance(mod, nn.PReLU) and mod.num_parameters > 1:
                 new = nn.PReLU(len(keep), device=mod.weight.device, dtype=mod.weight.dtype)
                 with torch.no_grad():
@@ -404,6 +414,29 @@ def _shrink_dense(mod: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor,
         new.weight.copy_(w_new)  # type: ignore[operator]
         if has_bias:
             new.bias.copy_(b.to(w.dtype))  # type: ignore[operator]
+    return new
+
+
+def _in_units(mod: nn.Module) -> int:
+    w, _ = layer_weight_bias(mod)
+    return int(w.shape[1])
+
+
+def _shrink_embedding(mod: nn.Embedding, keep: torch.Tensor) -> nn.Module:
+    """The embedding restricted to the kept dims (the dropped ones are zero for every word)."""
+    new = nn.Embedding(
+        mod.num_embeddings,
+        len(keep),
+        padding_idx=mod.padding_idx,
+        max_norm=mod.max_norm,
+        norm_type=mod.norm_type,
+        scale_grad_by_freq=mod.scale_grad_by_freq,
+        sparse=mod.sparse,
+        device=mod.weight.device,
+        dtype=mod.weight.dtype,
+    )
+    with torch.no_grad():
+        new.weight.copy_(mod.weight[:, keep])
     return new
 
 
@@ -518,12 +551,12 @@ def _layer_stats(gm: fx.GraphModule) -> dict[str, dict[str, Any]]:
         if node.op != "call_module":
             continue
         mod = gm.get_submodule(str(node.target))
-        if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)):
             continue
-        w = mod.weight
-        out_shape = tuple(node.meta["tensor_meta"].shape)  # (N, C_out, *S)
-        # Each output value costs one multiply-add per weight of its filter.
-        flops = math.prod(out_shape[1:]) * math.prod(w.shape[1:])
+        w = mod.weight if not isinstance(mod, nn.Embedding) else mod.weight.t()  # (units, ...)
+        out_shape = tuple(node.meta["tensor_meta"].shape)  # (N, C_out, *S) or (N, ..., features)
+        # Each output value costs one multiply-add per weight of its filter; a lookup costs none.
+        flops = 0 if isinstance(mod, nn.Embedding) else math.prod(out_shape[1:]) * math.prod(w.shape[1:])
         entry = stats.setdefault(
             str(node.target),
             {
