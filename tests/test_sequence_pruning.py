@@ -4,11 +4,18 @@ gives the pruner."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
+from svdcompress.errors import UnsupportedOpError
+from svdcompress.export import export_model
 from svdcompress.pruning.structural import PruneResult, prune
+
+torch.set_num_threads(1)
 
 TOL = 1e-4
 
@@ -179,3 +186,229 @@ def test_lstm_is_kept_whole_and_the_rest_is_pruned() -> None:
     rows = {r.name: r for r in res.report.layers}
     assert rows["fc1"].units_after <= 48 - 16
     assert any("lstm: LSTM is kept whole" in n for n in res.report.notes), res.report.notes
+
+
+# -- ONNX export: integer inputs, a dynamic sequence axis, checked in ONNX Runtime
+
+
+def _ort(path: Path, x: torch.Tensor) -> torch.Tensor:
+    from svdcompress.export.onnx import ort_session
+
+    feed = x.numpy() if not x.is_floating_point() else x.float().numpy()
+    (y,) = ort_session(path).run(None, {"input": feed})
+    return torch.from_numpy(y)
+
+
+def _close(got: torch.Tensor, ref: torch.Tensor) -> None:
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().max()) <= TOL * max(1.0, float(ref.abs().max()))
+
+
+def test_vit_and_lstm_export_to_onnx_and_match_in_onnx_runtime(tmp_path: Path) -> None:
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(7))
+    for name, model in (("vit", _vit()), ("lstm", _lstm())):
+        res = export_model(model, "onnx", tmp_path / f"{name}.onnx", input_shape=(1, 28, 28))
+        assert res.dynamic_axes == {0: "batch"}  # images: only the batch is free
+        with torch.no_grad():
+            _close(_ort(res.path, x), model(x))
+
+
+def test_text_cnn_exports_int64_ids_with_a_dynamic_sequence_axis(tmp_path: Path) -> None:
+    model = _text()
+    res = export_model(model, "onnx", tmp_path / "t.onnx", example_inputs=_ids())
+    assert res.dynamic_axes == {0: "batch", 1: "sequence"}
+    for length in (40, 17, 64):  # any length the convolutions accept
+        ids = _ids(n=3, length=length, seed=length)
+        with torch.no_grad():
+            _close(_ort(res.path, ids), model(ids))
+    # the same from a shape and a dtype, as the CLI gives them
+    res2 = export_model(model, "onnx-sparse", tmp_path / "t2.onnx", input_shape=(40,), input_dtype="int64")
+    assert res2.dynamic_axes == {0: "batch", 1: "sequence"}
+
+
+def test_int64_inputs_are_refused_for_csr_with_the_reason(tmp_path: Path) -> None:
+    from svdcompress.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="CSR bundle takes float inputs"):
+        export_model(_text(), "csr", tmp_path / "t.csr", example_inputs=_ids())
+    assert not (tmp_path / "t.csr").exists()
+
+
+def test_csr_export_of_a_transformer_names_the_op(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedOpError, match=r"node 'flatten' \(call_method Tensor.flatten\).*export those"):
+        export_model(_vit(), "csr", tmp_path / "v.csr", input_shape=(1, 28, 28))
+    with pytest.raises(UnsupportedOpError, match=r"node 'squeeze' \(call_method Tensor.squeeze\)"):
+        export_model(_lstm(), "csr", tmp_path / "l.csr", input_shape=(1, 28, 28))
+    with pytest.raises(
+        UnsupportedOpError,
+        match=r"call_module '0' LSTM\) cannot be written to a CSR bundle: the CSR runtime has no recurrent",
+    ):
+        prune(nn.Sequential(nn.LSTM(28, 8)), input_shape=(5, 28), require_csr=True)
+    assert not list(tmp_path.iterdir())
+
+
+# -- an op the pruner does not know: a barrier
+
+
+def mystery(x: torch.Tensor) -> torch.Tensor:
+    """Mixes channels (a flip and a roll along dim 1): tying channel c to channel c would be wrong here."""
+    return torch.flip(x, [1]) * 0.5 + torch.roll(x, 1, 1)
+
+
+fx.wrap("mystery")  # traced as one call_function the registry does not know
+
+
+class WithBarrier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(12, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(mystery(torch.relu(self.fc1(x))))))
+
+
+def _with_barrier() -> nn.Module:
+    torch.manual_seed(0)
+    model = _sparsify(WithBarrier(), seed=4, density=0.5)
+    with torch.no_grad():
+        model.fc1.weight[:5] = 0.0  # dead, but they reach the barrier: kept
+        model.fc2.weight[:6] = 0.0  # dead, after the barrier: removed
+    return model.eval()
+
+
+def test_unknown_op_is_a_barrier_and_the_rest_is_pruned(tmp_path: Path) -> None:
+    model = _with_barrier()
+    res = prune(model, input_shape=(12,))
+    _assert_exact(res, torch.randn(5, 12))
+    rows = {r.name: r for r in res.report.layers}
+    assert rows["fc1"].units_after == 16  # what reaches the barrier stays
+    assert rows["fc2"].units_after <= 10  # behind it, the dead units go
+    notes = "\n".join(res.report.notes)
+    assert "barrier at node 'mystery' (call_function" in notes and "16 channel(s) that reach it are kept" in notes
+    assert "fc1: kept 5 dead unit(s)" in notes and "barrier node 'mystery'" in notes
+    with pytest.raises(UnsupportedOpError, match=r"node 'mystery' .* cannot be written to a CSR bundle"):
+        prune(model, input_shape=(12,), require_csr=True)
+    out = export_model(model, "onnx", tmp_path / "b.onnx", input_shape=(12,))
+    x = torch.randn(3, 12)
+    with torch.no_grad():
+        _close(_ort(out.path, x), model(x))
+
+
+# -- where channels go: permute / reshape / cat / index placements, each pruned exactly
+
+
+class Placement(nn.Module):
+    """(N, L, 8) -> Linear(8, 16) -> [placement] -> Linear(16 or 32, 6) -> mean over what is left."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(8, 16)
+        self.conv = nn.Conv1d(16, 16, 3, padding=1)
+        self.head = nn.Linear(32 if kind == "cat_channels" else 16, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))  # (N, L, 16)
+        k = self.kind
+        if k == "permute_conv":
+            h = self.conv(h.permute(0, 2, 1)).permute(0, 2, 1)
+        elif k == "transpose_conv":
+            h = torch.relu(self.conv(h.transpose(1, 2))).transpose(-1, -2).contiguous()
+        elif k == "reshape_time":  # merge batch and time: channels stay last
+            n, length, c = h.shape
+            h = h.reshape(n * length, c).relu().reshape(n, length, -1)
+        elif k == "cat_time":
+            h = torch.cat([h, torch.relu(self.b(x))], dim=1)  # channels tied across the operands
+        elif k == "cat_channels":
+            h = torch.cat([h, torch.relu(self.b(x))], dim=-1)
+        elif k == "split_heads":  # the channel axis split in two: kept
+            n, length, c = h.shape
+            h = h.view(n, length, 4, c // 4).transpose(1, 2).softmax(-1).transpose(1, 2).reshape(n, length, c)
+        elif k == "index_last":
+            h = h[:, -1:, :] + h[:, :1]
+        elif k == "unsqueeze_expand":
+            h = h.unsqueeze(1).expand(-1, 2, -1, -1).amax(1)
+        return self.head(h).mean(1)
+
+
+PLACEMENTS = (
+    "permute_conv",
+    "transpose_conv",
+    "reshape_time",
+    "cat_time",
+    "cat_channels",
+    "split_heads",
+    "index_last",
+    "unsqueeze_expand",
+)
+
+
+@pytest.mark.parametrize("kind", PLACEMENTS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_channel_placements_prune_exactly(kind: str, seed: int) -> None:
+    torch.manual_seed(seed)
+    model = _sparsify(Placement(kind), seed=seed, density=0.4)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        dead = torch.randperm(16, generator=g)[:5]
+        model.a.weight[dead] = 0.0  # dead units of the first layer
+        model.a.bias[dead[:2]] = -1.0  # some with a zero constant after ReLU
+        if kind == "cat_time":  # a channel of `a` is also a channel of `b` there: it goes when nothing reads it
+            model.head.weight[:, dead] = 0.0
+    x = torch.randn(4, 7, 8, generator=g)
+    res = prune(model, example_inputs=x)
+    _assert_exact(res, torch.randn(3, 7, 8, generator=g))
+    a = {r.name: r for r in res.report.layers}["a"]
+    if kind == "split_heads":
+        assert a.units_after == 16, res.report.notes  # softmax over a split channel axis keeps them
+    else:
+        assert a.units_after < 16, res.report.format_table()
+
+
+# -- the CLI: --input-dtype int64 with --input-shape giving the sequence length
+
+
+class SvdoText(nn.Module):
+    """Token ids -> nn.Embedding -> mean over time -> LinearSVDO: a checkpoint the CLI reads (it has an SVDO layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from svdcompress.nn.layers import LinearSVDO
+
+        self.emb = nn.Embedding(50, 12)
+        self.fc = LinearSVDO(12, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(ids).mean(1))
+
+
+def test_cli_exports_an_int64_model_with_a_dynamic_sequence(tmp_path: Path) -> None:
+    import sys
+    import types
+
+    from click.testing import CliRunner
+
+    from svdcompress.cli import main
+
+    factories = types.ModuleType("svdcompress_test_sequence_factories")
+    factories.svdo_text = SvdoText  # type: ignore[attr-defined]
+    sys.modules[factories.__name__] = factories
+    torch.manual_seed(0)
+    net = SvdoText()
+    with torch.no_grad():
+        net.fc.log_sigma2.copy_(torch.where(torch.rand(3, 12) < 0.8, 8.0, -8.0))  # ~80% noise
+    torch.save(net.state_dict(), tmp_path / "text.pt")
+    args = ["export", str(tmp_path / "text.pt"), "--model", f"{factories.__name__}:svdo_text", "-o"]
+    res = CliRunner().invoke(main, [*args, str(tmp_path / "t.onnx"), "--input-shape", "40", "--input-dtype", "int64"])
+    assert res.exit_code == 0, res.output
+    assert "dynamic input axes: 0 (batch), 1 (sequence)" in res.output
+    ids = _ids(n=2, length=23)
+    ids = ids % 50
+    with torch.no_grad():
+        _close(_ort(tmp_path / "t.onnx", ids), _masked_svdo(net)(ids))
+
+
+def _masked_svdo(net: nn.Module) -> nn.Module:
+    from svdcompress.pruning.masking import mask_model
+
+    return mask_model(net, 3.0).eval()

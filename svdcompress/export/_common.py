@@ -51,6 +51,7 @@ class ExportResult:
             None for a threshold given as a number.
         accuracy: For a quantised bundle checked on data (``export_model(data=..., bits=...)``): the data spec,
             examples, the fp32 model's and the bundle's accuracy (%), the drop in points and the allowed drop.
+        dynamic_axes: ONNX: the input axes left free, e.g. ``{0: "batch", 1: "sequence"}``.
     """
 
     path: Path
@@ -65,6 +66,7 @@ class ExportResult:
     threshold: float | None = None
     threshold_selection: dict[str, Any] | None = None
     accuracy: dict[str, Any] | None = None
+    dynamic_axes: dict[int, str] | None = None
 
     def summary(self) -> str:
         """One line for logs and the CLI (kB = 1000 bytes).
@@ -133,8 +135,10 @@ def _prepare(
 
 
 def _dense_fp32_bytes(model: nn.Module) -> int:
-    """4 bytes × every ``weight`` / ``bias`` parameter element of ``model``."""
-    count = sum(p.numel() for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in ("weight", "bias"))
+    """4 bytes × every ``weight`` / ``bias`` parameter element of ``model`` (an LSTM's ``weight_ih_l0`` too)."""
+    count = sum(
+        p.numel() for name, p in model.named_parameters() if name.rsplit(".", 1)[-1].startswith(("weight", "bias"))
+    )
     return 4 * int(count)
 
 
@@ -144,13 +148,14 @@ def _verify(
     input_shape: tuple[int, ...],
     tolerance: float,
     what: str,
+    example: torch.Tensor | None = None,
 ) -> float:
-    """Compare ``run(x)`` with ``reference(x)`` on a seeded random batch; return max |diff| or raise.
+    """Compare ``run(x)`` with ``reference(x)`` on a seeded random batch (or ``example``); return max |diff| or raise.
 
     The rule is prune's (:func:`svdcompress._verify.check_outputs`): ``max|diff| <= tolerance ×
     max(1, max|ref|)``, so that logits in the hundreds are not held to an absolute 1e-4.
     """
-    x = example_inputs(input_shape, _VERIFY_BATCH)  # (4, *input_shape)
+    x = example_inputs(input_shape, _VERIFY_BATCH) if example is None else example  # (4, *input_shape)
     diff, scale = compare_outputs(reference, run, x, what, error=ExportError)
     check_outputs(diff, scale, tolerance, what, error=ExportError, hint="; no file was written")
     return diff

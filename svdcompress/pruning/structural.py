@@ -367,9 +367,16 @@ def _apply(cg: ChannelGraph, removed: torch.Tensor) -> None:
         if info.kind is Kind.DENSE:
             src = info.inputs[0].name
             # (C_in,): an input read on another axis than its channels is pinned, so nothing of it goes
-            rm_in = removed[cg.slots(src)] if info.read_ok else torch.zeros(_in_units(mod), dtype=torch.bool)
+            if info.read_ok:
+                rm_in, const_in = removed[cg.slots(src)], cg.const[cg.slots(src)]
+            else:
+                n_in = _in_units(mod)
+                rm_in, const_in = (
+                    torch.zeros(n_in, dtype=torch.bool),
+                    torch.full((n_in,), math.nan, dtype=torch.float64),
+                )
             if bool(rm_in.any() or rm_out.any()):
-                new = _shrink_dense(mod, ~rm_in, ~rm_out, cg.const[cg.slots(src)])
+                new = _shrink_dense(mod, ~rm_in, ~rm_out, const_in)
         elif rm_out.any():
             keep = torch.nonzero(~rm_out).flatten()
             if info.kind is Kind.DEPTHWISE:
