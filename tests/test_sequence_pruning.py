@@ -324,6 +324,8 @@ class Placement(nn.Module):
         elif k == "split_heads":  # the channel axis split in two: kept
             n, length, c = h.shape
             h = h.view(n, length, 4, c // 4).transpose(1, 2).softmax(-1).transpose(1, 2).reshape(n, length, c)
+        elif k == "scale_by_size":  # the channel count is read as a number: the channels must stay
+            h = h * h.shape[-1] ** -0.5
         elif k == "index_last":
             h = h[:, -1:, :] + h[:, :1]
         elif k == "unsqueeze_expand":
@@ -338,6 +340,7 @@ PLACEMENTS = (
     "cat_time",
     "cat_channels",
     "split_heads",
+    "scale_by_size",
     "index_last",
     "unsqueeze_expand",
 )
@@ -359,8 +362,8 @@ def test_channel_placements_prune_exactly(kind: str, seed: int) -> None:
     res = prune(model, example_inputs=x)
     _assert_exact(res, torch.randn(3, 7, 8, generator=g))
     a = {r.name: r for r in res.report.layers}["a"]
-    if kind == "split_heads":
-        assert a.units_after == 16, res.report.notes  # softmax over a split channel axis keeps them
+    if kind in ("split_heads", "scale_by_size"):
+        assert a.units_after == 16, res.report.notes  # softmax over a split channel axis, a size read: kept
     else:
         assert a.units_after < 16, res.report.format_table()
 

@@ -185,6 +185,8 @@ def build_channel_graph(gm: fx.GraphModule, *, require_csr: bool = False) -> Cha
                 pin(src.name, "it is a model output")
             continue
         if kind is Kind.SHAPE:
+            for src_name, why in info.pinned_inputs.items():  # a size read of the channel axis
+                pin(src_name, why)
             continue
         if kind is Kind.INPUT:
             pin(name, info.pin_reason or "")

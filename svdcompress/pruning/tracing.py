@@ -455,16 +455,32 @@ def _classify_value_node(
 
 
 def _dims_read(node: fx.Node) -> list[int] | str | None:
-    """The dims whose sizes a size-read node reads ("all" for every dim), or None if it is not a size read."""
+    """The dims whose sizes a size-read node reads ("all" for every dim), or None if it is not a size read.
+
+    A size that only feeds the size arguments of view / reshape / expand does not count: those ops are run
+    again with the smaller size, and where they send the channels is checked on their own.
+    """
     if node.op == "call_method" and node.target == "dim":
         return []
     if node.op == "call_method" and node.target in ("size", "numel"):
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        return [dim] if isinstance(dim, int) and node.target == "size" else "all"
+        if isinstance(dim, int) and node.target == "size":
+            return [] if _only_sizes(node) else [dim]
+        return "all"
     if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
         dims = [u.args[1] for u in node.users if u.target is operator.getitem and isinstance(u.args[1], int)]
-        return dims if len(dims) == len(node.users) else "all"
+        if len(dims) != len(node.users):
+            return "all"
+        return [u.args[1] for u in node.users if not _only_sizes(u)]  # type: ignore[misc]  # ints, checked above
     return None
+
+
+_SIZE_TAKERS = ("view", "reshape", "expand", torch.reshape)
+
+
+def _only_sizes(node: fx.Node) -> bool:
+    """True if every use of ``node`` is as a size argument of view / reshape / expand."""
+    return all(u.target in _SIZE_TAKERS and node not in u.args[:1] for u in node.users)
 
 
 def _dense(
