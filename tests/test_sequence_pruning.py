@@ -326,6 +326,8 @@ class Placement(nn.Module):
             h = h.view(n, length, 4, c // 4).transpose(1, 2).softmax(-1).transpose(1, 2).reshape(n, length, c)
         elif k == "scale_by_size":  # the channel count is read as a number: the channels must stay
             h = h * h.shape[-1] ** -0.5
+        elif k == "max_values":  # max over time, the (values, indices) form
+            h = h - h.max(dim=1, keepdim=True).values + torch.max(h, 1)[0].unsqueeze(1)
         elif k == "index_last":
             h = h[:, -1:, :] + h[:, :1]
         elif k == "unsqueeze_expand":
@@ -343,6 +345,7 @@ PLACEMENTS = (
     "scale_by_size",
     "index_last",
     "unsqueeze_expand",
+    "max_values",
 )
 
 

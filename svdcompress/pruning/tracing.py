@@ -211,6 +211,7 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     if len(placeholders) != 1:
         raise UnsupportedOpError(f"structural pruning supports models with one tensor input, got {len(placeholders)}")
     propagate_shapes(gm, example)
+    _max_values_to_amax(gm)
     _normalize(gm)
     return gm
 
@@ -377,7 +378,10 @@ def _barrier(gm: fx.GraphModule, node: fx.Node, info: NodeInfo, why: str) -> Non
     info.kind, info.axis = Kind.BARRIER, _natural_axis(info.shape)
     info.pin_reason = f"it reaches the barrier {where}"
     n = sum(_info_channels(i) for i in info.inputs)
-    info.note = f"barrier at {where}: {why}; the {n} channel(s) that reach it are kept, the rest of the model is pruned"
+    if n:  # a barrier no channel reaches (torch.zeros(size), an element of a tuple) keeps nothing worth a note
+        info.note = (
+            f"barrier at {where}: {why}; the {n} channel(s) that reach it are kept, the rest of the model is pruned"
+        )
 
 
 def _info_channels(node: fx.Node) -> int:
@@ -887,6 +891,41 @@ def _is_flatten_like(gm: fx.GraphModule, node: fx.Node) -> bool:
     src = _shape(ins[0])
     # (N, C, *S) -> (N, C * prod(S)): shape propagation on a real input decides, whatever the arguments.
     return src is not None and len(src) >= 2 and out == (src[0], math.prod(src[1:]))
+
+
+_REDUCE_WITH_INDICES = {"max": torch.amax, "min": torch.amin, torch.max: torch.amax, torch.min: torch.amin}
+
+
+def _max_values_to_amax(gm: fx.GraphModule) -> None:
+    """Rewrite ``x.max(dim).values`` / ``x.max(dim)[0]`` (indices unused) as ``torch.amax(x, dim)``: the same
+    values, and a tensor the pruner follows (max over time), where the (values, indices) pair would be a barrier."""
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op not in ("call_method", "call_function"):
+            continue
+        try:
+            amax = _REDUCE_WITH_INDICES.get(node.target)
+        except TypeError:  # an unhashable target
+            continue
+        args = list(node.args) + [node.kwargs[k] for k in ("dim", "keepdim") if k in node.kwargs]
+        if amax is None or not (2 <= len(args) <= 3) or not isinstance(args[1], int) or not node.users:
+            continue
+        if not all(
+            (u.target is operator.getitem and u.args[1:] == (0,)) or (u.target is getattr and u.args[1:] == ("values",))
+            for u in node.users
+        ):
+            continue
+        keepdim = bool(args[2]) if len(args) > 2 else False
+        first = next(iter(node.users))
+        with graph.inserting_after(node):
+            new = graph.call_function(amax, (args[0], args[1], keepdim))
+        new.meta = dict(first.meta)
+        for u in list(node.users):
+            u.replace_all_uses_with(new)
+            graph.erase_node(u)
+        graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
 
 
 def _normalize(gm: fx.GraphModule) -> None:
