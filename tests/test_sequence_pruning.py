@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
 from torch import fx, nn
 
 from svdcompress.errors import UnsupportedOpError
@@ -418,3 +419,95 @@ def _masked_svdo(net: nn.Module) -> nn.Module:
     from svdcompress.pruning.masking import mask_model
 
     return mask_model(net, 3.0).eval()
+
+
+# -- random chains of sequence ops (hypothesis): prune is exact wherever the channels go
+
+_STEPS = (
+    "linear",  # Linear over the last dim
+    "conv",  # permute to (N, C, L), Conv1d, permute back
+    "cat_time",  # concatenated with itself (through a Linear) along time
+    "cat_channels",  # ... along the channels
+    "merge_batch",  # (N, L, C) -> (N * L, C) -> back
+    "layernorm",  # over the channels: they stay
+    "softmax_time",  # over time: channel by channel
+    "max_sub",  # minus the max over time
+    "heads",  # the channel axis split into 2 and merged back
+    "mystery",  # a barrier
+    "index",  # x[:, 1:] (time slice)
+)
+
+
+class Chain(nn.Module):
+    def __init__(self, steps: list[str], widths: list[int]) -> None:
+        super().__init__()
+        self.steps = steps
+        self.mods = nn.ModuleDict()
+        c = 6
+        for i, (step, w) in enumerate(zip(steps, widths, strict=True)):
+            if step in ("linear", "cat_channels"):
+                self.mods[str(i)] = nn.Linear(c, w)
+                c = c + w if step == "cat_channels" else w
+            elif step == "cat_time":
+                self.mods[str(i)] = nn.Linear(c, c)
+            elif step == "conv":
+                self.mods[str(i)] = nn.Conv1d(c, w, 3, padding=1)
+                c = w
+            elif step == "layernorm":
+                self.mods[str(i)] = nn.LayerNorm(c)
+            elif step == "heads" and c % 2:
+                self.steps = [*self.steps[:i], "linear_even", *self.steps[i + 1 :]]
+                self.mods[str(i)] = nn.Linear(c, c + 1)
+                c += 1
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, L, 6)
+        for i, step in enumerate(self.steps):
+            m = self.mods[str(i)] if str(i) in self.mods else None  # noqa: SIM401  # nn.ModuleDict has no get()
+            if step in ("linear", "linear_even"):
+                x = torch.relu(m(x))  # type: ignore[misc]
+            elif step == "conv":
+                x = torch.relu(m(x.permute(0, 2, 1))).permute(0, 2, 1)  # type: ignore[misc]
+            elif step == "cat_time":
+                x = torch.cat([x, torch.tanh(m(x))], dim=1)  # type: ignore[misc]
+            elif step == "cat_channels":
+                x = torch.cat([x, torch.relu(m(x))], dim=-1)  # type: ignore[misc]
+            elif step == "merge_batch":
+                n, length = x.shape[0], x.shape[1]
+                x = x.reshape(n * length, -1).sigmoid().reshape(n, length, -1)
+            elif step == "layernorm":
+                x = m(x)  # type: ignore[misc]
+            elif step == "softmax_time":
+                x = x.softmax(dim=1)
+            elif step == "max_sub":
+                x = x - x.max(dim=1, keepdim=True).values
+            elif step == "heads":
+                n, length = x.shape[0], x.shape[1]
+                x = x.view(n, length, 2, -1).transpose(1, 2).softmax(-1).transpose(1, 2).reshape(n, length, -1)
+            elif step == "mystery":
+                x = mystery(x.transpose(1, 2)).transpose(1, 2)
+            elif step == "index":
+                x = x[:, 1:]
+        return self.head(x).amax(1)
+
+
+@settings()  # the profile's (tests/conftest.py)
+@given(
+    steps=st.lists(st.sampled_from(_STEPS), min_size=1, max_size=5),
+    widths=st.lists(st.integers(2, 9), min_size=5, max_size=5),
+    seed=st.integers(0, 2**16),
+)
+def test_random_sequence_chains_prune_exactly(steps: list[str], widths: list[int], seed: int) -> None:
+    torch.manual_seed(seed)
+    model = _sparsify(Chain(steps, widths[: len(steps)]), seed=seed, density=0.5)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d)):
+                m.weight[torch.rand(m.weight.shape[0], generator=g) < 0.3] = 0.0  # dead rows
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+    x = torch.randn(3, 8, 6, generator=g)  # 8 steps: five time slices leave 3
+    res = prune(model, example_inputs=x)
+    _assert_exact(res, 3 * torch.randn(4, 8, 6, generator=g))  # inputs the pruner never saw
+    assert res.report.params_after <= res.report.params_before
+    assert ("mystery" in steps) == any(n.startswith("barrier at node 'mystery'") for n in res.report.notes)
