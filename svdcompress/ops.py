@@ -65,7 +65,8 @@ class Flow(enum.Enum):
     MOVE = "move"  # permute / transpose / indexing / expand: the channel axis moves (or is split: pinned)
     REDUCE = "reduce"  # amax / mean / sum over some dims: channels pass if their axis is not reduced
     EMBED = "embed"  # nn.Embedding: owns its output dims, reads integer ids (no channels)
-    KEEP = "keep"  # matmul of two activations, LSTM, unbind: every channel that reaches it is kept
+    KEEP = "keep"  # matmul of two activations, unbind: every channel that reaches it is kept
+    RECURRENT = "recurrent"  # LSTM / GRU / RNN: owns its hidden units, reads its input and its own units
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ OPS: tuple[Op, ...] = (
     ),
     _prune_only(
         "lstm",
-        Flow.KEEP,
+        Flow.RECURRENT,
         "the CSR runtime has no recurrent kernels; export to ONNX instead",
         modules=(nn.LSTM, nn.GRU, nn.RNN),
     ),

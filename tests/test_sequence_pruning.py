@@ -155,6 +155,9 @@ def _lstm() -> nn.Module:
     _sparsify(model, seed=3)
     with torch.no_grad():
         model.fc1.weight[:16] = 0.0  # dead hidden units after the LSTM
+        model.lstm.weight_hh_l0[:, 40:] = 0.0  # LSTM units 40.. feed no gate of the recurrence
+        model.fc1.weight[:, 52:] = 0.0  # ... and units 52.. not fc1 either: they go
+        model.lstm.weight_ih_l0[:, :3] = 0.0  # input features the LSTM never reads: rows of `pre` go
     return model.eval()
 
 
@@ -181,12 +184,45 @@ def test_text_cnn_over_int64_ids_prunes_exactly() -> None:
     assert res.report.params_after < res.report.params_before
 
 
-def test_lstm_is_kept_whole_and_the_rest_is_pruned() -> None:
+def test_lstm_drops_unread_hidden_units_and_input_features() -> None:
     res = prune(_lstm(), input_shape=(1, 28, 28))
     _assert_exact(res, torch.randn(3, 1, 28, 28))
     rows = {r.name: r for r in res.report.layers}
     assert rows["fc1"].units_after <= 48 - 16
-    assert any("lstm: LSTM is kept whole" in n for n in res.report.notes), res.report.notes
+    assert rows["lstm"].units_before == 64 and rows["lstm"].units_after <= 52
+    assert rows["pre"].units_after == 28 - 3
+    assert res.report.params_after < res.report.params_before
+
+
+class Recurrent(nn.Module):
+    """A GRU's or an LSTM's last hidden state h_n (optionally with the cell state c_n) into a Linear."""
+
+    def __init__(self, kind: str, use_cell: bool = False) -> None:
+        super().__init__()
+        self.kind, self.use_cell = kind, use_cell
+        self.rnn = nn.LSTM(6, 10) if kind == "lstm" else nn.GRU(6, 10) if kind == "gru" else nn.RNN(6, 10)
+        self.fc = nn.Linear(20 if use_cell else 10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, L, 6), seq-first inside
+        out = self.rnn(x.transpose(0, 1))
+        if self.kind == "lstm":
+            h, c = out[1]
+            return self.fc(torch.cat([h[-1], c[-1]], dim=1) if self.use_cell else h[-1])
+        return self.fc(out[1][-1])
+
+
+@pytest.mark.parametrize(("kind", "use_cell"), [("lstm", False), ("lstm", True), ("gru", False), ("rnn", False)])
+def test_recurrent_units_nothing_reads_go_unless_the_cell_state_is_used(kind: str, use_cell: bool) -> None:
+    torch.manual_seed(0)
+    model = _sparsify(Recurrent(kind, use_cell), seed=5, density=0.6)
+    with torch.no_grad():
+        model.rnn.weight_hh_l0[:, 7:] = 0.0  # units 7..9: no recurrence reads them
+        model.fc.weight[:, 7:10] = 0.0  # ... nor fc (h_n part)
+    x = torch.randn(4, 5, 6)
+    res = prune(model, example_inputs=x)
+    _assert_exact(res, torch.randn(3, 5, 6))
+    units = {r.name: r.units_after for r in res.report.layers}["rnn"]
+    assert units == (10 if use_cell else 7), res.report.format_table()
 
 
 # -- ONNX export: integer inputs, a dynamic sequence axis, checked in ONNX Runtime
@@ -435,6 +471,7 @@ _STEPS = (
     "heads",  # the channel axis split into 2 and merged back
     "mystery",  # a barrier
     "index",  # x[:, 1:] (time slice)
+    "lstm",  # batch-first LSTM, its output sequence
 )
 
 
@@ -452,6 +489,9 @@ class Chain(nn.Module):
                 self.mods[str(i)] = nn.Linear(c, c)
             elif step == "conv":
                 self.mods[str(i)] = nn.Conv1d(c, w, 3, padding=1)
+                c = w
+            elif step == "lstm":
+                self.mods[str(i)] = nn.LSTM(c, w, batch_first=True)
                 c = w
             elif step == "layernorm":
                 self.mods[str(i)] = nn.LayerNorm(c)
@@ -488,6 +528,8 @@ class Chain(nn.Module):
                 x = mystery(x.transpose(1, 2)).transpose(1, 2)
             elif step == "index":
                 x = x[:, 1:]
+            elif step == "lstm":
+                x, _ = m(x)  # type: ignore[misc]
         return self.head(x).amax(1)
 
 
@@ -506,6 +548,8 @@ def test_random_sequence_chains_prune_exactly(steps: list[str], widths: list[int
             if isinstance(m, (nn.Linear, nn.Conv1d)):
                 m.weight[torch.rand(m.weight.shape[0], generator=g) < 0.3] = 0.0  # dead rows
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+            elif isinstance(m, nn.LSTM):  # hidden units no gate reads
+                m.weight_hh_l0[:, torch.rand(m.hidden_size, generator=g) < 0.4] = 0.0
     x = torch.randn(3, 8, 6, generator=g)  # 8 steps: five time slices leave 3
     res = prune(model, example_inputs=x)
     _assert_exact(res, 3 * torch.randn(4, 8, 6, generator=g))  # inputs the pruner never saw

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .tracing import _VALUE, Kind, NodeInfo, classify_nodes, run_node
+from .tracing import _VALUE, Kind, NodeInfo, classify_nodes, rnn_tensor, run_node
 
 __all__ = ["ChannelGraph", "build_channel_graph", "layer_weight_bias"]
 
@@ -199,6 +199,18 @@ def build_channel_graph(gm: fx.GraphModule, *, require_csr: bool = False) -> Cha
                 dead_source[offset[name] + i] = layer
             if kind is Kind.DENSE and info.read_ok:
                 _record_reads(info, infos[info.inputs[0].name], const_of, sl, blocked, read_zero, read_live, reasons)
+        elif kind is Kind.RNN:
+            rnn: nn.RNNBase = info.module  # type: ignore[assignment]  # Kind.RNN is a one-layer nn.RNNBase
+            if info.read_ok:
+                _record_reads(info, infos[info.inputs[0].name], const_of, sl, blocked, read_zero, read_live, reasons)
+            # its own units feed the recurrence: a unit stays while another (or itself) reads it
+            rec_live = (rnn_tensor(rnn, "weight_hh_l0") != 0).any(0)  # (H,)
+            s = sl(name)
+            read_zero[s] += (~rec_live).long()
+            read_live[s] += rec_live.long()
+            blocked[s] |= rec_live
+            for i in torch.nonzero(rec_live).flatten().tolist():
+                reasons.setdefault(s.start + i, f"the recurrence of '{node.target}' reads it")
         elif kind is Kind.EMBEDDING:
             emb: nn.Embedding = info.module  # type: ignore[assignment]  # Kind.EMBEDDING is nn.Embedding
             w = emb.weight.detach()  # (V, E)
@@ -265,7 +277,9 @@ def _record_reads(
 ) -> None:
     """Mark how a dense layer reads each slot of its input: not at all, foldably, or blocking."""
     mod = info.module
-    w, _ = layer_weight_bias(mod)
+    w = (
+        rnn_tensor(mod, "weight_ih_l0") if isinstance(mod, nn.RNNBase) else layer_weight_bias(mod)[0]
+    )  # (rows, C_in, ..)
     live = (w != 0).transpose(0, 1).reshape(w.shape[1], -1).any(1)  # (C_in,) column/input channel read
     c = const_of(src.node.name)  # (C_in,)
     finite = ~torch.isnan(c)

@@ -36,6 +36,7 @@ from ..errors import InputShapeError, UnsupportedOpError
 from ..ops import Flow, InputGather, Op, lookup, lookup_module
 
 __all__ = [
+    "GATES",
     "Kind",
     "NodeInfo",
     "Tracer",
@@ -43,6 +44,7 @@ __all__ = [
     "describe_node",
     "expected_input",
     "propagate_shapes",
+    "rnn_tensor",
     "run_node",
     "trace_model",
 ]
@@ -57,6 +59,7 @@ class Kind(enum.Enum):
     GROUPED = "grouped"  # grouped (non-depthwise) conv: kept whole
     DEPTHWISE = "depthwise"  # conv with groups == in == out: input channel c feeds output channel c only
     EMBEDDING = "embedding"  # nn.Embedding: owns its output dims (a dead dim emits 0), reads ids
+    RNN = "rnn"  # one-layer LSTM/GRU/RNN: owns its hidden units, reads its input features and its own units
     PER_CHANNEL = "per_channel"  # activations, BN, pooling, dropout, scalar arithmetic, LayerNorm over time
     ELEMENTWISE = "elementwise"  # tensor (+-*/) tensor, cat along time: ties channel c of every operand
     CAT = "cat"  # torch.cat along the channel axis
@@ -84,9 +87,12 @@ class NodeInfo:
     read_ok: bool = True  # DENSE: the input carries its channels on the axis the layer reads
     pinned_inputs: dict[str, str] = field(default_factory=dict)  # input node -> why its channels stay
     note: str | None = None  # barrier / kept-whole note for the report
+    slots: int | None = None  # RNN: its hidden units (the node's value is a tuple, so it has no shape)
 
     @property
     def channels(self) -> int:
+        if self.slots is not None:
+            return self.slots
         return self.shape[self.axis] if self.axis is not None else 0
 
 
@@ -446,6 +452,8 @@ def _classify_value_node(
     op = lookup(gm, node)
     if op is None:
         _barrier(gm, node, info, "svdcompress does not know how channels flow through it")
+    elif op.flow is Flow.RECURRENT and _rnn(gm, node, info, infos):
+        pass
     else:
         _keep(info, f"{op.name} ('{node.name}') keeps every channel that reaches it")
         info.axis = None
@@ -456,6 +464,34 @@ def _classify_value_node(
                 f"the {sum(_info_channels(i) for i in info.inputs)} channel(s) that reach it are kept"
             )
     return info
+
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+"""Gate blocks of the weight rows of each recurrent mode: hidden unit j owns row ``j + k * hidden_size`` of each."""
+
+
+def _rnn(gm: fx.GraphModule, node: fx.Node, info: NodeInfo, infos: dict[str, NodeInfo]) -> bool:
+    """A one-layer, one-direction LSTM / GRU / RNN called on one tensor: it owns its hidden units (pruned when
+    nothing reads them, its own recurrence included) and reads its input features like a Linear. False if
+    it is kept whole (several layers, bidirectional, projections, an initial state passed in)."""
+    mod = gm.get_submodule(str(node.target))
+    if not isinstance(mod, nn.RNNBase) or mod.mode not in GATES or len(node.all_input_nodes) != 1:
+        return False
+    if mod.num_layers != 1 or mod.bidirectional or mod.proj_size or len(info.inputs) != 1:
+        return False
+    src = infos[info.inputs[0].name]
+    info.kind, info.module, info.slots, info.axis = Kind.RNN, mod, mod.hidden_size, None
+    info.read_ok = src.axis == len(src.shape) - 1
+    if not info.read_ok:
+        info.pinned_inputs[src.node.name] = f"its channels reach '{node.target}' on another axis than it reads"
+    return True
+
+
+def rnn_tensor(mod: nn.Module, name: str) -> torch.Tensor:
+    """``weight_ih_l0`` and friends of a recurrent module, detached (torch types them as Tensor | Module)."""
+    t = getattr(mod, name)
+    assert isinstance(t, torch.Tensor), name  # internal invariant: one-layer RNNBase parameters
+    return t.detach()
 
 
 def _dims_read(node: fx.Node) -> list[int] | str | None:
@@ -655,7 +691,7 @@ def _move(
     """
     if len(info.inputs) != 1:
         if node.target is operator.getitem and not info.inputs:
-            _keep(info, f"it is taken from '{node.args[0]}', which keeps every channel")
+            _rnn_output(node, info, infos)
             _set_axis(info)
             return
         raise _Barrier("expected one tensor input")
@@ -670,6 +706,33 @@ def _move(
         info.axis, info.block = found
         info.const_ok = op.name != "reduce" or node.target not in ("sum", torch.sum)
     _set_axis(info)
+
+
+def _rnn_output(node: fx.Node, info: NodeInfo, infos: dict[str, NodeInfo]) -> None:
+    """An element of a tuple: the output sequence or the last hidden state of an RNN carry its units on their
+    last axis; anything else (the LSTM's cell state, a barrier's tuple) is kept."""
+    src, index = node.args[0], node.args[1]
+    rnn = None
+    if isinstance(src, fx.Node) and src.name in infos:
+        if infos[src.name].kind is Kind.RNN:
+            rnn, part = src, ("output", "h_n")[index] if isinstance(index, int) and index in (0, 1) else None
+        elif (
+            src.target is operator.getitem
+            and isinstance(up := src.args[0], fx.Node)
+            and up.name in infos
+            and infos[up.name].kind is Kind.RNN
+            and src.args[1] == 1  # LSTM: (h_n, c_n)
+        ):
+            rnn, part = up, ("h_n", "c_n")[index] if isinstance(index, int) and index in (0, 1) else None
+    if rnn is None or part is None or info.shape[-1] != infos[rnn.name].slots:
+        _keep(info, f"it is taken from '{src}', which keeps every channel")
+        return
+    if part == "c_n":
+        if node.users:  # `out, (h, c) = lstm(x)` names c without reading it
+            info.pinned_inputs[rnn.name] = f"the cell state of '{rnn.target}' is used"
+        _keep(info, f"the cell state of '{rnn.target}' is used")
+        return
+    info.kind, info.ties, info.axis, info.block, info.const_ok = Kind.MOVE, [rnn], len(info.shape) - 1, 1, False
 
 
 def _channel_map(gm: fx.GraphModule, node: fx.Node, src: NodeInfo) -> tuple[int, int] | None:
@@ -833,6 +896,7 @@ _CLASSIFIERS = {
     Flow.NORMALIZE: _normalize_op,
     Flow.EMBED: _embed,
     Flow.KEEP: _keep_op,
+    Flow.RECURRENT: _keep_op,  # a recurrent module returns a tuple: see _classify_value_node
 }
 
 
