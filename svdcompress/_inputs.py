@@ -63,16 +63,26 @@ def check_input_shape(input_shape: Iterable[int]) -> tuple[int, ...]:
 
 
 def example_inputs(
-    input_shape: Iterable[int], batch: int, *, dtype: torch.dtype = torch.float32, seed: int = EXAMPLE_SEED
+    input_shape: Iterable[int],
+    batch: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    seed: int = EXAMPLE_SEED,
+    high: int = 2,
 ) -> torch.Tensor:
-    """A seeded standard-normal batch ``(batch, *input_shape)``: what tracing, export and verification run.
+    """A seeded batch ``(batch, *input_shape)``: what tracing, export and verification run.
 
+    Standard normal for float dtypes; for integer dtypes (token ids) uniform in ``[0, high)``.
     Random, not zeros: a zero input hides constant-folding mistakes (every ReLU is off).
 
     Example:
         >>> example_inputs((1, 28, 28), 2).shape
         torch.Size([2, 1, 28, 28])
+        >>> example_inputs((5,), 2, dtype=torch.int64, high=100).dtype
+        torch.int64
     """
     shape = check_input_shape(input_shape)
     gen = torch.Generator().manual_seed(seed)
+    if not dtype.is_floating_point:
+        return torch.randint(0, max(1, int(high)), (batch, *shape), generator=gen, dtype=dtype)  # (batch, *shape)
     return torch.randn((batch, *shape), generator=gen, dtype=dtype)  # (batch, *input_shape)

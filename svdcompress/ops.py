@@ -12,6 +12,9 @@ The manifest op names and attributes are the contract with :mod:`svdcompress.run
 ``softplus(beta, threshold)``, ``prelu`` (param ``slope``: shape (1,) or (C,)), ``log_softmax(dim=1)``,
 ``softmax(dim=1)``, ``linear``, ``conv2d``, ``batchnorm``, ``max_pool2d``, ``avg_pool2d``,
 ``adaptive_avg_pool2d``, ``reshape``, ``add``, ``cat``, ``gather``.
+
+An op that is not in the table is a *barrier* for the pruner: the channels that reach it are kept (and the
+report says so), the rest of the model is still pruned.
 """
 
 from __future__ import annotations
@@ -55,10 +58,15 @@ class Flow(enum.Enum):
     CHANNELWISE = "channelwise"  # one tensor in; output channel c reads input channel c only
     BINARY = "binary"  # + - * /: channelwise with one tensor operand, ties channel c of every tensor operand
     CAT = "cat"  # concatenation along dim 1: channel ranges map to the operands
-    RESHAPE = "reshape"  # flatten to (N, -1): channel c becomes a block of H*W features
+    RESHAPE = "reshape"  # view / reshape / flatten / squeeze: channel c maps to itself or to a block of features
     DENSE = "dense"  # Linear / Conv: reads every input channel (per group), owns its output rows
     GATHER = "gather"  # InputGather: feature slots removable one by one
-    NORMALIZE = "normalize"  # softmax over the features: every output reads every input; nothing removable
+    NORMALIZE = "normalize"  # softmax / LayerNorm over some dims: pins the channel axis if it is among them
+    MOVE = "move"  # permute / transpose / indexing / expand: the channel axis moves (or is split: pinned)
+    REDUCE = "reduce"  # amax / mean / sum over some dims: channels pass if their axis is not reduced
+    EMBED = "embed"  # nn.Embedding: owns its output dims, reads integer ids (no channels)
+    KEEP = "keep"  # matmul of two activations, unbind: every channel that reaches it is kept
+    RECURRENT = "recurrent"  # LSTM / GRU / RNN: owns its hidden units, reads its input and its own units
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,25 @@ OPS: tuple[Op, ...] = (
     Op("conv2d", Flow.DENSE, modules=(nn.Conv2d,), writer="conv2d"),
     _prune_only(
         "conv1d", Flow.DENSE, "the CSR format has 2-D convolutions only; export to ONNX instead", modules=(nn.Conv1d,)
+    ),
+    _prune_only(
+        "embedding",
+        Flow.EMBED,
+        "the CSR runtime has no embedding kernel; export to ONNX instead",
+        modules=(nn.Embedding,),
+    ),
+    _prune_only(
+        "lstm",
+        Flow.RECURRENT,
+        "the CSR runtime has no recurrent kernels; export to ONNX instead",
+        modules=(nn.LSTM, nn.GRU, nn.RNN),
+    ),
+    _prune_only(
+        "layer_norm",
+        Flow.NORMALIZE,
+        "the CSR runtime has no layer_norm kernel; export to ONNX instead",
+        modules=(nn.LayerNorm,),
+        functions=(F.layer_norm,),
     ),
     Op("batchnorm", Flow.CHANNELWISE, modules=(nn.BatchNorm1d, nn.BatchNorm2d), writer="batchnorm"),
     Op("gather", Flow.GATHER, modules=(InputGather,), functions=(torch.index_select,), writer="gather"),
@@ -164,7 +191,14 @@ OPS: tuple[Op, ...] = (
         methods=("clamp", "clamp_", "clamp_min", "clamp_min_", "clip", "clip_"),
     ),
     _prune_only("neg", Flow.CHANNELWISE, _NO_KERNEL, functions=(torch.neg, operator.neg), methods=("neg",)),
-    # -- output-side normalisation over the feature axis (dim 1 of (N, features))
+    _prune_only(
+        "pointwise_math",  # what a hand-written GELU or attention scale is made of
+        Flow.CHANNELWISE,
+        _NO_KERNEL,
+        functions=(torch.erf, torch.exp, torch.sqrt, torch.rsqrt, torch.pow, operator.pow),
+        methods=("erf", "exp", "sqrt", "rsqrt", "pow"),
+    ),
+    # -- normalisation over a dim (the CSR bundle: over the features of (N, features) only)
     Op(
         "log_softmax",
         Flow.NORMALIZE,
@@ -247,19 +281,60 @@ OPS: tuple[Op, ...] = (
     ),
     _prune_only(
         "mean",
-        Flow.CHANNELWISE,
+        Flow.REDUCE,
         "spatial means are not in the CSR format; use nn.AdaptiveAvgPool2d(1)",
         functions=(torch.mean,),
         methods=("mean",),
+    ),
+    _prune_only(
+        "reduce",
+        Flow.REDUCE,
+        "reductions other than pooling are not in the CSR format; use nn.AdaptiveMaxPool / AvgPool and ONNX",
+        functions=(torch.amax, torch.amin, torch.sum),
+        methods=("amax", "amin", "sum"),
     ),
     # -- shape and wiring
     Op(
         "reshape",
         Flow.RESHAPE,
-        modules=(nn.Flatten,),
-        functions=(torch.flatten, torch.reshape),
-        methods=("flatten", "view", "reshape"),
+        modules=(nn.Flatten, nn.Unflatten),
+        functions=(torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze),
+        methods=("flatten", "view", "reshape", "squeeze", "unsqueeze"),
         writer="reshape",
+    ),
+    _prune_only(
+        "transpose",
+        Flow.MOVE,
+        "the CSR format has no transpose; export to ONNX instead",
+        functions=(torch.transpose, torch.permute, torch.swapaxes, torch.movedim),
+        methods=("transpose", "permute", "swapaxes", "movedim"),
+    ),
+    _prune_only(
+        "index",
+        Flow.MOVE,
+        "the CSR format has no slicing or indexing; export to ONNX instead",
+        functions=(operator.getitem, torch.select),
+        methods=("select",),
+    ),
+    _prune_only(
+        "expand",
+        Flow.MOVE,
+        "the CSR format has no broadcasting copies; export to ONNX instead",
+        methods=("expand",),
+    ),
+    _prune_only(
+        "matmul",
+        Flow.KEEP,
+        "the CSR runtime has no kernel for a product of two activations; export to ONNX instead",
+        functions=(torch.matmul, operator.matmul, torch.bmm),
+        methods=("matmul", "bmm"),
+    ),
+    _prune_only(
+        "split",
+        Flow.KEEP,
+        "the CSR format has no tuple-valued ops; export to ONNX instead",
+        functions=(torch.unbind, torch.chunk, torch.split),
+        methods=("unbind", "chunk", "split"),
     ),
     Op("add", Flow.BINARY, functions=(operator.add, operator.iadd, torch.add), methods=("add", "add_"), writer="add"),
     _prune_only(
@@ -279,7 +354,7 @@ OPS: tuple[Op, ...] = (
         ),
         methods=("sub", "sub_", "mul", "mul_", "div", "div_"),
     ),
-    Op("cat", Flow.CAT, functions=(torch.cat,), writer="cat"),
+    Op("cat", Flow.CAT, functions=(torch.cat, torch.concat, torch.concatenate), writer="cat"),
 )
 
 _BY_MODULE: dict[type[nn.Module], Op] = {m: op for op in OPS for m in op.modules}

@@ -319,12 +319,15 @@ class _Sorts(nn.Module):
         return torch.sort(self.fc(x), dim=1).values
 
 
-def test_unsupported_op_raises_with_its_name() -> None:
+def test_unknown_op_is_a_barrier_and_refused_only_for_csr() -> None:
+    res = _check(_Sorts(), (4,))
+    assert any(n.startswith("barrier at node 'sort' (call_function torch.sort)") for n in res.report.notes)
     with pytest.raises(UnsupportedOpError, match=r"node 'sort' \(call_function torch\.sort\)"):
-        prune(_Sorts(), input_shape=(4,))
+        prune(_Sorts(), input_shape=(4,), require_csr=True)
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    _check(model, (4,))
     with pytest.raises(UnsupportedOpError, match=r"call_module '1' LayerNorm"):
-        prune(model, input_shape=(4,))
+        prune(model, input_shape=(4,), require_csr=True)
 
 
 class _InplaceReuse(nn.Module):

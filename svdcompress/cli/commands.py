@@ -673,6 +673,15 @@ def prune(
     "the export and writes no file.",
 )
 @_shape_opt
+@click.option(
+    "--input-dtype",
+    type=click.Choice(["float32", "int64"]),
+    default="float32",
+    show_default=True,
+    help="Element type of the model input. int64: token ids (with --input-shape the sequence length, e.g. 40); "
+    "tracing and verification use random ids below the smallest embedding's vocabulary, and ONNX gets a dynamic "
+    "sequence axis where the model takes other lengths. The CSR bundle takes float32 only.",
+)
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset.")
 @click.option(
     "--round-to",
@@ -709,6 +718,7 @@ def export(
     data: str | None,
     max_quant_drop: float,
     input_shape: tuple[int, ...] | None,
+    input_dtype: str,
     opset: int,
     round_to: int | str | None,
     dtype: str,
@@ -731,6 +741,11 @@ def export(
                 "(--bits 2..8 or auto); export got neither"
             )
         _selection_spec(data, "auto", None)  # the same check: held-out labelled data, never a test split
+    if fmt == "csr" and input_dtype != "float32":
+        raise click.BadParameter(
+            f"the CSR bundle takes float32 inputs; export a model over {input_dtype} ids with --format onnx",
+            param_hint="'--input-dtype'",
+        )
 
     with _convention_notes():
         res = export_model(
@@ -738,6 +753,7 @@ def export(
             fmt,
             output,
             input_shape=input_shape,
+            input_dtype=input_dtype,
             model=model_spec,
             trust_pickle=trust_pickle,
             threshold=threshold,
@@ -759,6 +775,8 @@ def export(
         )
         click.echo(f"round-to auto: {res.round_to} (ONNX Runtime, 1 thread, batch 1 / 32: {medians})", err=True)
     click.echo(res.summary())
+    if res.dynamic_axes and len(res.dynamic_axes) > 1:
+        click.echo("dynamic input axes: " + ", ".join(f"{a} ({n})" for a, n in sorted(res.dynamic_axes.items())))
     if res.quant:
         click.echo(_quant_table(res.quant))
         click.echo(

@@ -54,6 +54,7 @@ class ExportResult:
         round_to: The channel multiple the pruned widths were rounded to (1: none), when
             :func:`~svdcompress.export.export_model` knows it.
         round_to_selection: How ``round_to="auto"`` chose it: the candidates' ONNX Runtime medians on this machine.
+        dynamic_axes: ONNX: the input axes left free, e.g. ``{0: "batch", 1: "sequence"}``.
     """
 
     path: Path
@@ -70,6 +71,7 @@ class ExportResult:
     accuracy: dict[str, Any] | None = None
     round_to: int | None = None
     round_to_selection: dict[str, Any] | None = None
+    dynamic_axes: dict[int, str] | None = None
 
     def summary(self) -> str:
         """One line for logs and the CLI (kB = 1000 bytes).
@@ -138,8 +140,10 @@ def _prepare(
 
 
 def _dense_fp32_bytes(model: nn.Module) -> int:
-    """4 bytes × every ``weight`` / ``bias`` parameter element of ``model``."""
-    count = sum(p.numel() for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in ("weight", "bias"))
+    """4 bytes × every ``weight`` / ``bias`` parameter element of ``model`` (an LSTM's ``weight_ih_l0`` too)."""
+    count = sum(
+        p.numel() for name, p in model.named_parameters() if name.rsplit(".", 1)[-1].startswith(("weight", "bias"))
+    )
     return 4 * int(count)
 
 
@@ -149,13 +153,14 @@ def _verify(
     input_shape: tuple[int, ...],
     tolerance: float,
     what: str,
+    example: torch.Tensor | None = None,
 ) -> float:
-    """Compare ``run(x)`` with ``reference(x)`` on a seeded random batch; return max |diff| or raise.
+    """Compare ``run(x)`` with ``reference(x)`` on a seeded random batch (or ``example``); return max |diff| or raise.
 
     The rule is prune's (:func:`svdcompress._verify.check_outputs`): ``max|diff| <= tolerance ×
     max(1, max|ref|)``, so that logits in the hundreds are not held to an absolute 1e-4.
     """
-    x = example_inputs(input_shape, _VERIFY_BATCH)  # (4, *input_shape)
+    x = example_inputs(input_shape, _VERIFY_BATCH) if example is None else example  # (4, *input_shape)
     diff, scale = compare_outputs(reference, run, x, what, error=ExportError)
     check_outputs(diff, scale, tolerance, what, error=ExportError, hint="; no file was written")
     return diff

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._inputs import example_inputs as example_batch
 from .._io import check_output_path
 from ..checkpoint import DEFAULT_THRESHOLD
 from ..errors import AccuracyDropError, InvalidInputError, NoSVDOLayersError
@@ -22,7 +23,7 @@ from ..pruning.masking import check_threshold
 from ..runtime import quant as Q
 from ._common import ExportResult
 
-__all__ = ["FORMATS", "export_model", "posterior_sigma"]
+__all__ = ["FORMATS", "INPUT_DTYPES", "export_model", "posterior_sigma", "vocabulary"]
 
 _log = logging.getLogger("svdcompress.export")
 
@@ -67,6 +68,8 @@ def export_model(
     max_drop: float = 0.5,
     max_quant_drop: float = 0.3,
     round_to: int | str | None = None,
+    example_inputs: torch.Tensor | None = None,
+    input_dtype: str = "float32",
 ) -> ExportResult:
     """Mask, structurally prune and export ``source`` as ``fmt``, verified against the masked model.
 
@@ -104,6 +107,12 @@ def export_model(
             Runtime runs ragged widths slower); ``"auto"``: time :data:`ROUND_TO_CANDIDATES` in ONNX Runtime on
             this machine and keep the fastest (recorded in the ONNX ``metadata_props``). Default:
             :data:`ONNX_ROUND_TO` for the ONNX formats, 1 for a CSR bundle (its kernels gain nothing from it).
+        example_inputs: a batch ``(N, ...)`` to trace, prune and verify with, as :func:`~svdcompress.prune` takes
+            it: e.g. int64 token ids for a model that starts with an embedding. Its shape gives ``input_shape``.
+        input_dtype: without ``example_inputs``: ``"float32"`` (seeded standard-normal inputs) or ``"int64"``
+            (seeded ids below the smallest embedding's vocabulary). Integer inputs ``(N, L)`` get a dynamic
+            sequence axis in ONNX where the model takes other lengths (``ExportResult.dynamic_axes``); the CSR
+            bundle takes float inputs only.
 
     Returns:
         The :class:`ExportResult`, with ``parameter_compression`` filled in.
@@ -146,11 +155,19 @@ def export_model(
             "'auto'); export_model() got neither",
             param="data",
         )
+    dtype_in = _input_dtype(example_inputs, input_dtype)
+    if fmt == "csr" and not dtype_in.is_floating_point:
+        raise InvalidInputError(
+            f"the CSR bundle takes float inputs, and this model's are {str(dtype_in).removeprefix('torch.')}; "
+            "export it with format 'onnx' (or 'onnx-sparse')",
+            param="input_dtype",
+        )
     # checked before the slow part; the exporter checks again right before writing
     check_output_path(path, force=force, inputs=() if isinstance(source, nn.Module) else (source,))
-    if isinstance(source, nn.Module) and input_shape is None:
+    if isinstance(source, nn.Module) and input_shape is None and example_inputs is None:
         raise InvalidInputError(
-            "export_model() of a module needs input_shape (per example, e.g. (1, 28, 28))", param="input_shape"
+            "export_model() of a module needs input_shape (per example, e.g. (1, 28, 28)) or example_inputs",
+            param="input_shape",
         )
     prepared = prepare(
         source,
@@ -158,6 +175,7 @@ def export_model(
         data=data,
         max_drop=max_drop,
         input_shape=input_shape,
+        example_inputs=example_inputs,
         model=model,
         trust_pickle=trust_pickle,
         convention=convention,
@@ -165,12 +183,17 @@ def export_model(
     )
     module, shape, threshold = prepared.module, prepared.input_shape, prepared.threshold
     spec, provenance, selection = prepared.data, prepared.provenance, prepared.selection()
+    example = example_inputs
+    if example is None and not dtype_in.is_floating_point:
+        example = example_batch(shape, _EXAMPLES, dtype=dtype_in, high=vocabulary(module))
     if round_to is None:
         round_to = 1 if fmt == "csr" else ONNX_ROUND_TO
     if isinstance(round_to, str) and round_to != "auto":
         raise InvalidInputError(f"round_to must be a number of channels or 'auto', got {round_to!r}", param="round_to")
     if round_to == "auto" and fmt == "csr":
         round_to = 1  # the CSR runtime has no preference for round widths: extra dead channels only cost time
+    if round_to == "auto" and example is not None and not example.is_floating_point():
+        round_to = ONNX_ROUND_TO  # the timing runs on seeded float inputs; ids need the model's vocabulary
     rounding: dict[str, Any] | None = None
     if round_to == "auto":
         round_to, rounding = _choose_round_to(module, shape, threshold, convention, opset)
@@ -178,6 +201,7 @@ def export_model(
         module,
         threshold=threshold,
         input_shape=shape,
+        example_inputs=example,
         require_csr=fmt == "csr",
         convention=convention,
         round_to=round_to,
@@ -227,6 +251,7 @@ def export_model(
             dtype=dtype,
             force=force,
             metadata=_onnx_metadata(threshold, selection, rounding),
+            example_inputs=example,
         )
     if quantised and data is None:
         _log.info(
@@ -243,6 +268,33 @@ def export_model(
         round_to=int(round_to),
         round_to_selection=rounding,
     )
+
+
+INPUT_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+"""What ``input_dtype`` (``--input-dtype``) takes."""
+
+_EXAMPLES = 8  # the batch prune traces and verifies with, as for input_shape
+
+
+def _input_dtype(example: torch.Tensor | None, name: str) -> torch.dtype:
+    if example is not None:
+        if not isinstance(example, torch.Tensor):
+            raise InvalidInputError(
+                f"example_inputs must be a tensor, got {type(example).__name__}", param="example_inputs"
+            )
+        return example.dtype
+    if name not in INPUT_DTYPES:
+        raise InvalidInputError(
+            f"input_dtype {name!r} is not known; choose one of {', '.join(INPUT_DTYPES)}", param="input_dtype"
+        )
+    return INPUT_DTYPES[name]
+
+
+def vocabulary(model: nn.Module) -> int:
+    """The ids a model over int64 inputs takes: below the smallest ``num_embeddings`` of its embeddings (2 if it
+    has none), so that random example ids are valid for every embedding."""
+    sizes = [int(n) for m in model.modules() if isinstance(n := getattr(m, "num_embeddings", None), int)]
+    return min(sizes, default=2)
 
 
 AUTO_C_RETRIES = (Q.AUTO_C, Q.AUTO_C / 4, Q.AUTO_C / 16)

@@ -94,12 +94,21 @@ class _Capture:
                 out = self.values[arg]
             elif node.op != "get_attr" and isinstance(node.meta.get("tensor_meta"), TensorMetadata):
                 self._convert(node)
+            elif (op := lookup(self.gm, node)) is not None and not op.in_bundle and self._reads_tensor(node):
+                # a tuple-valued op (LSTM, unbind); x.shape[0] and friends are resolved where they are used
+                raise ExportError(
+                    f"{describe_node(self.gm, node)} cannot be written to a CSR bundle: {op.not_in_bundle}"
+                )
             # get_attr constants and non-tensor values (x.size(0), ...) are resolved where they are used.
         if inp is None or out is None:
             raise ExportError("the traced model has no input or no output")
         return inp, out
 
     # -- helpers
+    @staticmethod
+    def _reads_tensor(node: fx.Node) -> bool:
+        return any(isinstance(n.meta.get("tensor_meta"), TensorMetadata) for n in node.all_input_nodes)
+
     def _define(self, node: fx.Node, name: str) -> str:
         self.values[node] = name
         self.shapes[name] = list(node.meta["tensor_meta"].shape[1:])

@@ -7,6 +7,7 @@ exporter needs ``onnxscript``, which svdcompress does not depend on. Both are ch
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -18,11 +19,12 @@ import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
 from torch import nn
+from torch.jit._trace import TracerWarning
 
 from .._inputs import example_inputs
 from .._io import atomic_path
 from ..errors import ExportError
-from ._common import ExportResult, _dense_fp32_bytes, _prepare, _verify
+from ._common import _VERIFY_BATCH, ExportResult, _dense_fp32_bytes, _prepare, _verify
 
 __all__ = ["MIN_CONVERTED_ELEMENTS", "export_onnx", "ort_session"]
 
@@ -30,14 +32,20 @@ MIN_CONVERTED_ELEMENTS = 64
 """Float initializers with fewer elements (biases of small layers, BatchNorm constants) are left alone by
 the fp16 and sparse conversions: they weigh nothing and fp16 would cost accuracy there."""
 
+_log = logging.getLogger("svdcompress.export")
+
 _INPUT, _OUTPUT = "input", "output"
 _FP16_MAX = 65504.0
 _INDEX_BYTES = 8  # the ONNX checker requires INT64 sparse indices; linearised [NNZ] is the narrowest form
 
 
-def _torch_to_onnx(model: nn.Module, input_shape: tuple[int, ...], opset: int, tmp: Path) -> onnx.ModelProto:
-    """Export to ``tmp`` (a scratch file the caller owns) and return the loaded proto."""
-    example = example_inputs(input_shape, 2)  # batch 2, so that no size-1 batch gets baked in
+def _torch_to_onnx(
+    model: nn.Module, example: torch.Tensor, opset: int, tmp: Path, axes: dict[int, str]
+) -> onnx.ModelProto:
+    """Export to ``tmp`` (a scratch file the caller owns) and return the loaded proto.
+
+    ``example`` has batch 2, so that no size-1 batch gets baked in; ``axes`` are the input's dynamic axes.
+    """
     with warnings.catch_warnings():
         # torch 2.13 raises two DeprecationWarnings for the legacy exporter ("You are using the legacy
         # TorchScript-based ONNX export", and "The feature will be removed" from its utils). We use it
@@ -46,6 +54,11 @@ def _torch_to_onnx(model: nn.Module, input_shape: tuple[int, ...], opset: int, t
             "ignore", message="You are using the legacy TorchScript-based ONNX export", category=DeprecationWarning
         )
         warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        # An LSTM exported with batch 2 and a dynamic batch axis draws a warning that another batch size "can
+        # cause an error"; the artifact is run in ONNX Runtime at batch 4 before it is kept, which settles it.
+        warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
+        # nn.LSTM's own shape checks read a tensor as a bool while being traced; the same check settles it.
+        warnings.filterwarnings("ignore", category=TracerWarning, module=r"torch\.nn\.modules\.rnn")
         try:
             torch.onnx.export(
                 model,
@@ -56,7 +69,7 @@ def _torch_to_onnx(model: nn.Module, input_shape: tuple[int, ...], opset: int, t
                 do_constant_folding=True,
                 input_names=[_INPUT],
                 output_names=[_OUTPUT],
-                dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}},
+                dynamic_axes={_INPUT: dict(axes), _OUTPUT: {0: "batch"}},
             )
         except Exception as exc:  # the exporter raises many types for unsupported ops / opsets
             raise ExportError(f"torch.onnx.export failed for {type(model).__name__} at opset {opset}: {exc}") from exc
@@ -134,10 +147,37 @@ def _ort_runner(path: str | os.PathLike[str]) -> Any:
     sess = ort_session(path, threads=1)  # verification only: stay light on a shared machine
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        (y,) = sess.run([_OUTPUT], {_INPUT: x.detach().numpy().astype(np.float32)})
+        dtype = np.float32 if x.is_floating_point() else np.int64  # token ids stay integers
+        (y,) = sess.run([_OUTPUT], {_INPUT: x.detach().numpy().astype(dtype)})
         return torch.from_numpy(np.asarray(y))
 
     return run
+
+
+_SEQ_STEP = 5  # a second sequence length, this much longer, checks that the sequence axis is really free
+
+
+def _longer(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """``x`` with ``_SEQ_STEP`` more positions along ``axis`` (its own values, wrapped around)."""
+    idx = torch.arange(x.shape[axis] + _SEQ_STEP) % x.shape[axis]
+    return x.index_select(axis, idx)
+
+
+def _sequence_axis(reference: nn.Module, example: torch.Tensor) -> int | None:
+    """The input's sequence axis, if the model takes other lengths: the last axis of integer inputs (token ids
+    ``(N, L)``), when the reference runs on a longer sequence and gives the same output shape. None otherwise
+    (float inputs, a fixed position table, a Linear over the flattened sequence)."""
+    if example.is_floating_point() or example.dim() != 2:
+        return None
+    axis = example.dim() - 1
+    try:
+        with torch.no_grad():
+            short, long = reference(example), reference(_longer(example, axis))
+    except Exception:  # the model refuses other lengths: the axis stays fixed
+        return None
+    if not isinstance(short, torch.Tensor) or not isinstance(long, torch.Tensor) or short.shape != long.shape:
+        return None
+    return axis
 
 
 def export_onnx(
@@ -153,6 +193,7 @@ def export_onnx(
     tolerance: float | None = None,
     dense_fp32_bytes: int | None = None,
     metadata: dict[str, str] | None = None,
+    example_inputs: torch.Tensor | None = None,
 ) -> ExportResult:
     """Export ``model`` to ONNX with a dynamic batch axis, check it, and verify it in ONNX Runtime.
 
@@ -176,6 +217,10 @@ def export_onnx(
         tolerance: Allowed ``max|diff| / max(1, max|ref|)``; default 1e-4 for fp32, 1e-2 for fp16.
         dense_fp32_bytes: Override the dense size the ratio is computed against (default: from reference).
         metadata: Key → string written to the model's ``metadata_props`` (e.g. how the threshold was chosen).
+        example_inputs: A batch ``(N, *input_shape)`` to export and verify with, e.g. int64 token ids; default a
+            seeded standard-normal float batch. Integer inputs ``(N, L)`` get a dynamic sequence axis when the
+            reference runs at another length (checked in ONNX Runtime at both lengths; otherwise the length is
+            fixed and a message is logged on ``svdcompress.export``).
 
     Returns:
         The :class:`ExportResult`.
@@ -187,20 +232,78 @@ def export_onnx(
     dt, tol, out, ref = _prepare(model, reference, path, dtype, tolerance, force)
 
     fmt = "onnx-sparse" if sparse else "onnx"
+    x = _example_batch(example_inputs, tuple(input_shape))  # (4, *input_shape)
+    seq = _sequence_axis(ref, x)
+    axes = {0: "batch"} if seq is None else {0: "batch", seq: "sequence"}
     with atomic_path(out) as tmp:
-        proto = _torch_to_onnx(model, tuple(input_shape), opset, tmp)
-        if dt == "fp16":
-            _initializers_to_fp16(proto.graph)
-        if sparse:
-            _initializers_to_sparse(proto.graph)
-        if metadata:
-            onnx.helper.set_model_props(proto, {str(k): str(v) for k, v in metadata.items()})
         try:
-            onnx.checker.check_model(proto)
-        except onnx.checker.ValidationError as exc:
-            raise ExportError(f"exported ONNX model fails onnx.checker: {exc}") from exc
-        onnx.save_model(proto, str(tmp))
-        diff = _verify(_ort_runner(tmp), ref, tuple(input_shape), tol, f"{fmt} model {out}")
+            diff = _write_checked(model, ref, tmp, x, axes, opset, dt, sparse, metadata, tol, f"{fmt} model {out}")
+        except ExportError as exc:
+            if seq is None:
+                raise
+            _log.info("%s: a dynamic sequence axis does not export exactly (%s); the length is fixed", out, exc)
+            axes = {0: "batch"}
+            diff = _write_checked(model, ref, tmp, x, axes, opset, dt, sparse, metadata, tol, f"{fmt} model {out}")
         size = tmp.stat().st_size
     dense = _dense_fp32_bytes(ref) if dense_fp32_bytes is None else int(dense_fp32_bytes)
-    return ExportResult(out, fmt, size, dense, dense / max(1, size), diff)
+    return ExportResult(out, fmt, size, dense, dense / max(1, size), diff, dynamic_axes=axes)
+
+
+def _example_batch(example: torch.Tensor | None, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """The verification batch: four rows of ``example`` (repeated if it has fewer), or seeded random floats."""
+    if example is None:
+        return example_inputs(input_shape, _VERIFY_BATCH)
+    x = example.detach()
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise ExportError(f"example_inputs of shape {tuple(x.shape)} do not match input_shape {tuple(input_shape)}")
+    return x[torch.arange(_VERIFY_BATCH) % x.shape[0]]
+
+
+def _write_checked(
+    model: nn.Module,
+    ref: nn.Module,
+    tmp: Path,
+    x: torch.Tensor,
+    axes: dict[int, str],
+    opset: int,
+    dt: str,
+    sparse: bool,
+    metadata: dict[str, str] | None,
+    tol: float,
+    what: str,
+) -> float:
+    """Export, convert, check and save to ``tmp``; verify in ONNX Runtime at the example's shape and, with a
+    dynamic sequence axis, at a longer sequence. Returns the largest max |diff|."""
+    proto = _torch_to_onnx(model, x[:2], opset, tmp, axes)
+    if dt == "fp16":
+        _initializers_to_fp16(proto.graph)
+    if sparse:
+        _initializers_to_sparse(proto.graph)
+    if metadata:
+        onnx.helper.set_model_props(proto, {str(k): str(v) for k, v in metadata.items()})
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"exported ONNX model fails onnx.checker: {exc}") from exc
+    onnx.save_model(proto, str(tmp))
+    run = _ort_runner(tmp)
+    shape = tuple(x.shape[1:])
+    diffs = [_verify(run, ref, shape, tol, what, example=x)]
+    for axis, name in axes.items():
+        if name == "sequence":
+            try:
+                diffs.append(
+                    _verify(
+                        run,
+                        ref,
+                        shape,
+                        tol,
+                        f"{what} at sequence length {x.shape[axis] + _SEQ_STEP}",
+                        example=_longer(x, axis),
+                    )
+                )
+            except Exception as exc:  # ORT refuses the other length (a shape baked in): report as an ExportError
+                if isinstance(exc, ExportError):
+                    raise
+                raise ExportError(f"{what}: {exc}") from exc
+    return max(diffs)

@@ -1,15 +1,15 @@
 """Channel-dependency graph of a traced model: which channels can be removed together, and what they hold.
 
-Model of the graph: every tensor-valued node ``x`` of shape ``(N, C, ...)`` has ``C`` *slots*,
-one per channel (or feature, for 2-D tensors). Ops that keep channels apart (activations,
-BatchNorm, pooling, residual adds, depthwise convolutions) tie slot ``c`` of their inputs to
-slot ``c`` of their output; ``cat`` ties ranges; ``flatten`` ties a channel to its block of
-``H*W`` features. Tied slots form a *group* that can only be removed as a whole. For every
-slot the analysis also records whether the value is a known constant (a dead row emits
-``bias``; it stays constant through per-channel ops, which is checked by running the op on
-a constant probe, so zero-padded average pooling is caught), which layers read it and
-whether their weights for it are zero, and what pins it (model input/output, grouped convs,
-softmax over the features).
+Model of the graph: every tensor-valued node ``x`` has one *channel axis* (dim 1 after a convolution, the last
+dim after a Linear or an embedding; :mod:`svdcompress.pruning.tracing` follows it through permutes, reshapes and
+indexing) and one *slot* per channel along it. Ops that keep channels apart (activations, BatchNorm, pooling,
+residual adds, depthwise convolutions, LayerNorm or softmax over time) tie slot ``c`` of their inputs to slot ``c``
+of their output; ``cat`` ties ranges; ``flatten`` ties a channel to its block of ``H*W`` features; ops that mix
+channels (matmul of activations, softmax or LayerNorm over the channels, an LSTM) or whose flow is unknown
+(barriers) pin them. Tied slots form a *group* that can only be removed as a whole. For every slot the analysis
+also records whether the value is a known constant (a dead row emits ``bias``; it stays constant through
+per-channel ops, which is checked by running the op on a constant probe, so zero-padded average pooling is
+caught), which layers read it and whether their weights for it are zero, and what pins it.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .tracing import Kind, NodeInfo, classify_nodes
+from .tracing import _VALUE, Kind, NodeInfo, classify_nodes, rnn_tensor, run_node
 
 __all__ = ["ChannelGraph", "build_channel_graph", "layer_weight_bias"]
 
-_PROBE_BATCH = 2  # > 1 so that BatchNorm without running stats accepts the probe
 _CONV_MODULES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d)
 
 
@@ -79,24 +78,32 @@ class _UnionFind:
 def _probe(
     gm: fx.GraphModule, node: fx.Node, infos: dict[str, NodeInfo], const_of: Callable[[str], torch.Tensor]
 ) -> torch.Tensor:
-    """Per output channel: the constant the node emits when each input channel is its constant.
+    """Per output channel: the constant the node emits when each tied input channel is its constant.
 
-    Non-constant input channels are filled with NaN, which every supported op propagates; an
-    output channel counts as constant only if all its values (batch and space) are finite and equal.
+    Non-constant input channels, and inputs not tied to the output's channels, are filled with NaN, which
+    every supported op propagates; an output channel counts as constant only if all its values (batch and
+    space) are finite and equal. The probe has the shapes of the last shape propagation.
     """
+    info = infos[node.name]
     dtype = node.meta["tensor_meta"].dtype
 
     def fill(n: fx.Node) -> Any:
-        shape = infos[n.name].shape
-        c = const_of(n.name).to(dtype)  # (C,)
-        view = c.view(1, -1, *([1] * (len(shape) - 2)))
-        return view.expand(_PROBE_BATCH, shape[1], *shape[2:]).clone()  # (2, C, *S)
+        if n.name not in infos or "tensor_meta" not in n.meta:
+            return n.meta.get(_VALUE)
+        src = infos[n.name]
+        if n not in info.ties or src.axis is None:
+            return torch.full(src.shape, math.nan, dtype=n.meta["tensor_meta"].dtype)
+        c = const_of(n.name).to(n.meta["tensor_meta"].dtype)  # (C,)
+        view = c.view(-1, *([1] * (len(src.shape) - src.axis - 1)))
+        return view.expand(src.shape).clone()  # (*shape): channel c holds its constant
 
     args = fx.node.map_arg(node.args, fill)
     kwargs = fx.node.map_arg(node.kwargs, fill)
     with torch.no_grad():
-        out: torch.Tensor = _run_node(gm, node, args, kwargs)
-    flat = out.detach().transpose(0, 1).reshape(out.shape[1], -1).double()  # (C_out, 2 * prod(S))
+        out: torch.Tensor = run_node(gm, node, args, kwargs)
+    assert info.axis is not None
+    out = out.detach().to(dtype).movedim(info.axis, 0)
+    flat = out.reshape(out.shape[0], -1).double()  # (C_out, everything else)
     ok = torch.isfinite(flat).all(1) & (flat.amax(1) == flat.amin(1))
     return torch.where(ok, flat[:, 0], torch.full_like(flat[:, 0], math.nan))  # (C_out,)
 
@@ -178,6 +185,8 @@ def build_channel_graph(gm: fx.GraphModule, *, require_csr: bool = False) -> Cha
                 pin(src.name, "it is a model output")
             continue
         if kind is Kind.SHAPE:
+            for src_name, why in info.pinned_inputs.items():  # a size read of the channel axis
+                pin(src_name, why)
             continue
         if kind is Kind.INPUT:
             pin(name, info.pin_reason or "")
@@ -188,8 +197,27 @@ def build_channel_graph(gm: fx.GraphModule, *, require_csr: bool = False) -> Cha
             layer = str(node.target)
             for i in torch.nonzero(dead).flatten().tolist():
                 dead_source[offset[name] + i] = layer
-            if kind is Kind.DENSE:
+            if kind is Kind.DENSE and info.read_ok:
                 _record_reads(info, infos[info.inputs[0].name], const_of, sl, blocked, read_zero, read_live, reasons)
+        elif kind is Kind.RNN:
+            rnn: nn.RNNBase = info.module  # type: ignore[assignment]  # Kind.RNN is a one-layer nn.RNNBase
+            if info.read_ok:
+                _record_reads(info, infos[info.inputs[0].name], const_of, sl, blocked, read_zero, read_live, reasons)
+            # its own units feed the recurrence: a unit stays while another (or itself) reads it
+            rec_live = (rnn_tensor(rnn, "weight_hh_l0") != 0).any(0)  # (H,)
+            s = sl(name)
+            read_zero[s] += (~rec_live).long()
+            read_live[s] += rec_live.long()
+            blocked[s] |= rec_live
+            for i in torch.nonzero(rec_live).flatten().tolist():
+                reasons.setdefault(s.start + i, f"the recurrence of '{node.target}' reads it")
+        elif kind is Kind.EMBEDDING:
+            emb: nn.Embedding = info.module  # type: ignore[assignment]  # Kind.EMBEDDING is nn.Embedding
+            w = emb.weight.detach()  # (V, E)
+            dead = ~(w != 0).any(0)  # (E,): a dim no word uses emits 0
+            const[sl(name)] = torch.where(dead, 0.0, math.nan)
+            for i in torch.nonzero(dead).flatten().tolist():
+                dead_source[offset[name] + i] = str(node.target)
         elif kind is Kind.DEPTHWISE:
             tie(info.inputs[0].name, name)
             probed = _probe(gm, node, infos, const_of)
@@ -202,11 +230,12 @@ def build_channel_graph(gm: fx.GraphModule, *, require_csr: bool = False) -> Cha
             for i in torch.nonzero(dead).flatten().tolist():
                 dead_source[offset[name] + i] = str(node.target)
         elif kind in (Kind.PER_CHANNEL, Kind.ELEMENTWISE):
-            for src in info.inputs:
+            for src in info.ties:
                 tie(src.name, name)
-            probed = _probe(gm, node, infos, const_of)
-            all_const = torch.stack([~torch.isnan(const_of(s.name)) for s in info.inputs]).all(0)
-            const[sl(name)] = torch.where(all_const, probed, math.nan)
+            if info.const_ok:
+                probed = _probe(gm, node, infos, const_of)
+                all_const = torch.stack([~torch.isnan(const_of(s.name)) for s in info.ties]).all(0)
+                const[sl(name)] = torch.where(all_const, probed, math.nan)
         elif kind is Kind.CAT:
             start = offset[name]
             for src in info.inputs:
@@ -215,17 +244,21 @@ def build_channel_graph(gm: fx.GraphModule, *, require_csr: bool = False) -> Cha
                     uf.union(offset[src.name] + i, start + i)
                 const[start : start + c] = const_of(src.name)
                 start += c
-        elif kind is Kind.FLATTEN:
-            src_info = infos[info.inputs[0].name]
-            block = math.prod(src_info.shape[2:])  # features per channel
+        elif kind is Kind.MOVE:
+            src_name = info.ties[0].name
             for i in range(info.channels):
-                uf.union(offset[src_info.node.name] + i // block, offset[name] + i)
-            const[sl(name)] = const_of(src_info.node.name).repeat_interleave(block)
-        # GATHER: free slots, never constant; nothing to tie. NORMALIZE: pinned just below.
+                uf.union(offset[src_name] + i // info.block, offset[name] + i)
+            if info.const_ok:
+                const[sl(name)] = const_of(src_name).repeat_interleave(info.block)
+        # GATHER: free slots, never constant; nothing to tie. PINNED / BARRIER: pinned just below.
+        if kind in (Kind.PINNED, Kind.BARRIER) and info.pin_reason is None:
+            info.pin_reason = "it is kept whole"
         if info.pin_reason is not None:
             pin(name, info.pin_reason)
             for src in info.inputs:
                 pin(src.name, info.pin_reason)
+        for src_name, why in info.pinned_inputs.items():
+            pin(src_name, why)
 
     roots = torch.tensor([uf.find(i) for i in range(total)], dtype=torch.int64)
     group = torch.unique(roots, return_inverse=True)[1] if total else roots
@@ -244,7 +277,9 @@ def _record_reads(
 ) -> None:
     """Mark how a dense layer reads each slot of its input: not at all, foldably, or blocking."""
     mod = info.module
-    w, _ = layer_weight_bias(mod)
+    w = (
+        rnn_tensor(mod, "weight_ih_l0") if isinstance(mod, nn.RNNBase) else layer_weight_bias(mod)[0]
+    )  # (rows, C_in, ..)
     live = (w != 0).transpose(0, 1).reshape(w.shape[1], -1).any(1)  # (C_in,) column/input channel read
     c = const_of(src.node.name)  # (C_in,)
     finite = ~torch.isnan(c)
@@ -264,11 +299,3 @@ def _record_reads(
         else:
             why = f"its channel is tied (by an add, cat or padded pooling) to values that vary where '{layer}' reads"
         reasons.setdefault(s.start + i, why)
-
-
-def _run_node(gm: fx.GraphModule, node: fx.Node, args: Any, kwargs: Any) -> Any:
-    if node.op == "call_module":
-        return gm.get_submodule(str(node.target))(*args, **kwargs)
-    if node.op == "call_method":
-        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
-    return node.target(*args, **kwargs)  # type: ignore[operator]  # call_function targets are callables

@@ -8,7 +8,8 @@ traced with torch.fx (:mod:`svdcompress.pruning.tracing`), and then, until nothi
   into its bias exactly (Linear, unpadded conv, or a constant of exactly 0);
 * the remaining layers are rebuilt smaller, with the folded constants added to their biases.
 
-Groups pinned by the model input/output or by grouped convolutions, and constants that a
+Groups pinned by the model input/output, grouped convolutions, ops that mix channels (matmul of
+activations, LayerNorm, LSTM) or ops the pruner does not know (barriers), and constants that a
 zero-padded convolution would see differently at the border, are kept and reported in notes.
 Finally the pruned model is checked against the masked one on example inputs.
 """
@@ -33,7 +34,7 @@ from ..errors import InvalidInputError
 from ..ops import InputGather
 from .channels import ChannelGraph, build_channel_graph, layer_weight_bias
 from .masking import mask_model
-from .tracing import Kind, propagate_shapes, trace_model
+from .tracing import GATES, Kind, propagate_shapes, rnn_tensor, trace_model
 
 __all__ = ["LayerPruneRow", "PruneConfig", "PruneReport", "PruneResult", "prune"]
 
@@ -215,7 +216,9 @@ def prune(
     Raises:
         InvalidInputError: neither ``example_inputs`` nor ``input_shape`` is given, they do not run through
             the model, or a bad or unknown option.
-        UnsupportedOpError: the model holds an op whose channel flow is unknown.
+        UnsupportedOpError: with ``require_csr``, an op the CSR bundle cannot express (without it, an op whose
+            channel flow is unknown is a barrier: its channels are kept and a note says so); an in-place op whose
+            input is read again; a layer that looks variational but was not recognised as SVDO.
         VerificationError: the pruned outputs differ from the masked ones beyond the tolerance.
 
     Example:
@@ -277,9 +280,10 @@ def _shrink(
     notes: list[str] = []
     gather = _insert_gather(gm, notes) if cfg.gather_inputs else None
     iterations = 0
+    probe_x = x[:2]  # the analysis runs each op on probes shaped like its values: two rows are enough
     while True:
         iterations += 1
-        propagate_shapes(gm, x)
+        propagate_shapes(gm, probe_x)
         cg = build_channel_graph(gm, require_csr=cfg.require_csr)
         removed, pass_notes = _decide(cg, gather_inputs=cfg.gather_inputs)
         if floors is not None:
@@ -390,11 +394,15 @@ def _notes(cg: ChannelGraph, removed: torch.Tensor, last_unit: dict[int, str], g
     for slot, layer in cg.dead_source.items():
         if not removed[slot]:
             dead[layer, group_reason.get(int(cg.group[slot]), "unknown")] += 1
-    notes = [f"{layer}: kept {n} dead unit(s) (all-zero weights) because {why}" for (layer, why), n in dead.items()]
+    notes = [info.note for info in cg.infos.values() if info.note]  # barriers and layers kept whole
+    notes += [f"{layer}: kept {n} dead unit(s) (all-zero weights) because {why}" for (layer, why), n in dead.items()]
     unread_owner: Counter[tuple[str, str]] = Counter()
     unread = (cg.read_zero > 0) & (cg.read_live == 0) & ~removed  # (S,)
     for name, info in cg.infos.items():
-        if info.kind in (Kind.SHAPE, Kind.OUTPUT, Kind.DENSE, Kind.GROUPED, Kind.DEPTHWISE) or info.channels == 0:
+        if (
+            info.kind in (Kind.SHAPE, Kind.OUTPUT, Kind.DENSE, Kind.GROUPED, Kind.DEPTHWISE, Kind.EMBEDDING, Kind.RNN)
+            or info.channels == 0
+        ):
             continue  # dead rows of layers are covered above
         s = cg.slots(name)
         for i in torch.nonzero(unread[s]).flatten().tolist():
@@ -423,11 +431,20 @@ def _apply(cg: ChannelGraph, removed: torch.Tensor) -> None:
         mod = info.module
         rm_out = removed[cg.slots(node.name)]  # (C_out,)
         new: nn.Module | None = None
-        if info.kind is Kind.DENSE:
+        if info.kind in (Kind.DENSE, Kind.RNN):
             src = info.inputs[0].name
-            rm_in = removed[cg.slots(src)]  # (C_in,)
+            # (C_in,): an input read on another axis than its channels is pinned, so nothing of it goes
+            if info.read_ok:
+                rm_in, const_in = removed[cg.slots(src)], cg.const[cg.slots(src)]
+            else:
+                n_in = _in_units(mod)
+                rm_in, const_in = (
+                    torch.zeros(n_in, dtype=torch.bool),
+                    torch.full((n_in,), math.nan, dtype=torch.float64),
+                )
             if bool(rm_in.any() or rm_out.any()):
-                new = _shrink_dense(mod, ~rm_in, ~rm_out, cg.const[cg.slots(src)])
+                shrink = _shrink_rnn if info.kind is Kind.RNN else _shrink_dense
+                new = shrink(mod, ~rm_in, ~rm_out, const_in)
         elif rm_out.any():
             keep = torch.nonzero(~rm_out).flatten()
             if info.kind is Kind.DEPTHWISE:
@@ -437,6 +454,8 @@ def _apply(cg: ChannelGraph, removed: torch.Tensor) -> None:
                 new = InputGather(gather.index[keep], gather.in_features)
             elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 new = _shrink_bn(mod, keep)
+            elif isinstance(mod, nn.Embedding):
+                new = _shrink_embedding(mod, keep)
             elif isinstance(mod, nn.PReLU) and mod.num_parameters > 1:
                 new = nn.PReLU(len(keep), device=mod.weight.device, dtype=mod.weight.dtype)
                 with torch.no_grad():
@@ -470,6 +489,70 @@ def _shrink_dense(mod: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor,
         new.weight.copy_(w_new)  # type: ignore[operator]
         if has_bias:
             new.bias.copy_(b.to(w.dtype))  # type: ignore[operator]
+    return new
+
+
+def _in_units(mod: nn.Module) -> int:
+    if isinstance(mod, nn.RNNBase):
+        return mod.input_size
+    w, _ = layer_weight_bias(mod)
+    return int(w.shape[1])
+
+
+def _shrink_rnn(mod: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor, const_in: torch.Tensor) -> nn.Module:
+    """A one-layer LSTM/GRU/RNN restricted to kept inputs and hidden units; removed constant inputs fold into
+    ``bias_ih`` (they add ``W_ih[:, k] * c`` to every gate at every step).
+
+    Hidden unit j owns row ``j + g * H`` of each gate block g and column j of ``weight_hh``; it goes only when
+    no unit reads it through the recurrence and nothing outside reads it, so the others compute the same.
+    """
+    rnn: nn.RNNBase = mod  # type: ignore[assignment]  # Kind.RNN is a one-layer nn.RNNBase
+    h, gates = rnn.hidden_size, GATES[rnn.mode]
+    units = torch.nonzero(keep_out).flatten()
+    rows = torch.cat([units + g * h for g in range(gates)])  # (gates * H_kept,)
+    w_ih, w_hh = rnn_tensor(rnn, "weight_ih_l0"), rnn_tensor(rnn, "weight_hh_l0")
+    c = torch.where(~keep_in & ~torch.isnan(const_in), const_in, torch.zeros_like(const_in))  # (C_in,)
+    fold = (w_ih.double() @ c)[rows]  # (gates * H_kept,)
+    has_bias = bool(rnn.bias) or bool((fold != 0).any())
+    kw: dict[str, Any] = {"nonlinearity": "relu" if rnn.mode == "RNN_RELU" else "tanh"} if gates == 1 else {}
+    cls: Any = type(rnn)  # LSTM / GRU / RNN(input_size, hidden_size, ...); RNNBase's own first argument is the mode
+    new: nn.RNNBase = cls(
+        int(keep_in.sum()),
+        len(units),
+        num_layers=1,
+        bias=has_bias,
+        batch_first=rnn.batch_first,
+        device=w_ih.device,
+        dtype=w_ih.dtype,
+        **kw,
+    )
+    with torch.no_grad():  # rnn_tensor detaches, sharing storage: copy_ fills the parameters
+        rnn_tensor(new, "weight_ih_l0").copy_(w_ih[rows][:, keep_in])
+        rnn_tensor(new, "weight_hh_l0").copy_(w_hh[rows][:, keep_out])
+        if has_bias:
+            zeros = torch.zeros(len(rows), dtype=torch.float64)
+            b_ih = rnn_tensor(rnn, "bias_ih_l0")[rows].double() if rnn.bias else zeros
+            b_hh = rnn_tensor(rnn, "bias_hh_l0")[rows].double() if rnn.bias else zeros
+            rnn_tensor(new, "bias_ih_l0").copy_((b_ih + fold).to(w_ih.dtype))
+            rnn_tensor(new, "bias_hh_l0").copy_(b_hh.to(w_ih.dtype))
+    return new
+
+
+def _shrink_embedding(mod: nn.Embedding, keep: torch.Tensor) -> nn.Module:
+    """The embedding restricted to the kept dims (the dropped ones are zero for every word)."""
+    new = nn.Embedding(
+        mod.num_embeddings,
+        len(keep),
+        padding_idx=mod.padding_idx,
+        max_norm=mod.max_norm,
+        norm_type=mod.norm_type,
+        scale_grad_by_freq=mod.scale_grad_by_freq,
+        sparse=mod.sparse,
+        device=mod.weight.device,
+        dtype=mod.weight.dtype,
+    )
+    with torch.no_grad():
+        new.weight.copy_(mod.weight[:, keep])
     return new
 
 
@@ -584,12 +667,24 @@ def _layer_stats(gm: fx.GraphModule) -> dict[str, dict[str, Any]]:
         if node.op != "call_module":
             continue
         mod = gm.get_submodule(str(node.target))
-        if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        if isinstance(mod, nn.RNNBase) and mod.mode in GATES and not mod.bidirectional and mod.num_layers == 1:
+            src = node.all_input_nodes[0].meta.get("tensor_meta") if node.all_input_nodes else None
+            steps = int(src.shape[1 if mod.batch_first else 0]) if src is not None and len(src.shape) == 3 else 1
+            w_ih, w_hh = rnn_tensor(mod, "weight_ih_l0"), rnn_tensor(mod, "weight_hh_l0")
+            stats[str(node.target)] = {
+                "kind": type(mod).__name__.lower(),
+                "units": mod.hidden_size,
+                "weights": w_ih.numel() + w_hh.numel(),
+                "nonzero": int(torch.count_nonzero(w_ih)) + int(torch.count_nonzero(w_hh)),
+                "flops": steps * (w_ih.numel() + w_hh.numel()),  # one multiply-add per weight per step
+            }
             continue
-        w = mod.weight
-        out_shape = tuple(node.meta["tensor_meta"].shape)  # (N, C_out, *S)
-        # Each output value costs one multiply-add per weight of its filter.
-        flops = math.prod(out_shape[1:]) * math.prod(w.shape[1:])
+        if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)):
+            continue
+        w = mod.weight if not isinstance(mod, nn.Embedding) else mod.weight.t()  # (units, ...)
+        out_shape = tuple(node.meta["tensor_meta"].shape)  # (N, C_out, *S) or (N, ..., features)
+        # Each output value costs one multiply-add per weight of its filter; a lookup costs none.
+        flops = 0 if isinstance(mod, nn.Embedding) else math.prod(out_shape[1:]) * math.prod(w.shape[1:])
         entry = stats.setdefault(
             str(node.target),
             {

@@ -6,7 +6,11 @@ that still runs, exports and traces. ``torch.fx.symbolic_trace`` gives both: a g
 analyse and a ``GraphModule`` whose submodules can be swapped for smaller ones. Torch-Pruning
 would do the dependency analysis too, but adds a dependency and resolves unknown ops
 heuristically; here every op is either understood exactly (it is in :data:`svdcompress.ops.OPS`)
-or refused. :mod:`svdcompress.pruning.channels` builds the channel-dependency graph from the classified nodes.
+or a *barrier*: the channels that reach it are kept, the report says so, and the rest of the model is
+still pruned. Each tensor carries its channels on one axis (dim 1 after a convolution, the last dim after
+a Linear); where a permute, reshape, index or reduction sends that axis is found by running the op on a
+tensor that holds each element's channel index. :mod:`svdcompress.pruning.channels` builds the
+channel-dependency graph from the classified nodes.
 
 In-place ops are accepted only where nothing reads their input afterwards, since the analysis
 treats every node's value as immutable.
@@ -32,6 +36,7 @@ from ..errors import InputShapeError, UnsupportedOpError
 from ..ops import Flow, InputGather, Op, lookup, lookup_module
 
 __all__ = [
+    "GATES",
     "Kind",
     "NodeInfo",
     "Tracer",
@@ -39,6 +44,8 @@ __all__ = [
     "describe_node",
     "expected_input",
     "propagate_shapes",
+    "rnn_tensor",
+    "run_node",
     "trace_model",
 ]
 
@@ -51,11 +58,14 @@ class Kind(enum.Enum):
     DENSE = "dense"  # Linear / Conv with groups=1: reads every input slot, owns its output rows
     GROUPED = "grouped"  # grouped (non-depthwise) conv: kept whole
     DEPTHWISE = "depthwise"  # conv with groups == in == out: input channel c feeds output channel c only
-    PER_CHANNEL = "per_channel"  # activations, BN, pooling, dropout, scalar arithmetic, spatial mean
-    ELEMENTWISE = "elementwise"  # tensor (+-*/) tensor: ties channel c of every operand
-    CAT = "cat"  # torch.cat along the channel dim
-    FLATTEN = "flatten"  # torch.flatten(x, 1)
-    NORMALIZE = "normalize"  # softmax over the features: input and output pinned
+    EMBEDDING = "embedding"  # nn.Embedding: owns its output dims (a dead dim emits 0), reads ids
+    RNN = "rnn"  # one-layer LSTM/GRU/RNN: owns its hidden units, reads its input features and its own units
+    PER_CHANNEL = "per_channel"  # activations, BN, pooling, dropout, scalar arithmetic, LayerNorm over time
+    ELEMENTWISE = "elementwise"  # tensor (+-*/) tensor, cat along time: ties channel c of every operand
+    CAT = "cat"  # torch.cat along the channel axis
+    MOVE = "move"  # flatten, reshape, permute, indexing, expand, reduction: channel c -> slots of c // block
+    PINNED = "pinned"  # matmul, LSTM, softmax over the channels, a split channel axis: inputs and output kept
+    BARRIER = "barrier"  # an op whose channel flow is unknown: inputs and output kept, with a note
     SHAPE = "shape"  # x.size(0) and friends: no channels
     OUTPUT = "output"
 
@@ -70,10 +80,20 @@ class NodeInfo:
     inputs: list[fx.Node] = field(default_factory=list)  # tensor-valued inputs, in argument order
     module: nn.Module | None = None
     pin_reason: str | None = None  # set when the node's input and output slots must all stay
+    axis: int | None = None  # the axis of the value that carries the channels (None: no channels)
+    ties: list[fx.Node] = field(default_factory=list)  # inputs whose channel c is the output's channel c
+    block: int = 1  # MOVE: output slot i is input channel i // block
+    const_ok: bool = True  # a constant input channel gives a constant output channel (size-independent)
+    read_ok: bool = True  # DENSE: the input carries its channels on the axis the layer reads
+    pinned_inputs: dict[str, str] = field(default_factory=dict)  # input node -> why its channels stay
+    note: str | None = None  # barrier / kept-whole note for the report
+    slots: int | None = None  # RNN: its hidden units (the node's value is a tuple, so it has no shape)
 
     @property
     def channels(self) -> int:
-        return self.shape[1] if len(self.shape) >= 2 else 0
+        if self.slots is not None:
+            return self.slots
+        return self.shape[self.axis] if self.axis is not None else 0
 
 
 class Tracer(fx.Tracer):
@@ -103,6 +123,12 @@ class _ShapeProp(fx.Interpreter):
             raise
         if isinstance(result, torch.Tensor):
             n.meta["tensor_meta"] = _extract_tensor_metadata(result)
+        else:
+            n.meta.pop("tensor_meta", None)
+            if isinstance(result, (int, float, bool, torch.Size)) or (
+                isinstance(result, tuple) and all(isinstance(v, int) for v in result)
+            ):
+                n.meta[_VALUE] = result  # sizes: what the probes pass to ops like expand
         n.meta["type"] = type(result)
         return result
 
@@ -183,10 +209,15 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
         name: (type(m).__name__, [n for n, _ in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))])
         for name, m in root.named_modules()
     }
+    gm.meta[_SHAPES] = {
+        name: {n: tuple(t.shape) for n, t in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))}
+        for name, m in root.named_modules()
+    }
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise UnsupportedOpError(f"structural pruning supports models with one tensor input, got {len(placeholders)}")
     propagate_shapes(gm, example)
+    _max_values_to_amax(gm)
     _normalize(gm)
     return gm
 
@@ -225,10 +256,13 @@ def _unsupported(gm: fx.GraphModule, node: fx.Node, why: str) -> UnsupportedOpEr
     return UnsupportedOpError(
         f"cannot prune through {describe_node(gm, node)}: {why}; supported are Linear, Conv1d/Conv2d, "
         "BatchNorm1d/2d, elementwise activations, dropout, pooling, flatten/view/reshape to (N, -1), "
-        "residual add/sub/mul, torch.cat along dim 1, (log_)softmax over the features and InputGather"
+        "residual add/sub/mul, torch.cat along dim 1, (log_)softmax over the features and InputGather "
+        "(prune without require_csr keeps other ops as barriers; export those models to ONNX)"
     )
 
 
+_SHAPES = "svdcompress_tensor_shapes"  # GraphModule.meta key: {qualified name: {own tensor name: shape}}
+_VALUE = "svdcompress_value"  # node.meta key: the value of a non-tensor node (a size) in the last shape run
 _ORIGIN = "svdcompress_modules"  # GraphModule.meta key: {qualified name: (class name, own tensor names)}
 
 
@@ -255,147 +289,587 @@ def _get_attr_reason(gm: fx.GraphModule, target: str) -> str:
     )
 
 
+class _Barrier(Exception):
+    """A classifier's verdict: the op is used in a way whose channel flow the pruner does not model."""
+
+
 def classify_nodes(gm: fx.GraphModule, *, require_csr: bool = False) -> dict[str, NodeInfo]:
     """Classify every node of a traced, shape-propagated model (see :func:`trace_model`).
 
+    An op whose channel flow is not known becomes a :attr:`Kind.BARRIER`: it keeps the channels that
+    reach it and leaves with a note; the rest of the model is still pruned.
+
     Args:
         gm: the traced model.
-        require_csr: also refuse ops the CSR bundle cannot express, with the registry's reason.
+        require_csr: refuse, instead of keeping as barriers, ops and layouts the CSR bundle cannot express,
+            with the registry's reason.
 
     Raises:
-        UnsupportedOpError: at the first node whose channel flow is unknown.
+        UnsupportedOpError: with ``require_csr``, at the first node the CSR bundle cannot express; always, at
+            an in-place op whose input is read again, or a layer svdcompress did not recognise as SVDO.
     """
     calls: Counter[str] = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
-    return {node.name: _classify(gm, node, calls, require_csr) for node in gm.graph.nodes}
+    infos: dict[str, NodeInfo] = {}
+    for node in gm.graph.nodes:  # graph order is topological: a node's inputs are classified before it
+        infos[node.name] = _classify(gm, node, calls, require_csr, infos)
+    return infos
 
 
-def _classify(gm: fx.GraphModule, node: fx.Node, calls: Counter[str], require_csr: bool) -> NodeInfo:
-    """Decide how ``node`` moves channels, or raise UnsupportedOpError."""
-    shape = _shape(node) or ()
+def _natural_axis(shape: tuple[int, ...]) -> int | None:
+    """The channel axis given to a tensor the pruner keeps whole: features last for (N, L, D), else dim 1."""
+    if len(shape) < 2:
+        return None
+    return len(shape) - 1 if len(shape) == 3 else 1
+
+
+def _classify(
+    gm: fx.GraphModule, node: fx.Node, calls: Counter[str], require_csr: bool, infos: dict[str, NodeInfo]
+) -> NodeInfo:
+    """Decide how ``node`` moves channels; a node whose flow is unknown becomes a barrier."""
+    shape = _shape(node)
     ins = _tensor_inputs(node)
-    info = NodeInfo(node, Kind.SHAPE, shape, ins)
+    info = NodeInfo(node, Kind.SHAPE, shape or (), ins)
     if node.op == "placeholder":
-        if len(shape) < 2:
+        if shape is None or len(shape) < 2:
             raise _unsupported(gm, node, "the model input must have a batch and a channel/feature dim")
-        info.kind, info.pin_reason = Kind.INPUT, "it is part of the model input"
+        info.kind, info.axis, info.pin_reason = Kind.INPUT, 1, "it is part of the model input"
+        _set_axis(info)
         return info
     if node.op == "output":
         info.kind = Kind.OUTPUT
         return info
     if node.op == "get_attr":
-        raise _unsupported(gm, node, _get_attr_reason(gm, str(node.target)))
-    if not shape:
-        return _classify_shape_node(gm, node)
+        return _param(gm, node, info, require_csr)
+    if shape is None:
+        return _classify_value_node(gm, node, info, infos, require_csr)
     _check_inplace(gm, node, ins)
-    if len(shape) < 2:
-        raise _unsupported(gm, node, f"its result has shape {shape}, not (N, C, ...)")
     op = lookup(gm, node)
-    if op is None:
-        raise _unsupported(gm, node, "svdcompress does not know how channels flow through it")
-    if require_csr and not op.in_bundle:
-        raise UnsupportedOpError(f"{describe_node(gm, node)} cannot be written to a CSR bundle: {op.not_in_bundle}")
-    in_shapes = [_shape(n) or () for n in ins]
+    if require_csr:
+        if op is None:
+            raise UnsupportedOpError(
+                f"{describe_node(gm, node)} cannot be written to a CSR bundle: svdcompress does not know the op; "
+                "export to ONNX instead (the pruner keeps it as a barrier there)"
+            )
+        if not op.in_bundle:
+            raise UnsupportedOpError(f"{describe_node(gm, node)} cannot be written to a CSR bundle: {op.not_in_bundle}")
+        if len(shape) < 2:
+            raise _unsupported(gm, node, f"its result has shape {shape}, not (N, C, ...)")
     if node.op == "call_module":
         info.module = gm.get_submodule(str(node.target))
         if calls[str(node.target)] > 1 and any(True for _ in info.module.parameters(recurse=False)):
             info.pin_reason = f"module '{node.target}' is called more than once"
-    _CLASSIFIERS[op.flow](gm, node, op, info, in_shapes, require_csr)
-    if info.kind is Kind.PER_CHANNEL and (
-        len(ins) != 1 or in_shapes[0][:2] != shape[:2] or len(node.all_input_nodes) != 1
-    ):
-        raise _unsupported(gm, node, "expected one tensor input with the same (N, C) as the output")
+    try:
+        if op is None:
+            raise _Barrier("svdcompress does not know how channels flow through it")
+        if len(shape) < 2:
+            _keep(info, f"'{node.name}' has no channel axis (shape {shape})")
+        else:
+            _CLASSIFIERS[op.flow](gm, node, op, info, infos, require_csr)
+    except _Barrier as why:
+        if require_csr:
+            raise _unsupported(gm, node, str(why)) from None
+        _barrier(gm, node, info, str(why))
+    _set_axis(info)
     return info
 
 
+def _keep(info: NodeInfo, reason: str) -> None:
+    """A node that keeps every channel of its inputs and output (matmul, a split channel axis, ...)."""
+    info.kind, info.axis = Kind.PINNED, _natural_axis(info.shape)
+    info.pin_reason = info.pin_reason or reason
+
+
+def _barrier(gm: fx.GraphModule, node: fx.Node, info: NodeInfo, why: str) -> None:
+    where = describe_node(gm, node)
+    info.kind, info.axis = Kind.BARRIER, _natural_axis(info.shape)
+    info.pin_reason = f"it reaches the barrier {where}"
+    n = sum(_info_channels(i) for i in info.inputs)
+    if n:  # a barrier no channel reaches (torch.zeros(size), an element of a tuple) keeps nothing worth a note
+        info.note = (
+            f"barrier at {where}: {why}; the {n} channel(s) that reach it are kept, the rest of the model is pruned"
+        )
+
+
+def _info_channels(node: fx.Node) -> int:
+    shape = _shape(node) or ()
+    axis = node.meta.get(_AXIS)
+    return shape[axis] if isinstance(axis, int) and axis < len(shape) else 0
+
+
+_AXIS = "svdcompress_axis"  # node.meta key: the channel axis classify_nodes gave the node's value
+
+
+def _param(gm: fx.GraphModule, node: fx.Node, info: NodeInfo, require_csr: bool) -> NodeInfo:
+    """A parameter or buffer used as a tensor (class token, position embedding): kept whole."""
+    target = str(node.target)
+    unknown_layer = _unrecognised_layer(gm, target)
+    if unknown_layer or require_csr:
+        raise _unsupported(gm, node, _get_attr_reason(gm, target))
+    if info.shape:
+        _keep(info, f"it is combined with parameter '{target}', used as a tensor")
+    _set_axis(info)
+    return info
+
+
+def _unrecognised_layer(gm: fx.GraphModule, target: str) -> bool:
+    """True if ``target`` belongs to a submodule that looks like an unrecognised variational layer: it holds
+    another tensor of the same shape (a weight and its variance), and svdcompress does not know the module."""
+    owner, _, attr = target.rpartition(".")
+    own = gm.meta.get(_SHAPES, {}).get(owner)
+    if not owner or own is None or attr not in own:
+        return False
+    try:
+        module = gm.get_submodule(owner)
+    except AttributeError:
+        return False
+    if lookup_module(module) is not None:
+        return False
+    return any(k != attr and shape == own[attr] for k, shape in own.items())
+
+
+def _set_axis(info: NodeInfo) -> None:
+    info.node.meta[_AXIS] = info.axis
+
+
+def _classify_value_node(
+    gm: fx.GraphModule, node: fx.Node, info: NodeInfo, infos: dict[str, NodeInfo], require_csr: bool
+) -> NodeInfo:
+    """A node whose value is not a tensor: a size read, a tuple (LSTM, unbind), or plain Python arithmetic."""
+    if require_csr:
+        op = lookup(gm, node)
+        if op is not None and not op.in_bundle and info.inputs:  # LSTM, unbind (not x.shape[0])
+            raise UnsupportedOpError(f"{describe_node(gm, node)} cannot be written to a CSR bundle: {op.not_in_bundle}")
+        return _classify_shape_node(gm, node)
+    read = _dims_read(node)
+    if read is not None:
+        for src in info.inputs:
+            axis = infos[src.name].axis
+            if axis is not None and (read == "all" or axis in {d % len(infos[src.name].shape) for d in read}):
+                info.pinned_inputs[src.name] = f"its size is read by node '{node.name}'"
+        return info
+    if not info.inputs:
+        return info  # arithmetic on sizes, an element of a tuple: no channels
+    op = lookup(gm, node)
+    if op is None:
+        _barrier(gm, node, info, "svdcompress does not know how channels flow through it")
+    elif op.flow is Flow.RECURRENT and _rnn(gm, node, info, infos):
+        pass
+    else:
+        _keep(info, f"{op.name} ('{node.name}') keeps every channel that reaches it")
+        info.axis = None
+        if node.op == "call_module":
+            info.module = gm.get_submodule(str(node.target))
+            info.note = (
+                f"{node.target}: {type(info.module).__name__} is kept whole (its units are not pruned); "
+                f"the {sum(_info_channels(i) for i in info.inputs)} channel(s) that reach it are kept"
+            )
+    return info
+
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+"""Gate blocks of the weight rows of each recurrent mode: hidden unit j owns row ``j + k * hidden_size`` of each."""
+
+
+def _rnn(gm: fx.GraphModule, node: fx.Node, info: NodeInfo, infos: dict[str, NodeInfo]) -> bool:
+    """A one-layer, one-direction LSTM / GRU / RNN called on one tensor: it owns its hidden units (pruned when
+    nothing reads them, its own recurrence included) and reads its input features like a Linear. False if
+    it is kept whole (several layers, bidirectional, projections, an initial state passed in)."""
+    mod = gm.get_submodule(str(node.target))
+    if not isinstance(mod, nn.RNNBase) or mod.mode not in GATES or len(node.all_input_nodes) != 1:
+        return False
+    if mod.num_layers != 1 or mod.bidirectional or mod.proj_size or len(info.inputs) != 1:
+        return False
+    src = infos[info.inputs[0].name]
+    info.kind, info.module, info.slots, info.axis = Kind.RNN, mod, mod.hidden_size, None
+    info.read_ok = src.axis == len(src.shape) - 1
+    if not info.read_ok:
+        info.pinned_inputs[src.node.name] = f"its channels reach '{node.target}' on another axis than it reads"
+    return True
+
+
+def rnn_tensor(mod: nn.Module, name: str) -> torch.Tensor:
+    """``weight_ih_l0`` and friends of a recurrent module, detached (torch types them as Tensor | Module)."""
+    t = getattr(mod, name)
+    assert isinstance(t, torch.Tensor), name  # internal invariant: one-layer RNNBase parameters
+    return t.detach()
+
+
+def _dims_read(node: fx.Node) -> list[int] | str | None:
+    """The dims whose sizes a size-read node reads ("all" for every dim), or None if it is not a size read.
+
+    A size that only feeds the size arguments of view / reshape / expand does not count: those ops are run
+    again with the smaller size, and where they send the channels is checked on their own.
+    """
+    if node.op == "call_method" and node.target == "dim":
+        return []
+    if node.op == "call_method" and node.target in ("size", "numel"):
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if isinstance(dim, int) and node.target == "size":
+            return [] if _only_sizes(node) else [dim]
+        return "all"
+    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
+        dims = [u.args[1] for u in node.users if u.target is operator.getitem and isinstance(u.args[1], int)]
+        if len(dims) != len(node.users):
+            return "all"
+        return [u.args[1] for u in node.users if not _only_sizes(u)]  # type: ignore[misc]  # ints, checked above
+    return None
+
+
+_SIZE_TAKERS = ("view", "reshape", "expand", torch.reshape)
+
+
+def _only_sizes(node: fx.Node) -> bool:
+    """True if every use of ``node`` is as a size argument of view / reshape / expand."""
+    return all(u.target in _SIZE_TAKERS and node not in u.args[:1] for u in node.users)
+
+
 def _dense(
-    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+    gm: fx.GraphModule,
+    node: fx.Node,
+    op: Op,
+    info: NodeInfo,
+    infos: dict[str, NodeInfo],
+    require_csr: bool,
 ) -> None:
     mod = info.module
+    if len(info.inputs) != 1:
+        raise _Barrier("a layer is pruned with one tensor input")
+    src = infos[info.inputs[0].name]
     if isinstance(mod, nn.Linear):
-        if len(in_shapes) != 1 or len(in_shapes[0]) != 2:
+        if require_csr and len(src.shape) != 2:
             raise _unsupported(gm, node, "Linear layers are pruned on (N, features) inputs only")
-        info.kind = Kind.DENSE
-        return
-    conv: nn.Conv1d | nn.Conv2d = mod  # type: ignore[assignment]  # the registry's DENSE modules are Linear/Conv
-    if require_csr and conv.padding_mode != "zeros":
-        raise UnsupportedOpError(
-            f"{describe_node(gm, node)} cannot be written to a CSR bundle: padding_mode="
-            f"{conv.padding_mode!r} (the format pads with zeros only)"
-        )
-    if conv.groups == 1:
-        info.kind = Kind.DENSE
-    elif conv.groups == conv.in_channels == conv.out_channels:
-        info.kind = Kind.DEPTHWISE
+        info.kind, info.axis = Kind.DENSE, len(info.shape) - 1
+        info.read_ok = src.axis == len(src.shape) - 1
     else:
-        info.kind = Kind.GROUPED
-        info.pin_reason = info.pin_reason or f"grouped convolution '{node.target}' is kept whole"
+        conv: nn.Conv1d | nn.Conv2d = mod  # type: ignore[assignment]  # the registry's DENSE modules are Linear/Conv
+        if require_csr and conv.padding_mode != "zeros":
+            raise UnsupportedOpError(
+                f"{describe_node(gm, node)} cannot be written to a CSR bundle: padding_mode="
+                f"{conv.padding_mode!r} (the format pads with zeros only)"
+            )
+        info.axis = 1
+        info.read_ok = src.axis == 1
+        if conv.groups == 1:
+            info.kind = Kind.DENSE
+        elif conv.groups == conv.in_channels == conv.out_channels and info.read_ok:
+            info.kind = Kind.DEPTHWISE
+            info.ties = [src.node]
+        else:
+            info.kind = Kind.GROUPED
+            info.pin_reason = info.pin_reason or f"grouped convolution '{node.target}' is kept whole"
+    if not info.read_ok:
+        info.pinned_inputs[src.node.name] = f"its channels reach '{node.target}' on another axis than the one it reads"
+    _set_axis(info)
 
 
 def _channelwise(
-    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+    gm: fx.GraphModule,
+    node: fx.Node,
+    op: Op,
+    info: NodeInfo,
+    infos: dict[str, NodeInfo],
+    require_csr: bool,
 ) -> None:
     mod = info.module
+    if len(info.inputs) != 1 or len(node.all_input_nodes) != 1:
+        raise _Barrier("expected one tensor input")
+    src = infos[info.inputs[0].name]
+    axis = src.axis
+    if axis is None or len(src.shape) != len(info.shape) or src.shape[axis] != info.shape[axis]:
+        raise _Barrier(f"it maps shape {src.shape} to {info.shape}, not channel by channel")
     if isinstance(mod, nn.PReLU) and mod.num_parameters not in (1, info.shape[1]):
-        raise _unsupported(gm, node, "PReLU must have 1 or C parameters")
+        raise _Barrier("PReLU must have 1 or C parameters")
     if getattr(mod, "return_indices", False) or node.kwargs.get("return_indices"):
-        raise _unsupported(gm, node, "pooling with return_indices is not supported")
-    if op.name == "mean" and not (len(in_shapes) == 1 and _mean_is_spatial(node, len(in_shapes[0]))):
-        raise _unsupported(gm, node, "only means over spatial dims (2, 3, ...) keep channels apart")
-    info.kind = Kind.PER_CHANNEL
+        raise _Barrier("pooling with return_indices is not supported")
+    if require_csr and src.shape[:2] != info.shape[:2]:
+        raise _unsupported(gm, node, "expected one tensor input with the same (N, C) as the output")
+    info.kind, info.axis, info.ties = Kind.PER_CHANNEL, axis, [src.node]
+    per_dim1 = isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)) or (
+        isinstance(mod, nn.PReLU) and mod.num_parameters > 1
+    )
+    if axis != 1 and (per_dim1 or "pool" in op.name):
+        _keep(info, f"'{node.target}' works on dim 1, and the channels are on dim {axis}")
+    _set_axis(info)
 
 
 def _binary(
-    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+    gm: fx.GraphModule,
+    node: fx.Node,
+    op: Op,
+    info: NodeInfo,
+    infos: dict[str, NodeInfo],
+    require_csr: bool,
 ) -> None:
-    info.kind = Kind.PER_CHANNEL if len(info.inputs) == 1 else Kind.ELEMENTWISE
-    if any(len(s) != len(info.shape) or s[1] != info.shape[1] for s in in_shapes):
-        raise _unsupported(gm, node, f"operands {in_shapes} broadcast across the channel dim of {info.shape}")
-    if require_csr and info.kind is not Kind.ELEMENTWISE:
-        raise UnsupportedOpError(
-            f"{describe_node(gm, node)} cannot be written to a CSR bundle: it adds a constant, "
-            "and the format adds tensors only"
-        )
+    in_shapes = [infos[n.name].shape for n in info.inputs]
+    if require_csr:
+        if any(len(s) != len(info.shape) or s[1] != info.shape[1] for s in in_shapes):
+            raise _unsupported(gm, node, f"operands {in_shapes} broadcast across the channel dim of {info.shape}")
+        if len(info.inputs) == 1:
+            raise UnsupportedOpError(
+                f"{describe_node(gm, node)} cannot be written to a CSR bundle: it adds a constant, "
+                "and the format adds tensors only"
+            )
+    n = len(info.shape)
+
+    def placed(x: NodeInfo) -> int | None:  # the output axis that x's channel axis lands on, if not broadcast
+        if x.axis is None:
+            return None
+        at = x.axis + n - len(x.shape)
+        return at if at >= 0 and x.shape[x.axis] == info.shape[at] else None
+
+    ops_ = [infos[x.name] for x in info.inputs]
+    order = [x for x in ops_ if x.kind is not Kind.PINNED] + [x for x in ops_ if x.kind is Kind.PINNED]
+    axis = next((a for x in order if (a := placed(x)) is not None), None)
+    if axis is None:
+        raise _Barrier(f"no operand of shapes {in_shapes} carries its channels into {info.shape}")
+    info.axis, info.ties = axis, []
+    for x in ops_:
+        if placed(x) == axis:
+            info.ties.append(x.node)
+        else:
+            info.pinned_inputs[x.node.name] = f"it is broadcast across the channels of '{node.name}'"
+    info.kind = Kind.PER_CHANNEL if len(info.ties) == 1 else Kind.ELEMENTWISE
+    _set_axis(info)
 
 
 def _cat(
-    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+    gm: fx.GraphModule,
+    node: fx.Node,
+    op: Op,
+    info: NodeInfo,
+    infos: dict[str, NodeInfo],
+    require_csr: bool,
 ) -> None:
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    if not isinstance(dim, int) or dim % len(info.shape) != 1 or any(len(s) != len(info.shape) for s in in_shapes):
+    n = len(info.shape)
+    srcs = [infos[x.name] for x in info.inputs]
+    if not isinstance(dim, int) or any(len(s.shape) != n for s in srcs):
+        raise _Barrier("torch.cat is followed along one dim of same-rank tensors")
+    if require_csr and dim % n != 1:
         raise _unsupported(gm, node, "torch.cat is supported along the channel dim (1) only")
-    info.kind = Kind.CAT
+    axes = {s.axis for s in srcs}
+    if len(axes) != 1 or None in axes:
+        _keep(info, f"the operands of '{node.name}' carry their channels on different axes")
+        _set_axis(info)
+        return
+    (axis,) = axes
+    assert axis is not None
+    info.axis, info.ties = axis, [s.node for s in srcs]
+    if dim % n == axis:
+        info.kind = Kind.CAT
+    else:  # along time or space: channel c of every operand is channel c of the result
+        info.kind, info.const_ok = Kind.ELEMENTWISE, False
+    _set_axis(info)
 
 
 def _reshape(
-    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+    gm: fx.GraphModule,
+    node: fx.Node,
+    op: Op,
+    info: NodeInfo,
+    infos: dict[str, NodeInfo],
+    require_csr: bool,
 ) -> None:
-    # flatten-like views/reshapes were rewritten as torch.flatten(x, 1) by _normalize; anything left is not one
-    if node.target is not torch.flatten or not _is_flatten_like(gm, node):
+    # flatten-like views/reshapes were rewritten as torch.flatten(x, 1) by _normalize
+    if require_csr and (node.target is not torch.flatten or not _is_flatten_like(gm, node)):
         raise _unsupported(gm, node, "only flattening to (N, -1) keeps channels traceable")
-    info.kind = Kind.FLATTEN
+    _move(gm, node, op, info, infos, require_csr)
+
+
+def _move(
+    gm: fx.GraphModule,
+    node: fx.Node,
+    op: Op,
+    info: NodeInfo,
+    infos: dict[str, NodeInfo],
+    require_csr: bool,
+) -> None:
+    """Reshape, permute, transpose, indexing, expand and reductions: where does the channel axis go?
+
+    Decided by running the op on a tensor holding each element's channel index: the channels went to output
+    axis ``k`` if the result holds ``c // block`` at position ``c`` along ``k`` and nothing else varies.
+    """
+    if len(info.inputs) != 1:
+        if node.target is operator.getitem and not info.inputs:
+            _rnn_output(node, info, infos)
+            _set_axis(info)
+            return
+        raise _Barrier("expected one tensor input")
+    src = infos[info.inputs[0].name]
+    found = None if src.axis is None else _channel_map(gm, node, src)
+    if found is None:
+        _keep(info, f"'{node.name}' splits, slices, broadcasts or reduces the channel axis")
+    elif _fixed_size(node, found[0], info.shape):
+        _keep(info, f"'{node.name}' is given the channel count as a number (write -1 there to let channels go)")
+    else:
+        info.kind, info.ties = Kind.MOVE, [src.node]
+        info.axis, info.block = found
+        info.const_ok = op.name != "reduce" or node.target not in ("sum", torch.sum)
+    _set_axis(info)
+
+
+def _rnn_output(node: fx.Node, info: NodeInfo, infos: dict[str, NodeInfo]) -> None:
+    """An element of a tuple: the output sequence or the last hidden state of an RNN carry its units on their
+    last axis; anything else (the LSTM's cell state, a barrier's tuple) is kept."""
+    src, index = node.args[0], node.args[1]
+    rnn = None
+    if isinstance(src, fx.Node) and src.name in infos:
+        if infos[src.name].kind is Kind.RNN:
+            rnn, part = src, ("output", "h_n")[index] if isinstance(index, int) and index in (0, 1) else None
+        elif (
+            src.target is operator.getitem
+            and isinstance(up := src.args[0], fx.Node)
+            and up.name in infos
+            and infos[up.name].kind is Kind.RNN
+            and src.args[1] == 1  # LSTM: (h_n, c_n)
+        ):
+            rnn, part = up, ("h_n", "c_n")[index] if isinstance(index, int) and index in (0, 1) else None
+    if rnn is None or part is None or info.shape[-1] != infos[rnn.name].slots:
+        _keep(info, f"it is taken from '{src}', which keeps every channel")
+        return
+    if part == "c_n":
+        if node.users:  # `out, (h, c) = lstm(x)` names c without reading it
+            info.pinned_inputs[rnn.name] = f"the cell state of '{rnn.target}' is used"
+        _keep(info, f"the cell state of '{rnn.target}' is used")
+        return
+    info.kind, info.ties, info.axis, info.block, info.const_ok = Kind.MOVE, [rnn], len(info.shape) - 1, 1, False
+
+
+def _channel_map(gm: fx.GraphModule, node: fx.Node, src: NodeInfo) -> tuple[int, int] | None:
+    """``(output axis, block)``: output slot ``i`` along the axis is input channel ``i // block``; None if the
+    op mixes, slices or drops the channel axis."""
+    assert src.axis is not None
+    c = src.shape[src.axis]
+    index = torch.arange(c, dtype=torch.float64).view(-1, *([1] * (len(src.shape) - src.axis - 1)))
+    probe = index.expand(src.shape).clone()  # (*shape): every element holds its channel
+
+    def fill(n: fx.Node) -> Any:
+        return probe if n is src.node else n.meta.get(_VALUE)
+
+    try:
+        with torch.no_grad():
+            out = run_node(gm, node, fx.node.map_arg(node.args, fill), fx.node.map_arg(node.kwargs, fill))
+    except Exception:  # e.g. an op without float64 support: treat as unknown
+        return None
+    if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.numel() == 0:
+        return None
+    if c == 1:  # every output element comes from the one channel: any axis is right, take the natural one
+        k = _natural_axis(tuple(out.shape))
+        assert k is not None
+        return k, out.shape[k]
+    for k in range(out.dim()):
+        size = out.shape[k]
+        if size % c:
+            continue
+        block = size // c
+        want = torch.arange(size, dtype=torch.float64).div(block, rounding_mode="floor")
+        want = want.view(-1, *([1] * (out.dim() - k - 1)))
+        if torch.equal(out, want.expand(out.shape).to(out.dtype)):
+            return k, block
+    return None
+
+
+def _fixed_size(node: fx.Node, axis: int, shape: tuple[int, ...]) -> bool:
+    """True if a view/reshape/expand states the size of output ``axis`` as a number, so that the op would
+    break once channels go (``-1`` and sizes read from tensors adapt)."""
+    if node.op == "call_module" or node.target not in ("view", "reshape", "expand", torch.reshape):
+        return False
+    sizes: Any = node.args[1:] if node.op == "call_method" else node.args[1:2]
+    sizes = node.kwargs.get("shape", node.kwargs.get("size", sizes))
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = sizes[0]
+    if len(sizes) != len(shape):
+        return True  # cannot tell: keep
+    entry = sizes[axis]
+    return isinstance(entry, int) and entry != -1
 
 
 def _gather(
-    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+    gm: fx.GraphModule,
+    node: fx.Node,
+    op: Op,
+    info: NodeInfo,
+    infos: dict[str, NodeInfo],
+    require_csr: bool,
 ) -> None:
     if not isinstance(info.module, InputGather):
-        raise _unsupported(gm, node, "index_select is supported inside svdcompress's InputGather only")
-    info.kind = Kind.GATHER
+        raise _Barrier("index_select is supported inside svdcompress's InputGather only")
+    info.kind, info.axis = Kind.GATHER, 1
+    _set_axis(info)
 
 
 def _normalize_op(
-    gm: fx.GraphModule, node: fx.Node, op: Op, info: NodeInfo, in_shapes: list[tuple[int, ...]], require_csr: bool
+    gm: fx.GraphModule,
+    node: fx.Node,
+    op: Op,
+    info: NodeInfo,
+    infos: dict[str, NodeInfo],
+    require_csr: bool,
 ) -> None:
-    dim = softmax_dim(gm, node)
-    if len(info.shape) != 2 or len(in_shapes) != 1 or dim not in (1, -1):
-        raise _unsupported(
-            gm,
-            node,
-            f"{op.name} is supported over the features of an (N, features) tensor only "
-            f"(dim=1), got dim={dim} on shape {info.shape}",
-        )
-    info.kind = Kind.NORMALIZE
-    info.pin_reason = f"{op.name} normalises over all features"
+    n = len(info.shape)
+    if op.name == "layer_norm":
+        mod = info.module
+        normalized = getattr(mod, "normalized_shape", None) if mod is not None else _fn_arg(node, 1)
+        if not isinstance(normalized, (tuple, list, int)):
+            raise _Barrier("its normalized_shape is not known")
+        k = 1 if isinstance(normalized, int) else len(normalized)
+        dims = set(range(n - k, n))
+    else:
+        dim = softmax_dim(gm, node)
+        if require_csr and (n != 2 or dim not in (1, -1)):
+            raise _unsupported(
+                gm,
+                node,
+                f"{op.name} is supported over the features of an (N, features) tensor only "
+                f"(dim=1), got dim={dim} on shape {info.shape}",
+            )
+        if not isinstance(dim, int):
+            raise _Barrier(f"{op.name} without an explicit dim")
+        dims = {dim % n}
+    if len(info.inputs) != 1:
+        raise _Barrier("expected one tensor input")
+    src = infos[info.inputs[0].name]
+    if src.axis in dims or 0 in dims or src.shape != info.shape:
+        _keep(info, f"{op.name} normalises over all features")
+    else:  # over time or space: channel by channel; the value depends on the other sizes, so never folded
+        info.kind, info.axis, info.ties, info.const_ok = Kind.PER_CHANNEL, src.axis, [src.node], False
+    _set_axis(info)
+
+
+def _fn_arg(node: fx.Node, i: int) -> Any:
+    return node.args[i] if len(node.args) > i else None
+
+
+def _embed(
+    gm: fx.GraphModule,
+    node: fx.Node,
+    op: Op,
+    info: NodeInfo,
+    infos: dict[str, NodeInfo],
+    require_csr: bool,
+) -> None:
+    mod = info.module
+    if not isinstance(mod, nn.Embedding) or len(info.inputs) != 1:
+        raise _Barrier("an embedding is pruned as an nn.Embedding module of one id tensor")
+    info.kind, info.axis = Kind.EMBEDDING, len(info.shape) - 1
+    ids = info.inputs[0].name
+    if infos[ids].axis is not None:
+        info.pinned_inputs[ids] = f"it holds the ids '{node.target}' looks up"
+    if mod.max_norm is not None:
+        info.pin_reason = info.pin_reason or f"embedding '{node.target}' renormalises its rows (max_norm)"
+    _set_axis(info)
+
+
+def _keep_op(
+    gm: fx.GraphModule,
+    node: fx.Node,
+    op: Op,
+    info: NodeInfo,
+    infos: dict[str, NodeInfo],
+    require_csr: bool,
+) -> None:
+    _keep(info, f"{op.name} ('{node.name}') keeps every channel that reaches it")
+    _set_axis(info)
 
 
 def softmax_dim(gm: fx.GraphModule, node: fx.Node) -> Any:
@@ -416,9 +890,23 @@ _CLASSIFIERS = {
     Flow.BINARY: _binary,
     Flow.CAT: _cat,
     Flow.RESHAPE: _reshape,
+    Flow.MOVE: _move,
+    Flow.REDUCE: _move,
     Flow.GATHER: _gather,
     Flow.NORMALIZE: _normalize_op,
+    Flow.EMBED: _embed,
+    Flow.KEEP: _keep_op,
+    Flow.RECURRENT: _keep_op,  # a recurrent module returns a tuple: see _classify_value_node
 }
+
+
+def run_node(gm: fx.GraphModule, node: fx.Node, args: Any, kwargs: Any) -> Any:
+    """Run one fx node on concrete ``args`` / ``kwargs`` (the constant and channel probes)."""
+    if node.op == "call_module":
+        return gm.get_submodule(str(node.target))(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)  # type: ignore[operator]  # call_function targets are callables
 
 
 def describe_node(gm: fx.GraphModule, node: fx.Node) -> str:
@@ -469,6 +957,41 @@ def _is_flatten_like(gm: fx.GraphModule, node: fx.Node) -> bool:
     return src is not None and len(src) >= 2 and out == (src[0], math.prod(src[1:]))
 
 
+_REDUCE_WITH_INDICES = {"max": torch.amax, "min": torch.amin, torch.max: torch.amax, torch.min: torch.amin}
+
+
+def _max_values_to_amax(gm: fx.GraphModule) -> None:
+    """Rewrite ``x.max(dim).values`` / ``x.max(dim)[0]`` (indices unused) as ``torch.amax(x, dim)``: the same
+    values, and a tensor the pruner follows (max over time), where the (values, indices) pair would be a barrier."""
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op not in ("call_method", "call_function"):
+            continue
+        try:
+            amax = _REDUCE_WITH_INDICES.get(node.target)
+        except TypeError:  # an unhashable target
+            continue
+        args = list(node.args) + [node.kwargs[k] for k in ("dim", "keepdim") if k in node.kwargs]
+        if amax is None or not (2 <= len(args) <= 3) or not isinstance(args[1], int) or not node.users:
+            continue
+        if not all(
+            (u.target is operator.getitem and u.args[1:] == (0,)) or (u.target is getattr and u.args[1:] == ("values",))
+            for u in node.users
+        ):
+            continue
+        keepdim = bool(args[2]) if len(args) > 2 else False
+        first = next(iter(node.users))
+        with graph.inserting_after(node):
+            new = graph.call_function(amax, (args[0], args[1], keepdim))
+        new.meta = dict(first.meta)
+        for u in list(node.users):
+            u.replace_all_uses_with(new)
+            graph.erase_node(u)
+        graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
+
+
 def _normalize(gm: fx.GraphModule) -> None:
     """Rewrite every flatten-like view/reshape as ``torch.flatten(x, 1)`` so it survives channel removal.
 
@@ -501,15 +1024,6 @@ def _erase_dead_shape_nodes(graph: fx.Graph, nodes: list[fx.Node]) -> None:
             continue
         todo.extend(n.all_input_nodes)
         graph.erase_node(n)
-
-
-def _mean_is_spatial(node: fx.Node, ndim: int) -> bool:
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    if isinstance(dims, int):
-        dims = (dims,)
-    if not isinstance(dims, (tuple, list)) or not dims:
-        return False
-    return all(isinstance(d, int) and d % ndim >= 2 for d in dims)
 
 
 def _is_inplace(gm: fx.GraphModule, node: fx.Node) -> bool:
