@@ -195,10 +195,10 @@ def sparsity_stats(model: nn.Module) -> dict[str, Any]:
     total = kept = 0
     per_layer = {}
     for name, layer in svdo_layers(model):
-        m = layer.mask()
-        per_layer[name] = {"weights": m.numel(), "kept": int(m.sum())}
-        total += m.numel()
-        kept += int(m.sum())
+        for pname, m in layer.masks().items():  # an LSTM has one per weight matrix: lstm.weight_ih_l0, ...
+            per_layer[name if pname == "weight" else f"{name}.{pname}"] = {"weights": m.numel(), "kept": int(m.sum())}
+            total += m.numel()
+            kept += int(m.sum())
     return {"weights": total, "kept": kept, "compression": total / max(1, kept), "layers": per_layer}
 
 
@@ -518,7 +518,8 @@ class Run:
             model = build(cfg["arch"], svdo=True)
             with torch.no_grad():
                 for _, layer in svdo_layers(model):
-                    layer.log_sigma2.fill_(cfg["log_sigma2_init"])
+                    for _, _, log_sigma2 in layer.svdo_pairs():
+                        log_sigma2.fill_(cfg["log_sigma2_init"])
             return model
         return sparsify(build(cfg["arch"], svdo=False), log_sigma2_init=cfg["log_sigma2_init"])
 
