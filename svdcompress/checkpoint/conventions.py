@@ -35,6 +35,7 @@ __all__ = [
     "CONVENTION_NAMES",
     "PYTORCH_ARD",
     "RULE_ATTR",
+    "SPARSE_BAYESIAN_RNN",
     "SVDCOMPRESS",
     "Convention",
     "SVDOLayer",
@@ -240,8 +241,21 @@ _LASAGNE_DENSE = dataclasses.replace(LASAGNE, eps=0.0, layout="in_out")
 # (out, in, kh, kw)), b, and log σ² under the layer's attribute name (log_sigma2) or Theano's (ls2).
 _LASAGNE_PORTS = (dataclasses.replace(LASAGNE, variance="log_sigma2"), LASAGNE)
 
+SPARSE_BAYESIAN_RNN = Convention(
+    "sparse-bayesian-rnn",
+    "W",
+    "log_sigma",
+    "log_sigma",
+    0.0,
+    "abs",
+    "in_out",
+    "tipt0p/SparseBayesianRNN (Theano/Lasagne np.save of a positional list; get_ard's masks)",
+)
+"""The Bayesian RNN code's positional lists (embedding, LSTM, dense; :mod:`svdcompress.checkpoint.sbrnn`):
+log α = 2 · log σ − 2 · log|θ|, no eps, not clipped, kept where log α < threshold."""
+
 CONVENTION_NAMES: tuple[str, ...] = tuple(
-    dict.fromkeys(c.name for c in (*CONVENTIONS, BAYESWATCH, SVDCOMPRESS, LASAGNE))
+    dict.fromkeys(c.name for c in (*CONVENTIONS, BAYESWATCH, SVDCOMPRESS, LASAGNE, SPARSE_BAYESIAN_RNN))
 )
 """Every name ``convention=`` accepts."""
 
@@ -291,7 +305,7 @@ def _by_name(name: str | None) -> tuple[Convention, ...]:
     """The conventions called ``name`` (several share one: state-of-sparsity, nupic); () for None."""
     if name is None:
         return ()
-    found = tuple(c for c in (*CONVENTIONS, BAYESWATCH, SVDCOMPRESS, LASAGNE) if c.name == name)
+    found = tuple(c for c in (*CONVENTIONS, BAYESWATCH, SVDCOMPRESS, LASAGNE, SPARSE_BAYESIAN_RNN) if c.name == name)
     if not found:
         raise InvalidInputError(f"convention={name!r} is not known; choose one of {', '.join(CONVENTION_NAMES)}")
     return found
@@ -567,6 +581,11 @@ def find_svdo_layers(
     """
     forced = _by_name(convention)
     if source == "lasagne-npy":
+        from .sbrnn import looks_like_sbrnn, sbrnn_layers
+
+        arrays = [tensors[str(i)] for i in range(len(tensors))]
+        if forced[:1] == (SPARSE_BAYESIAN_RNN,) or (not forced and looks_like_sbrnn(arrays)):
+            return sbrnn_layers(file, tensors)
         if forced and forced[0].name != "lasagne":
             raise InvalidInputError(
                 f"{file}: convention={convention!r} does not apply: the file is a positional Lasagne list"
