@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -213,3 +214,43 @@ def test_sparsify_keeps_the_function_of_sequence_layers() -> None:
             ref = plain(x)
             exact = sparsify(copy.deepcopy(plain), log_sigma2_init=-40.0).eval()
             torch.testing.assert_close(exact(x), ref, rtol=1e-5, atol=1e-6)
+
+
+class RowLSTM(nn.Module):
+    """The issue's LSTM over the rows of an image: nn.LSTM(28, ...) on (batch, 28, 28), last step, Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(28, 12, batch_first=True)
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x.squeeze(1))
+        return self.fc(out[:, -1])
+
+
+def test_tune_sweeps_lstm_weight_matrices(tmp_path: Path) -> None:
+    """tune masks each LSTM matrix in place (lstm.weight_ih_l0 is a parameter of module lstm) and its pick is
+    exactly mask_model's."""
+    torch.manual_seed(0)
+    net = sparsify(RowLSTM())
+    _make_noisy_lstm(net)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 1, 28, 28, generator=g)
+    with torch.no_grad():
+        y = net.eval()(x).argmax(1)
+    data = tmp_path / "rows.npz"
+    np.savez(data, x=x.numpy(), y=y.numpy())
+    result = svdcompress.tune(net, str(data), max_drop=50.0)
+    masked = svdcompress.mask_model(net, result.threshold)
+    assert isinstance(masked.lstm, nn.LSTM)
+    report = svdcompress.analyze(net, threshold=result.threshold)
+    assert result.chosen.kept == report.to_dict()["total"]["kept"]
+
+
+def _make_noisy_lstm(net: nn.Module) -> None:
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for _, layer in svdo_layers(net):
+            for _, w, s2 in layer.svdo_pairs():
+                s2.copy_(torch.where(torch.rand(w.shape, generator=g) < 0.5, 5.0, -12.0))
