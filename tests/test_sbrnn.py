@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import svdcompress
 from svdcompress import CheckpointError
 from svdcompress.checkpoint.conventions import find_svdo_layers, keep_mask
 from svdcompress.checkpoint.formats import load_checkpoint
+from svdcompress.cli import main
 
 V, E, H, C = 12, 5, 4, 3  # vocabulary, embedding, hidden units, classes (E != H: the layout is unambiguous)
 
@@ -161,3 +163,16 @@ def test_sparse_bayesian_rnn_layout_errors_name_the_entry(tmp_path: Path) -> Non
             r["lstm.mu_in"], r["lstm.logsig_in"] = np.ones(4, np.float32), np.zeros(4, np.float32)
     with pytest.raises(CheckpointError, match="input or the hidden multipliers"):
         svdcompress.analyze(_save(tmp_path / "ambiguous.npy", r), convention="sparse-bayesian-rnn")
+
+
+def test_prune_refuses_a_sparse_bayesian_rnn_list_and_says_analyze_reads_it(tmp_path: Path) -> None:
+    f = _save(tmp_path / "w.npy", _params("LCLCCL"))
+    with pytest.raises(CheckpointError, match=r"SparseBayesianRNN list.*analyze only"):
+        svdcompress.load_model(f, model="svdcompress.nn.zoo:lenet300")
+    runner = CliRunner()
+    res = runner.invoke(
+        main, ["prune", str(f), "-o", str(tmp_path / "x.pt2"), "--model", "svdcompress.nn.zoo:lenet300"]
+    )
+    assert res.exit_code == 1 and "analyze only" in res.output
+    res = runner.invoke(main, ["analyze", str(f)])
+    assert res.exit_code == 0 and "lstm.weight_hh_l0" in res.output
