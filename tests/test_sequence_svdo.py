@@ -254,3 +254,19 @@ def _make_noisy_lstm(net: nn.Module) -> None:
         for _, layer in svdo_layers(net):
             for _, w, s2 in layer.svdo_pairs():
                 s2.copy_(torch.where(torch.rand(w.shape, generator=g) < 0.5, 5.0, -12.0))
+
+
+def test_embedding_padding_is_not_noised_and_dropout_lstm_masks_quietly() -> None:
+    emb = EmbeddingSVDO(6, 3, padding_idx=0, log_sigma2_init=0.0).train()
+    out = emb(torch.tensor([[0, 2, 0]]))
+    assert torch.equal(out[0, 0], torch.zeros(3)) and torch.equal(out[0, 2], torch.zeros(3))
+    assert not torch.equal(out[0, 1], emb.weight[2])  # a word is noised
+    holder = nn.Module()
+    holder.rnn = nn.LSTM(3, 4, num_layers=2, dropout=0.5)
+    sparsify(holder)
+    x = torch.randn(5, 2, 3)
+    holder.eval()
+    masked = svdcompress.mask_model(holder)
+    with torch.no_grad():
+        assert torch.equal(masked.rnn(x)[0], holder.rnn(x)[0])
+    assert masked.rnn.dropout == 0.5

@@ -77,7 +77,7 @@ class EmbeddingSVDO(SVDOModule):
     per-word view: Chirkova, Lobacheva, Vetrov, "Bayesian Compression for Natural Language Processing", EMNLP
     2018). A word whose whole row is noise is dead: its vector is zero after masking (``analyze`` counts it
     under "dead out"). A lookup is a product with a one-hot vector, so the local reparameterisation is exact:
-    each token's vector is sampled as θ[w] + σ[w] · ε."""
+    each token's vector is sampled as θ[w] + σ[w] · ε (the padding index, if any, is not noised)."""
 
     def __init__(
         self,
@@ -112,6 +112,8 @@ class EmbeddingSVDO(SVDOModule):
             return self._lookup(idx, self.masked_weight())
         mean = self._lookup(idx, self.weight)
         std = self._lookup(idx, torch.exp(0.5 * self.log_sigma2))
+        if self.padding_idx is not None:  # padding carries no word: no noise there (θ stays 0, as in nn.Embedding)
+            std = std.masked_fill((idx == self.padding_idx).unsqueeze(-1), 0.0)
         return mean + std * standard_normal(tuple(mean.shape), mean, type(self).__name__)
 
     def extra_repr(self) -> str:

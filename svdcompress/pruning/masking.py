@@ -167,7 +167,7 @@ def _plain_lstm(module: nn.Module, threshold: float, layers: list[SVDOLayer]) ->
         num_layers=num_layers,
         bias=has_bias,
         batch_first=bool(getattr(module, "batch_first", False)),
-        dropout=float(getattr(module, "dropout", 0.0)),
+        dropout=float(getattr(module, "dropout", 0.0)) if num_layers > 1 else 0.0,  # eval: no effect either way
     )
     with torch.no_grad():
         for name, layer in by_name.items():
