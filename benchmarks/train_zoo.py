@@ -31,12 +31,21 @@ per-epoch loss, validation/test accuracy, compression and time; the dense curve 
 and ``<arch>-<data>-progress.json`` (the same, rewritten every epoch while the run is going). Times:
 ``seconds`` is wall clock per phase (pauses such as SIGSTOP included), ``cpu_seconds`` this process's CPU time.
 ``--bundle`` also copies the SVDO checkpoint into the package.
+
+Data parallel: ``torchrun --nproc-per-node 2 benchmarks/train_zoo.py ...`` trains with
+DistributedDataParallel (gloo, CPU). Every process reads the same data and the same shuffle; each global
+batch of --batch examples is split evenly over the processes (--batch must divide by their number), so the
+recipe and the ELBO (train_size = the whole training set: the KL is counted once per global step, see
+``ELBOLoss``) are the single-process ones. Each process draws its own noise (torch reseeded per epoch from
+--seed, the epoch and the rank). Only rank 0 prints and writes files; all ranks evaluate, so their
+bookkeeping (early stopping) stays identical.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import shutil
@@ -49,8 +58,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import svdcompress
@@ -92,6 +103,23 @@ TRAIN_KEYS = (
 
 Loader = Callable[[str, str], tuple[torch.Tensor, torch.Tensor]]
 """``loader(data_name, split)`` with split "train" or "test" -> (images, labels); load_dataset by default."""
+
+
+# ---------------------------------------------------------------------------------------------- torchrun
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _log(*args: Any, **kwargs: Any) -> None:
+    """print, on rank 0 only."""
+    if _rank() == 0:
+        print(*args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -167,10 +195,10 @@ def sparsity_stats(model: nn.Module) -> dict[str, Any]:
     total = kept = 0
     per_layer = {}
     for name, layer in svdo_layers(model):
-        m = layer.mask()
-        per_layer[name] = {"weights": m.numel(), "kept": int(m.sum())}
-        total += m.numel()
-        kept += int(m.sum())
+        for pname, m in layer.masks().items():  # an LSTM has one per weight matrix: lstm.weight_ih_l0, ...
+            per_layer[name if pname == "weight" else f"{name}.{pname}"] = {"weights": m.numel(), "kept": int(m.sum())}
+            total += m.numel()
+            kept += int(m.sum())
     return {"weights": total, "kept": kept, "compression": total / max(1, kept), "layers": per_layer}
 
 
@@ -236,6 +264,10 @@ class Phase:
         warm = int(float(cfg["kl_warmup_epochs"]) * self.steps_per_epoch) if svdo else 0
         self.elbo = ELBOLoss(model, train_size=train_size, warmup_steps=warm)
         self.gen = torch.Generator().manual_seed(1234 + int(cfg["seed"]))
+        self.seed = int(cfg["seed"])
+        # Under torchrun the forward runs through DDP (gradients averaged over the processes); the model, its
+        # state and the evaluations stay the plain module.
+        self.net: nn.Module = DistributedDataParallel(model) if _world() > 1 else model
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -256,13 +288,20 @@ class Phase:
     def train_epoch(self, x: torch.Tensor, y: torch.Tensor, desc: str) -> list[float]:
         self.model.train()
         perm = torch.randperm(len(x), generator=self.gen)
+        rank, world = _rank(), _world()
+        if world > 1:  # every process its own noise, reproducible per epoch (a resume starts at an epoch)
+            torch.manual_seed(self.seed * 1_000_003 + int(self.sched.last_epoch) * 101 + rank)
         losses: list[float] = []
         bar = tqdm(
-            range(self.steps_per_epoch), desc=desc, file=sys.stderr, leave=False, disable=not sys.stderr.isatty()
+            range(self.steps_per_epoch),
+            desc=desc,
+            file=sys.stderr,
+            leave=False,
+            disable=not sys.stderr.isatty() or _rank() != 0,
         )
         for s in bar:
-            idx = perm[s * self.batch : (s + 1) * self.batch]
-            logits = self.model(x[idx])
+            idx = perm[s * self.batch : (s + 1) * self.batch][rank::world]  # this process's share of the batch
+            logits = self.net(x[idx])
             loss = self.elbo(logits, y[idx]) if self.svdo else F.cross_entropy(logits, y[idx])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -439,6 +478,8 @@ class Run:
         _set_rng_state(st["rng"])
 
     def save(self) -> None:
+        if _rank() != 0:
+            return
         st = {
             "book": self.book,
             "phase": self.phase.state_dict() if self.phase is not None and self.book["phase"] != "done" else None,
@@ -451,6 +492,8 @@ class Run:
         self._write_json(self.out_dir / f"{self.stem}-progress.json", self._report(status=self.book["phase"]))
 
     def _write_json(self, path: Path, obj: Any) -> None:
+        if _rank() != 0:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(obj, indent=2, default=str))
@@ -475,7 +518,8 @@ class Run:
             model = build(cfg["arch"], svdo=True)
             with torch.no_grad():
                 for _, layer in svdo_layers(model):
-                    layer.log_sigma2.fill_(cfg["log_sigma2_init"])
+                    for _, _, log_sigma2 in layer.svdo_pairs():
+                        log_sigma2.fill_(cfg["log_sigma2_init"])
             return model
         return sparsify(build(cfg["arch"], svdo=False), log_sigma2_init=cfg["log_sigma2_init"])
 
@@ -517,7 +561,7 @@ class Run:
         if dense is not None:
             summary["val_acc"] = evaluate(dense, xval, yval)
             summary["test_acc"] = evaluate(dense, xte, yte)
-            if cfg["init_from"] is None:
+            if cfg["init_from"] is None and _rank() == 0:
                 save_checkpoint(
                     self.out_dir / f"{self.stem}-dense.pt",
                     dense,
@@ -526,7 +570,7 @@ class Run:
                     input_shape=INPUT_SHAPES[cfg["arch"]],
                     provenance={**self._base_provenance(), **{f"dense_{k}": v for k, v in summary.items()}},
                 )
-            print(
+            _log(
                 f"[dense] kept epoch {summary.get('kept_epoch', '-')} of {summary.get('epochs')} "
                 f"({summary.get('stopped')}): val acc {summary['val_acc']:.4f}, test acc {summary['test_acc']:.4f}",
                 file=sys.stderr,
@@ -541,7 +585,7 @@ class Run:
             summary.update(
                 ref=cfg["dense_ref"], val_acc=evaluate(ref, xval, yval), test_acc=evaluate(ref, xte, yte), start=start
             )
-            print(
+            _log(
                 f"[dense] comparisons use {cfg['dense_ref']}: val acc {summary['val_acc']:.4f}, "
                 f"test acc {summary['test_acc']:.4f}",
                 file=sys.stderr,
@@ -604,7 +648,7 @@ class Run:
         extra = f" compression {rec['compression']:.1f}x kl_w {rec['kl_weight']:.2f}" if ph.svdo else ""
         if not ph.svdo:
             extra = f" (best {book['early_stop']['best_epoch']}, {book['early_stop']['bad_epochs']} without gain)"
-        print(
+        _log(
             f"[{name}] epoch {book['epoch']}/{total} loss {rec['train_loss']:.4f} lr {rec['lr_end']:.2e} "
             f"val acc {rec['val_acc']:.4f} test acc {rec['test_acc']:.4f}{extra} "
             f"({train_s:.0f}s train, {rec['seconds']:.0f}s total)",
@@ -676,8 +720,11 @@ class Run:
                 start_dense_val_acc=start.get("val_acc"),
                 start_dense_test_acc=start.get("test_acc"),
             )
-        out = save_checkpoint(
-            self.out_dir / f"{self.stem}-svdo.pt",
+        out = self.out_dir / f"{self.stem}-svdo.pt"
+        if _rank() != 0:
+            return out
+        save_checkpoint(
+            out,
             model,
             arch=cfg["arch"],
             arch_kwargs={"svdo": True},
@@ -687,7 +734,7 @@ class Run:
         )
         log = {**self._report(status="done"), "provenance": prov, "layers": st["layers"]}
         self._write_json(self.out_dir / f"{self.stem}-log.json", log)
-        print(
+        _log(
             f"{self.stem}: dense val/test acc {prov['dense_val_acc']:.4f}/{prov['dense_test_acc']:.4f}, "
             f"svdo val/test acc {prov['val_acc']:.4f}/{prov['test_acc']:.4f}, compression {st['compression']:.1f}x, "
             f"svdo time {prov['train_seconds']:.0f}s -> {out}",
@@ -698,17 +745,17 @@ class Run:
             dst = PACKAGE_CKPT_DIR / f"{cfg['arch']}.pt"
             shutil.copyfile(out, dst)
             shutil.copyfile(self.out_dir / f"{self.stem}-log.json", PACKAGE_CKPT_DIR / f"{cfg['arch']}-log.json")
-            print(f"bundled -> {dst}")
+            _log(f"bundled -> {dst}")
         return out
 
     def run(self, stop_after: int | None) -> str:
         """Train until done or ``stop_after`` epochs; returns the phase reached ("done" when finished)."""
         book = self.book
         if book["phase"] == "done":
-            print(f"{self.stem}: already finished; outputs in {self.out_dir}", file=sys.stderr, flush=True)
+            _log(f"{self.stem}: already finished; outputs in {self.out_dir}", file=sys.stderr, flush=True)
             return "done"
         book["sessions"].append(_session(self.cfg, book))
-        print(
+        _log(
             f"{self.stem}: {book['phase']} epoch {book['epoch']}; state saved after every epoch to {self.state_path}\n"
             f"  to continue after an interruption: {_resume_command(self.state_path)}",
             file=sys.stderr,
@@ -726,7 +773,7 @@ class Run:
                 self.save()
                 return "done"
             if stop_after is not None and done >= stop_after:
-                print(
+                _log(
                     f"{self.stem}: stopped after {done} epochs this session ({book['phase']} epoch {book['epoch']}); "
                     f"continue with: {_resume_command(self.state_path)}",
                     file=sys.stderr,
@@ -754,7 +801,7 @@ def _resolve_resume(a: argparse.Namespace, given: dict[str, Any]) -> tuple[dict[
     cfg = {**vars(a), **stored, "state": str(path), "out_dir": given.get("out_dir", st["book"]["out_dir"])}
     first = st["book"]["sessions"][0] if st["book"]["sessions"] else None
     if first is not None and first["threads"] != cfg["threads"]:
-        print(
+        _log(
             f"warning: the run started with {first['threads']} thread(s), now {cfg['threads']}: "
             "results may differ from an uninterrupted run in the last bits",
             file=sys.stderr,
@@ -782,9 +829,13 @@ def main(argv: list[str] | None = None, *, loader: Loader = load_dataset) -> int
             raise SystemExit(f"{path} exists: continue it with --resume {path}, or remove it to start over")
 
     torch.set_num_threads(cfg["threads"])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")  # torchrun's env:// rendezvous
+    if cfg["batch"] % _world():
+        raise SystemExit(f"--batch {cfg['batch']} does not divide over {_world()} processes; pick a multiple")
     splits = load_splits(cfg["data"], cfg["val_size"], loader)
     sizes = {k: len(v[0]) for k, v in splits.items()}
-    print(
+    _log(
         f"{_stem(cfg)}: train {sizes['train']:,} / val {sizes['val']:,} (last of the train split) / "
         f"test {sizes['test']:,}",
         file=sys.stderr,
@@ -797,7 +848,12 @@ def main(argv: list[str] | None = None, *, loader: Loader = load_dataset) -> int
         if st["book"]["sizes"] != run._sizes():
             raise SystemExit(f"--resume: the data sizes changed ({st['book']['sizes']} -> {run._sizes()})")
         run.load(st)
-    run.run(cfg["stop_after_epochs"])
+    try:
+        run.run(cfg["stop_after_epochs"])
+    finally:
+        if dist.is_initialized():
+            dist.barrier()  # rank 0 has written everything before any process leaves
+            dist.destroy_process_group()
     return 0
 
 

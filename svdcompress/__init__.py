@@ -38,7 +38,8 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "checkpoint.conventions": ("SVDOLayer", "find_svdo_layers"),
     "checkpoint.analysis": ("AnalysisReport", "LayerReport"),
     "checkpoint.bundled": ("bundled_checkpoint",),
-    "nn.layers": ("Conv2dSVDO", "ELBOLoss", "LinearSVDO", "kl_divergence", "sparsify"),
+    "nn.layers": ("Conv2dSVDO", "ELBOLoss", "LinearSVDO", "example_noise", "kl_divergence", "sparsify"),
+    "nn.sequence": ("Conv1dSVDO", "EmbeddingSVDO", "LSTMSVDO"),
     "nn.architecture": ("load_model",),
     "pruning.masking": ("apply_masks_", "mask_model"),
     "pruning.structural": ("PruneConfig", "PruneReport", "PruneResult"),
@@ -101,9 +102,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; test_layout 
         Conv2dSVDO as Conv2dSVDO,
         ELBOLoss as ELBOLoss,
         LinearSVDO as LinearSVDO,
+        example_noise as example_noise,
         kl_divergence as kl_divergence,
         sparsify as sparsify,
     )
+    from .nn.sequence import LSTMSVDO as LSTMSVDO, Conv1dSVDO as Conv1dSVDO, EmbeddingSVDO as EmbeddingSVDO
     from .pipeline import Prepared as Prepared, analyze as analyze, prepare as prepare, prune as prune
     from .pruning.masking import apply_masks_ as apply_masks_, mask_model as mask_model
     from .pruning.pt2 import load_pruned as load_pruned, save_pruned as save_pruned

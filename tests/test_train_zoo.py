@@ -1,13 +1,17 @@
-"""benchmarks/train_zoo.py: a run stopped after an epoch and resumed is the uninterrupted run, bit for bit."""
+"""benchmarks/train_zoo.py: a run stopped after an epoch and resumed is the uninterrupted run, bit for bit; under
+torchrun (two processes) it trains the same net."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 _SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_zoo.py"
 
@@ -128,3 +132,35 @@ def test_dense_ref_is_the_comparison_while_svdo_starts_from_the_short_run(uninte
     assert prov["dense_test_acc"] == whole["provenance"]["dense_test_acc"]
     assert prov["dense_epochs"] == whole["provenance"]["dense_epochs"]
     assert prov["start_dense_val_acc"] == log["epochs"][0]["val_acc"]  # the net SVDO started from
+
+
+def _torchrun_worker(rank: int, port: int, out: str) -> None:
+    # What torchrun sets for each process (env:// rendezvous).
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    assert tz.main(_short_argv(Path(out)), loader=_loader) == 0
+
+
+def _short_argv(out: Path) -> list[str]:
+    return [*_argv(out), "--dense-epochs", "2", "--dense-patience", "0", "--svdo-epochs", "1"]
+
+
+def test_under_torchrun_two_processes_train_the_same_dense_net_and_rank_0_writes(tmp_path: Path) -> None:
+    """Two processes (gloo) split each batch of 50: the dense phase, which has no noise, ends at the weights of the
+    one-process run (up to float rounding); the SVDO phase runs and rank 0 writes the outputs once."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert tz.main(_short_argv(one), loader=_loader) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    # fork: the children need not import torch and the script again (seconds on a shared machine)
+    mp.start_processes(_torchrun_worker, args=(port, str(two)), nprocs=2, join=True, start_method="fork")
+    a = _weights(one / "lenet300-fashion-mnist-dense.pt")
+    b = _weights(two / "lenet300-fashion-mnist-dense.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    log = json.loads((two / "lenet300-fashion-mnist-log.json").read_text())
+    assert [r["phase"] for r in log["epochs"]] == ["dense"] * 2 + ["svdo"]
+    assert log["provenance"]["train_size"] == 200  # the KL is spread over the whole set, not a shard
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())

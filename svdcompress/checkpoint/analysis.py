@@ -28,7 +28,7 @@ from .conventions import (
     find_svdo_layers,
     keep_rule,
     log_alpha as _log_alpha,
-    module_layer,
+    module_layers,
 )
 from .formats import load_checkpoint
 
@@ -238,16 +238,15 @@ def _fmt_x(x: float) -> str:
 
 def layers_of(model: nn.Module, convention: str | None = None) -> list[SVDOLayer]:
     """SVDO layers of a live module: every submodule holding a weight + log-variance pair of a known convention
-    (:func:`svdcompress.checkpoint.conventions.module_layer`), then numenta's VDropCentralData layers.
+    (:func:`svdcompress.checkpoint.conventions.module_layers`: an LSTM gives one per weight matrix), then
+    numenta's VDropCentralData layers.
 
     The convention comes from ``convention`` (when it reads the layer's names), from the tag
     :func:`svdcompress.load_model` leaves when the file settled it, from the layer's class, else from its names.
     """
     out = []
     for name, m in model.named_modules():
-        layer = module_layer(m, name, convention)
-        if layer is not None:
-            out.append(layer)
+        out += module_layers(m, name, convention)
     return out
 
 

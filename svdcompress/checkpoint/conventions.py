@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +35,7 @@ __all__ = [
     "CONVENTION_NAMES",
     "PYTORCH_ARD",
     "RULE_ATTR",
+    "SPARSE_BAYESIAN_RNN",
     "SVDCOMPRESS",
     "Convention",
     "SVDOLayer",
@@ -48,7 +49,9 @@ __all__ = [
     "known_pairs",
     "layer_kind",
     "log_alpha",
+    "lstm_pairs",
     "module_layer",
+    "module_layers",
     "module_reader",
 ]
 
@@ -238,8 +241,21 @@ _LASAGNE_DENSE = dataclasses.replace(LASAGNE, eps=0.0, layout="in_out")
 # (out, in, kh, kw)), b, and log σ² under the layer's attribute name (log_sigma2) or Theano's (ls2).
 _LASAGNE_PORTS = (dataclasses.replace(LASAGNE, variance="log_sigma2"), LASAGNE)
 
+SPARSE_BAYESIAN_RNN = Convention(
+    "sparse-bayesian-rnn",
+    "W",
+    "log_sigma",
+    "log_sigma",
+    0.0,
+    "abs",
+    "in_out",
+    "tipt0p/SparseBayesianRNN (Theano/Lasagne np.save of a positional list; get_ard's masks)",
+)
+"""The Bayesian RNN code's positional lists (embedding, LSTM, dense; :mod:`svdcompress.checkpoint.sbrnn`):
+log α = 2 · log σ − 2 · log|θ|, no eps, not clipped, kept where log α < threshold."""
+
 CONVENTION_NAMES: tuple[str, ...] = tuple(
-    dict.fromkeys(c.name for c in (*CONVENTIONS, BAYESWATCH, SVDCOMPRESS, LASAGNE))
+    dict.fromkeys(c.name for c in (*CONVENTIONS, BAYESWATCH, SVDCOMPRESS, LASAGNE, SPARSE_BAYESIAN_RNN))
 )
 """Every name ``convention=`` accepts."""
 
@@ -289,7 +305,7 @@ def _by_name(name: str | None) -> tuple[Convention, ...]:
     """The conventions called ``name`` (several share one: state-of-sparsity, nupic); () for None."""
     if name is None:
         return ()
-    found = tuple(c for c in (*CONVENTIONS, BAYESWATCH, SVDCOMPRESS, LASAGNE) if c.name == name)
+    found = tuple(c for c in (*CONVENTIONS, BAYESWATCH, SVDCOMPRESS, LASAGNE, SPARSE_BAYESIAN_RNN) if c.name == name)
     if not found:
         raise InvalidInputError(
             f"convention={name!r} is not known; choose one of {', '.join(CONVENTION_NAMES)}", param="convention"
@@ -299,7 +315,7 @@ def _by_name(name: str | None) -> tuple[Convention, ...]:
 
 # Class names of pickled/live modules that settle weight + log_sigma2 (module path, class name).
 def _convention_of_class(module: str, cls: str) -> Convention | None:
-    if module.startswith("svdcompress.") and cls in ("LinearSVDO", "Conv2dSVDO"):
+    if module.startswith("svdcompress.") and cls in ("LinearSVDO", "Conv1dSVDO", "Conv2dSVDO", "EmbeddingSVDO"):
         return SVDCOMPRESS
     if cls in ("LinearARD", "Conv2dARD"):
         return PYTORCH_ARD
@@ -334,8 +350,10 @@ class SVDOLayer:
 
     Attributes:
         name: the layer's prefix in the checkpoint (e.g. ``"fc1"``), or ``"layer3"`` for Lasagne lists.
-        kind: "linear", "conv1d" or "conv2d"; "flat" for numenta's VDropCentralData read from a state_dict,
-            every layer's weights in one vector whose per-layer slices the file does not record.
+        kind: "linear", "conv1d", "conv2d", "embedding" (a live embedding module: (words, dim)) or "lstm"
+            (one of an LSTM's input or recurrent weight matrices, (4 · hidden, in)); "flat" for numenta's
+            VDropCentralData read from a state_dict, every layer's weights in one vector whose per-layer slices the
+            file does not record.
         theta: weight mean, (out, in) or (out, in/groups, kh, kw); 1-D for "flat".
         log_sigma2: log sigma², same shape as ``theta``.
         bias: (out,) or None.
@@ -569,6 +587,11 @@ def find_svdo_layers(
     """
     forced = _by_name(convention)
     if source == "lasagne-npy":
+        from .sbrnn import looks_like_sbrnn, sbrnn_layers
+
+        arrays = [tensors[str(i)] for i in range(len(tensors))]
+        if forced[:1] == (SPARSE_BAYESIAN_RNN,) or (not forced and looks_like_sbrnn(arrays)):
+            return sbrnn_layers(file, tensors)
         if forced and forced[0].name != "lasagne":
             raise InvalidInputError(
                 f"{file}: convention={convention!r} does not apply: the file is a positional Lasagne list"
@@ -609,6 +632,7 @@ def find_svdo_layers(
             for names, why in _LOOKALIKES:
                 if all(n in suffixes for n in names):
                     lookalikes.append(f"'{suffixes[names[0]]}' ({why})")
+        layers += _lstm_layers(file, prefix, suffixes, tensors)
         if found is None:
             continue
         if any(all(n in suffixes for n in names) for names, _ in _LOOKALIKES):
@@ -630,6 +654,52 @@ def find_svdo_layers(
             "a plain (non-SVDO) checkpoint has nothing to prune"
         )
     return layers
+
+
+_LSTM_THETA = re.compile(r"^weight_(ih|hh)_l(\d+)$")
+
+
+def lstm_pairs(names: Iterable[str]) -> list[tuple[str, str, str | None]]:
+    """``(θ, log σ², bias or None)`` names of each LSTM weight matrix among ``names``, as svdcompress's
+    ``LSTMSVDO`` stores them (``weight_ih_l0`` + ``log_sigma2_ih_l0`` + ``bias_ih_l0``, ...); in layer order."""
+    present = set(names)
+    out = []
+    for n in sorted(present, key=lambda n: (len(n), n)):
+        m = _LSTM_THETA.match(n)
+        if m is None or f"log_sigma2_{m[1]}_l{m[2]}" not in present:
+            continue
+        bias = f"bias_{m[1]}_l{m[2]}"
+        out.append((n, f"log_sigma2_{m[1]}_l{m[2]}", bias if bias in present else None))
+    return sorted(out, key=lambda t: (int(t[0].rsplit("_l", 1)[1]), t[0]))
+
+
+def _lstm_layers(
+    file: str, prefix: str, suffixes: Mapping[str, str], tensors: Mapping[str, torch.Tensor], check: bool = True
+) -> list[SVDOLayer]:
+    """An LSTMSVDO's weight matrices, one layer each named ``{prefix}.weight_ih_l0``; svdcompress alone writes
+    these names, so its formula reads them."""
+    out = []
+    for theta, var, bias in lstm_pairs(suffixes):
+        bkey = suffixes[bias] if bias is not None else None
+        layer = _make_layer(
+            file,
+            f"{prefix}.{theta}" if prefix else theta,
+            suffixes[theta],
+            suffixes[var],
+            bkey,
+            tensors,
+            SVDCOMPRESS,
+            check,
+        )
+        if layer.theta.dim() != 2 or layer.theta.shape[0] % 4:
+            raise _fail(
+                file,
+                suffixes[theta],
+                f"has shape {tuple(layer.theta.shape)}; an LSTM weight is (4 · hidden, in)",
+                "the file mixes an LSTM's names with another layer's tensors",
+            )
+        out.append(dataclasses.replace(layer, kind="lstm"))
+    return out
 
 
 # --- live modules: the layer a module holds in its own tensors, by name, class, tag or convention=
@@ -727,6 +797,29 @@ def module_layer(
         theta_key=prefix + reader.theta,
         variance_key=prefix + reader.variance,
     )
+
+
+def module_layers(
+    module: nn.Module, name: str = "", convention: str | None = None, *, lasagne: bool = False
+) -> list[SVDOLayer]:
+    """Every SVDO layer a live module holds in its own tensors: :func:`module_layer`'s one, with kind "embedding"
+    for an embedding module (it has ``num_embeddings``), or one per weight matrix of an LSTM (``LSTMSVDO``'s
+    ``weight_ih_l{k}`` / ``weight_hh_l{k}`` with their ``log_sigma2_*``), named ``{name}.weight_ih_l0``, kind "lstm"."""
+    tensors = _own_tensors(module)
+    where = f"module '{name or '<model>'}' ({type(module).__name__})"
+    lstm = _lstm_layers(where, name, {k: k for k in tensors}, tensors, check=False)
+    if lstm:
+        prefix = f"{name}." if name else ""
+        return [
+            dataclasses.replace(layer, theta_key=prefix + layer.theta_key, variance_key=prefix + layer.variance_key)
+            for layer in lstm
+        ]
+    layer = module_layer(module, name, convention, lasagne=lasagne)
+    if layer is None:
+        return []
+    if hasattr(module, "num_embeddings") and layer.theta.dim() == 2:
+        layer = dataclasses.replace(layer, kind="embedding")
+    return [layer]
 
 
 def central_data_layers(model: nn.Module) -> list[SVDOLayer]:

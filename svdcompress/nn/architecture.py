@@ -18,7 +18,15 @@ import torch
 from torch import nn
 
 from .._inputs import parse_int_list
-from ..checkpoint.conventions import RULE_ATTR, SVDOLayer, check_finite, find_svdo_layers, module_layer, module_reader
+from ..checkpoint.conventions import (
+    RULE_ATTR,
+    SPARSE_BAYESIAN_RNN,
+    SVDOLayer,
+    check_finite,
+    find_svdo_layers,
+    module_layer,
+    module_reader,
+)
 from ..checkpoint.formats import LoadedCheckpoint, load_checkpoint
 from ..errors import CheckpointError, InvalidInputError, NoSVDOLayersError
 
@@ -313,6 +321,13 @@ def load_model(
     """
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
     layers, missing = _check_weights(ckpt, require_svdo and model is None, convention)
+    if any(layer.convention is SPARSE_BAYESIAN_RNN for layer in layers):
+        raise CheckpointError(
+            f"{ckpt.path}: is a SparseBayesianRNN list (Bayesian embedding, LSTM, dense); svdcompress reads it for "
+            "analyze only: its LSTM gates are hard sigmoids with learned initial states, which nn.LSTM does not "
+            "compute, so no model can be built from it. Run `svdcompress analyze` on it; to prune or export, train "
+            "the network with svdcompress's LSTMSVDO (svdcompress.sparsify of an nn.LSTM model)"
+        )
     shape = input_shape
     if shape is None and isinstance(ckpt.meta.get("input_shape"), list):
         shape = tuple(int(d) for d in ckpt.meta["input_shape"])

@@ -8,6 +8,8 @@ reparameterisation trick, and in eval mode compute deterministically with
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Iterator
 
@@ -17,7 +19,7 @@ from torch import nn
 
 from ..checkpoint import DEFAULT_THRESHOLD
 from ..checkpoint.conventions import SVDCOMPRESS, keep_rule, log_alpha
-from ..errors import UnsupportedOpError
+from ..errors import InvalidInputError, UnsupportedOpError
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -25,11 +27,15 @@ __all__ = [
     "Conv2dSVDO",
     "ELBOLoss",
     "LinearSVDO",
+    "SVDOBase",
     "SVDOModule",
+    "example_noise",
     "kl_divergence",
+    "kl_of",
     "kl_weight_schedule",
     "log_alpha_of",
     "sparsify",
+    "standard_normal",
     "svdo_layers",
 ]
 
@@ -48,17 +54,100 @@ def log_alpha_of(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
     return log_alpha(theta, log_sigma2, SVDCOMPRESS)
 
 
-class SVDOModule(nn.Module):
-    """Behaviour shared by the SVDO layers: log alpha, the mask, the KL term."""
+_NOISE_SEEDS: contextvars.ContextVar[tuple[torch.Tensor, list[int]] | None] = contextvars.ContextVar(
+    "svdcompress_noise_seeds", default=None
+)
+
+
+@contextlib.contextmanager
+def example_noise(seeds: torch.Tensor) -> Iterator[None]:
+    """Draw every SVDO layer's training noise from per-example seeds, inside the ``with`` block.
+
+    Example ``b`` of a batch gets, in each layer call, noise that depends only on ``seeds[b]`` and on the order of
+    the call within the block: the same whichever process, batch or position the example lands in. That makes a
+    run reproducible across data-parallel layouts (a batch split over processes draws exactly the noise of the
+    whole batch on one process). It costs one generator per example and call: for tests and audits, not speed.
+
+    Args:
+        seeds: int64 tensor (batch,), e.g. the examples' indices in the data set.
+
+    Raises:
+        InvalidInputError: ``seeds`` is not a 1-D integer tensor, or a layer's noise has a leading dimension
+            other than ``len(seeds)`` (a layer called on flattened (batch × time, ...) inputs).
+    """
+    if seeds.dim() != 1 or seeds.is_floating_point() or seeds.is_complex():
+        raise InvalidInputError(
+            f"example_noise: seeds must be a 1-D integer tensor (one per example), got {seeds.dtype} "
+            f"of shape {tuple(seeds.shape)}; pass e.g. the examples' indices"
+        )
+    token = _NOISE_SEEDS.set((seeds.detach().cpu().to(torch.int64), [0]))
+    try:
+        yield
+    finally:
+        _NOISE_SEEDS.reset(token)
+
+
+def standard_normal(shape: tuple[int, ...], like: torch.Tensor, what: str) -> torch.Tensor:
+    """N(0, 1) noise of ``shape`` (leading dimension: the batch), from :func:`example_noise`'s seeds when set."""
+    state = _NOISE_SEEDS.get()
+    if state is None:
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
+    seeds, calls = state
+    if not shape or shape[0] != seeds.numel():
+        raise InvalidInputError(
+            f"example_noise: {what} draws noise of shape {shape} but {seeds.numel()} seeds were given; "
+            "the noise's leading dimension must be the batch (call the layer on (batch, ...) inputs)"
+        )
+    calls[0] += 1
+    out = torch.empty(shape, dtype=like.dtype)
+    for b, seed in enumerate(seeds.tolist()):
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + calls[0]) % (1 << 63))
+        out[b] = torch.randn(shape[1:], generator=g, dtype=like.dtype)
+    return out.to(like.device)
+
+
+def kl_of(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
+    """Approximate KL(q || log-uniform prior) of one weight tensor, summed (log alpha clipped to ±8)."""
+    la = log_alpha_of(theta, log_sigma2).clamp(-_LOG_ALPHA_CLIP, _LOG_ALPHA_CLIP)
+    neg_kl = _K1 * torch.sigmoid(_K2 + _K3 * la) - 0.5 * F.softplus(-la) - _K1
+    return -neg_kl.sum()
+
+
+class SVDOBase(nn.Module):
+    """What every SVDO layer has: one or more (θ, log σ²) pairs, a threshold and the KL term.
+
+    :class:`SVDOModule` holds one pair (``weight``, ``log_sigma2``); ``LSTMSVDO`` one per weight matrix.
+    """
+
+    threshold: float
+
+    def svdo_pairs(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """``(name of θ, θ, log σ²)`` per weight tensor with a posterior."""
+        raise NotImplementedError
+
+    def masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
+        """Boolean keep-mask per weight tensor (named as in :meth:`svdo_pairs`)."""
+        thr = self.threshold if threshold is None else threshold
+        return {name: keep_rule(log_alpha_of(w, s2), w, thr) for name, w, s2 in self.svdo_pairs()}
+
+    def kl(self) -> torch.Tensor:
+        """Approximate KL(q || log-uniform prior), summed over the layer's weights."""
+        return torch.stack([kl_of(w, s2) for _, w, s2 in self.svdo_pairs()]).sum()
+
+
+class SVDOModule(SVDOBase):
+    """Behaviour shared by the single-weight SVDO layers: log alpha, the mask, the KL term."""
 
     weight: nn.Parameter
     log_sigma2: nn.Parameter
     bias: nn.Parameter | None
-    threshold: float
 
     def _init_svdo(self, log_sigma2_init: float, threshold: float) -> None:
         self.log_sigma2 = nn.Parameter(torch.full_like(self.weight, log_sigma2_init))
         self.threshold = float(threshold)
+
+    def svdo_pairs(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        return [("weight", self.weight, self.log_sigma2)]
 
     @property
     def log_alpha(self) -> torch.Tensor:
@@ -75,13 +164,12 @@ class SVDOModule(nn.Module):
 
     def kl(self) -> torch.Tensor:
         """Approximate KL(q || log-uniform prior), summed over the layer's weights."""
-        la = self.log_alpha.clamp(-_LOG_ALPHA_CLIP, _LOG_ALPHA_CLIP)
-        neg_kl = _K1 * torch.sigmoid(_K2 + _K3 * la) - 0.5 * F.softplus(-la) - _K1
-        return -neg_kl.sum()
+        return kl_of(self.weight, self.log_sigma2)
 
     def _noisy(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         # Local reparameterisation: sample pre-activations, not weights.
-        return mean + torch.sqrt(var + 1e-8) * torch.randn_like(mean)
+        eps = standard_normal(tuple(mean.shape), mean, type(self).__name__)
+        return mean + torch.sqrt(var + 1e-8) * eps
 
 
 class LinearSVDO(SVDOModule):
@@ -165,10 +253,10 @@ class Conv2dSVDO(SVDOModule):
         )
 
 
-def svdo_layers(model: nn.Module) -> Iterator[tuple[str, SVDOModule]]:
-    """Yield ``(qualified_name, layer)`` for every SVDO layer in ``model``."""
+def svdo_layers(model: nn.Module) -> Iterator[tuple[str, SVDOBase]]:
+    """Yield ``(qualified_name, layer)`` for every SVDO layer in ``model`` (``LSTMSVDO`` included)."""
     for name, module in model.named_modules():
-        if isinstance(module, SVDOModule):
+        if isinstance(module, SVDOBase):
             yield name, module
 
 
@@ -190,10 +278,20 @@ def kl_weight_schedule(step: int, warmup_steps: int) -> float:
 class ELBOLoss(nn.Module):
     """Negative ELBO per example: cross-entropy + kl_weight * KL / N.
 
+    Under ``torch.nn.parallel.DistributedDataParallel`` use it unchanged on every process, with ``train_size`` the
+    size of the *whole* training set (not of one process's shard) and equal per-process batches (what
+    ``DistributedSampler`` gives): each process adds the full KL / N to the mean cross-entropy of its own batch,
+    and DDP averages the gradients, so the step's gradient is that of (mean cross-entropy over the global batch) +
+    KL / N, the KL counted once per global step. Dividing the KL by the number of processes, or passing the
+    shard's size as ``train_size``, would count it 1/P or P times. ``model`` may be the DDP wrapper or the
+    module inside it. Seed each process differently (or use :func:`example_noise`), so that the processes draw
+    different noise.
+
     Args:
         model: the network whose SVDO layers supply the KL term.
-        train_size: N, the number of training examples (the KL is spread over them).
-        warmup_steps: steps over which the KL weight rises linearly from 0 to 1.
+        train_size: N, the number of training examples (the KL is spread over them); under DDP the global N.
+        warmup_steps: steps over which the KL weight rises linearly from 0 to 1 (counted per ``forward`` in
+            training mode: once per global step on every process).
 
     Example:
         >>> from svdcompress.nn.zoo import lenet300
@@ -218,7 +316,7 @@ class ELBOLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(logits, target)
-        kl = kl_divergence(self.model)
+        kl = kl_divergence(self.model)  # a DDP wrapper's named_modules() reach the layers of the module inside
         loss = ce + self.kl_weight * kl / self.train_size
         if self.training:
             self.step += 1
@@ -261,17 +359,30 @@ def _conv_from(m: nn.Conv2d, log_sigma2_init: float, threshold: float) -> Conv2d
 
 
 def sparsify(model: nn.Module, log_sigma2_init: float = -10.0, threshold: float = DEFAULT_THRESHOLD) -> nn.Module:
-    """Swap every ``nn.Linear`` / ``nn.Conv2d`` in ``model`` for an SVDO layer, in place.
+    """Swap every ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``, ``nn.Embedding`` and ``nn.LSTM`` in ``model`` for
+    its SVDO layer, in place.
 
     theta starts at the pretrained weight and log sigma^2 at ``log_sigma2_init``, so
     the model initially computes what it computed before (log alpha is far below the
     threshold). Returns ``model`` for chaining.
+
+    Raises:
+        UnsupportedOpError: a layer with options the SVDO layers do not have (non-zero padding modes, a
+            bidirectional LSTM or one with ``proj_size``, an embedding with ``max_norm``); the message names it.
     """
+    from .sequence import conv1d_from, embedding_from, lstm_from
+
     for name, child in list(model.named_children()):
         if isinstance(child, nn.Linear):
             setattr(model, name, _linear_from(child, log_sigma2_init, threshold))
         elif isinstance(child, nn.Conv2d):
             setattr(model, name, _conv_from(child, log_sigma2_init, threshold))
+        elif isinstance(child, nn.Conv1d):
+            setattr(model, name, conv1d_from(child, log_sigma2_init, threshold, name))
+        elif isinstance(child, nn.Embedding):
+            setattr(model, name, embedding_from(child, log_sigma2_init, threshold, name))
+        elif isinstance(child, nn.LSTM):
+            setattr(model, name, lstm_from(child, log_sigma2_init, threshold, name))
         else:
             sparsify(child, log_sigma2_init, threshold)
     return model

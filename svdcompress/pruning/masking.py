@@ -15,7 +15,14 @@ import torch
 from torch import nn
 
 from ..checkpoint import DEFAULT_THRESHOLD
-from ..checkpoint.conventions import SVDOLayer, central_data_layers, keep_mask, known_pairs, module_layer
+from ..checkpoint.conventions import (
+    SVDOLayer,
+    central_data_layers,
+    keep_mask,
+    known_pairs,
+    module_layer,
+    module_layers,
+)
 from ..errors import InvalidInputError, UnsupportedOpError
 from ..nn.layers import SVDOModule
 
@@ -89,14 +96,37 @@ def _masked(layer: SVDOLayer, threshold: float) -> torch.Tensor:
 
 
 def _plain_from(module: nn.Module, threshold: float, layer: SVDOLayer) -> nn.Module:
-    """The plain Linear / Conv2d a layer computes in eval mode: ``layer``'s θ masked by its convention, its bias;
-    a conv's stride, padding, dilation and groups are read from the module's attributes of those names."""
+    """The plain Linear / Conv1d / Conv2d / Embedding a layer computes in eval mode: ``layer``'s θ masked by its
+    convention, its bias; a conv's stride, padding, dilation and groups, an embedding's padding_idx,
+    scale_grad_by_freq and sparse are read from the module's attributes of those names."""
     w = _masked(layer, threshold)
     bias = layer.bias
     has_bias = bias is not None
     new: nn.Module
+    if layer.kind == "embedding":
+        new = nn.Embedding(
+            w.shape[0],
+            w.shape[1],
+            padding_idx=getattr(module, "padding_idx", None),
+            scale_grad_by_freq=bool(getattr(module, "scale_grad_by_freq", False)),
+            sparse=bool(getattr(module, "sparse", False)),
+        )
+        with torch.no_grad():
+            new.weight.copy_(w)
+        return new.to(w.device)
     if w.dim() == 2:
         new = nn.Linear(w.shape[1], w.shape[0], bias=has_bias)
+    elif w.dim() == 3:
+        new = nn.Conv1d(
+            w.shape[1] * int(getattr(module, "groups", 1)),
+            w.shape[0],
+            w.shape[2],
+            stride=getattr(module, "stride", 1),
+            padding=getattr(module, "padding", 0),
+            dilation=getattr(module, "dilation", 1),
+            groups=int(getattr(module, "groups", 1)),
+            bias=has_bias,
+        )
     elif w.dim() == 4:
         new = nn.Conv2d(
             w.shape[1] * int(getattr(module, "groups", 1)),
@@ -111,7 +141,7 @@ def _plain_from(module: nn.Module, threshold: float, layer: SVDOLayer) -> nn.Mod
     else:
         raise UnsupportedOpError(
             f"cannot mask {type(module).__name__}: its weight has {w.dim()} dims; svdcompress masks SVDO-like "
-            "Linear (2-D weight) and Conv2d (4-D weight) layers"
+            "Linear / Embedding (2-D weight), Conv1d (3-D) and Conv2d (4-D weight) layers and LSTMSVDO"
         )
     with torch.no_grad():
         new.weight.copy_(w)
@@ -121,10 +151,41 @@ def _plain_from(module: nn.Module, threshold: float, layer: SVDOLayer) -> nn.Mod
     return new
 
 
+def _plain_lstm(module: nn.Module, threshold: float, layers: list[SVDOLayer]) -> nn.LSTM:
+    """The plain ``nn.LSTM`` an ``LSTMSVDO`` computes in eval mode: each weight matrix θ · mask, the biases as
+    they are; input size, layers, bias, batch_first and dropout from the module."""
+    by_name = {layer.name.rsplit(".", 1)[-1]: layer for layer in layers}
+    num_layers = sum(1 for n in by_name if n.startswith("weight_ih_l"))
+    first = by_name.get("weight_ih_l0")
+    if first is None or any(f"weight_{k}_l{i}" not in by_name for i in range(num_layers) for k in ("ih", "hh")):
+        raise UnsupportedOpError(
+            f"cannot mask {type(module).__name__}: its LSTM weights are {sorted(by_name)}; expected weight_ih_l{{k}} "
+            "and weight_hh_l{k} with their log_sigma2_* for every layer k from 0"
+        )
+    has_bias = first.bias is not None
+    new = nn.LSTM(
+        first.theta.shape[1],
+        first.theta.shape[0] // 4,
+        num_layers=num_layers,
+        bias=has_bias,
+        batch_first=bool(getattr(module, "batch_first", False)),
+        dropout=float(getattr(module, "dropout", 0.0)) if num_layers > 1 else 0.0,  # eval: no effect either way
+    )
+    with torch.no_grad():
+        for name, layer in by_name.items():
+            getattr(new, name).copy_(_masked(layer, threshold))
+            if has_bias:
+                if layer.bias is None:
+                    raise UnsupportedOpError(f"cannot mask {type(module).__name__}: '{layer.theta_key}' has no bias")
+                getattr(new, name.replace("weight", "bias")).copy_(layer.bias.detach())
+    return new.to(first.theta.device)
+
+
 def apply_masks_(model: nn.Module, threshold: float = DEFAULT_THRESHOLD, *, convention: str | None = None) -> nn.Module:
     """In place: swap every SVDO layer of ``model`` (any convention :func:`svdcompress.analyze` reads) for a
-    plain masked ``nn.Linear`` / ``nn.Conv2d``. Returns ``model`` in eval mode. A model that *is* a single SVDO
-    layer cannot be swapped in place; use :func:`mask_model`.
+    plain masked ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Embedding`` / ``nn.LSTM``. Returns
+    ``model`` in eval mode. A model that *is* a single SVDO layer cannot be swapped in place; use
+    :func:`mask_model`.
 
     Args:
         model: the model.
@@ -139,8 +200,13 @@ def apply_masks_(model: nn.Module, threshold: float = DEFAULT_THRESHOLD, *, conv
 
 
 def _apply_masks(model: nn.Module, threshold: float, convention: str | None = None) -> nn.Module:
-    layers = {layer.name: layer for layer in _layers(model, convention, threshold)}
-    _swap(model, "", threshold, layers)
+    found = _layers(model, convention, threshold)
+    layers = {layer.name: layer for layer in found if layer.kind != "lstm"}
+    lstms: dict[str, list[SVDOLayer]] = {}
+    for layer in found:
+        if layer.kind == "lstm":
+            lstms.setdefault(layer.name.rpartition(".")[0], []).append(layer)
+    _swap(model, "", threshold, layers, lstms)
     _drop_unused_central_data(model)
     return model.eval()
 
@@ -169,19 +235,27 @@ def layers_of_model(model: nn.Module, convention: str | None = None) -> list[SVD
     VDropCentralData layers included."""
     out = []
     for name, m in model.named_modules():
-        layer = module_layer(m, name, convention)
-        if layer is not None:
-            out.append(dataclasses.replace(layer, name=name))
+        for layer in module_layers(m, name, convention):
+            # an LSTM's matrices keep their names ("lstm.weight_ih_l0"); the others are named by their module
+            out.append(layer if layer.kind == "lstm" else dataclasses.replace(layer, name=name))
     return out + central_data_layers(model)
 
 
-def _swap(module: nn.Module, prefix: str, threshold: float, layers: dict[str, SVDOLayer]) -> None:
+def _swap(
+    module: nn.Module,
+    prefix: str,
+    threshold: float,
+    layers: dict[str, SVDOLayer],
+    lstms: dict[str, list[SVDOLayer]],
+) -> None:
     for name, child in list(module.named_children()):
         qualified = f"{prefix}{name}"
         if qualified in layers:
             setattr(module, name, _plain_from(child, threshold, layers[qualified]))
+        elif qualified in lstms:
+            setattr(module, name, _plain_lstm(child, threshold, lstms[qualified]))
         else:
-            _swap(child, f"{qualified}.", threshold, layers)
+            _swap(child, f"{qualified}.", threshold, layers, lstms)
 
 
 def _drop_unused_central_data(model: nn.Module) -> None:
@@ -202,7 +276,8 @@ def mask_model(model: nn.Module, threshold: float = DEFAULT_THRESHOLD, *, conven
     """Return a masked, eval-mode deep copy of ``model``; ``model`` is left untouched.
 
     Every SVDO layer (each convention :func:`svdcompress.analyze` reads) becomes the plain ``nn.Linear`` /
-    ``nn.Conv2d`` it computes in eval mode: θ where its own formula, eps, clip and comparison keep the weight.
+    ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Embedding`` / ``nn.LSTM`` it computes in eval mode: θ where its own
+    formula, eps, clip and comparison keep the weight.
 
     Raises:
         InvalidInputError: ``threshold`` is not a finite number; ``convention`` is unknown or reads no layer.
@@ -217,10 +292,12 @@ def mask_model(model: nn.Module, threshold: float = DEFAULT_THRESHOLD, *, conven
 
 
 def _masked_copy(model: nn.Module, threshold: float, convention: str | None = None) -> nn.Module:
-    root = module_layer(model, "", convention)
-    if root is not None:
+    roots = module_layers(model, "", convention)
+    if roots:
         _layers(model, convention, threshold)  # the same checks and warning as for a whole model
-        return _plain_from(model, threshold, root).eval()
+        if roots[0].kind == "lstm":
+            return _plain_lstm(model, threshold, roots).eval()
+        return _plain_from(model, threshold, roots[0]).eval()
     return _apply_masks(copy.deepcopy(model), threshold, convention)
 
 

@@ -252,13 +252,30 @@ def _fmt_t(t: float) -> str:
 
 @dataclass
 class _Layer:
-    """One SVDO layer: θ in PyTorch layout, log α (computed once), its convention, and the plain copy to set."""
+    """One SVDO layer: θ in PyTorch layout, log α (computed once), its convention, and the plain copy to set
+    (``target``, the submodule ``module`` of the copy, and its parameter ``attr``: ``weight``, or an LSTM's
+    ``weight_ih_l0``, ...)."""
 
     name: str
     theta: torch.Tensor
     log_alpha: torch.Tensor
     convention: Convention
     target: nn.Module
+    module: str = ""
+    attr: str = "weight"
+
+    def weight(self) -> torch.Tensor:
+        return cast(torch.Tensor, getattr(self.target, self.attr))
+
+
+def _module_and_attr(layer_name: str, kind: str) -> tuple[str, str]:
+    """Where a layer of :func:`~svdcompress.pruning.masking.layers_of_model` lives in the masked copy: an LSTM's
+    matrices are named ``lstm.weight_ih_l0`` (module ``lstm``, parameter ``weight_ih_l0``), the others by their
+    module."""
+    if kind == "lstm":
+        module, _, attr = layer_name.rpartition(".")
+        return module, attr
+    return layer_name, "weight"
 
 
 class _Sweep:
@@ -277,8 +294,9 @@ class _Sweep:
             for layer in layers_of_model(model, convention):
                 theta = layer.theta.detach()  # (out, in) or (out, in, kh, kw)
                 la = log_alpha(theta, layer.log_sigma2.detach(), layer.convention)
-                target = self.model.get_submodule(layer.name) if layer.name else self.model
-                self.layers.append(_Layer(layer.name, theta, la, layer.convention, target))
+                module, attr = _module_and_attr(layer.name, layer.kind)
+                target = self.model.get_submodule(module) if module else self.model
+                self.layers.append(_Layer(layer.name, theta, la, layer.convention, target, module, attr))
         if not self.layers:
             raise NoSVDOLayersError(
                 f"{type(model).__name__}: the module has no SVDO layers (weight + log_sigma2); there is no "
@@ -294,7 +312,7 @@ class _Sweep:
         for layer in self.layers:
             keep = keep_rule(layer.log_alpha, layer.theta, threshold, layer.convention)
             kept += int(keep.sum())
-            cast(torch.Tensor, layer.target.weight).copy_(layer.theta * keep.to(layer.theta.dtype))
+            layer.weight().copy_(layer.theta * keep.to(layer.theta.dtype))
         return kept
 
     def check(self, model: nn.Module, threshold: float) -> None:
@@ -305,8 +323,8 @@ class _Sweep:
         self.set(threshold)
         masked = mask_model(model, threshold, convention=self.convention)
         for layer in self.layers:
-            ours = cast(torch.Tensor, layer.target.weight)
-            theirs = (masked.get_submodule(layer.name) if layer.name else masked).weight
+            ours = layer.weight()
+            theirs = getattr(masked.get_submodule(layer.module) if layer.module else masked, layer.attr)
             if not (isinstance(theirs, torch.Tensor) and torch.equal(ours, theirs)):
                 raise SvdcompressError(
                     f"internal error: tune's masked {layer.name or 'model'} differs from mask_model's at threshold "
