@@ -97,6 +97,9 @@ def _vit() -> nn.Module:
         for blk in model.blocks:  # type: ignore[union-attr]
             blk.fc1.weight[:24] = 0.0  # dead hidden units: rows of fc1 (their bias folds into fc2)
             blk.fc2.weight[:, 40:] = 0.0  # hidden units fc2 never reads
+        model.blocks[0].attn.proj.weight[:, 8:16] = 0.0  # head 1 of block 0: its output is never read
+        model.blocks[1].attn.qkv.weight[64 + 16 : 64 + 24] = 0.0  # head 2 of block 1: its values are zero
+        model.blocks[1].attn.qkv.bias[64 + 16 : 64 + 24] = 0.0
     return model
 
 
@@ -170,8 +173,36 @@ def test_vit_prunes_dead_mlp_units_exactly() -> None:
     for i in (0, 1):
         assert rows[f"blocks.{i}.fc1"].units_before == 64
         assert rows[f"blocks.{i}.fc1"].units_after <= 64 - 24 - 1  # the dead rows and the unread ones go
-        assert rows[f"blocks.{i}.attn.qkv"].units_after == 96  # split into heads: kept
+        assert rows[f"blocks.{i}.attn.qkv"].units_after == 96 - 24  # one dead head: its q, k, v rows go
+        assert rows[f"blocks.{i}.attn.proj"].weights_after == 32 * 24  # ... and its projection columns
+    notes = "\n".join(res.report.notes)
+    assert "removed 1 of 4 attention heads (1)" in notes and "removed 1 of 4 attention heads (2)" in notes
     assert res.report.params_after < res.report.params_before
+
+
+class MixedHeads(nn.Module):
+    """Attention whose heads are mixed (a softmax over the head axis): a dead head cannot simply go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, L, 16)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 4, c // 4).permute(2, 0, 3, 1, 4).unbind(0)
+        att = (q @ k.transpose(-2, -1)).softmax(dim=1)  # over the heads
+        return self.proj((att @ v).transpose(1, 2).reshape(b, n, c)).mean(1)
+
+
+def test_heads_mixed_with_each_other_are_kept_with_a_note() -> None:
+    torch.manual_seed(0)
+    model = MixedHeads().eval()
+    with torch.no_grad():
+        model.proj.weight[:, 4:8] = 0.0  # head 1 unread by proj, but its scores shift the others' softmax
+    res = prune(model, example_inputs=torch.randn(4, 6, 16))
+    _assert_exact(res, torch.randn(3, 6, 16))
+    assert {r.name: r.units_after for r in res.report.layers}["qkv"] == 48
+    assert any("kept dead attention heads" in n for n in res.report.notes), res.report.notes
 
 
 def test_text_cnn_over_int64_ids_prunes_exactly() -> None:
