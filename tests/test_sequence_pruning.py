@@ -396,6 +396,8 @@ class Placement(nn.Module):
             h = h * h.shape[-1] ** -0.5
         elif k == "max_values":  # max over time, the (values, indices) form
             h = h - h.max(dim=1, keepdim=True).values + torch.max(h, 1)[0].unsqueeze(1)
+        elif k == "sum_time":  # a bag of words: channel by channel, scaled by the length
+            h = h.sum(1, keepdim=True) + h  # a dead unit's zero survives the sum; another constant does not
         elif k == "index_last":
             h = h[:, -1:, :] + h[:, :1]
         elif k == "unsqueeze_expand":
@@ -414,6 +416,7 @@ PLACEMENTS = (
     "index_last",
     "unsqueeze_expand",
     "max_values",
+    "sum_time",
 )
 
 

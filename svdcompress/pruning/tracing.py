@@ -703,8 +703,8 @@ def _move(
         _keep(info, f"'{node.name}' is given the channel count as a number (write -1 there to let channels go)")
     else:
         info.kind, info.ties = Kind.MOVE, [src.node]
-        info.axis, info.block = found
-        info.const_ok = op.name != "reduce" or node.target not in ("sum", torch.sum)
+        info.axis, info.block, scaled = found
+        info.const_ok = not scaled and (op.name != "reduce" or node.target not in ("sum", torch.sum))
     _set_axis(info)
 
 
@@ -735,13 +735,13 @@ def _rnn_output(node: fx.Node, info: NodeInfo, infos: dict[str, NodeInfo]) -> No
     info.kind, info.ties, info.axis, info.block, info.const_ok = Kind.MOVE, [rnn], len(info.shape) - 1, 1, False
 
 
-def _channel_map(gm: fx.GraphModule, node: fx.Node, src: NodeInfo) -> tuple[int, int] | None:
-    """``(output axis, block)``: output slot ``i`` along the axis is input channel ``i // block``; None if the
-    op mixes, slices or drops the channel axis."""
+def _channel_map(gm: fx.GraphModule, node: fx.Node, src: NodeInfo) -> tuple[int, int, bool] | None:
+    """``(output axis, block, scaled)``: output slot ``i`` along the axis is input channel ``i // block`` (times a
+    constant, e.g. a sum over time, when ``scaled``); None if the op mixes, slices or drops the channel axis."""
     assert src.axis is not None
     c = src.shape[src.axis]
-    index = torch.arange(c, dtype=torch.float64).view(-1, *([1] * (len(src.shape) - src.axis - 1)))
-    probe = index.expand(src.shape).clone()  # (*shape): every element holds its channel
+    index = torch.arange(1, c + 1, dtype=torch.float64).view(-1, *([1] * (len(src.shape) - src.axis - 1)))
+    probe = index.expand(src.shape).clone()  # (*shape): every element holds its channel + 1
 
     def fill(n: fx.Node) -> Any:
         return probe if n is src.node else n.meta.get(_VALUE)
@@ -756,16 +756,19 @@ def _channel_map(gm: fx.GraphModule, node: fx.Node, src: NodeInfo) -> tuple[int,
     if c == 1:  # every output element comes from the one channel: any axis is right, take the natural one
         k = _natural_axis(tuple(out.shape))
         assert k is not None
-        return k, out.shape[k]
+        return k, out.shape[k], True
+    scale = float(out.reshape(-1)[0])  # channel 0 holds 1: what the op made of it
+    if not (math.isfinite(scale) and scale > 0):
+        return None
     for k in range(out.dim()):
         size = out.shape[k]
         if size % c:
             continue
         block = size // c
-        want = torch.arange(size, dtype=torch.float64).div(block, rounding_mode="floor")
+        want = torch.arange(size, dtype=torch.float64).div(block, rounding_mode="floor").add(1).mul(scale)
         want = want.view(-1, *([1] * (out.dim() - k - 1)))
         if torch.equal(out, want.expand(out.shape).to(out.dtype)):
-            return k, block
+            return k, block, scale != 1.0
     return None
 
 
