@@ -483,6 +483,15 @@ def test_cli_exports_an_int64_model_with_a_dynamic_sequence(tmp_path: Path) -> N
     ids = ids % 50
     with torch.no_grad():
         _close(_ort(tmp_path / "t.onnx", ids), _masked_svdo(net)(ids))
+    # prune: the same ids trace it, and the .pt2 program takes int64 ids
+    from svdcompress.pruning.pt2 import load_pruned
+
+    args[0] = "prune"
+    res = CliRunner().invoke(main, [*args, str(tmp_path / "t.pt2"), "--input-shape", "40", "--input-dtype", "int64"])
+    assert res.exit_code == 0, res.output
+    ids = _ids(n=3, length=40) % 50
+    with torch.no_grad():
+        _close(load_pruned(tmp_path / "t.pt2")(ids), _masked_svdo(net)(ids))
 
 
 def _masked_svdo(net: nn.Module) -> nn.Module:
