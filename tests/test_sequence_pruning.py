@@ -374,6 +374,7 @@ class Placement(nn.Module):
         self.a, self.b = nn.Linear(8, 16), nn.Linear(8, 16)
         self.conv = nn.Conv1d(16, 16, 3, padding=1)
         self.head = nn.Linear(32 if kind == "cat_channels" else 16, 6)
+        self.gamma = nn.Parameter(torch.linspace(0.5, 2.0, 16))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.a(x))  # (N, L, 16)
@@ -398,6 +399,8 @@ class Placement(nn.Module):
             h = h - h.max(dim=1, keepdim=True).values + torch.max(h, 1)[0].unsqueeze(1)
         elif k == "sum_time":  # a bag of words: channel by channel, scaled by the length
             h = h.sum(1, keepdim=True) + h  # a dead unit's zero survives the sum; another constant does not
+        elif k == "layer_scale":  # a (C,) parameter times the channels: they stay
+            h = h * self.gamma
         elif k == "index_last":
             h = h[:, -1:, :] + h[:, :1]
         elif k == "unsqueeze_expand":
@@ -417,6 +420,7 @@ PLACEMENTS = (
     "unsqueeze_expand",
     "max_values",
     "sum_time",
+    "layer_scale",
 )
 
 
@@ -436,7 +440,7 @@ def test_channel_placements_prune_exactly(kind: str, seed: int) -> None:
     res = prune(model, example_inputs=x)
     _assert_exact(res, torch.randn(3, 7, 8, generator=g))
     a = {r.name: r for r in res.report.layers}["a"]
-    if kind in ("split_heads", "scale_by_size"):
+    if kind in ("split_heads", "scale_by_size", "layer_scale"):
         assert a.units_after == 16, res.report.notes  # softmax over a split channel axis, a size read: kept
     else:
         assert a.units_after < 16, res.report.format_table()

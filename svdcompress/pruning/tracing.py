@@ -626,8 +626,13 @@ def _binary(
     for x in ops_:
         if placed(x) == axis:
             info.ties.append(x.node)
-        else:
-            info.pinned_inputs[x.node.name] = f"it is broadcast across the channels of '{node.name}'"
+            continue
+        at = axis - (n - len(x.shape))
+        if at >= 0 and x.shape[at] != 1:  # e.g. a (C,) layer-scale vector: it would not shrink with the channels
+            _keep(info, f"'{x.node.name}' is combined with the channels of '{node.name}' element by element")
+            _set_axis(info)
+            return
+        info.pinned_inputs[x.node.name] = f"it is broadcast across the channels of '{node.name}'"
     info.kind = Kind.PER_CHANNEL if len(info.ties) == 1 else Kind.ELEMENTWISE
     _set_axis(info)
 
