@@ -6,10 +6,14 @@ import operator
 from collections.abc import Iterable
 
 import torch
+from torch import nn
 
 from .errors import InvalidInputError
 
-__all__ = ["check_input_shape", "example_inputs", "parse_int_list"]
+__all__ = ["INPUT_DTYPES", "check_input_shape", "example_inputs", "parse_int_list", "vocabulary"]
+
+INPUT_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+"""What ``input_dtype`` (``--input-dtype``) takes."""
 
 EXAMPLE_SEED = 0
 """Every example batch is drawn from this seed, so verification figures are reproducible."""
@@ -86,3 +90,15 @@ def example_inputs(
     if not dtype.is_floating_point:
         return torch.randint(0, max(1, int(high)), (batch, *shape), generator=gen, dtype=dtype)  # (batch, *shape)
     return torch.randn((batch, *shape), generator=gen, dtype=dtype)  # (batch, *input_shape)
+
+
+def vocabulary(model: nn.Module) -> int:
+    """The ids a model over int64 inputs takes: below the smallest ``num_embeddings`` of its embeddings (2 if it
+    has none), so that random example ids are valid for every embedding.
+
+    Example:
+        >>> vocabulary(nn.Sequential(nn.Embedding(100, 8), nn.Embedding(30, 8)))
+        30
+    """
+    sizes = [int(n) for m in model.modules() if isinstance(n := getattr(m, "num_embeddings", None), int)]
+    return min(sizes, default=2)

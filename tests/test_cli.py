@@ -102,6 +102,7 @@ CASES: list[tuple[list[str], int, str]] = [
     ),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.csr", "--data", "fashion-mnist:val"], 2, "--threshold auto"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--input-dtype", "int8"], 2, "--input-dtype"),
+    (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--input-dtype", "int8"], 2, "--input-dtype"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.csr", "--format", "csr", "--input-dtype", "int64"], 2, "float32"),
     (["bench", "bundled:lenet5", "--threshold", "auto", "--data", "fashion-mnist"], 2, "test split"),
     (["bench", "bundled:lenet5", "--threshold", "auto", "--max-drop", "200"], 2, "between 0 and 100"),

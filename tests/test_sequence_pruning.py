@@ -97,6 +97,9 @@ def _vit() -> nn.Module:
         for blk in model.blocks:  # type: ignore[union-attr]
             blk.fc1.weight[:24] = 0.0  # dead hidden units: rows of fc1 (their bias folds into fc2)
             blk.fc2.weight[:, 40:] = 0.0  # hidden units fc2 never reads
+        model.blocks[0].attn.proj.weight[:, 8:16] = 0.0  # head 1 of block 0: its output is never read
+        model.blocks[1].attn.qkv.weight[64 + 16 : 64 + 24] = 0.0  # head 2 of block 1: its values are zero
+        model.blocks[1].attn.qkv.bias[64 + 16 : 64 + 24] = 0.0
     return model
 
 
@@ -170,8 +173,36 @@ def test_vit_prunes_dead_mlp_units_exactly() -> None:
     for i in (0, 1):
         assert rows[f"blocks.{i}.fc1"].units_before == 64
         assert rows[f"blocks.{i}.fc1"].units_after <= 64 - 24 - 1  # the dead rows and the unread ones go
-        assert rows[f"blocks.{i}.attn.qkv"].units_after == 96  # split into heads: kept
+        assert rows[f"blocks.{i}.attn.qkv"].units_after == 96 - 24  # one dead head: its q, k, v rows go
+        assert rows[f"blocks.{i}.attn.proj"].weights_after == 32 * 24  # ... and its projection columns
+    notes = "\n".join(res.report.notes)
+    assert "removed 1 of 4 attention heads (1)" in notes and "removed 1 of 4 attention heads (2)" in notes
     assert res.report.params_after < res.report.params_before
+
+
+class MixedHeads(nn.Module):
+    """Attention whose heads are mixed (a softmax over the head axis): a dead head cannot simply go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, L, 16)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 4, c // 4).permute(2, 0, 3, 1, 4).unbind(0)
+        att = (q @ k.transpose(-2, -1)).softmax(dim=1)  # over the heads
+        return self.proj((att @ v).transpose(1, 2).reshape(b, n, c)).mean(1)
+
+
+def test_heads_mixed_with_each_other_are_kept_with_a_note() -> None:
+    torch.manual_seed(0)
+    model = MixedHeads().eval()
+    with torch.no_grad():
+        model.proj.weight[:, 4:8] = 0.0  # head 1 unread by proj, but its scores shift the others' softmax
+    res = prune(model, example_inputs=torch.randn(4, 6, 16))
+    _assert_exact(res, torch.randn(3, 6, 16))
+    assert {r.name: r.units_after for r in res.report.layers}["qkv"] == 48
+    assert any("kept dead attention heads" in n for n in res.report.notes), res.report.notes
 
 
 def test_text_cnn_over_int64_ids_prunes_exactly() -> None:
@@ -272,9 +303,15 @@ def test_int64_inputs_are_refused_for_csr_with_the_reason(tmp_path: Path) -> Non
 
 
 def test_csr_export_of_a_transformer_names_the_op(tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedOpError, match=r"node 'flatten' \(call_method Tensor.flatten\).*export those"):
+    with pytest.raises(
+        UnsupportedOpError,
+        match=r"node 'flatten' \(call_method Tensor.flatten\) cannot be written to a CSR bundle: only flattening",
+    ):
         export_model(_vit(), "csr", tmp_path / "v.csr", input_shape=(1, 28, 28))
-    with pytest.raises(UnsupportedOpError, match=r"node 'squeeze' \(call_method Tensor.squeeze\)"):
+    with pytest.raises(
+        UnsupportedOpError,
+        match=r"node 'squeeze' \(call_method Tensor.squeeze\) cannot be written to a CSR bundle.*Export to ONNX",
+    ):
         export_model(_lstm(), "csr", tmp_path / "l.csr", input_shape=(1, 28, 28))
     with pytest.raises(
         UnsupportedOpError,
@@ -343,6 +380,7 @@ class Placement(nn.Module):
         self.a, self.b = nn.Linear(8, 16), nn.Linear(8, 16)
         self.conv = nn.Conv1d(16, 16, 3, padding=1)
         self.head = nn.Linear(32 if kind == "cat_channels" else 16, 6)
+        self.gamma = nn.Parameter(torch.linspace(0.5, 2.0, 16))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.a(x))  # (N, L, 16)
@@ -365,6 +403,10 @@ class Placement(nn.Module):
             h = h * h.shape[-1] ** -0.5
         elif k == "max_values":  # max over time, the (values, indices) form
             h = h - h.max(dim=1, keepdim=True).values + torch.max(h, 1)[0].unsqueeze(1)
+        elif k == "sum_time":  # a bag of words: channel by channel, scaled by the length
+            h = h.sum(1, keepdim=True) + h  # a dead unit's zero survives the sum; another constant does not
+        elif k == "layer_scale":  # a (C,) parameter times the channels: they stay
+            h = h * self.gamma
         elif k == "index_last":
             h = h[:, -1:, :] + h[:, :1]
         elif k == "unsqueeze_expand":
@@ -383,6 +425,8 @@ PLACEMENTS = (
     "index_last",
     "unsqueeze_expand",
     "max_values",
+    "sum_time",
+    "layer_scale",
 )
 
 
@@ -402,7 +446,7 @@ def test_channel_placements_prune_exactly(kind: str, seed: int) -> None:
     res = prune(model, example_inputs=x)
     _assert_exact(res, torch.randn(3, 7, 8, generator=g))
     a = {r.name: r for r in res.report.layers}["a"]
-    if kind in ("split_heads", "scale_by_size"):
+    if kind in ("split_heads", "scale_by_size", "layer_scale"):
         assert a.units_after == 16, res.report.notes  # softmax over a split channel axis, a size read: kept
     else:
         assert a.units_after < 16, res.report.format_table()
@@ -449,6 +493,15 @@ def test_cli_exports_an_int64_model_with_a_dynamic_sequence(tmp_path: Path) -> N
     ids = ids % 50
     with torch.no_grad():
         _close(_ort(tmp_path / "t.onnx", ids), _masked_svdo(net)(ids))
+    # prune: the same ids trace it, and the .pt2 program takes int64 ids
+    from svdcompress.pruning.pt2 import load_pruned
+
+    args[0] = "prune"
+    res = CliRunner().invoke(main, [*args, str(tmp_path / "t.pt2"), "--input-shape", "40", "--input-dtype", "int64"])
+    assert res.exit_code == 0, res.output
+    ids = _ids(n=3, length=40) % 50
+    with torch.no_grad():
+        _close(load_pruned(tmp_path / "t.pt2")(ids), _masked_svdo(net)(ids))
 
 
 def _masked_svdo(net: nn.Module) -> nn.Module:

@@ -558,6 +558,14 @@ def _load_inputs(spec: str | None, limit: int | None = None) -> tuple[Any, Any] 
 @_threshold_auto_opt
 @_max_drop_opt(None)
 @_shape_opt
+@click.option(
+    "--input-dtype",
+    type=click.Choice(["float32", "int64"]),
+    default="float32",
+    show_default=True,
+    help="Element type of the model input. int64: token ids (with --input-shape the sequence length, e.g. 40); "
+    "random ids below the smallest embedding's vocabulary trace and verify the model.",
+)
 @click.option("--gather-inputs", is_flag=True, help="Drop input features no weight reads, behind an index gather.")
 @click.option(
     "--round-to",
@@ -584,6 +592,7 @@ def prune(
     threshold: float | str,
     max_drop: float | None,
     input_shape: tuple[int, ...] | None,
+    input_dtype: str,
     gather_inputs: bool,
     round_to: int,
     data: str | None,
@@ -594,6 +603,7 @@ def prune(
     convention: str | None,
 ) -> None:
     """Zero the noise, remove dead neurons and filters, verify, and save a model that loads without source."""
+    from .._inputs import INPUT_DTYPES, example_inputs, vocabulary
     from ..pruning.pt2 import save_pruned
     from ..pruning.structural import prune as _prune
 
@@ -612,20 +622,25 @@ def prune(
             convention=convention,
         )
         batch = _load_inputs(data, limit=1000)
+        example = None if batch is None else batch[0]
+        if example is None and input_dtype != "float32":
+            example = example_inputs(
+                prepared.input_shape, 8, dtype=INPUT_DTYPES[input_dtype], high=vocabulary(prepared.module)
+            )
         result = _prune(
             prepared.module,
             threshold=prepared.threshold,
             gather_inputs=gather_inputs,
             round_to=round_to,
             input_shape=prepared.input_shape,
-            example_inputs=None if batch is None else batch[0],
+            example_inputs=example,
             convention=convention,
         )
     selection = prepared.selection()
     meta: dict[str, Any] = {"threshold": prepared.threshold}
     if selection is not None:
         meta["threshold_selection"] = selection
-    save_pruned(result.model, output, input_shape=prepared.input_shape, metadata=meta)
+    save_pruned(result.model, output, input_shape=prepared.input_shape, metadata=meta, example_inputs=example)
     if as_json or json_out is not None:
         _emit_json({**result.report.to_dict(), **meta, "output": str(output)}, as_json=as_json, json_out=json_out)
     if not as_json:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._inputs import example_inputs as example_batch
+from .._inputs import INPUT_DTYPES, example_inputs as example_batch, vocabulary
 from .._io import check_output_path
 from ..checkpoint import DEFAULT_THRESHOLD
 from ..errors import AccuracyDropError, InvalidInputError, NoSVDOLayersError
@@ -270,9 +270,6 @@ def export_model(
     )
 
 
-INPUT_DTYPES = {"float32": torch.float32, "int64": torch.int64}
-"""What ``input_dtype`` (``--input-dtype``) takes."""
-
 _EXAMPLES = 8  # the batch prune traces and verifies with, as for input_shape
 
 
@@ -288,13 +285,6 @@ def _input_dtype(example: torch.Tensor | None, name: str) -> torch.dtype:
             f"input_dtype {name!r} is not known; choose one of {', '.join(INPUT_DTYPES)}", param="input_dtype"
         )
     return INPUT_DTYPES[name]
-
-
-def vocabulary(model: nn.Module) -> int:
-    """The ids a model over int64 inputs takes: below the smallest ``num_embeddings`` of its embeddings (2 if it
-    has none), so that random example ids are valid for every embedding."""
-    sizes = [int(n) for m in model.modules() if isinstance(n := getattr(m, "num_embeddings", None), int)]
-    return min(sizes, default=2)
 
 
 AUTO_C_RETRIES = (Q.AUTO_C, Q.AUTO_C / 4, Q.AUTO_C / 16)

@@ -248,8 +248,9 @@ def build_channel_graph(gm: fx.GraphModule, *, require_csr: bool = False) -> Cha
             src_name = info.ties[0].name
             for i in range(info.channels):
                 uf.union(offset[src_name] + i // info.block, offset[name] + i)
-            if info.const_ok:
-                const[sl(name)] = const_of(src_name).repeat_interleave(info.block)
+            moved = const_of(src_name).repeat_interleave(info.block)
+            # a scaled move (a sum over time) keeps only a zero constant: the rest depends on the length
+            const[sl(name)] = moved if info.const_ok else torch.where(moved == 0, 0.0, math.nan)
         # GATHER: free slots, never constant; nothing to tie. PINNED / BARRIER: pinned just below.
         if kind in (Kind.PINNED, Kind.BARRIER) and info.pin_reason is None:
             info.pin_reason = "it is kept whole"

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._inputs import example_inputs
+from .._inputs import example_inputs as example_batch
 from .._io import atomic_path
 from ..errors import ExportError
 
@@ -27,8 +27,11 @@ def save_pruned(
     *,
     input_shape: tuple[int, ...],
     metadata: dict[str, Any] | None = None,
+    example_inputs: torch.Tensor | None = None,
 ) -> Path:
     """Export ``model`` with a dynamic batch axis and save it atomically.
+
+    ``example_inputs`` (e.g. int64 token ids) is what the program is captured with; default seeded floats.
 
     The file is a standard ``torch.export`` archive: ``torch.export.load(path).module()`` runs it
     with nothing but torch installed. ``metadata`` (JSON-able: the threshold, how it was chosen) is stored
@@ -38,7 +41,12 @@ def save_pruned(
         extra = None if metadata is None else {METADATA_FILE: json.dumps(metadata, sort_keys=True)}
     except (TypeError, ValueError) as e:
         raise ExportError(f"{path}: metadata must be JSON-serialisable ({e})") from None
-    example = example_inputs(input_shape, 2)  # batch 2: a batch of 1 would be specialised
+    # batch 2: a batch of 1 would be specialised
+    example = (
+        example_batch(input_shape, 2)
+        if example_inputs is None
+        else example_inputs[torch.arange(2) % len(example_inputs)]
+    )
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     try:
         with warnings.catch_warnings():

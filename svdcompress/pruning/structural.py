@@ -33,6 +33,7 @@ from ..checkpoint.conventions import CONVENTION_NAMES
 from ..errors import InvalidInputError
 from ..ops import InputGather
 from .channels import ChannelGraph, build_channel_graph, layer_weight_bias
+from .heads import remove_dead_heads
 from .masking import mask_model
 from .tracing import GATES, Kind, propagate_shapes, rnn_tensor, trace_model
 
@@ -295,6 +296,10 @@ def _shrink(
         gm.eval()  # rebuilt modules start in training mode; BatchNorm must use its running stats
     if gather is not None and _drop_full_gather(gm, gather):
         notes.append("gather_inputs: every input feature is read; no InputGather inserted")
+    gm.graph.lint()
+    gm.recompile()
+    propagate_shapes(gm, probe_x)
+    notes += remove_dead_heads(gm, masked, x, cfg.tolerance)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()

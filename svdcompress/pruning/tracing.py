@@ -253,15 +253,23 @@ def _drop_specialized_inputs(graph: fx.Graph) -> None:
 
 
 def _unsupported(gm: fx.GraphModule, node: fx.Node, why: str) -> UnsupportedOpError:
-    return UnsupportedOpError(
-        f"cannot prune through {describe_node(gm, node)}: {why}; supported are Linear, Conv1d/Conv2d, "
-        "BatchNorm1d/2d, elementwise activations, dropout, pooling, flatten/view/reshape to (N, -1), "
-        "residual add/sub/mul, torch.cat along dim 1, (log_)softmax over the features and InputGather "
-        "(prune without require_csr keeps other ops as barriers; export those models to ONNX)"
-    )
+    """What the pruner refuses even with barriers: a model whose analysis would not be exact (its reason says
+    what to change)."""
+    return UnsupportedOpError(f"cannot prune through {describe_node(gm, node)}: {why}")
 
 
 _SHAPES = "svdcompress_tensor_shapes"  # GraphModule.meta key: {qualified name: {own tensor name: shape}}
+
+
+def _not_in_csr(gm: fx.GraphModule, node: fx.Node, why: str) -> UnsupportedOpError:
+    return UnsupportedOpError(
+        f"{describe_node(gm, node)} cannot be written to a CSR bundle: {why}; the bundle runs (N, C, H, W) and "
+        "(N, features) models of Linear, Conv2d, BatchNorm, pooling, elementwise activations, flatten to (N, -1), "
+        "adds, cat along dim 1 and (log_)softmax over the features. Export to ONNX instead (format 'onnx'), where "
+        "the pruner keeps what it cannot follow as barriers"
+    )
+
+
 _VALUE = "svdcompress_value"  # node.meta key: the value of a non-tensor node (a size) in the last shape run
 _ORIGIN = "svdcompress_modules"  # GraphModule.meta key: {qualified name: (class name, own tensor names)}
 
@@ -353,7 +361,7 @@ def _classify(
         if not op.in_bundle:
             raise UnsupportedOpError(f"{describe_node(gm, node)} cannot be written to a CSR bundle: {op.not_in_bundle}")
         if len(shape) < 2:
-            raise _unsupported(gm, node, f"its result has shape {shape}, not (N, C, ...)")
+            raise _not_in_csr(gm, node, f"its result has shape {shape}, not (N, C, ...)")
     if node.op == "call_module":
         info.module = gm.get_submodule(str(node.target))
         if calls[str(node.target)] > 1 and any(True for _ in info.module.parameters(recurse=False)):
@@ -367,7 +375,7 @@ def _classify(
             _CLASSIFIERS[op.flow](gm, node, op, info, infos, require_csr)
     except _Barrier as why:
         if require_csr:
-            raise _unsupported(gm, node, str(why)) from None
+            raise _not_in_csr(gm, node, str(why)) from None
         _barrier(gm, node, info, str(why))
     _set_axis(info)
     return info
@@ -402,9 +410,10 @@ _AXIS = "svdcompress_axis"  # node.meta key: the channel axis classify_nodes gav
 def _param(gm: fx.GraphModule, node: fx.Node, info: NodeInfo, require_csr: bool) -> NodeInfo:
     """A parameter or buffer used as a tensor (class token, position embedding): kept whole."""
     target = str(node.target)
-    unknown_layer = _unrecognised_layer(gm, target)
-    if unknown_layer or require_csr:
+    if _unrecognised_layer(gm, target):
         raise _unsupported(gm, node, _get_attr_reason(gm, target))
+    if require_csr:
+        raise _not_in_csr(gm, node, f"parameter '{target}' is used as a tensor (a class token, a position table)")
     if info.shape:
         _keep(info, f"it is combined with parameter '{target}', used as a tensor")
     _set_axis(info)
@@ -537,7 +546,7 @@ def _dense(
     src = infos[info.inputs[0].name]
     if isinstance(mod, nn.Linear):
         if require_csr and len(src.shape) != 2:
-            raise _unsupported(gm, node, "Linear layers are pruned on (N, features) inputs only")
+            raise _not_in_csr(gm, node, "Linear layers are pruned on (N, features) inputs only")
         info.kind, info.axis = Kind.DENSE, len(info.shape) - 1
         info.read_ok = src.axis == len(src.shape) - 1
     else:
@@ -582,7 +591,7 @@ def _channelwise(
     if getattr(mod, "return_indices", False) or node.kwargs.get("return_indices"):
         raise _Barrier("pooling with return_indices is not supported")
     if require_csr and src.shape[:2] != info.shape[:2]:
-        raise _unsupported(gm, node, "expected one tensor input with the same (N, C) as the output")
+        raise _not_in_csr(gm, node, "expected one tensor input with the same (N, C) as the output")
     info.kind, info.axis, info.ties = Kind.PER_CHANNEL, axis, [src.node]
     per_dim1 = isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)) or (
         isinstance(mod, nn.PReLU) and mod.num_parameters > 1
@@ -603,7 +612,7 @@ def _binary(
     in_shapes = [infos[n.name].shape for n in info.inputs]
     if require_csr:
         if any(len(s) != len(info.shape) or s[1] != info.shape[1] for s in in_shapes):
-            raise _unsupported(gm, node, f"operands {in_shapes} broadcast across the channel dim of {info.shape}")
+            raise _not_in_csr(gm, node, f"operands {in_shapes} broadcast across the channel dim of {info.shape}")
         if len(info.inputs) == 1:
             raise UnsupportedOpError(
                 f"{describe_node(gm, node)} cannot be written to a CSR bundle: it adds a constant, "
@@ -626,8 +635,13 @@ def _binary(
     for x in ops_:
         if placed(x) == axis:
             info.ties.append(x.node)
-        else:
-            info.pinned_inputs[x.node.name] = f"it is broadcast across the channels of '{node.name}'"
+            continue
+        at = axis - (n - len(x.shape))
+        if at >= 0 and x.shape[at] != 1:  # e.g. a (C,) layer-scale vector: it would not shrink with the channels
+            _keep(info, f"'{x.node.name}' is combined with the channels of '{node.name}' element by element")
+            _set_axis(info)
+            return
+        info.pinned_inputs[x.node.name] = f"it is broadcast across the channels of '{node.name}'"
     info.kind = Kind.PER_CHANNEL if len(info.ties) == 1 else Kind.ELEMENTWISE
     _set_axis(info)
 
@@ -646,7 +660,7 @@ def _cat(
     if not isinstance(dim, int) or any(len(s.shape) != n for s in srcs):
         raise _Barrier("torch.cat is followed along one dim of same-rank tensors")
     if require_csr and dim % n != 1:
-        raise _unsupported(gm, node, "torch.cat is supported along the channel dim (1) only")
+        raise _not_in_csr(gm, node, "torch.cat is supported along the channel dim (1) only")
     axes = {s.axis for s in srcs}
     if len(axes) != 1 or None in axes:
         _keep(info, f"the operands of '{node.name}' carry their channels on different axes")
@@ -672,7 +686,7 @@ def _reshape(
 ) -> None:
     # flatten-like views/reshapes were rewritten as torch.flatten(x, 1) by _normalize
     if require_csr and (node.target is not torch.flatten or not _is_flatten_like(gm, node)):
-        raise _unsupported(gm, node, "only flattening to (N, -1) keeps channels traceable")
+        raise _not_in_csr(gm, node, "only flattening to (N, -1) keeps channels traceable")
     _move(gm, node, op, info, infos, require_csr)
 
 
@@ -703,8 +717,8 @@ def _move(
         _keep(info, f"'{node.name}' is given the channel count as a number (write -1 there to let channels go)")
     else:
         info.kind, info.ties = Kind.MOVE, [src.node]
-        info.axis, info.block = found
-        info.const_ok = op.name != "reduce" or node.target not in ("sum", torch.sum)
+        info.axis, info.block, scaled = found
+        info.const_ok = not scaled and (op.name != "reduce" or node.target not in ("sum", torch.sum))
     _set_axis(info)
 
 
@@ -735,13 +749,13 @@ def _rnn_output(node: fx.Node, info: NodeInfo, infos: dict[str, NodeInfo]) -> No
     info.kind, info.ties, info.axis, info.block, info.const_ok = Kind.MOVE, [rnn], len(info.shape) - 1, 1, False
 
 
-def _channel_map(gm: fx.GraphModule, node: fx.Node, src: NodeInfo) -> tuple[int, int] | None:
-    """``(output axis, block)``: output slot ``i`` along the axis is input channel ``i // block``; None if the
-    op mixes, slices or drops the channel axis."""
+def _channel_map(gm: fx.GraphModule, node: fx.Node, src: NodeInfo) -> tuple[int, int, bool] | None:
+    """``(output axis, block, scaled)``: output slot ``i`` along the axis is input channel ``i // block`` (times a
+    constant, e.g. a sum over time, when ``scaled``); None if the op mixes, slices or drops the channel axis."""
     assert src.axis is not None
     c = src.shape[src.axis]
-    index = torch.arange(c, dtype=torch.float64).view(-1, *([1] * (len(src.shape) - src.axis - 1)))
-    probe = index.expand(src.shape).clone()  # (*shape): every element holds its channel
+    index = torch.arange(1, c + 1, dtype=torch.float64).view(-1, *([1] * (len(src.shape) - src.axis - 1)))
+    probe = index.expand(src.shape).clone()  # (*shape): every element holds its channel + 1
 
     def fill(n: fx.Node) -> Any:
         return probe if n is src.node else n.meta.get(_VALUE)
@@ -756,16 +770,19 @@ def _channel_map(gm: fx.GraphModule, node: fx.Node, src: NodeInfo) -> tuple[int,
     if c == 1:  # every output element comes from the one channel: any axis is right, take the natural one
         k = _natural_axis(tuple(out.shape))
         assert k is not None
-        return k, out.shape[k]
+        return k, out.shape[k], True
+    scale = float(out.reshape(-1)[0])  # channel 0 holds 1: what the op made of it
+    if not (math.isfinite(scale) and scale > 0):
+        return None
     for k in range(out.dim()):
         size = out.shape[k]
         if size % c:
             continue
         block = size // c
-        want = torch.arange(size, dtype=torch.float64).div(block, rounding_mode="floor")
+        want = torch.arange(size, dtype=torch.float64).div(block, rounding_mode="floor").add(1).mul(scale)
         want = want.view(-1, *([1] * (out.dim() - k - 1)))
         if torch.equal(out, want.expand(out.shape).to(out.dtype)):
-            return k, block
+            return k, block, scale != 1.0
     return None
 
 
@@ -817,7 +834,7 @@ def _normalize_op(
     else:
         dim = softmax_dim(gm, node)
         if require_csr and (n != 2 or dim not in (1, -1)):
-            raise _unsupported(
+            raise _not_in_csr(
                 gm,
                 node,
                 f"{op.name} is supported over the features of an (N, features) tensor only "
@@ -1051,7 +1068,12 @@ def _check_inplace(gm: fx.GraphModule, node: fx.Node, ins: list[fx.Node]) -> Non
         if other is node:
             later = True
         elif later and ins[0] in other.all_input_nodes:
-            raise _unsupported(gm, node, f"it modifies '{ins[0].name}' in place, which '{other.name}' reads later")
+            raise _unsupported(
+                gm,
+                node,
+                f"it modifies '{ins[0].name}' in place, which '{other.name}' reads later; make it out of place "
+                "(inplace=False, or the op without the trailing _)",
+            )
 
 
 def _classify_shape_node(gm: fx.GraphModule, node: fx.Node) -> NodeInfo:
@@ -1075,7 +1097,7 @@ def _classify_shape_node(gm: fx.GraphModule, node: fx.Node) -> NodeInfo:
         )
     )
     if not ok and (node.target == "size" or node.target is getattr):
-        raise _unsupported(gm, node, "it reads a tensor size that changes when channels are removed")
+        raise _not_in_csr(gm, node, "it reads a tensor size that changes when channels are removed")
     if not ok:
-        raise _unsupported(gm, node, "svdcompress does not know how channels flow through it")
+        raise _not_in_csr(gm, node, "svdcompress does not know how channels flow through it")
     return NodeInfo(node, Kind.SHAPE, ())
