@@ -88,7 +88,9 @@ def _free_port() -> int:
 
 def test_ddp_on_two_processes_equals_one_process_on_the_global_batch(tmp_path: Path) -> None:
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    # torch.multiprocessing with fork, not spawn: spawned children re-import torch (3-5 s more on a shared machine);
+    # the workers start with the same code either way
+    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True, start_method="fork")
     got = torch.load(out, weights_only=True)
 
     net, x, y = _setup()
