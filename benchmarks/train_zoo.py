@@ -32,7 +32,7 @@ and ``<arch>-<data>-progress.json`` (the same, rewritten every epoch while the r
 ``seconds`` is wall clock per phase (pauses such as SIGSTOP included), ``cpu_seconds`` this process's CPU time.
 ``--bundle`` also copies the SVDO checkpoint into the package.
 
-Data parallel: ``torchrun --nproc-per-node 2 benchmarks/train_zoo.py ...`` trains with
+Data parallel: ``torchrun --standalone --nproc-per-node 2 benchmarks/train_zoo.py ...`` trains with
 DistributedDataParallel (gloo, CPU). Every process reads the same data and the same shuffle; each global
 batch of --batch examples is split evenly over the processes (--batch must divide by their number), so the
 recipe and the ELBO (train_size = the whole training set: the KL is counted once per global step, see
