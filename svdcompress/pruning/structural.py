@@ -373,7 +373,7 @@ def _keep_floors(cg: ChannelGraph, removed: torch.Tensor, floors: dict[str, int]
     floor, each with its whole group (coupled layers move together). A slot put back is a dead unit that stays:
     the model computes what the masked one computes either way."""
     for info in cg.infos.values():
-        if info.kind not in _LAYER_KINDS or not info.module or not info.channels:
+        if info.kind not in _LAYER_KINDS or info.module is None or not info.channels:
             continue
         floor = floors.get(str(info.node.target))
         if floor is None:
