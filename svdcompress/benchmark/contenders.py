@@ -45,7 +45,7 @@ TORCH_SETTLE_S = 0.015
 
 
 def ort_session(path: Path, threads: int) -> Any:
-    from ..export.onnx import ort_session  # the shared set-up: spinning off (DESIGN.md §5)
+    from ..export.onnx import ort_session  # the shared set-up: spinning off (README.md, Benchmarks)
 
     return ort_session(path, threads)
 

@@ -30,7 +30,7 @@ contenders so that machine drift hits all alike. A sample averages enough calls 
 about ``sample_ms``, after half as many untimed calls: on this VM a core that sat idle (after a settle
 sleep, or between a model's own thread hand-offs) runs the next calls up to 3× slower, so without them
 the contender timed after a sleeping one paid for it. ONNX Runtime sessions are created with intra-op
-spinning off, since a spinning ORT worker steals the core from whatever is timed next (DESIGN.md §5).
+spinning off, since a spinning ORT worker steals the core from whatever is timed next (README.md, Benchmarks).
 
 Every record carries ``speedup_vs_best_dense``: the faster (lower median) of ``ort-dense`` and
 ``openvino-dense`` at the same batch size and thread count, divided by the contender's median. For

@@ -1,4 +1,4 @@
-"""Recognise the SVDO checkpoint conventions found in the wild (DESIGN.md §2).
+"""Recognise the SVDO checkpoint conventions found in the wild (README.md, "Checkpoints it reads").
 
 Every public implementation stores a weight mean and a log-variance (or log sigma) and
 recomputes log alpha; they differ in names, layout, the eps inside the log, whether the

@@ -113,7 +113,7 @@ def ort_session(path: str | os.PathLike[str], threads: int = 1) -> Any:
     """An ONNX Runtime CPU session for ``path``, with intra-op spinning off.
 
     An idle spinning ORT worker steals a core from whatever runs next (torch, another session) for tens
-    of ms (DESIGN.md §5), so every session svdcompress creates, for verification or timing, turns it off.
+    of ms (README.md, Benchmarks), so every session svdcompress creates, for verification or timing, turns it off.
 
     Raises:
         ExportError: ONNX Runtime cannot load the model.

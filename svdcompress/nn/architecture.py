@@ -1,4 +1,4 @@
-"""Where a checkpoint's architecture comes from (DESIGN.md §3).
+"""Where a checkpoint's architecture comes from (README.md, "Where the architecture comes from").
 
 A state_dict has no graph. In order of preference the graph comes from: a live
 ``nn.Module`` (Python API); a checkpoint written by svdcompress, which records its zoo

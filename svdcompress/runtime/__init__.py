@@ -49,16 +49,14 @@ SUPPORTED_OPS = frozenset(OPS)
 """Manifest op names this runtime executes."""
 
 PARALLEL_MIN_MACS = 4_000_000
-"""A call is split across ``threads`` only when it executes at least this many multiply-adds (~200-400 µs of
-work here): handing part of a batch to a waiting worker thread and collecting it costs ~70 µs on this 2-core
-VM, so smaller calls run whole on the caller's thread."""
+"""A call is split across ``threads`` only when it executes at least this many multiply-adds: handing part of a
+batch to a waiting worker thread and collecting it costs tens of µs, so smaller calls run whole on the caller's
+thread (measurements: ``benchmarks/results/kernel_notes.md``)."""
 
 PRANGE_MIN_MACS = 400_000
 """A model made of Linear chains alone runs a call on several threads in one numba parallel region
 (:func:`svdcompress.runtime.kernels.chain_batched_parallel`, one thread per block of 64 examples at most)
-from this many multiply-adds: such a region costs ~5-10 µs while numba's threads are awake (bundled
-LeNet-300-100, 4,525 multiply-adds an example, 1 → 2 threads: batch 128 51 → 35 µs, batch 256 99 → 60 µs,
-batch 1024 388 → 201 µs)."""
+from this many multiply-adds: such a region costs a few µs while numba's threads are awake."""
 
 _log = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ kernels, once per machine."""
 PARALLEL_MIN_ITEMS = 16
 """Nor is a call split into parts of fewer examples than this: the batched kernels work on blocks of 16
 interleaved images (convolutions) or 16-64 examples (Linear chains), and half-empty blocks cost more than the
-second thread gives (bundled LeNet-5 at batch 16: 300 µs on one thread, 367 µs split in two halves of 8)."""
+second thread gives."""
 
 
 class CSRModel:
@@ -84,7 +82,7 @@ class CSRModel:
     threading layer does, then sleep). Any other model splits it into ``threads`` parts: the caller's thread
     runs one, the model's worker threads (created on first need) the rest, and the kernels release the GIL. An
     idle worker polls for its next part for 2 ms without the GIL (:mod:`._workers`: an idle core runs the next
-    call up to 3× slower on the VM this was measured on), then blocks. While one call is running on several
+    call slower), then blocks. While one call is running on several
     threads, a concurrent call runs whole on its own thread.
 
     Attributes:
@@ -141,7 +139,7 @@ class CSRModel:
         Raises:
             InvalidInputError: ``x`` does not have shape ``(N, *input_shape)``.
         """
-        # Checks ordered for the common case (a float32 numpy array): each costs ~0.1-0.3 µs of a ~5 µs call.
+        # Checks ordered for the common case (a float32 numpy array): each costs a noticeable part of a small call.
         is_torch = type(x) is not np.ndarray and type(x).__module__.split(".")[0] == "torch"
         arr = x.detach().cpu().numpy() if is_torch else x
         arr = np.ascontiguousarray(arr, dtype=np.float32)
@@ -158,7 +156,7 @@ class CSRModel:
         elif self.threads > 1 and n >= 2 * PARALLEL_MIN_ITEMS and (team := self._prange_team(n)) > 1:
             if self._prange_lock.acquire(blocking=False):  # a concurrent call runs whole on its own thread
                 # numba's team size is per calling thread: set it to the parts for the call, then restore it
-                # (each set costs ~1 µs of a ~60 µs call, so only when it differs).
+                # (each set costs about a µs, so only when it differs).
                 prev = numba.get_num_threads()
                 try:
                     if prev != team:

@@ -15,12 +15,13 @@ import numpy as np
 
 from . import kernels as K
 from ._builder import Plan
+from .kernels import layout as L
 
 __all__ = ["single_pass"]
 
 _NO_CHAIN = (
-    np.zeros((0, 5), np.int64),
-    np.zeros((0, 2), np.float32),
+    np.zeros((0, L.CHAIN_LEN), np.int64),
+    np.zeros((0, L.FP_LEN), np.float32),
     np.zeros(1, np.int64),
     np.zeros(0, np.uint16),
     np.zeros(0, np.float32),
@@ -49,8 +50,8 @@ def single_pass(plan: Plan) -> Callable[[np.ndarray], np.ndarray] | None:
         return None
     if not convs:
         # Reshapes and one chain: the chain's own batch-1 step is already one kernel call, and the fused pass
-        # would only add a dispatch of ~18 arrays (LeNet-300-100: slower as one call) after compiling every
-        # convolution kernel it can run (~45 s on a cold numba cache).
+        # would only add a dispatch of ~18 arrays after compiling every convolution kernel it can run (slow on a
+        # cold numba cache).
         return None
     packed = _pack_convs(convs)
     chain_arrays = chain if chain is not None else _NO_CHAIN
@@ -68,32 +69,28 @@ def single_pass(plan: Plan) -> Callable[[np.ndarray], np.ndarray] | None:
 def _pack_convs(convs: list[tuple[Any, ...]]) -> tuple[np.ndarray, ...]:
     """``net_single``'s convolution arrays: ``cmeta`` (see :mod:`kernels.net`), ``cip``, ``cfp`` and the
     concatenated indptrs, taps, used columns, values, biases and scratch sizes."""
-    meta = np.zeros((len(convs), 12), np.int64)
+    meta = np.zeros((len(convs), L.NET_LEN), np.int64)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ptr", "off", "used", "vals", "bias", "sizes")}
     base = dict.fromkeys(parts, 0)
-    for k, (code, indptr, off, used, vals, bias, ip, _fp, sizes) in enumerate(convs):
+    ips: list[np.ndarray] = []
+    fps: list[np.ndarray] = []
+    for k, (code, indptr, off, used, vals, bias, ip, fp, sizes) in enumerate(convs):
+        ips.append(ip)
+        fps.append(fp)
         cout = indptr.size - 1
         arrays = {"ptr": indptr, "off": off, "used": used, "vals": vals, "bias": bias, "sizes": sizes}
-        out_size = cout * int(ip[12]) * int(ip[13])
-        meta[k] = (
-            code,
-            base["ptr"],
-            indptr.size,
-            base["off"],
-            off.size,
-            base["used"],
-            used.size,
-            base["bias"],
-            cout,
-            base["sizes"],
-            sizes.size,
-            out_size,
-        )
+        row = meta[k]
+        row[L.NET_VARIANT], row[L.NET_OUT_SIZE] = code, cout * int(ip[L.IP_PH]) * int(ip[L.IP_PW])
+        row[L.NET_PTR_BASE], row[L.NET_PTR_LEN] = base["ptr"], indptr.size
+        row[L.NET_TAP_BASE], row[L.NET_TAP_LEN] = base["off"], off.size
+        row[L.NET_USED_BASE], row[L.NET_USED_LEN] = base["used"], used.size
+        row[L.NET_BIAS_BASE], row[L.NET_COUT] = base["bias"], cout
+        row[L.NET_SIZES_BASE], row[L.NET_SIZES_LEN] = base["sizes"], sizes.size
         for key, arr in arrays.items():
             parts[key].append(arr)
             base[key] += arr.size
-    ip_all = np.stack([c[6] for c in convs]) if convs else np.zeros((0, 25), np.int64)
-    fp_all = np.stack([c[7] for c in convs]) if convs else np.zeros((0, 2), np.float32)
+    ip_all = np.stack(ips) if ips else np.zeros((0, L.IP_LEN), np.int64)
+    fp_all = np.stack(fps) if fps else np.zeros((0, L.FP_LEN), np.float32)
 
     def cat(key: str, dtype: Any) -> np.ndarray:
         return np.concatenate(parts[key]).astype(dtype) if parts[key] else np.zeros(0, dtype)

@@ -1,11 +1,10 @@
 """Worker threads that take one part of a split call: they wait for work spinning without the GIL, then block.
 
-A worker that blocks as soon as it is idle leaves its core idle, and on the 2-vCPU VM this was measured on an idle
-core runs the next calls up to 3× slower (a LeNet-300-100 call: 103 µs back to back, 340 µs after a 5 ms sleep);
-a split LeNet-5 call at batch 256 ran its two halves in 2.7 and 3.0 ms against 2.05 ms each for two threads that
-never waited. So each worker, after a part, polls its flag for :data:`SPIN_S` (a nogil numba loop with the CPU's
-``pause`` hint: other Python threads run meanwhile) before it blocks on a condition; the caller waits for the
-parts the same way. Between bursts of calls nothing spins for longer than that.
+A worker that blocks as soon as it is idle leaves its core idle, and an idle core can run the next calls several
+times slower (measurements: ``benchmarks/results/kernel_notes.md``). So each worker, after a part, polls its
+flag for :data:`SPIN_S` (a nogil numba loop with the CPU's ``pause`` hint: other Python threads run meanwhile)
+before it blocks on a condition; the caller waits for the parts the same way. Between bursts of calls nothing
+spins for longer than that.
 
 Flags live in one int64 array, a 128-byte row per worker (no false sharing): ``[w, 0]`` is the number of the part
 posted to worker ``w``, ``[w, 8]`` the number of the part it finished. Parts are handed over in Python objects
@@ -27,7 +26,7 @@ __all__ = ["SPIN_S", "SpinningWorkers"]
 SPIN_S = 0.002
 """How long an idle worker (or a caller waiting for a part) polls before it blocks: about one or two calls of a
 model big enough to split (:data:`svdcompress.runtime.PARALLEL_MIN_MACS`)."""
-_SPIN_NS = 25  # one poll + pause, measured ~25 ns on AMD Zen 4
+_SPIN_NS = 25  # one poll + pause, in ns (about that on current x86 cores)
 _POSTED, _DONE, _ROW = 0, 8, 16
 
 

@@ -64,8 +64,8 @@ def build_plan(bundle: Bundle, kernel: str) -> Plan:
 def _fused_pays(plan: Plan, in_shape: tuple[int, ...], rounds: int = 7) -> bool:
     """Whether the fused single-example pass beats the steps on one example (best of ``rounds``, interleaved).
 
-    It saves the steps' Python overhead (LeNet-5: ~5 of 36 µs) but pays a dispatch of ~18 array arguments; a
-    plan without convolutions never gets one (:func:`single_pass`).
+    It saves the steps' Python overhead but pays a dispatch of ~18 array arguments; a plan without convolutions
+    never gets one (:func:`single_pass`).
     """
     x = np.random.default_rng(0).standard_normal((1, *in_shape)).astype(np.float32)
     single = plan.single

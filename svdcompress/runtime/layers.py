@@ -23,6 +23,7 @@ from ._builder import (
     Step,
 )
 from .bundle import LayerWeight
+from .kernels import layout as L
 
 __all__ = ["conv2d", "linear", "pool_spec", "spatial_input"]
 
@@ -40,7 +41,8 @@ def _pool_out(size: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
 
 
 def pool_spec(b: Builder, n: dict[str, Any], h: int, w: int) -> tuple[np.ndarray, int, int]:
-    """The 11-integer pool vector for the kernels and the output size, PyTorch's rules, validated."""
+    """The pool spec for the kernels (``POOL_*`` of :mod:`.kernels.layout`) and the output size, PyTorch's
+    rules, validated."""
     max_pool = n["op"] == "max_pool2d"
     k = b.attr_ints(n, "kernel_size", 2, 1)
     s = b.attr_ints(n, "stride", 2, 1, default=list(k))
@@ -56,8 +58,14 @@ def pool_spec(b: Builder, n: dict[str, Any], h: int, w: int) -> tuple[np.ndarray
     oh, ow = _pool_out(h, k[0], s[0], p[0], d[0], ceil), _pool_out(w, k[1], s[1], p[1], d[1], ceil)
     if oh < 1 or ow < 1:
         raise b.err(n["name"], f"pooling a {h}×{w} plane with kernel {list(k)} leaves nothing")
-    kind = K.POOL_MAX if max_pool else K.POOL_AVG
-    spec = np.array([kind, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], int(cip), div or 0], np.int64)
+    spec = np.zeros(L.POOL_LEN, np.int64)
+    spec[L.POOL_KIND] = L.POOL_MAX if max_pool else L.POOL_AVG
+    spec[L.POOL_KERNEL_H], spec[L.POOL_KERNEL_W] = k
+    spec[L.POOL_STRIDE_H], spec[L.POOL_STRIDE_W] = s
+    spec[L.POOL_PAD_H], spec[L.POOL_PAD_W] = p
+    spec[L.POOL_DIL_H], spec[L.POOL_DIL_W] = d
+    spec[L.POOL_COUNT_PAD] = int(cip)
+    spec[L.POOL_DIVISOR] = div or 0
     return spec, oh, ow
 
 
@@ -95,14 +103,14 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
     bias = b.bias(n, cout)
     # Fuse a following activation and pool when nothing else reads the intermediate values.
     out_name = n["outputs"][0]
-    act_code, a0, a1 = 0, 0.0, 0.0
+    act_code, a0, a1 = L.ACT_IDENTITY, 0.0, 0.0
     act_node = b.sole_reader(out_name, lambda op: op in SCALAR_ACTS)
     if act_node is not None:
         act_code, a0, a1 = b.act_spec(act_node)
         b.mark_fused(act_node)
         b.new(out_name, (cout, oh, ow), name)  # declared for shape checks; never materialised
         out_name = act_node["outputs"][0]
-    pool = np.zeros(11, np.int64)
+    pool = np.zeros(L.POOL_LEN, np.int64)  # kind POOL_NONE
     ph, pw = oh, ow
     pool_node = b.sole_reader(out_name, lambda op: op in ("max_pool2d", "avg_pool2d"))
     if pool_node is not None:
@@ -111,15 +119,23 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
         b.new(out_name, (cout, oh, ow), (act_node or n)["name"])
         out_name = pool_node["outputs"][0]
     o = b.new(out_name, (cout, ph, pw), name)
-    ip = np.array([cin, h, w, pads[0], pads[2], st[0], st[1], hp, wp, oh, ow, act_code, ph, pw, *pool], np.int64)
-    fp = np.array([a0, a1], np.float32)
+    ip = np.zeros(L.IP_LEN, np.int64)
+    ip[L.IP_CIN], ip[L.IP_H], ip[L.IP_W] = cin, h, w
+    ip[L.IP_PAD_H], ip[L.IP_PAD_W] = pads[0], pads[2]
+    ip[L.IP_STRIDE_H], ip[L.IP_STRIDE_W] = st
+    ip[L.IP_HP], ip[L.IP_WP], ip[L.IP_OH], ip[L.IP_OW] = hp, wp, oh, ow
+    ip[L.IP_ACT] = act_code
+    ip[L.IP_PH], ip[L.IP_PW] = ph, pw
+    ip[L.IP_POOL : L.IP_POOL + L.POOL_LEN] = pool
+    fp = np.zeros(L.FP_LEN, np.float32)
+    fp[L.FP_A0], fp[L.FP_A1] = a0, a1
     sizes = np.array(K.conv_scratch_sizes(ip), np.int64)
 
     # Batched layouts to try: image by image, or blocks of 16 or 32 interleaved images (while the scratch fits).
     layouts: list[np.ndarray | None] = [None]
     for lanes in (K.LANES, 2 * K.LANES):
         sizes_b = np.array(K.blocked_scratch_sizes(ip, cout, lanes), np.int64)
-        if int(sizes_b[:3].sum()) <= MAX_BLOCK_SCRATCH:
+        if int(sizes_b[L.BLOCK_INPUT] + sizes_b[L.BLOCK_ACC] + sizes_b[L.BLOCK_OUT]) <= MAX_BLOCK_SCRATCH:
             layouts.append(sizes_b)
 
     def make(layer: LayerWeight) -> tuple[Step, Step, tuple[Any, ...]]:
@@ -132,7 +148,7 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
                 xin = v[x]
                 xf = xin.reshape(xin.shape[0], -1)
                 out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
-                if sizes_b is not None and xf.shape[0] >= max(BLOCKED_MIN_BATCH, int(sizes_b[3]) // 2):
+                if sizes_b is not None and xf.shape[0] >= max(BLOCKED_MIN_BATCH, int(sizes_b[L.BLOCK_LANES]) // 2):
                     # interleaved blocks, at least half full: a block of 32 for 8 images wastes 3/4 of it
                     K.conv2d_blocked(xf, out, indptr, off, vals, bias, ip, fp, sizes_b)
                 else:
@@ -142,7 +158,7 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
             return step
 
         used, tap = K.im2col_taps(layer.indices)
-        sizes_i = np.array([*K.im2col_scratch_sizes(ip, used.size), kh, kw, dil[0], dil[1]], np.int64)
+        sizes_i = np.array(K.im2col_scratch_sizes(ip, used.size, kh, kw, dil[0], dil[1]), np.int64)
 
         def im2col(v: list[Any]) -> None:
             xin = v[x]
@@ -155,12 +171,12 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
         steps = [variant(sz) for sz in layouts]
         single = [(K.CONV_WIDE, indptr, off, none, vals, bias, ip, fp, sizes)]  # per batch-1 candidate
         # A column matrix of the used taps (pays off for strides > 1); its columns ignore groups.
-        if groups == 1 and int(sizes_i[1]) <= MAX_BLOCK_SCRATCH:
+        if groups == 1 and int(sizes_i[L.IM2COL_COLS]) <= MAX_BLOCK_SCRATCH:
             steps.append(im2col)
             single.append((K.CONV_IM2COL, indptr, tap, used, vals, bias, ip, fp, sizes_i))
         # Column-shifted copies of the image (stride 1): no wide-row waste for small output planes.
         sizes_s = np.array(K.shifted_scratch_sizes(ip, kw, dil[1]), np.int64)
-        if st == (1, 1) and int(sizes_s[1]) <= MAX_BLOCK_SCRATCH:
+        if st == (1, 1) and int(sizes_s[L.SHIFTED_COPIES]) <= MAX_BLOCK_SCRATCH:
             off_s = K.shifted_offsets(layer.indices, indptr, cin_g, kh, kw, hp, ow, cin, dil[0], cout // groups)
 
             def shifted(v: list[Any]) -> None:
@@ -267,7 +283,7 @@ def _linear_layer(b: Builder, n: dict[str, Any]) -> tuple[_Linear, str]:
     rows = wt.shape[0]
     bias = b.bias(n, rows)
     out_name = n["outputs"][0]
-    spec = (0, 0.0, 0.0)
+    spec = (L.ACT_IDENTITY, 0.0, 0.0)
     act_node = b.sole_reader(out_name, lambda op: op in SCALAR_ACTS)
     if act_node is not None:
         spec = b.act_spec(act_node)
@@ -282,8 +298,8 @@ def _chain_arrays(
     layers: list[_Linear], dense: list[bool], itype: type[np.unsignedinteger[Any]]
 ) -> tuple[np.ndarray, ...]:
     """Concatenate the layers' CSR arrays for the chain kernels; a dense layer holds every entry, row-major."""
-    meta = np.zeros((len(layers), 5), np.int64)
-    fpar = np.zeros((len(layers), 2), np.float32)
+    meta = np.zeros((len(layers), L.CHAIN_LEN), np.int64)
+    fpar = np.zeros((len(layers), L.FP_LEN), np.float32)
     ptrs, idxs, vals, biases = [], [], [], []
     nnz_base = pbase = bbase = 0
     for k, (lay, dn) in enumerate(zip(layers, dense, strict=True)):
@@ -293,8 +309,10 @@ def _chain_arrays(
             val = lay.wt.dense().reshape(-1)
         else:
             ptr, idx, val = lay.wt.indptr.astype(np.int64), lay.wt.indices.astype(itype), lay.wt.values
-        meta[k] = (lay.rows, lay.cols, pbase, bbase, lay.act[0])
-        fpar[k] = lay.act[1:]
+        meta[k, L.CHAIN_ROWS], meta[k, L.CHAIN_COLS] = lay.rows, lay.cols
+        meta[k, L.CHAIN_PTR_BASE], meta[k, L.CHAIN_BIAS_BASE] = pbase, bbase
+        meta[k, L.CHAIN_ACT] = lay.act[0]
+        fpar[k, L.FP_A0], fpar[k, L.FP_A1] = lay.act[1:]
         ptrs.append(ptr + nnz_base)
         idxs.append(idx)
         vals.append(val)

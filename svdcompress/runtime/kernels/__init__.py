@@ -9,7 +9,7 @@ threads in one of two ways. A model made of Linear chains alone calls :func:`cha
 numba ``prange`` region over the batch's blocks (only on a thread-safe threading layer, see
 :func:`parallel_layer`). Any other model hands parts of the batch to its own worker threads
 (:mod:`svdcompress.runtime._workers`): a convolution step is several kernel calls, and a parallel region
-per call measured ~110 µs a launch on this 2-core VM when its threads had gone to sleep.
+per call is slow to launch when its threads have gone to sleep (measurements: ``benchmarks/results/kernel_notes.md``).
 """
 
 from __future__ import annotations
@@ -67,13 +67,30 @@ def _cache_dir() -> str | None:
     return None
 
 
+def _pure_cache_dir() -> str | None:
+    """Where kernels built on the pure-numba twins (:mod:`._intrinsics`) go: ``pure-numba`` below the directory
+    the others use, so that neither kind is ever loaded in place of the other (numba's cache index knows the
+    source file, not which building blocks it was compiled with). None if it cannot be written."""
+    base = getattr(numba.config, "CACHE_DIR", "") or str(Path(__file__).parent / "__pycache__")
+    d = Path(base) / "pure-numba"
+    return str(d) if _writable(d) else None
+
+
 _dir = _cache_dir()
 if _dir is not None:
     numba.config.CACHE_DIR = _dir  # type: ignore[attr-defined]  # numba.config is built at runtime
 
-# The kernel modules compile (and look up their cache) at import: configure numba first.
+# Which building blocks the kernels use is settled at import of _intrinsics (it may compile a probe, so after
+# the cache directory is set); the kernel modules compile (and look up their cache) at import: configure numba
+# for them next.
+from . import _intrinsics  # noqa: E402
+
+if _intrinsics.PURE_NUMBA:
+    _dir = _pure_cache_dir()
+    if _dir is not None:
+        numba.config.CACHE_DIR = _dir  # type: ignore[attr-defined]
+
 from . import conv, linear, net, pointwise, sync  # noqa: E402  # the modules, for their dispatchers' cache paths
-from ._scalar import ACT_CODES, MONOTONE_ACTS, POOL_AVG, POOL_MAX, POOL_NONE  # noqa: E402
 from .conv import (  # noqa: E402
     LANES,
     blocked_scratch_sizes,
@@ -88,6 +105,7 @@ from .conv import (  # noqa: E402
     shifted_offsets,
     shifted_scratch_sizes,
 )
+from .layout import ACT_CODES, MONOTONE_ACTS, POOL_AVG, POOL_MAX, POOL_NONE  # noqa: E402
 from .linear import (  # noqa: E402
     chain_batched,
     chain_batched_parallel,

@@ -1,6 +1,6 @@
 """Scalar building blocks the kernels inline: activation functions and one pooling window sweep.
 
-Activations are selected by a small integer code (:data:`ACT_CODES`) so that one compiled kernel serves every
+Activations are selected by a small integer code (:data:`.layout.ACT_CODES`) so that one compiled kernel serves every
 activation; the branch is on a loop-invariant value, so it costs a predictable jump per element at most.
 """
 
@@ -10,18 +10,40 @@ import math
 
 import numpy as np
 from numba import njit
-from numba.np.numpy_support import carray
 
 from ._intrinsics import stack_f32
+from .layout import (
+    ACT_ELU,
+    ACT_GELU,
+    ACT_GELU_TANH,
+    ACT_HARDSWISH,
+    ACT_HARDTANH,
+    ACT_IDENTITY,
+    ACT_LEAKY_RELU,
+    ACT_MISH,
+    ACT_RELU,
+    ACT_RELU6,
+    ACT_SELU,
+    ACT_SIGMOID,
+    ACT_SILU,
+    ACT_TANH,
+    POOL_COUNT_PAD,
+    POOL_DIL_H,
+    POOL_DIL_W,
+    POOL_DIVISOR,
+    POOL_KERNEL_H,
+    POOL_KERNEL_W,
+    POOL_KIND,
+    POOL_MAX,
+    POOL_PAD_H,
+    POOL_PAD_W,
+    POOL_STRIDE_H,
+    POOL_STRIDE_W,
+)
 
 __all__ = [
-    "ACT_CODES",
     "CHUNK",
     "FASTMATH",
-    "MONOTONE_ACTS",
-    "POOL_AVG",
-    "POOL_MAX",
-    "POOL_NONE",
     "VEC",
     "accumulate_taps",
     "act",
@@ -32,34 +54,13 @@ __all__ = [
     "pool_plane",
 ]
 
-# Conditions join with ``|``, not ``or``: ``or`` short-circuits into branches, which kept LLVM from turning
-# NaN-propagating max and ReLU into vector selects (2×2 max pooling over LeNet-5's conv1: 2.5 -> 1.7 µs).
+# Conditions join with ``|``, not ``or``: ``or`` short-circuits into branches, which keeps LLVM from turning
+# NaN-propagating max and ReLU into vector selects.
 # Contraction gives FMAs. No reassociation in the elementwise kernels: with it LLVM turns the 8-tap sum
 # tree of accumulate_taps into one serial chain of 8 dependent FMAs per vector (latency-bound), and no
 # nnan/ninf anywhere: NaN and inf must propagate as they do in PyTorch.
 FASTMATH = {"contract"}
 
-ACT_CODES: dict[str, int] = {
-    "identity": 0,
-    "relu": 1,
-    "relu6": 2,
-    "sigmoid": 3,
-    "tanh": 4,
-    "silu": 5,
-    "leaky_relu": 6,
-    "elu": 7,
-    "gelu": 8,
-    "gelu_tanh": 9,
-    "hardtanh": 10,
-    "mish": 11,
-    "selu": 12,
-    "hardswish": 13,
-    "softplus": 14,
-}
-POOL_NONE, POOL_MAX, POOL_AVG = 0, 1, 2
-MONOTONE_ACTS = frozenset({0, 1, 2, 3, 4, 10})
-"""Non-decreasing activations (identity, relu, relu6, sigmoid, tanh, hardtanh): max-pooling commutes with
-them, so a fused kernel may pool the raw sums first and apply bias and activation to 4× fewer values."""
 VEC = 16
 """Floats per vector step in the kernels (one AVX-512 register, two AVX2 registers). Accumulator rows are
 padded to a multiple of it, so that every inner loop is whole vectors with no scalar remainder."""
@@ -79,35 +80,35 @@ def _softplus(v: float, beta: float, threshold: float) -> float:
 @njit(cache=True, inline="always")
 def act(v: float, kind: int, a0: float, a1: float) -> float:
     """``activation[kind](v)`` with its two attributes (slope, alpha, min/max, beta/threshold)."""
-    if kind == 0:
+    if kind == ACT_IDENTITY:
         return v
-    if kind == 1:
+    if kind == ACT_RELU:
         return v if (v > 0.0) | (v != v) else 0.0  # NaN stays NaN, as in torch.relu
-    if kind == 2:
+    if kind == ACT_RELU6:
         return min(max(v, 0.0), 6.0) if v == v else v
-    if kind == 3:
+    if kind == ACT_SIGMOID:
         return 1.0 / (1.0 + math.exp(-v))
-    if kind == 4:
+    if kind == ACT_TANH:
         return math.tanh(v)
-    if kind == 5:
+    if kind == ACT_SILU:
         return v / (1.0 + math.exp(-v))
-    if kind == 6:
+    if kind == ACT_LEAKY_RELU:
         return v if v >= 0.0 else v * a0
-    if kind == 7:
+    if kind == ACT_ELU:
         return v if v > 0.0 else a0 * math.expm1(v)
-    if kind == 8:
+    if kind == ACT_GELU:
         return 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
-    if kind == 9:
+    if kind == ACT_GELU_TANH:
         return 0.5 * v * (1.0 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
-    if kind == 10:
+    if kind == ACT_HARDTANH:
         return min(max(v, a0), a1) if v == v else v
-    if kind == 11:
+    if kind == ACT_MISH:
         return v * math.tanh(_softplus(v, 1.0, 20.0))
-    if kind == 12:
+    if kind == ACT_SELU:
         return _SELU_SCALE * (v if v > 0.0 else _SELU_ALPHA * math.expm1(v))
-    if kind == 13:
+    if kind == ACT_HARDSWISH:
         return v * min(max(v + 3.0, 0.0), 6.0) / 6.0
-    return _softplus(v, a0, a1)
+    return _softplus(v, a0, a1)  # ACT_SOFTPLUS
 
 
 @njit(cache=True, inline="always")
@@ -119,10 +120,10 @@ def act_bias_row(
     Offsets instead of slices: a numba slice costs ~10 ns, which adds up over thousands of output rows.
     """
     d, s = np.uint64(doff), np.uint64(soff)
-    if kind == 0:
+    if kind == ACT_IDENTITY:
         for i in range(np.uint64(n)):
             dst[d + i] = src[s + i] + b
-    elif kind == 1:
+    elif kind == ACT_RELU:
         for i in range(np.uint64(n)):
             v = src[s + i] + b
             dst[d + i] = v if (v > 0.0) | (v != v) else 0.0
@@ -138,10 +139,11 @@ def max_pool_inside(src: np.ndarray, sw: int, dst: np.ndarray, dh: int, dw: int,
     ``src`` has row pitch ``sw``; ``ip`` is the pool spec of :func:`pool_plane`. No bounds tests, and the
     first tap seeds the maximum, so the loop is a straight run of loads and compares.
     """
-    kh, kw, st_h, st_w, dil_h, dil_w = ip[1], ip[2], ip[3], ip[4], ip[7], ip[8]
+    kh, kw, st_h, st_w = ip[POOL_KERNEL_H], ip[POOL_KERNEL_W], ip[POOL_STRIDE_H], ip[POOL_STRIDE_W]
+    dil_h, dil_w = ip[POOL_DIL_H], ip[POOL_DIL_W]
     if kh == 2 and kw == 2 and st_h == 2 and st_w == 2 and dil_h == 1 and dil_w == 1:
-        # The common 2×2/2 case. A sweep of row-pair maxima first, then of column pairs, measured slower
-        # here: output rows are short (12 and 4 values in LeNet-5), so those loops run in scalar remainders.
+        # The common 2×2/2 case, in one sweep: a sweep of row-pair maxima first, then of column pairs, runs
+        # short output rows in scalar remainders.
         usw = np.uint64(sw)
         udw = np.uint64(dw)
         two = np.uint64(2)
@@ -171,23 +173,13 @@ def max_pool_inside(src: np.ndarray, sw: int, dst: np.ndarray, dh: int, dw: int,
 def pool_plane(src: np.ndarray, sh: int, sw: int, dst: np.ndarray, dh: int, dw: int, ip: np.ndarray) -> None:
     """Pool one ``(sh, sw)`` plane (flat) into one ``(dh, dw)`` plane (flat), PyTorch's semantics.
 
-    ``ip``: kind, kernel h/w, stride h/w, padding h/w, dilation h/w, count_include_pad, divisor_override
-    (0 = none). Max pooling pads with -inf and propagates NaN; average pooling clips its window to the
-    padded input and divides as ``count_include_pad`` / ``divisor_override`` say.
+    ``ip`` is the pool spec (``POOL_*`` of :mod:`.layout`). Max pooling pads with -inf and propagates NaN;
+    average pooling clips its window to the padded input and divides as ``count_include_pad`` /
+    ``divisor_override`` say.
     """
-    kind, kh, kw, st_h, st_w, ph, pw, dil_h, dil_w, cip, divisor = (
-        ip[0],
-        ip[1],
-        ip[2],
-        ip[3],
-        ip[4],
-        ip[5],
-        ip[6],
-        ip[7],
-        ip[8],
-        ip[9],
-        ip[10],
-    )
+    kind, kh, kw = ip[POOL_KIND], ip[POOL_KERNEL_H], ip[POOL_KERNEL_W]
+    st_h, st_w, ph, pw = ip[POOL_STRIDE_H], ip[POOL_STRIDE_W], ip[POOL_PAD_H], ip[POOL_PAD_W]
+    dil_h, dil_w, cip, divisor = ip[POOL_DIL_H], ip[POOL_DIL_W], ip[POOL_COUNT_PAD], ip[POOL_DIVISOR]
     for i in range(dh):
         hs = i * st_h - ph
         for j in range(dw):
@@ -228,8 +220,7 @@ CHUNK = 64
 """Positions per register-resident accumulator block in :func:`accumulate_taps` (four AVX-512 registers)."""
 CHUNK_MIN_TAPS = 32
 """Taps a run needs for :func:`accumulate_taps` to use accumulator blocks: each block re-reads every tap's
-weight and offset, which rows of few taps over many positions do not repay (LeNet-5's conv1, 17 taps over
-576 positions: 7.8 µs per image with passes, 8.5 with blocks; its conv2, 88 taps over 64: 9.2 against 7.5)."""
+weight and offset, which rows of few taps over many positions do not repay."""
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -250,15 +241,14 @@ def accumulate_taps(
     With at least :data:`CHUNK_MIN_TAPS` taps, whole blocks of :data:`CHUNK` positions sum every tap in
     accumulators on the stack (two, for even and odd taps, so that consecutive multiply-adds do not wait on
     each other), which LLVM keeps in registers: one load and one FMA per vector and tap, and the accumulator
-    is read and written once per block. Measured on one Zen 5 core on LeNet-5's conv2 taps: 43-46 GFMA/s,
-    against 27 for the 8-taps-per-pass loop of :func:`_accumulate_rest`, which sums the positions past the
-    last whole block (and whole runs of fewer taps).
+    is read and written once per block. The 8-taps-per-pass loop of :func:`_accumulate_rest` sums the
+    positions past the last whole block (and whole runs of fewer taps).
     """
     u1, u2 = np.uint64(1), np.uint64(2)
     uc = np.uint64(CHUNK)
     ja, end = np.uint64(j0), np.uint64(j1)
-    even = carray(stack_f32(CHUNK), (CHUNK,))
-    odd = carray(stack_f32(CHUNK), (CHUNK,))
+    even = stack_f32(CHUNK)
+    odd = stack_f32(CHUNK)
     whole = length // uc * uc if end - ja >= np.uint64(CHUNK_MIN_TAPS) else np.uint64(0)
     for c in range(np.uint64(0), whole, uc):
         for t in range(uc):
@@ -303,7 +293,7 @@ def _accumulate_rest(
     """:func:`accumulate_taps` for a run shorter than a block (any length), in passes over the positions.
 
     Eight taps per pass (then four, then the rest in one pass) cut the accumulator's load/store traffic per
-    multiply-add 8× (measured on one Zen 5 core: 30-35 GFMA/s against 11-16 for one tap per pass). All
+    multiply-add 8× against one tap per pass. All
     positions are unsigned: signed ones make numba test every index for negative wrap-around, which keeps
     LLVM from vectorising and doubles scalar loops (and uint64 + int64 would promote to float64).
     """

@@ -23,9 +23,6 @@ from numba import njit
 
 from ._scalar import (
     FASTMATH,
-    MONOTONE_ACTS,
-    POOL_MAX,
-    POOL_NONE,
     VEC,
     accumulate_taps,
     act_bias_row,
@@ -34,9 +31,64 @@ from ._scalar import (
     max_pool_inside,
     pool_plane,
 )
+from .layout import (
+    BLOCK_ACC,
+    BLOCK_INPUT,
+    BLOCK_LANES,
+    BLOCK_LEN,
+    BLOCK_OUT,
+    FP_A0,
+    FP_A1,
+    IM2COL_ACC,
+    IM2COL_COLS,
+    IM2COL_DIL_H,
+    IM2COL_DIL_W,
+    IM2COL_IMAGE,
+    IM2COL_KH,
+    IM2COL_KW,
+    IM2COL_LEN,
+    IM2COL_PITCH,
+    IP_ACT,
+    IP_CIN,
+    IP_H,
+    IP_HP,
+    IP_LEN,
+    IP_OH,
+    IP_OW,
+    IP_PAD_H,
+    IP_PAD_W,
+    IP_PH,
+    IP_POOL,
+    IP_PW,
+    IP_STRIDE_H,
+    IP_STRIDE_W,
+    IP_W,
+    IP_WP,
+    MONOTONE_ACTS,
+    POOL_DIL_H,
+    POOL_DIL_W,
+    POOL_KERNEL_H,
+    POOL_KERNEL_W,
+    POOL_KIND,
+    POOL_MAX,
+    POOL_NONE,
+    POOL_PAD_H,
+    POOL_PAD_W,
+    POOL_STRIDE_H,
+    POOL_STRIDE_W,
+    SHIFTED_ACC,
+    SHIFTED_COPIES,
+    SHIFTED_DIL_W,
+    SHIFTED_IMAGE,
+    SHIFTED_KW,
+    SHIFTED_LEN,
+    WIDE_ACC,
+    WIDE_IMAGE,
+    WIDE_LEN,
+    WIDE_PLANE,
+)
 
 __all__ = [
-    "CONV_PARAMS",
     "LANES",
     "blocked_scratch_sizes",
     "conv2d",
@@ -51,9 +103,6 @@ __all__ = [
     "shifted_offsets",
     "shifted_scratch_sizes",
 ]
-
-CONV_PARAMS = ("cin", "h", "w", "pad_h", "pad_w", "stride_h", "stride_w", "hp", "wp", "oh", "ow", "act", "ph", "pw")
-"""Order of the integer parameter vector ``ip[0:14]``; ``ip[14:25]`` is the pool spec (see ``pool_plane``)."""
 
 _MONOTONE = np.array(sorted(MONOTONE_ACTS), np.int64)
 
@@ -79,11 +128,14 @@ def conv_offsets(
     return off.astype(np.int32)
 
 
-def conv_scratch_sizes(ip: np.ndarray) -> tuple[int, int, int]:
-    """Elements of the accumulator, the activation plane and the padded image one worker needs."""
-    hp, wp, oh, ow = int(ip[7]), int(ip[8]), int(ip[9]), int(ip[10])
+def conv_scratch_sizes(ip: np.ndarray) -> tuple[int, ...]:
+    """Elements of the accumulator, the activation plane and the padded image one worker needs (``WIDE_*``)."""
+    hp, wp, oh, ow = int(ip[IP_HP]), int(ip[IP_WP]), int(ip[IP_OH]), int(ip[IP_OW])
     wide = -(-((oh - 1) * wp + ow) // VEC) * VEC
-    return max(wide, oh * ow), oh * ow, int(ip[0]) * hp * wp + wide  # image + slack: whole-vector reads
+    sizes = [0] * WIDE_LEN
+    sizes[WIDE_ACC], sizes[WIDE_PLANE] = max(wide, oh * ow), oh * ow
+    sizes[WIDE_IMAGE] = int(ip[IP_CIN]) * hp * wp + wide  # image + slack: whole-vector reads
+    return tuple(sizes)
 
 
 @njit(cache=True, inline="always")
@@ -93,7 +145,7 @@ def _pad_copy(xn: np.ndarray, src: np.ndarray, ip: np.ndarray) -> None:
     The buffer's zero border and tail are written once, at allocation; the copy also gives whole-vector reads
     past the last row a zeroed tail to land in.
     """
-    cin, h, w, pad_h, pad_w, hp, wp = ip[0], ip[1], ip[2], ip[3], ip[4], ip[7], ip[8]
+    cin, h, w, pad_h, pad_w, hp, wp = ip[IP_CIN], ip[IP_H], ip[IP_W], ip[IP_PAD_H], ip[IP_PAD_W], ip[IP_HP], ip[IP_WP]
     uw = np.uint64(w)
     for c in range(cin):
         for i in range(h):
@@ -107,14 +159,14 @@ def _pad_copy(xn: np.ndarray, src: np.ndarray, ip: np.ndarray) -> None:
 def _pool_first(ip: np.ndarray) -> bool:
     """Whether to max-pool the raw sums before bias and activation: a max pool whose windows all lie inside
     the plane, after a non-decreasing activation (``max(act(a + b)) == act(max(a) + b)``)."""
-    oh, ow, kind, ph, pw = ip[9], ip[10], ip[11], ip[12], ip[13]
-    pool = ip[14:25]
+    oh, ow, kind, ph, pw = ip[IP_OH], ip[IP_OW], ip[IP_ACT], ip[IP_PH], ip[IP_PW]
+    pool = ip[IP_POOL:IP_LEN]
     if not (
-        pool[0] == POOL_MAX
-        and pool[5] == 0
-        and pool[6] == 0
-        and (ph - 1) * pool[3] + (pool[1] - 1) * pool[7] < oh
-        and (pw - 1) * pool[4] + (pool[2] - 1) * pool[8] < ow
+        pool[POOL_KIND] == POOL_MAX
+        and pool[POOL_PAD_H] == 0
+        and pool[POOL_PAD_W] == 0
+        and (ph - 1) * pool[POOL_STRIDE_H] + (pool[POOL_KERNEL_H] - 1) * pool[POOL_DIL_H] < oh
+        and (pw - 1) * pool[POOL_STRIDE_W] + (pool[POOL_KERNEL_W] - 1) * pool[POOL_DIL_W] < ow
     ):
         return False
     monotone = False
@@ -138,13 +190,13 @@ def _finish_channel(
     ``pitch``; the result (``ph × pw``) goes to ``dst``. ``plane`` is ``oh·ow`` scratch for the general pooling
     path; it may be ``acc`` itself when ``pitch == ow``.
     """
-    oh, ow, kind, ph, pw = ip[9], ip[10], ip[11], ip[12], ip[13]
-    pool = ip[14:25]
-    a0, a1 = fp[0], fp[1]
+    oh, ow, kind, ph, pw = ip[IP_OH], ip[IP_OW], ip[IP_ACT], ip[IP_PH], ip[IP_PW]
+    pool = ip[IP_POOL:IP_LEN]
+    a0, a1 = fp[FP_A0], fp[FP_A1]
     if pool_first:
         max_pool_inside(acc, pitch, dst, ph, pw, pool)
         act_bias_row(dst, 0, dst, 0, ph * pw, b, kind, a0, a1)
-    elif pool[0] == POOL_NONE:
+    elif pool[POOL_KIND] == POOL_NONE:
         for y in range(oh):
             act_bias_row(dst, y * ow, acc, y * pitch, ow, b, kind, a0, a1)
     else:
@@ -167,7 +219,8 @@ def _conv_image(
     plane: np.ndarray,
     src: np.ndarray,
 ) -> None:
-    st_h, st_w, wp, oh, ow, ph, pw = ip[5], ip[6], ip[8], ip[9], ip[10], ip[12], ip[13]
+    st_h, st_w, wp, oh, ow = ip[IP_STRIDE_H], ip[IP_STRIDE_W], ip[IP_WP], ip[IP_OH], ip[IP_OW]
+    ph, pw = ip[IP_PH], ip[IP_PW]
     _pad_copy(xn, src, ip)
     cout = indptr.size - 1
     plane_out = ph * pw
@@ -217,12 +270,12 @@ def conv2d(
         out: ``(N, cout·ph·pw)`` float32, written.
         indptr, off, vals: CSR row pointers (int64), tap offsets (int32), values (float32).
         bias: ``(cout,)`` float32 (zeros when the layer has none).
-        ip, fp: integer parameters (:data:`CONV_PARAMS` then the pool spec) and activation attributes.
-        sizes: scratch sizes from :func:`conv_scratch_sizes`.
+        ip, fp: integer parameters (``IP_*`` of :mod:`.layout`) and activation attributes (``FP_*``).
+        sizes: scratch sizes from :func:`conv_scratch_sizes` (``WIDE_*``).
     """
-    acc = aligned_zeros(sizes[0])
-    plane = np.empty(sizes[1], np.float32)
-    src = aligned_zeros(sizes[2])
+    acc = aligned_zeros(sizes[WIDE_ACC])
+    plane = np.empty(sizes[WIDE_PLANE], np.float32)
+    src = aligned_zeros(sizes[WIDE_IMAGE])
     for n in range(x.shape[0]):
         _conv_image(x[n], out[n], indptr, off, vals, bias, ip, fp, acc, plane, src)
 
@@ -232,13 +285,17 @@ def conv2d(
 
 LANES = 16
 """Default images per block in the batched kernels: one AVX-512 register (two AVX2 ones) per output position.
-The executor may pick 8 for layers whose interleaved image would not fit in L1 (``sizes[3]``)."""
+The executor may pick 8 for layers whose interleaved image would not fit in L1 (``sizes[BLOCK_LANES]``)."""
 
 
-def blocked_scratch_sizes(ip: np.ndarray, cout: int, lanes: int = LANES) -> tuple[int, int, int, int]:
-    """Elements of the interleaved input, accumulator and output block one worker needs, and the lanes."""
-    cin, hp, wp, oh, ow, ph, pw = (int(ip[i]) for i in (0, 7, 8, 9, 10, 12, 13))
-    return cin * hp * wp * lanes + lanes, oh * ow * lanes, cout * ph * pw * lanes, lanes
+def blocked_scratch_sizes(ip: np.ndarray, cout: int, lanes: int = LANES) -> tuple[int, ...]:
+    """Elements of the interleaved input, accumulator and output block one worker needs, and the lanes
+    (``BLOCK_*``)."""
+    cin, hp, wp, oh, ow, ph, pw = (int(ip[i]) for i in (IP_CIN, IP_HP, IP_WP, IP_OH, IP_OW, IP_PH, IP_PW))
+    sizes = [0] * BLOCK_LEN
+    sizes[BLOCK_INPUT], sizes[BLOCK_ACC] = cin * hp * wp * lanes + lanes, oh * ow * lanes
+    sizes[BLOCK_OUT], sizes[BLOCK_LANES] = cout * ph * pw * lanes, lanes
+    return tuple(sizes)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -263,24 +320,11 @@ def _conv_block(
     Every tap then multiplies whole output rows of ``ow · lanes`` contiguous floats: no wide-row waste, no
     gathers, and the epilogue (bias, activation, pooling) runs on full vectors of images.
     """
-    cin, h, w, pad_h, pad_w, st_h, st_w, hp, wp, oh, ow, kind, ph, pw = (
-        ip[0],
-        ip[1],
-        ip[2],
-        ip[3],
-        ip[4],
-        ip[5],
-        ip[6],
-        ip[7],
-        ip[8],
-        ip[9],
-        ip[10],
-        ip[11],
-        ip[12],
-        ip[13],
-    )
-    pool = ip[14:25]
-    a0, a1 = fp[0], fp[1]
+    cin, h, w, pad_h, pad_w = ip[IP_CIN], ip[IP_H], ip[IP_W], ip[IP_PAD_H], ip[IP_PAD_W]
+    st_h, st_w, hp, wp = ip[IP_STRIDE_H], ip[IP_STRIDE_W], ip[IP_HP], ip[IP_WP]
+    oh, ow, kind, ph, pw = ip[IP_OH], ip[IP_OW], ip[IP_ACT], ip[IP_PH], ip[IP_PW]
+    pool = ip[IP_POOL:IP_LEN]
+    a0, a1 = fp[FP_A0], fp[FP_A1]
     L = np.uint64(lanes)
     um = np.uint64(m)
     # Transpose the block in; the zero border (padding) was set when xi was allocated and is never written.
@@ -318,7 +362,8 @@ def _conv_block(
         b = bias[co]
         obase = np.uint64(co) * plane_out * L
         if pool_first:
-            kh, kw, sh, sw, dh, dw = pool[1], pool[2], pool[3], pool[4], pool[7], pool[8]
+            kh, kw, sh, sw = pool[POOL_KERNEL_H], pool[POOL_KERNEL_W], pool[POOL_STRIDE_H], pool[POOL_STRIDE_W]
+            dh, dw = pool[POOL_DIL_H], pool[POOL_DIL_W]
             for i in range(ph):
                 for jj in range(pw):
                     d = obase + np.uint64(i * pw + jj) * L
@@ -335,7 +380,7 @@ def _conv_block(
             act_bias_row(ob, obase, ob, obase, plane_out * L, b, kind, a0, a1)
         else:
             act_bias_row(acc, 0, acc, 0, npos * L, b, kind, a0, a1)
-            if pool[0] == POOL_NONE:
+            if pool[POOL_KIND] == POOL_NONE:
                 for p in range(npos * L):
                     ob[obase + p] = acc[p]
             else:  # general pooling, one image at a time through a contiguous plane
@@ -370,13 +415,13 @@ def conv2d_blocked(
     """:func:`conv2d`'s result through blocks of :data:`LANES` interleaved images, one thread.
 
     ``off`` holds tap offsets in pixels (as for :func:`conv2d`); ``sizes`` is
-    :func:`blocked_scratch_sizes`.
+    :func:`blocked_scratch_sizes` (``BLOCK_*``).
     """
-    xi = aligned_zeros(sizes[0])
-    acc = aligned_zeros(sizes[1])
-    ob = aligned_zeros(sizes[2])
+    xi = aligned_zeros(sizes[BLOCK_INPUT])
+    acc = aligned_zeros(sizes[BLOCK_ACC])
+    ob = aligned_zeros(sizes[BLOCK_OUT])
     n = x.shape[0]
-    lanes = sizes[3]
+    lanes = sizes[BLOCK_LANES]
     for n0 in range(0, n, lanes):
         _conv_block(x, out, n0, min(lanes, n - n0), indptr, off, vals, bias, ip, fp, xi, acc, ob, lanes)
 
@@ -390,11 +435,16 @@ def im2col_taps(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return used.astype(np.int32), pos.astype(np.int32).reshape(-1)
 
 
-def im2col_scratch_sizes(ip: np.ndarray, n_used: int) -> tuple[int, int, int, int]:
-    """Elements of the padded image, the column matrix and the output plane; and the column row pitch."""
-    cin, hp, wp, oh, ow = (int(ip[i]) for i in (0, 7, 8, 9, 10))
+def im2col_scratch_sizes(ip: np.ndarray, n_used: int, kh: int, kw: int, dil_h: int, dil_w: int) -> tuple[int, ...]:
+    """Elements of the padded image, the column matrix and the output plane, the column row pitch, then the
+    kernel's size and dilation (``IM2COL_*``)."""
+    cin, hp, wp, oh, ow = (int(ip[i]) for i in (IP_CIN, IP_HP, IP_WP, IP_OH, IP_OW))
     pitch = -(-(oh * ow) // VEC) * VEC
-    return cin * hp * wp, max(1, n_used) * pitch, pitch, pitch
+    sizes = [0] * IM2COL_LEN
+    sizes[IM2COL_IMAGE], sizes[IM2COL_COLS] = cin * hp * wp, max(1, n_used) * pitch
+    sizes[IM2COL_ACC], sizes[IM2COL_PITCH] = pitch, pitch
+    sizes[IM2COL_KH], sizes[IM2COL_KW], sizes[IM2COL_DIL_H], sizes[IM2COL_DIL_W] = kh, kw, dil_h, dil_w
+    return tuple(sizes)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -417,7 +467,8 @@ def _im2col_image(
     dil_h: int,
     dil_w: int,
 ) -> None:
-    st_h, st_w, hp, wp, oh, ow, ph, pw = ip[5], ip[6], ip[7], ip[8], ip[9], ip[10], ip[12], ip[13]
+    st_h, st_w, hp, wp = ip[IP_STRIDE_H], ip[IP_STRIDE_W], ip[IP_HP], ip[IP_WP]
+    oh, ow, ph, pw = ip[IP_OH], ip[IP_OW], ip[IP_PH], ip[IP_PW]
     _pad_copy(xn, src, ip)
     # Columns: one row of oh·ow output positions per weight column some tap uses (no wide-row waste).
     upitch = np.uint64(pitch)
@@ -465,11 +516,11 @@ def conv2d_im2col(
 
     Each tap then multiplies one contiguous, 64-byte aligned row of ``oh·ow`` positions: no wide-row waste,
     any stride. ``tap[j]`` is nonzero ``j``'s row in the column matrix, ``used[u]`` the weight column of row
-    ``u``; ``sizes`` is :func:`im2col_scratch_sizes` followed by kh, kw, dil_h, dil_w.
+    ``u``; ``sizes`` is :func:`im2col_scratch_sizes` (``IM2COL_*``).
     """
-    src = aligned_zeros(sizes[0])
-    col = aligned_zeros(sizes[1])
-    acc = aligned_zeros(sizes[2])
+    src = aligned_zeros(sizes[IM2COL_IMAGE])
+    col = aligned_zeros(sizes[IM2COL_COLS])
+    acc = aligned_zeros(sizes[IM2COL_ACC])
     for n in range(x.shape[0]):
         _im2col_image(
             x[n],
@@ -484,11 +535,11 @@ def conv2d_im2col(
             src,
             col,
             acc,
-            sizes[3],
-            sizes[4],
-            sizes[5],
-            sizes[6],
-            sizes[7],
+            sizes[IM2COL_PITCH],
+            sizes[IM2COL_KH],
+            sizes[IM2COL_KW],
+            sizes[IM2COL_DIL_H],
+            sizes[IM2COL_DIL_W],
         )
 
 
@@ -516,12 +567,17 @@ def shifted_offsets(
     return off.astype(np.int32)
 
 
-def shifted_scratch_sizes(ip: np.ndarray, kw: int, dil_w: int) -> tuple[int, int, int, int, int]:
+def shifted_scratch_sizes(ip: np.ndarray, kw: int, dil_w: int) -> tuple[int, ...]:
     """Elements of the padded image (none without padding: the copies then read the image itself), the
-    shifted copies (with a whole-vector tail) and the accumulator; then ``kw`` and the column dilation."""
-    cin, h, w, hp, wp, oh, ow = (int(ip[i]) for i in (0, 1, 2, 7, 8, 9, 10))
+    shifted copies (with a whole-vector tail) and the accumulator; then ``kw`` and the column dilation
+    (``SHIFTED_*``)."""
+    cin, h, w, hp, wp, oh, ow = (int(ip[i]) for i in (IP_CIN, IP_H, IP_W, IP_HP, IP_WP, IP_OH, IP_OW))
     npos = -(-(oh * ow) // VEC) * VEC
-    return (0 if (hp, wp) == (h, w) else cin * hp * wp), kw * cin * hp * ow + VEC, npos, kw, dil_w
+    sizes = [0] * SHIFTED_LEN
+    sizes[SHIFTED_IMAGE] = 0 if (hp, wp) == (h, w) else cin * hp * wp
+    sizes[SHIFTED_COPIES], sizes[SHIFTED_ACC] = kw * cin * hp * ow + VEC, npos
+    sizes[SHIFTED_KW], sizes[SHIFTED_DIL_W] = kw, dil_w
+    return tuple(sizes)
 
 
 @njit(cache=True, inline="always")
@@ -530,13 +586,13 @@ def shifted_buffers(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
     Only what is read before it is written gets zeroed: the padded image's border and the copies' vector tail
     (whole-vector reads past the last row land there, in sums that are dropped). Every copy row and every
-    accumulator is written first: zeroing them cost ~0.5 µs per LeNet-5 call.
+    accumulator is written first, so they are not zeroed.
     """
-    src = aligned_zeros(sizes[0])
-    sh = aligned_empty(sizes[1])
-    for i in range(sizes[1] - VEC, sizes[1]):
+    src = aligned_zeros(sizes[SHIFTED_IMAGE])
+    sh = aligned_empty(sizes[SHIFTED_COPIES])
+    for i in range(sizes[SHIFTED_COPIES] - VEC, sizes[SHIFTED_COPIES]):
         sh[i] = 0.0
-    return src, sh, aligned_empty(sizes[2])
+    return src, sh, aligned_empty(sizes[SHIFTED_ACC])
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -555,8 +611,8 @@ def _shifted_image(
     kw: int,
     dil_w: int,
 ) -> None:
-    cin, hp, wp, oh, ow, ph, pw = ip[0], ip[7], ip[8], ip[9], ip[10], ip[12], ip[13]
-    if hp == ip[1] and wp == ip[2]:  # no padding: the copies read the image itself
+    cin, hp, wp, oh, ow, ph, pw = ip[IP_CIN], ip[IP_HP], ip[IP_WP], ip[IP_OH], ip[IP_OW], ip[IP_PH], ip[IP_PW]
+    if hp == ip[IP_H] and wp == ip[IP_W]:  # no padding: the copies read the image itself
         src = xn
     else:
         _pad_copy(xn, src, ip)
@@ -602,8 +658,10 @@ def conv2d_shifted(
 
     Every tap multiplies ``oh·ow`` contiguous values: no wide-row waste (LeNet-5's conv2: 64 instead of 96
     positions per tap), for a copy of ``kw`` times the image. ``off`` is :func:`shifted_offsets`; ``sizes``
-    is :func:`shifted_scratch_sizes`.
+    is :func:`shifted_scratch_sizes` (``SHIFTED_*``).
     """
     src, sh, acc = shifted_buffers(sizes)
     for n in range(x.shape[0]):
-        _shifted_image(x[n], out[n], indptr, off, vals, bias, ip, fp, src, sh, acc, sizes[3], sizes[4])
+        _shifted_image(
+            x[n], out[n], indptr, off, vals, bias, ip, fp, src, sh, acc, sizes[SHIFTED_KW], sizes[SHIFTED_DIL_W]
+        )

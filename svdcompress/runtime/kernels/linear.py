@@ -1,8 +1,8 @@
 """Chains of sparse (or dense) Linear layers, bias and activation fused, in one kernel call per chain.
 
 - :func:`chain_single`: one example. Each output row is a dot product of its nonzeros with gathered inputs,
-  eight partial sums at a time in one vector (inputs inserted element by element: AVX-512 gathers measured
-  slower on this CPU); a dense layer walks its rows contiguously.
+  eight partial sums at a time in one vector (inputs inserted element by element, which beat AVX-512
+  gathers); a dense layer walks its rows contiguously.
 - :func:`chain_batched`: a batch, in feature-major blocks of ``tile`` examples, so that every nonzero
   multiplies one contiguous row of ``tile`` activations (broadcast multiply-add, no gathers). Each block is
   transposed in by the kernel; activations stay feature-major from layer to layer.
@@ -10,8 +10,8 @@
 
 Column indices may be any unsigned integer type: each width compiles its own specialisation, so the
 narrowest type that fits (uint16 below 65,536 inputs) cuts the bytes read per nonzero. Positions are
-unsigned throughout: signed ones make numba test each index for negative wrap-around, which halved the
-SpMV's speed here and keeps LLVM from vectorising.
+unsigned throughout: signed ones make numba test each index for negative wrap-around, which slows the SpMV
+and keeps LLVM from vectorising. The measurements behind these choices: ``benchmarks/results/kernel_notes.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from numba import njit, prange
 
 from ._intrinsics import csr_row_dot, transpose16
 from ._scalar import FASTMATH, accumulate_taps, act, aligned_zeros
+from .layout import CHAIN_ACT, CHAIN_BIAS_BASE, CHAIN_COLS, CHAIN_PTR_BASE, CHAIN_ROWS, FP_A0, FP_A1
 
 __all__ = ["chain_batched", "chain_batched_parallel", "chain_single", "spmm_tile"]
 
@@ -28,7 +29,7 @@ __all__ = ["chain_batched", "chain_batched_parallel", "chain_single", "spmm_tile
 def spmm_tile(batch: int) -> int:
     """Examples per batch block: 64 (LLVM's vector body, 16 lanes × 4 interleaved, so no block runs its scalar
     remainder loop), fewer for small batches, where padding a block to 64 would waste more than the shorter
-    loop costs. Measured on a 4096×4096 layer at 2%: 10 GMAC/s at 64, 6 at 32, 4 at 16, 7 at 128."""
+    loop costs (64 measured fastest of 16 to 128 on a large sparse layer)."""
     return 64 if batch > 32 else 32 if batch > 16 else 16
 
 
@@ -52,8 +53,9 @@ def _chain_rows(
 
     Feature ``c`` of the block's examples is ``src[c·tile : (c+1)·tile]``; ``dst`` has the same pitch.
     """
-    rows, pbase, bbase, kind = meta[layer, 0], meta[layer, 2], meta[layer, 3], meta[layer, 4]
-    a0, a1 = fpar[layer, 0], fpar[layer, 1]
+    rows, pbase = meta[layer, CHAIN_ROWS], meta[layer, CHAIN_PTR_BASE]
+    bbase, kind = meta[layer, CHAIN_BIAS_BASE], meta[layer, CHAIN_ACT]
+    a0, a1 = fpar[layer, FP_A0], fpar[layer, FP_A1]
     ut = np.uint64(tile)
     for r in range(rows):
         base = np.uint64(r) * ut
@@ -123,7 +125,7 @@ def _chain_block(
         else:
             _chain_rows(buf_b, buf_a, meta, fpar, ptr, idx, vals, bias, layer, tile)
     out = buf_a if nlayers % 2 == 1 else buf_b
-    rows = meta[nlayers - 1, 0]
+    rows = meta[nlayers - 1, CHAIN_ROWS]
     for r0 in range(0, rows, 16):  # transpose out, 16 outputs at a time
         r1 = min(r0 + 16, rows)
         for t in range(m):
@@ -149,7 +151,7 @@ def _chain_blocks(
     """Blocks ``b0 .. b1`` (of ``tile`` examples each) of :func:`chain_batched`, with scratch of their own."""
     width = 0
     for layer in range(meta.shape[0]):
-        width = max(width, meta[layer, 0])
+        width = max(width, meta[layer, CHAIN_ROWS])
     buf_a = aligned_zeros(width * tile)
     buf_b = aligned_zeros(width * tile)
     buf_x = aligned_zeros(max(1, groups.size) * 16 * tile)
@@ -178,11 +180,11 @@ def chain_batched(
     the 16-feature groups ``groups`` that layer 0 reads; its column indices are positions in the transposed
     block, see :func:`_transpose_in`) and its activations stay feature-major from layer to layer, so that
     every nonzero multiplies one contiguous row of ``tile`` activations (broadcast multiply-add, no gathers).
-    This replaced a transpose of the whole batch in numpy (70 µs of LeNet-300-100's 166 at batch 256, and a
-    fresh 800 kB buffer per call).
-    ``meta[l]`` is (rows, cols, row-pointer base, bias base, activation) of layer ``l``; ``fpar[l]`` its
-    activation attributes; ``ptr``, ``idx``, ``vals``, ``bias`` the layers' CSR arrays concatenated (``ptr``
-    entries are positions in the concatenated ``idx``/``vals``). A dense layer is a CSR holding every entry.
+    No transpose of the whole batch, and no buffer of its size, per call.
+    ``meta[l]`` is (rows, cols, row-pointer base, bias base, activation) of layer ``l`` (``CHAIN_*`` of
+    :mod:`.layout`); ``fpar[l]`` its activation attributes (``FP_*``); ``ptr``, ``idx``, ``vals``, ``bias``
+    the layers' CSR arrays concatenated (``ptr`` entries are positions in the concatenated ``idx``/``vals``).
+    A dense layer is a CSR holding every entry.
     """
     _chain_blocks(x, y, meta, fpar, ptr, idx, vals, bias, groups, tile, 0, (y.shape[0] + tile - 1) // tile)
 
@@ -206,9 +208,8 @@ def chain_batched_parallel(
     (a call inside the kernel would keep it out of numba's cache: it reads a ctypes pointer).
 
     One parallel region per call and no Python between the parts: handing half a batch to a Python worker
-    thread instead costs a GIL hand-over each way (LeNet-300-100 at batch 256: 98 µs on one thread, 125 µs
-    split on two workers, 49 µs here). The loop body is a call, not inlined code: numba's parallel compile of
-    the inlined chain took 37 s against 21 s.
+    thread instead costs a GIL hand-over each way. The loop body is a call, not inlined code: numba's parallel
+    compile of the inlined chain takes much longer.
     """
     nblocks = (y.shape[0] + tile - 1) // tile
     for p in prange(parts):
@@ -236,18 +237,19 @@ def chain_single(
     """
     width = 0
     for layer in range(meta.shape[0]):
-        width = max(width, meta[layer, 0], meta[layer, 1])
+        width = max(width, meta[layer, CHAIN_ROWS], meta[layer, CHAIN_COLS])
     a = np.empty((1, width), np.float32)
     b = np.empty((1, width), np.float32)
-    cols0 = meta[0, 1]
+    cols0 = meta[0, CHAIN_COLS]
     for c in range(cols0):
         a[0, c] = x[0, c]
     nlayers = meta.shape[0]
     for layer in range(nlayers):
         src = a if layer % 2 == 0 else b
         dst = b if layer % 2 == 0 else a
-        rows, cols, pbase, bbase, kind = meta[layer, 0], meta[layer, 1], meta[layer, 2], meta[layer, 3], meta[layer, 4]
-        a0, a1 = fpar[layer, 0], fpar[layer, 1]
+        rows, cols, pbase = meta[layer, CHAIN_ROWS], meta[layer, CHAIN_COLS], meta[layer, CHAIN_PTR_BASE]
+        bbase, kind = meta[layer, CHAIN_BIAS_BASE], meta[layer, CHAIN_ACT]
+        a0, a1 = fpar[layer, FP_A0], fpar[layer, FP_A1]
         s_row = src[0]
         d_row = dst[0]
         if dense[layer]:
@@ -263,5 +265,5 @@ def chain_single(
                 s = csr_row_dot(vals, idx, s_row, np.uint64(ptr[pbase + r]), np.uint64(ptr[pbase + r + 1]))
                 d_row[r] = act(s + bias[bbase + r], kind, a0, a1)
     out = b if nlayers % 2 == 1 else a
-    for r in range(meta[nlayers - 1, 0]):
+    for r in range(meta[nlayers - 1, CHAIN_ROWS]):
         y[0, r] = out[0, r]

@@ -1,13 +1,13 @@
 """One call for a whole single-example pass of a sequential network: convolutions, then a Linear chain.
 
-At batch 1 the kernels themselves take ~20 µs of LeNet-5's ~26; the rest was Python: four steps, each with
-its closures, reshapes, an output allocation and a numba dispatch (~1 µs for nine array arguments). Here the
-executor hands the whole pass to :func:`net_single`, which runs the very kernels the steps would have run
-(the per-image convolution variant each layer picked at load, then :func:`chain_single`), in one dispatch.
+At batch 1 on a small network, Python is a large part of a step-by-step pass: each step has its closures,
+reshapes, an output allocation and a numba dispatch. Here the executor hands the whole pass to
+:func:`net_single`, which runs the very kernels the steps would have run (the per-image convolution variant
+each layer picked at load, then :func:`chain_single`), in one dispatch.
 
-Layer ``k``'s arrays sit in concatenations; ``cmeta[k]`` holds (variant, indptr base, indptr length, tap
-base, nnz, used-columns base, used count, bias base, cout, sizes base, sizes count, output size). Scratch is
-allocated per call, so concurrent calls share nothing.
+Layer ``k``'s arrays sit in concatenations; ``cmeta[k]`` holds the variant and where the layer's slice of
+each concatenation starts and how long it is (``NET_*`` of :mod:`.layout`). Scratch is allocated per call, so
+concurrent calls share nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +17,33 @@ from numba import njit
 
 from ._scalar import FASTMATH, aligned_zeros
 from .conv import _conv_image, _im2col_image, _shifted_image, shifted_buffers
+from .layout import (
+    IM2COL_ACC,
+    IM2COL_COLS,
+    IM2COL_DIL_H,
+    IM2COL_DIL_W,
+    IM2COL_IMAGE,
+    IM2COL_KH,
+    IM2COL_KW,
+    IM2COL_PITCH,
+    NET_BIAS_BASE,
+    NET_COUT,
+    NET_OUT_SIZE,
+    NET_PTR_BASE,
+    NET_PTR_LEN,
+    NET_SIZES_BASE,
+    NET_SIZES_LEN,
+    NET_TAP_BASE,
+    NET_TAP_LEN,
+    NET_USED_BASE,
+    NET_USED_LEN,
+    NET_VARIANT,
+    SHIFTED_DIL_W,
+    SHIFTED_KW,
+    WIDE_ACC,
+    WIDE_IMAGE,
+    WIDE_PLANE,
+)
 from .linear import chain_single
 
 __all__ = ["CONV_IM2COL", "CONV_SHIFTED", "CONV_WIDE", "net_single"]
@@ -54,36 +81,37 @@ def net_single(
     cur = x.reshape(-1)
     for k in range(cmeta.shape[0]):
         code, pb, pn, ob, on, ub, un, bb, bn, sb, sn, osize = (
-            cmeta[k, 0],
-            cmeta[k, 1],
-            cmeta[k, 2],
-            cmeta[k, 3],
-            cmeta[k, 4],
-            cmeta[k, 5],
-            cmeta[k, 6],
-            cmeta[k, 7],
-            cmeta[k, 8],
-            cmeta[k, 9],
-            cmeta[k, 10],
-            cmeta[k, 11],
+            cmeta[k, NET_VARIANT],
+            cmeta[k, NET_PTR_BASE],
+            cmeta[k, NET_PTR_LEN],
+            cmeta[k, NET_TAP_BASE],
+            cmeta[k, NET_TAP_LEN],
+            cmeta[k, NET_USED_BASE],
+            cmeta[k, NET_USED_LEN],
+            cmeta[k, NET_BIAS_BASE],
+            cmeta[k, NET_COUT],
+            cmeta[k, NET_SIZES_BASE],
+            cmeta[k, NET_SIZES_LEN],
+            cmeta[k, NET_OUT_SIZE],
         )
         indptr, off, w, b = cptr[pb : pb + pn], coff[ob : ob + on], cvals[ob : ob + on], cbias[bb : bb + bn]
         ip, fp, sz = cip[k], cfp[k], csizes[sb : sb + sn]
         out = np.empty(osize, np.float32)
         if code == CONV_WIDE:
-            acc = aligned_zeros(sz[0])
-            plane = np.empty(sz[1], np.float32)
-            src = aligned_zeros(sz[2])
+            acc = aligned_zeros(sz[WIDE_ACC])
+            plane = np.empty(sz[WIDE_PLANE], np.float32)
+            src = aligned_zeros(sz[WIDE_IMAGE])
             _conv_image(cur, out, indptr, off, w, b, ip, fp, acc, plane, src)
         elif code == CONV_SHIFTED:
             src, sh, acc = shifted_buffers(sz)
-            _shifted_image(cur, out, indptr, off, w, b, ip, fp, src, sh, acc, sz[3], sz[4])
+            _shifted_image(cur, out, indptr, off, w, b, ip, fp, src, sh, acc, sz[SHIFTED_KW], sz[SHIFTED_DIL_W])
         else:
-            src = aligned_zeros(sz[0])
-            col = aligned_zeros(sz[1])
-            acc = aligned_zeros(sz[2])
+            src = aligned_zeros(sz[IM2COL_IMAGE])
+            col = aligned_zeros(sz[IM2COL_COLS])
+            acc = aligned_zeros(sz[IM2COL_ACC])
             used = cused[ub : ub + un]
-            _im2col_image(cur, out, indptr, off, used, w, b, ip, fp, src, col, acc, sz[3], sz[4], sz[5], sz[6], sz[7])
+            pitch, kh, kw, dh, dw = sz[IM2COL_PITCH], sz[IM2COL_KH], sz[IM2COL_KW], sz[IM2COL_DIL_H], sz[IM2COL_DIL_W]
+            _im2col_image(cur, out, indptr, off, used, w, b, ip, fp, src, col, acc, pitch, kh, kw, dh, dw)
         cur = out
     if meta.shape[0] > 0:
         chain_single(cur.reshape(1, -1), y, meta, fpar, ptr, idx, vals, bias, dense)
