@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 from ..errors import BundleError, InvalidInputError
-from . import kernels as K
+from . import kernels as K, plan_record
 from ._workers import SpinningWorkers
 from .bundle import EXTENSION, FORMAT_NAME, FORMAT_VERSION, Bundle, read_bundle
 from .executor import BATCHED, KERNELS, OPS, build_plan
@@ -95,6 +95,9 @@ class CSRModel:
         nnz: Layer name → non-zero weights.
         macs_per_item: Multiply-adds the batch-1 kernels execute per example.
         weight_bytes: Bytes of weight data (values, indices, row pointers) the batch-1 kernels read per call.
+        kernel_plan: The kernel and layout each layer runs per batch regime, whether batch 1 runs as one fused
+            call, and this CPU: what ``export`` records in the bundle (:mod:`.plan_record`).
+        kernels_timed: Candidate kernels timed during the load (0 when the bundle's record decided everything).
     """
 
     def __init__(self, bundle: Bundle, kernel: str = "auto", threads: int | None = None) -> None:
@@ -124,6 +127,12 @@ class CSRModel:
         self.nnz = plan.nnz
         self.macs_per_item = plan.macs_per_item
         self.weight_bytes = plan.weight_bytes
+        self.kernel_plan: dict[str, Any] = {
+            "cpu": dict(plan_record.cpu_identity()),
+            "layers": plan.choices,
+            "single": plan.single is not None,
+        }
+        self.kernels_timed = plan.timed
         self._prange = plan.parallel_only()
         self._prange_lock = threading.Lock()
 

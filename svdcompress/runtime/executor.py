@@ -18,6 +18,7 @@ a batch of 64, and each regime keeps the faster. ``"sparse"``/``"dense"`` force 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -25,10 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from . import layers as L, simple_ops as S
+from . import layers as L, plan_record, simple_ops as S
 from ._builder import BATCHED, BLOCKED_MIN_BATCH, CHAIN_MIN_BATCH, KERNELS, SCALAR_ACTS, Builder, Plan
 from ._single import single_pass
 from .bundle import Bundle
+
+_log = logging.getLogger("svdcompress.runtime")
 
 __all__ = ["BATCHED", "BLOCKED_MIN_BATCH", "CHAIN_MIN_BATCH", "KERNELS", "OPS", "Plan", "build_plan"]
 
@@ -53,11 +56,27 @@ OPS: dict[str, Callable[[Builder, dict[str, Any]], None]] = {
 
 
 def build_plan(bundle: Bundle, kernel: str) -> Plan:
-    """Validate the graph of ``bundle`` and compile it into steps (see the module docstring)."""
-    plan = Builder(bundle, kernel, OPS).build()
+    """Validate the graph of ``bundle`` and compile it into steps (see the module docstring).
+
+    With ``kernel="auto"`` and a ``kernel_plan`` recorded on this CPU (:mod:`.plan_record`), the recorded
+    kernels and layouts run and nothing is timed; recorded on another CPU, everything is chosen again."""
+    rec: dict[str, Any] = bundle.manifest.get(plan_record.KEY) or {}
+    use = kernel == "auto" and bool(rec) and plan_record.cpu_matches(rec["cpu"])
+    if kernel == "auto" and rec and not use:
+        _log.info(
+            "%s: kernel plan recorded on another CPU (%s); choosing the kernels on this one",
+            bundle.path,
+            rec["cpu"].get("model", rec["cpu"]["name"]),
+        )
+    plan = Builder(bundle, kernel, OPS, rec["layers"] if use else None).build()
     plan.single = single_pass(plan)
-    if plan.single is not None and not _fused_pays(plan, tuple(bundle.manifest["input_shape"])):
-        plan.single = None
+    if plan.single is not None:
+        fused = rec.get("single") if use else None
+        if fused is None:
+            plan.timed += 2
+            fused = _fused_pays(plan, tuple(bundle.manifest["input_shape"]))
+        if not fused:
+            plan.single = None
     return plan
 
 
