@@ -27,6 +27,7 @@ from . import kernels as K, plan_record
 from ._workers import SpinningWorkers
 from .bundle import EXTENSION, FORMAT_NAME, FORMAT_VERSION, Bundle, read_bundle
 from .executor import BATCHED, KERNELS, OPS, build_plan
+from .warmup import warmup
 
 __all__ = [
     "BATCHED",
@@ -43,6 +44,7 @@ __all__ = [
     "CSRModel",
     "load",
     "read_bundle",
+    "warmup",
 ]
 
 SUPPORTED_OPS = frozenset(OPS)
