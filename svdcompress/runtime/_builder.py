@@ -122,6 +122,7 @@ class Builder:
         record: dict[str, dict[str, dict[str, str]]] | None = None,
     ) -> None:
         self.record = record or {}  # a bundle's kernel_plan layers, when chosen on this CPU
+        self.compiled: set[str] = set()  # kernels this load has run already (timing them is then free)
         self.ops = ops
         self.b = bundle
         self.m = bundle.manifest
@@ -286,24 +287,29 @@ class Builder:
         self,
         name: str,
         regime: str,
-        candidates: dict[str, tuple[Callable[[], Step], float]],
+        candidates: dict[str, tuple[Callable[[], Step], float, str]],
         in_shape: tuple[int, ...],
         slot: int,
         batch: int,
     ) -> str:
         """The layout of layer ``name`` for ``regime`` among ``candidates`` (layout → (step factory, the cost
-        model's estimate)): the bundle's record when it names a candidate, else the faster of the cost model's
-        best :data:`SHORTLIST` on the layer's shape at ``batch``. Only the steps timed are built and run, so
-        only their kernels are compiled."""
+        model's estimate, the kernel it runs)): the bundle's record when it names a candidate, else the fastest
+        on the layer's shape at ``batch`` of the candidates that run the cost model's best :data:`SHORTLIST`
+        kernels or a kernel this load already compiled (layouts of one kernel cost one compilation). Only the
+        steps timed are built and run, so only their kernels are compiled."""
         rec = self.recorded(name, regime, "layout")
         if rec is not None and rec in candidates:
             return rec
-        ranked = sorted(candidates, key=lambda k: candidates[k][1])[: max(1, SHORTLIST)]
-        if len(ranked) == 1:
-            return ranked[0]
-        steps = [candidates[k][0]() for k in ranked]
+        ranked = sorted(candidates, key=lambda k: candidates[k][1])
+        kernels = list(dict.fromkeys(candidates[k][2] for k in ranked))
+        allowed = set(kernels[: max(1, SHORTLIST)]) | (self.compiled & set(kernels))
+        timed = [k for k in ranked if candidates[k][2] in allowed]
+        self.compiled.update(candidates[k][2] for k in timed)
+        if len(timed) == 1:
+            return timed[0]
+        steps = [candidates[k][0]() for k in timed]
         self.plan.timed += len(steps)
-        return ranked[steps.index(self.fastest(steps, in_shape, slot, batch))]
+        return timed[steps.index(self.fastest(steps, in_shape, slot, batch))]
 
     def fastest(self, steps: list[Step], in_shape: tuple[int, ...], slot: int, batch: int = BATCHED) -> Step:
         """The step (one layer, several layouts of the same arithmetic) measured fastest at ``batch``."""

@@ -239,7 +239,7 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
             one_name = b.pick(
                 name,
                 "batch1",
-                {k: (partial(image_only, k), per_image_cost(k, nz)) for k in image_layouts},
+                {k: (partial(image_only, k), per_image_cost(k, nz), k) for k in image_layouts},
                 (cin, h, w),
                 x,
                 1,
@@ -247,11 +247,12 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
         best_1, arrays_1 = image_step(one_name)
         if fixed is None:
             # Interleaved blocks vectorise over images (no wide-row waste, full vectors for small planes): the
-            # model rates a per-image layout at 1.5 × its per-image work in batches.
-            many_cands: dict[str, tuple[Callable[[], Step], float]] = {
-                k: (partial(blocked_step, k, best_1), float(nz * npos)) for k in blocked
+            # model rates a per-image layout at 1.5 × its per-image work in batches. The layouts timed at batch 1
+            # are compiled already: pick() times them again at no compile cost.
+            many_cands: dict[str, tuple[Callable[[], Step], float, str]] = {
+                k: (partial(blocked_step, k, best_1), float(nz * npos), "blocked") for k in blocked
             }
-            many_cands.update({k: (partial(image_only, k), 1.5 * per_image_cost(k, nz)) for k in image_layouts})
+            many_cands.update({k: (partial(image_only, k), 1.5 * per_image_cost(k, nz), k) for k in image_layouts})
             many_name = b.pick(name, "batched", many_cands, (cin, h, w), x, BATCHED)
         best_b = blocked_step(many_name, best_1) if many_name in blocked else image_step(many_name)[0]
         return best_1, best_b, arrays_1, one_name, many_name
