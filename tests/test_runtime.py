@@ -693,3 +693,45 @@ def test_warmup_compiles_what_a_bundle_runs(tmp_path: Path) -> None:
     bad = subprocess.run([*cli, str(tmp_path / "nope.csr")], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 1 and "nope.csr" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def _with_plan(src: Path, dst: Path, edit: Any) -> Path:
+    """A copy of bundle ``src`` whose manifest's kernel_plan went through ``edit`` (None removes it)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for zi in zin.infolist():
+            data = zin.read(zi)
+            if zi.filename == "manifest.json":
+                m = json.loads(data)
+                plan = edit(m.pop("kernel_plan"))
+                if plan is not None:
+                    m["kernel_plan"] = plan
+                data = json.dumps(m).encode()
+            zout.writestr(zi, data)
+    return dst
+
+
+def test_a_recorded_kernel_plan_is_used_on_its_cpu_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """export records the plan; a load on the same CPU times nothing and runs it; a plan from another CPU, or
+    none, is chosen again (by timing), with the same outputs."""
+    bundle = Path(_cache_script_args(tmp_path)[0])
+    x = np.random.default_rng(1).standard_normal((70, 30)).astype(np.float32)
+    same = runtime.load(bundle)
+    assert same.kernels_timed == 0 and same.kernel_plan["cpu"] == runtime.plan_record.cpu_identity()
+
+    def elsewhere(plan: dict[str, Any]) -> dict[str, Any]:
+        for regimes in plan["layers"].values():  # the other machine chose dense everywhere
+            for choice in regimes.values():
+                choice["kernel"] = "dense"
+        return {**plan, "cpu": {"name": "other-cpu", "features": "0" * 16, "model": "Other CPU"}}
+
+    with caplog.at_level(logging.INFO, logger="svdcompress.runtime"):
+        other = runtime.load(_with_plan(bundle, tmp_path / "other.csr", elsewhere))
+    assert other.kernels_timed > 0 and "recorded on another CPU (Other CPU)" in caplog.text
+    none = runtime.load(_with_plan(bundle, tmp_path / "none.csr", lambda plan: None))
+    assert none.kernels_timed > 0
+    forced = runtime.load(_with_plan(bundle, tmp_path / "forced.csr", lambda p: {**elsewhere(p), "cpu": p["cpu"]}))
+    assert forced.kernels_timed == 0 and set(forced.layer_kernels.values()) == {"dense"}  # the record rules
+    for m in (other, none, forced):
+        np.testing.assert_allclose(m(x), same(x), rtol=1e-5, atol=1e-5)

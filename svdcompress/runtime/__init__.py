@@ -276,9 +276,10 @@ def _slow_load_note() -> threading.Timer | None:
     if not _log.isEnabledFor(logging.INFO):
         return None
     message = (
-        "CSR runtime: loading takes a while: on their first use on a machine numba compiles the runtime's kernels "
-        "(~20-90 s for the LeNets; cached on disk, later loads take under a second), and kernel='auto' times "
-        "each layer's kernels on its shape"
+        "CSR runtime: loading takes a while: on their first use on a machine numba compiles the kernels the "
+        "model runs (~10-60 s for the LeNets; cached on disk, later loads take under a second; `svdcompress "
+        "warmup BUNDLE` compiles them ahead of time), and a bundle without a kernel plan for this CPU times each "
+        "layer's best two candidates on its shape"
     )
     timer = threading.Timer(SLOW_LOAD_S, _log.info, args=(message,))
     timer.daemon = True

@@ -13,7 +13,9 @@ Batch 1: a sequential network (convolutions, reshapes, then one Linear chain) al
 
 Kernel choice (``kernel="auto"``): each convolution and Linear layer is timed on its real shape with the
 sparse kernel and the dense one (the same loops over every weight, or a contiguous GEMV), at batch 1 and at
-a batch of 64, and each regime keeps the faster. ``"sparse"``/``"dense"`` force one.
+a batch of 64, and each regime keeps the faster; a convolution's layouts are first ranked by a cost model and
+only the best two kernels are timed (each is compiled on first use). ``"sparse"``/``"dense"`` force one. A
+bundle's ``kernel_plan`` recorded on this CPU replaces all timing (:mod:`.plan_record`).
 """
 
 from __future__ import annotations
