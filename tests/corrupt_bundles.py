@@ -949,3 +949,37 @@ def build(case_id: str, src: Path, dst: Path) -> str | None:
     Returns the name its error message must contain (see :data:`CASES`), or None.
     """
     return CASES[case_id](src, dst)
+
+
+# ---------------------------------------------------------------------------------------------- kernel plan
+
+
+def _plan(b: Bundle, choice: Any) -> dict[str, Any]:
+    node = b.nodes("conv2d")[0]["name"]
+    return {
+        "cpu": {"name": "generic", "features": "0" * 16},
+        "layers": {node: {"batch1": choice, "batched": {"kernel": "sparse", "layout": "blocked16"}}},
+        "single": True,
+    }
+
+
+@case("kernel-plan-layout", "kernel_plan")
+def _(b: Bundle) -> None:
+    b.manifest["kernel_plan"] = _plan(b, {"kernel": "sparse", "layout": "../../etc/passwd"})
+
+
+@case("kernel-plan-kernel-type", "kernel_plan")
+def _(b: Bundle) -> None:
+    b.manifest["kernel_plan"] = _plan(b, {"kernel": ["sparse"], "layout": "wide"})
+
+
+@case("kernel-plan-unknown-layer", "kernel_plan")
+def _(b: Bundle) -> None:
+    plan = _plan(b, {"kernel": "sparse", "layout": "wide"})
+    plan["layers"]["no-such-node"] = plan["layers"].popitem()[1]
+    b.manifest["kernel_plan"] = plan
+
+
+@case("kernel-plan-not-object", "kernel_plan")
+def _(b: Bundle) -> None:
+    b.manifest["kernel_plan"] = "fastest please"

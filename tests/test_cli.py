@@ -65,6 +65,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--input-shape", "1;28"], 2, "--input-shape"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--opset", "99"], 2, "--opset"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--round-to", "many"], 2, "--round-to"),
+    (["warmup", "--threads", "0"], 2, "--threads"),
     (["prune", "bundled:lenet5", "-o", "{tmp}/m.pt2", "--round-to", "auto"], 2, "--round-to"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.onnx", "--dtype", "fp8"], 2, "--dtype"),
     (["export", "bundled:lenet5", "-o", "{tmp}/m.csr", "--bits", "1"], 2, "--bits"),

@@ -2,8 +2,9 @@
 
 At load the runtime times several layouts of the same arithmetic (image by image on wide rows, blocks of 16 or
 32 interleaved images, a column matrix of the used taps, column-shifted copies of the image) and keeps the
-fastest, so which one a test exercises depends on the machine. Here ``Builder.fastest`` is patched to pick
-layout ``k``, so every layout is checked on every case, whatever the timings say.
+fastest, so which one a test exercises depends on the machine. Here every candidate is put on the shortlist and
+``Builder.fastest`` is patched to pick the ``k``-th, so every layout is checked on every case, whatever the
+cost model and the timings say.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def test_every_layout_matches_torch(
         return steps[min(layout, len(steps) - 1)]
 
     monkeypatch.setattr(_builder.Builder, "fastest", pick)
+    monkeypatch.setattr(_builder, "SHORTLIST", 10)  # every candidate, not the cost model's best two
     model = runtime.load(path, kernel="sparse")
     for n in (1, 5, 37):
         x = torch.randn(n, case[0], size, size)

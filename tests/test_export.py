@@ -287,10 +287,21 @@ def test_manifest_and_container(tmp_path: Path) -> None:
     with np.load(res.path, allow_pickle=False) as npz:  # plain .npy members, no pickle
         assert {"float32", "uint8"} <= set(npz.files)
         assert npz["float32"].dtype == np.uint8  # byte-shuffled planes
-    again = export_csr(
-        model, tmp_path / "n.csr", input_shape=(1, 12, 12), threshold=3.0, provenance={"source": "unit test"}
+    weight_nodes = {n["name"] for n in manifest["nodes"] if n["op"] in ("conv2d", "linear")}
+    assert set(manifest["kernel_plan"]["layers"]) == weight_nodes  # the choice made at export, per layer
+    # the kernel plan comes from timings; without it the bundle is reproducible byte for byte
+    once, again = (
+        export_csr(
+            model,
+            tmp_path / f"plain-{k}.csr",
+            input_shape=(1, 12, 12),
+            threshold=3.0,
+            provenance={"source": "unit test"},
+            kernel_plan=False,
+        )
+        for k in "mn"
     )
-    assert again.path.read_bytes() == res.path.read_bytes()  # reproducible byte for byte
+    assert again.path.read_bytes() == once.path.read_bytes()
 
 
 def test_graph_module_input(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -616,3 +617,123 @@ def test_numba_cache_works_with_a_read_only_package(tmp_path: Path, home: str) -
     assert runs[1]["hits"] >= 1 and runs[1]["misses"] == 0, runs  # ...the second compiled nothing
     for r in runs:
         assert not [w for w in r["warnings"] if "cach" in w.lower()], r["warnings"]
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv(1) to run a child as uid 65534",
+)
+def test_a_cache_warmed_by_root_serves_an_unprivileged_user(tmp_path: Path) -> None:
+    """The container case: root compiles the kernels into a 1777 ``$NUMBA_CACHE_DIR`` (numba makes its
+    subfolder 0755), then uid 65534 loads the bundle. numba alone dies at import ("no locator available");
+    here the process answers, warns once, and compiles nothing: it reads the kernels root compiled."""
+    setpriv = shutil.which("setpriv")
+    shared = Path(tempfile.mkdtemp(prefix="svdc-65534-"))  # pytest's tmp_path is root-only (0700)
+    try:
+        shared.chmod(0o755)
+        args = [shutil.copy(a, shared) for a in _cache_script_args(tmp_path)]
+        cache = shared / "numba-cache"
+        cache.mkdir()
+        cache.chmod(0o1777)
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "HOME": "/nonexistent", "TMPDIR": str(shared / "tmp")}
+        env.pop("XDG_CACHE_HOME", None)
+        (shared / "tmp").mkdir()
+        (shared / "tmp").chmod(0o1777)
+        argv = [sys.executable, "-c", _CACHE_SCRIPT, *args]
+        root = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False, cwd=shared)
+        assert root.returncode == 0, root.stderr
+        sub = [d for d in cache.iterdir() if d.is_dir()]
+        assert sub and all(d.stat().st_mode & 0o022 == 0 for d in sub)  # root's 0755 subfolder: the hazard
+
+        # uid 65534 with no write privilege; it keeps the right to read and search any folder, since the
+        # interpreter may live under a folder only root can enter (/root/.pyenv)
+        nobody = [
+            str(setpriv),
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+dac_read_search",
+            "--ambient-caps=+dac_read_search",
+        ]
+        runs = []
+        for _ in range(2):
+            proc = subprocess.run(
+                [*nobody, *argv], capture_output=True, text=True, env=env, timeout=300, check=False, cwd=shared
+            )
+            assert proc.returncode == 0, proc.stderr
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        for run in runs:
+            assert run["misses"] == 0 and run["hits"] >= 1, run  # root's kernels, read, not recompiled
+            cache_warnings = [w for w in run["warnings"] if "NUMBA_CACHE_DIR" in w]
+            assert len(cache_warnings) == 1 and "not writable by this user" in cache_warnings[0], run["warnings"]
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_warmup_compiles_what_a_bundle_runs(tmp_path: Path) -> None:
+    """``svdcompress warmup BUNDLE`` fills the cache: a later process loads the bundle, calls it at batch 1 and
+    in a batch, and compiles nothing. It prints the cache folder and its size; a missing bundle is one line."""
+    args = _cache_script_args(tmp_path)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    cli = [sys.executable, "-m", "svdcompress", "warmup"]
+    proc = subprocess.run([*cli, args[0]], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "kernels compiled" in proc.stdout and str(cache) in proc.stdout and " MB" in proc.stdout, proc.stdout
+    x64 = tmp_path / "x64.npy"
+    np.save(x64, np.repeat(np.load(args[1]), 64, axis=0))
+    ref64 = tmp_path / "ref64.npy"
+    np.save(ref64, np.repeat(np.load(args[2]), 64, axis=0))
+    script = _CACHE_SCRIPT.replace('kernel="sparse"', 'kernel="auto"')
+    for x, ref in ((args[1], args[2]), (str(x64), str(ref64))):
+        run = subprocess.run(
+            [sys.executable, "-c", script, args[0], x, ref], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert run.returncode == 0, run.stderr
+        stats = json.loads(run.stdout.strip().splitlines()[-1])
+        assert stats["misses"] == 0 and stats["hits"] >= 1, stats
+    bad = subprocess.run([*cli, str(tmp_path / "nope.csr")], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 1 and "nope.csr" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def _with_plan(src: Path, dst: Path, edit: Any) -> Path:
+    """A copy of bundle ``src`` whose manifest's kernel_plan went through ``edit`` (None removes it)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for zi in zin.infolist():
+            data = zin.read(zi)
+            if zi.filename == "manifest.json":
+                m = json.loads(data)
+                plan = edit(m.pop("kernel_plan"))
+                if plan is not None:
+                    m["kernel_plan"] = plan
+                data = json.dumps(m).encode()
+            zout.writestr(zi, data)
+    return dst
+
+
+def test_a_recorded_kernel_plan_is_used_on_its_cpu_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """export records the plan; a load on the same CPU times nothing and runs it; a plan from another CPU, or
+    none, is chosen again (by timing), with the same outputs."""
+    bundle = Path(_cache_script_args(tmp_path)[0])
+    x = np.random.default_rng(1).standard_normal((70, 30)).astype(np.float32)
+    same = runtime.load(bundle)
+    assert same.kernels_timed == 0 and same.kernel_plan["cpu"] == runtime.plan_record.cpu_identity()
+
+    def elsewhere(plan: dict[str, Any]) -> dict[str, Any]:
+        for regimes in plan["layers"].values():  # the other machine chose dense everywhere
+            for choice in regimes.values():
+                choice["kernel"] = "dense"
+        return {**plan, "cpu": {"name": "other-cpu", "features": "0" * 16, "model": "Other CPU"}}
+
+    with caplog.at_level(logging.INFO, logger="svdcompress.runtime"):
+        other = runtime.load(_with_plan(bundle, tmp_path / "other.csr", elsewhere))
+    assert other.kernels_timed > 0 and "recorded on another CPU (Other CPU)" in caplog.text
+    none = runtime.load(_with_plan(bundle, tmp_path / "none.csr", lambda plan: None))
+    assert none.kernels_timed > 0
+    forced = runtime.load(_with_plan(bundle, tmp_path / "forced.csr", lambda p: {**elsewhere(p), "cpu": p["cpu"]}))
+    assert forced.kernels_timed == 0 and set(forced.layer_kernels.values()) == {"dense"}  # the record rules
+    for m in (other, none, forced):
+        np.testing.assert_allclose(m(x), same(x), rtol=1e-5, atol=1e-5)

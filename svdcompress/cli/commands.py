@@ -1083,5 +1083,22 @@ def tune_cmd(
         click.echo(f"wrote {plot}", err=True)
 
 
+@main.command()
+@click.argument("bundles", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="As runtime.load's threads.")
+@_friendly
+def warmup(bundles: tuple[Path, ...], threads: int) -> None:
+    """Compile the CSR runtime's kernels into numba's on-disk cache (a Dockerfile build step).
+
+    With BUNDLE files, the kernels each bundle runs on this CPU (its recorded plan, else the plan chosen now);
+    with none, every kernel (minutes). Prints the cache folder and its size. Run it as the build does, then
+    point NUMBA_CACHE_DIR at the same folder when serving; a server running as another user reads it.
+    """
+    from ..runtime.warmup import warmup as run_warmup
+
+    report = run_warmup(bundles, threads=threads)
+    click.echo(report.summary())
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

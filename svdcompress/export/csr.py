@@ -28,6 +28,7 @@ from ..ops import InputGather, Op, lookup
 from ..pruning.tracing import Tracer, describe_node, propagate_shapes, softmax_dim
 from ..runtime import quant as Q
 from ..runtime.bundle import FORMAT_NAME, FORMAT_VERSION, BundleWriter, narrow_uint
+from ..runtime.plan_record import KEY as PLAN_KEY
 from ._common import DEFAULT_TOLERANCES, ExportResult, _dense_fp32_bytes, _prepare, _verify
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "export_csr"]
@@ -378,6 +379,7 @@ def export_csr(
     threshold_selection: dict[str, Any] | None = None,
     check: Callable[[Any], dict[str, Any] | None] | None = None,
     auto_c: float = Q.AUTO_C,
+    kernel_plan: bool = True,
 ) -> ExportResult:
     """Write ``model`` as a CSR bundle, run it with :mod:`svdcompress.runtime` and compare with ``reference``.
 
@@ -423,6 +425,10 @@ def export_csr(
         threshold_selection: How ``threshold`` was chosen
             (:meth:`svdcompress.tuning.threshold.TuneResult.selection`: the
             data spec, its accuracy, ...); recorded in the manifest as ``threshold_selection``.
+        kernel_plan: Record in the manifest (``kernel_plan``, :mod:`svdcompress.runtime.plan_record`) the kernel
+            and layout the runtime chose for each layer on this CPU, so that a load on the same CPU compiles only
+            those and times nothing. The choice comes from timings: pass False for a bundle reproducible byte for
+            byte.
 
     Returns:
         The :class:`ExportResult`.
@@ -489,6 +495,9 @@ def export_csr(
             bundle = load_bundle(tmp)
         except SvdcompressError as exc:  # the runtime refuses what we wrote: an exporter bug or an unknown op
             raise ExportError(f"{out}: the runtime cannot run the bundle just written: {exc}") from exc
+        if kernel_plan:  # the kernels the load chose on this CPU: a load on the same CPU compiles only those
+            manifest[PLAN_KEY] = bundle.kernel_plan
+            writer.write(tmp, manifest)
         drift = None
         if dequantised:
             exact = _with_weights(model, capture, dequantised)

@@ -23,10 +23,11 @@ import numba
 import numpy as np
 
 from ..errors import BundleError, InvalidInputError
-from . import kernels as K
+from . import kernels as K, plan_record
 from ._workers import SpinningWorkers
 from .bundle import EXTENSION, FORMAT_NAME, FORMAT_VERSION, Bundle, read_bundle
 from .executor import BATCHED, KERNELS, OPS, build_plan
+from .warmup import warmup
 
 __all__ = [
     "BATCHED",
@@ -43,6 +44,7 @@ __all__ = [
     "CSRModel",
     "load",
     "read_bundle",
+    "warmup",
 ]
 
 SUPPORTED_OPS = frozenset(OPS)
@@ -95,6 +97,9 @@ class CSRModel:
         nnz: Layer name → non-zero weights.
         macs_per_item: Multiply-adds the batch-1 kernels execute per example.
         weight_bytes: Bytes of weight data (values, indices, row pointers) the batch-1 kernels read per call.
+        kernel_plan: The kernel and layout each layer runs per batch regime, whether batch 1 runs as one fused
+            call, and this CPU: what ``export`` records in the bundle (:mod:`.plan_record`).
+        kernels_timed: Candidate kernels timed during the load (0 when the bundle's record decided everything).
     """
 
     def __init__(self, bundle: Bundle, kernel: str = "auto", threads: int | None = None) -> None:
@@ -124,6 +129,12 @@ class CSRModel:
         self.nnz = plan.nnz
         self.macs_per_item = plan.macs_per_item
         self.weight_bytes = plan.weight_bytes
+        self.kernel_plan: dict[str, Any] = {
+            "cpu": dict(plan_record.cpu_identity()),
+            "layers": plan.choices,
+            "single": plan.single is not None,
+        }
+        self.kernels_timed = plan.timed
         self._prange = plan.parallel_only()
         self._prange_lock = threading.Lock()
 
@@ -265,9 +276,10 @@ def _slow_load_note() -> threading.Timer | None:
     if not _log.isEnabledFor(logging.INFO):
         return None
     message = (
-        "CSR runtime: loading takes a while: on their first use on a machine numba compiles the runtime's kernels "
-        "(~20-90 s for the LeNets; cached on disk, later loads take under a second), and kernel='auto' times "
-        "each layer's kernels on its shape"
+        "CSR runtime: loading takes a while: on their first use on a machine numba compiles the kernels the "
+        "model runs (~10-60 s for the LeNets; cached on disk, later loads take under a second; `svdcompress "
+        "warmup BUNDLE` compiles them ahead of time), and a bundle without a kernel plan for this CPU times each "
+        "layer's best two candidates on its shape"
     )
     timer = threading.Timer(SLOW_LOAD_S, _log.info, args=(message,))
     timer.daemon = True

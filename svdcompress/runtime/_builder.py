@@ -25,6 +25,7 @@ __all__ = [
     "MAX_BLOCK_SCRATCH",
     "MAX_ELEMENTS",
     "SCALAR_ACTS",
+    "SHORTLIST",
     "Builder",
     "Fragment",
     "ParallelStep",
@@ -96,6 +97,8 @@ class Plan:
     fragments: dict[int, Fragment] = field(default_factory=dict)  # step index → its single-example form
     single: Callable[[np.ndarray], np.ndarray] | None = None  # the whole pass for one example, if fusable
     parallel: dict[int, ParallelStep] = field(default_factory=dict)  # step index → its multi-threaded twin
+    choices: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)  # layer → regime → kernel, layout
+    timed: int = 0  # candidates timed at load (0 when a matching record chose everything)
 
     def parallel_only(self) -> bool:
         """Whether every step that computes anything has a multi-threaded twin (the rest are reshapes)."""
@@ -105,8 +108,21 @@ class Plan:
         )
 
 
+SHORTLIST = 2
+"""Candidates of one layer and regime that are timed at load: the cost model's best this many (each candidate
+layout is a kernel numba must compile first, tens of seconds on a cold cache)."""
+
+
 class Builder:
-    def __init__(self, bundle: Bundle, kernel: str, ops: dict[str, Callable[[Builder, dict[str, Any]], None]]) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        kernel: str,
+        ops: dict[str, Callable[[Builder, dict[str, Any]], None]],
+        record: dict[str, dict[str, dict[str, str]]] | None = None,
+    ) -> None:
+        self.record = record or {}  # a bundle's kernel_plan layers, when chosen on this CPU
+        self.compiled: set[str] = set()  # kernels this load has run already (timing them is then free)
         self.ops = ops
         self.b = bundle
         self.m = bundle.manifest
@@ -243,18 +259,57 @@ class Builder:
                 best[k] = min(best[k], time.perf_counter() - t0)
         return best
 
-    def choose(self, sparse: Step, dense: Step | None, in_shape: tuple[int, ...], slot: int) -> tuple[str, str]:
-        """Time both kernels on the layer's shape at batch 1 and :data:`BATCHED`; the faster wins each regime."""
+    def recorded(self, name: str, regime: str, key: str) -> str | None:
+        """The bundle's recorded ``key`` ("kernel" or "layout") of layer ``name`` in ``regime``, if any."""
+        return self.record.get(name, {}).get(regime, {}).get(key)
+
+    def choose(
+        self, name: str, sparse: Step, dense: Step | None, in_shape: tuple[int, ...], slot: int
+    ) -> tuple[str, str]:
+        """Time both kernels on the layer's shape at batch 1 and :data:`BATCHED`; the faster wins each regime.
+        A matching record decides without timing (a recorded "dense" without a dense form falls back to sparse)."""
         if dense is None:
             return "sparse", "sparse"
         if self.kernel != "auto":
             return self.kernel, self.kernel
+        rec = (self.recorded(name, "batch1", "kernel"), self.recorded(name, "batched", "kernel"))
+        if rec[0] is not None and rec[1] is not None:
+            return rec[0], rec[1]
+        self.plan.timed += 2
         picks = []
         for batch in (1, BATCHED):
             t_sparse, t_dense = self.best_times([sparse, dense], in_shape, slot, batch, 5)
             # Dense must win clearly: on a shared machine a few percent is noise, and sparse reads fewer bytes.
             picks.append("dense" if t_dense < 0.9 * t_sparse else "sparse")
         return picks[0], picks[1]
+
+    def pick(
+        self,
+        name: str,
+        regime: str,
+        candidates: dict[str, tuple[Callable[[], Step], float, str]],
+        in_shape: tuple[int, ...],
+        slot: int,
+        batch: int,
+    ) -> str:
+        """The layout of layer ``name`` for ``regime`` among ``candidates`` (layout → (step factory, the cost
+        model's estimate, the kernel it runs)): the bundle's record when it names a candidate, else the fastest
+        on the layer's shape at ``batch`` of the candidates that run the cost model's best :data:`SHORTLIST`
+        kernels or a kernel this load already compiled (layouts of one kernel cost one compilation). Only the
+        steps timed are built and run, so only their kernels are compiled."""
+        rec = self.recorded(name, regime, "layout")
+        if rec is not None and rec in candidates:
+            return rec
+        ranked = sorted(candidates, key=lambda k: candidates[k][1])
+        kernels = list(dict.fromkeys(candidates[k][2] for k in ranked))
+        allowed = set(kernels[: max(1, SHORTLIST)]) | (self.compiled & set(kernels))
+        timed = [k for k in ranked if candidates[k][2] in allowed]
+        self.compiled.update(candidates[k][2] for k in timed)
+        if len(timed) == 1:
+            return timed[0]
+        steps = [candidates[k][0]() for k in timed]
+        self.plan.timed += len(steps)
+        return timed[steps.index(self.fastest(steps, in_shape, slot, batch))]
 
     def fastest(self, steps: list[Step], in_shape: tuple[int, ...], slot: int, batch: int = BATCHED) -> Step:
         """The step (one layer, several layouts of the same arithmetic) measured fastest at ``batch``."""

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, InvalidInputError
-from . import quant as Q
+from . import plan_record, quant as Q
 
 __all__ = [
     "EXTENSION",
@@ -389,6 +389,9 @@ def _read_manifest(zf: zipfile.ZipFile, path: str) -> dict[str, Any]:
             raise BundleError(
                 f"{path}: manifest field {key!r} must be a {kind.__name__}, got {type(manifest.get(key)).__name__}"
             )
+    if plan_record.KEY in manifest:
+        names = {n["name"] for n in manifest["nodes"] if isinstance(n, dict) and isinstance(n.get("name"), str)}
+        plan_record.validate(manifest[plan_record.KEY], names, path)
     return manifest
 
 

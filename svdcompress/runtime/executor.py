@@ -13,11 +13,14 @@ Batch 1: a sequential network (convolutions, reshapes, then one Linear chain) al
 
 Kernel choice (``kernel="auto"``): each convolution and Linear layer is timed on its real shape with the
 sparse kernel and the dense one (the same loops over every weight, or a contiguous GEMV), at batch 1 and at
-a batch of 64, and each regime keeps the faster. ``"sparse"``/``"dense"`` force one.
+a batch of 64, and each regime keeps the faster; a convolution's layouts are first ranked by a cost model and
+only the best two kernels are timed (each is compiled on first use). ``"sparse"``/``"dense"`` force one. A
+bundle's ``kernel_plan`` recorded on this CPU replaces all timing (:mod:`.plan_record`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -25,10 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from . import layers as L, simple_ops as S
+from . import layers as L, plan_record, simple_ops as S
 from ._builder import BATCHED, BLOCKED_MIN_BATCH, CHAIN_MIN_BATCH, KERNELS, SCALAR_ACTS, Builder, Plan
 from ._single import single_pass
 from .bundle import Bundle
+
+_log = logging.getLogger("svdcompress.runtime")
 
 __all__ = ["BATCHED", "BLOCKED_MIN_BATCH", "CHAIN_MIN_BATCH", "KERNELS", "OPS", "Plan", "build_plan"]
 
@@ -53,11 +58,27 @@ OPS: dict[str, Callable[[Builder, dict[str, Any]], None]] = {
 
 
 def build_plan(bundle: Bundle, kernel: str) -> Plan:
-    """Validate the graph of ``bundle`` and compile it into steps (see the module docstring)."""
-    plan = Builder(bundle, kernel, OPS).build()
+    """Validate the graph of ``bundle`` and compile it into steps (see the module docstring).
+
+    With ``kernel="auto"`` and a ``kernel_plan`` recorded on this CPU (:mod:`.plan_record`), the recorded
+    kernels and layouts run and nothing is timed; recorded on another CPU, everything is chosen again."""
+    rec: dict[str, Any] = bundle.manifest.get(plan_record.KEY) or {}
+    use = kernel == "auto" and bool(rec) and plan_record.cpu_matches(rec["cpu"])
+    if kernel == "auto" and rec and not use:
+        _log.info(
+            "%s: kernel plan recorded on another CPU (%s); choosing the kernels on this one",
+            bundle.path,
+            rec["cpu"].get("model", rec["cpu"]["name"]),
+        )
+    plan = Builder(bundle, kernel, OPS, rec["layers"] if use else None).build()
     plan.single = single_pass(plan)
-    if plan.single is not None and not _fused_pays(plan, tuple(bundle.manifest["input_shape"])):
-        plan.single = None
+    if plan.single is not None:
+        fused = rec.get("single") if use else None
+        if fused is None:
+            plan.timed += 2
+            fused = _fused_pays(plan, tuple(bundle.manifest["input_shape"]))
+        if not fused:
+            plan.single = None
     return plan
 
 

@@ -6,13 +6,16 @@ Each builds the sparse and, where it could win, the dense form of the layer, let
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 
 from . import kernels as K
 from ._builder import (
+    BATCHED,
     BLOCKED_MIN_BATCH,
     CHAIN_MIN_BATCH,
     MAX_BLOCK_SCRATCH,
@@ -131,68 +134,130 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
     fp[L.FP_A0], fp[L.FP_A1] = a0, a1
     sizes = np.array(K.conv_scratch_sizes(ip), np.int64)
 
-    # Batched layouts to try: image by image, or blocks of 16 or 32 interleaved images (while the scratch fits).
-    layouts: list[np.ndarray | None] = [None]
+    # Batched layouts: image by image, or blocks of 16 or 32 interleaved images (while the scratch fits).
+    blocked: dict[str, np.ndarray] = {}
     for lanes in (K.LANES, 2 * K.LANES):
         sizes_b = np.array(K.blocked_scratch_sizes(ip, cout, lanes), np.int64)
         if int(sizes_b[L.BLOCK_INPUT] + sizes_b[L.BLOCK_ACC] + sizes_b[L.BLOCK_OUT]) <= MAX_BLOCK_SCRATCH:
-            layouts.append(sizes_b)
+            blocked[f"blocked{lanes}"] = sizes_b
+    used_cols = np.unique(wt.indices).size
+    sizes_i = np.array(K.im2col_scratch_sizes(ip, used_cols, kh, kw, dil[0], dil[1]), np.int64)
+    sizes_s = np.array(K.shifted_scratch_sizes(ip, kw, dil[1]), np.int64)
+    # Per-image layouts, with the cost model's estimate of one image's work (multiply-adds and copied floats,
+    # per nonzero ``nz``): "wide" computes the Wp - OW padding columns of every row too (strided: scalar loads),
+    # "shifted" copies kw shifted images first, "im2col" copies one row of positions per used column.
+    npos = oh * ow
+    wide_len = -(-((oh - 1) * wp + ow) // 16) * 16
 
-    def make(layer: LayerWeight) -> tuple[Step, Step, tuple[Any, ...]]:
-        """(batch-1 step, fastest batched step, the batch-1 step's arrays for ``net_single``) for ``layer``."""
-        off = K.conv_offsets(layer.indices, layer.indptr, cin_g, kh, kw, hp, wp, dil[0], dil[1], cout // groups)
+    def per_image_cost(layout: str, nz: int) -> float:
+        if layout == "wide":
+            return nz * (wide_len if st == (1, 1) else 2 * npos)
+        if layout == "shifted":
+            return nz * npos + kw * cin * hp * ow
+        return nz * int(sizes_i[L.IM2COL_PITCH]) + used_cols * npos  # im2col
+
+    image_layouts = ["wide"]
+    if groups == 1 and int(sizes_i[L.IM2COL_COLS]) <= MAX_BLOCK_SCRATCH:  # its columns ignore groups
+        image_layouts.append("im2col")
+    if st == (1, 1) and int(sizes_s[L.SHIFTED_COPIES]) <= MAX_BLOCK_SCRATCH:
+        image_layouts.append("shifted")
+
+    def make(layer: LayerWeight, fixed: tuple[str, str] | None) -> tuple[Step, Step, tuple[Any, ...], str, str]:
+        """(batch-1 step, batched step, the batch-1 step's arrays for ``net_single``, their layouts) for ``layer``.
+
+        The layouts are chosen (:meth:`Builder.pick`: the cost model's best two timed, or the bundle's record),
+        unless ``fixed`` gives them. Only a chosen layout's kernel is ever called, so only it is compiled.
+        """
         indptr, vals = layer.indptr, layer.values
+        none = np.zeros(0, np.int32)
+        memo: dict[str, tuple[Step, tuple[Any, ...]]] = {}
 
-        def variant(sizes_b: np.ndarray | None) -> Step:
+        def image_step(layout: str) -> tuple[Step, tuple[Any, ...]]:
+            """(step, ``net_single`` arrays) of a per-image layout, built on first need."""
+            if layout in memo:
+                return memo[layout]
+            if layout == "wide":
+                off = K.conv_offsets(layer.indices, indptr, cin_g, kh, kw, hp, wp, dil[0], dil[1], cout // groups)
+
+                def wide(v: list[Any]) -> None:
+                    xin = v[x]
+                    xf = xin.reshape(xin.shape[0], -1)
+                    out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
+                    K.conv2d(xf, out, indptr, off, vals, bias, ip, fp, sizes)
+                    v[o] = out.reshape(xf.shape[0], cout, ph, pw)
+
+                memo[layout] = wide, (K.CONV_WIDE, indptr, off, none, vals, bias, ip, fp, sizes)
+            elif layout == "im2col":
+                used, tap = K.im2col_taps(layer.indices)
+                sz_i = np.array(K.im2col_scratch_sizes(ip, used.size, kh, kw, dil[0], dil[1]), np.int64)
+
+                def im2col(v: list[Any]) -> None:
+                    xin = v[x]
+                    xf = xin.reshape(xin.shape[0], -1)
+                    out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
+                    K.conv2d_im2col(xf, out, indptr, tap, used, vals, bias, ip, fp, sz_i)
+                    v[o] = out.reshape(xf.shape[0], cout, ph, pw)
+
+                memo[layout] = im2col, (K.CONV_IM2COL, indptr, tap, used, vals, bias, ip, fp, sz_i)
+            else:  # shifted
+                off_s = K.shifted_offsets(layer.indices, indptr, cin_g, kh, kw, hp, ow, cin, dil[0], cout // groups)
+
+                def shifted(v: list[Any]) -> None:
+                    xin = v[x]
+                    xf = xin.reshape(xin.shape[0], -1)
+                    out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
+                    K.conv2d_shifted(xf, out, indptr, off_s, vals, bias, ip, fp, sizes_s)
+                    v[o] = out.reshape(xf.shape[0], cout, ph, pw)
+
+                memo[layout] = shifted, (K.CONV_SHIFTED, indptr, off_s, none, vals, bias, ip, fp, sizes_s)
+            return memo[layout]
+
+        def blocked_step(layout: str, small: Step) -> Step:
+            sizes_b = blocked[layout]
+            off = K.conv_offsets(layer.indices, indptr, cin_g, kh, kw, hp, wp, dil[0], dil[1], cout // groups)
+            half = max(BLOCKED_MIN_BATCH, int(sizes_b[L.BLOCK_LANES]) // 2)
+
             def step(v: list[Any]) -> None:
                 xin = v[x]
+                if xin.shape[0] < half:  # interleaved blocks at least half full: a block of 32 for 8 images
+                    small(v)  # wastes 3/4 of it
+                    return
                 xf = xin.reshape(xin.shape[0], -1)
                 out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
-                if sizes_b is not None and xf.shape[0] >= max(BLOCKED_MIN_BATCH, int(sizes_b[L.BLOCK_LANES]) // 2):
-                    # interleaved blocks, at least half full: a block of 32 for 8 images wastes 3/4 of it
-                    K.conv2d_blocked(xf, out, indptr, off, vals, bias, ip, fp, sizes_b)
-                else:
-                    K.conv2d(xf, out, indptr, off, vals, bias, ip, fp, sizes)
+                K.conv2d_blocked(xf, out, indptr, off, vals, bias, ip, fp, sizes_b)
                 v[o] = out.reshape(xf.shape[0], cout, ph, pw)
 
             return step
 
-        used, tap = K.im2col_taps(layer.indices)
-        sizes_i = np.array(K.im2col_scratch_sizes(ip, used.size, kh, kw, dil[0], dil[1]), np.int64)
+        def image_only(layout: str) -> Step:
+            return image_step(layout)[0]
 
-        def im2col(v: list[Any]) -> None:
-            xin = v[x]
-            xf = xin.reshape(xin.shape[0], -1)
-            out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
-            K.conv2d_im2col(xf, out, indptr, tap, used, vals, bias, ip, fp, sizes_i)
-            v[o] = out.reshape(xf.shape[0], cout, ph, pw)
+        nz = layer.nnz
+        if fixed is not None:
+            one_name, many_name = fixed
+        else:
+            one_name = b.pick(
+                name,
+                "batch1",
+                {k: (partial(image_only, k), per_image_cost(k, nz), k) for k in image_layouts},
+                (cin, h, w),
+                x,
+                1,
+            )
+        best_1, arrays_1 = image_step(one_name)
+        if fixed is None:
+            # Interleaved blocks vectorise over images (no wide-row waste, full vectors for small planes): the
+            # model rates a per-image layout at 1.5 × its per-image work in batches. The layouts timed at batch 1
+            # are compiled already: pick() times them again at no compile cost.
+            many_cands: dict[str, tuple[Callable[[], Step], float, str]] = {
+                k: (partial(blocked_step, k, best_1), float(nz * npos), "blocked") for k in blocked
+            }
+            many_cands.update({k: (partial(image_only, k), 1.5 * per_image_cost(k, nz), k) for k in image_layouts})
+            many_name = b.pick(name, "batched", many_cands, (cin, h, w), x, BATCHED)
+        best_b = blocked_step(many_name, best_1) if many_name in blocked else image_step(many_name)[0]
+        return best_1, best_b, arrays_1, one_name, many_name
 
-        none = np.zeros(0, np.int32)
-        steps = [variant(sz) for sz in layouts]
-        single = [(K.CONV_WIDE, indptr, off, none, vals, bias, ip, fp, sizes)]  # per batch-1 candidate
-        # A column matrix of the used taps (pays off for strides > 1); its columns ignore groups.
-        if groups == 1 and int(sizes_i[L.IM2COL_COLS]) <= MAX_BLOCK_SCRATCH:
-            steps.append(im2col)
-            single.append((K.CONV_IM2COL, indptr, tap, used, vals, bias, ip, fp, sizes_i))
-        # Column-shifted copies of the image (stride 1): no wide-row waste for small output planes.
-        sizes_s = np.array(K.shifted_scratch_sizes(ip, kw, dil[1]), np.int64)
-        if st == (1, 1) and int(sizes_s[L.SHIFTED_COPIES]) <= MAX_BLOCK_SCRATCH:
-            off_s = K.shifted_offsets(layer.indices, indptr, cin_g, kh, kw, hp, ow, cin, dil[0], cout // groups)
-
-            def shifted(v: list[Any]) -> None:
-                xin = v[x]
-                xf = xin.reshape(xin.shape[0], -1)
-                out = np.empty((xf.shape[0], cout * ph * pw), np.float32)
-                K.conv2d_shifted(xf, out, indptr, off_s, vals, bias, ip, fp, sizes_s)
-                v[o] = out.reshape(xf.shape[0], cout, ph, pw)
-
-            steps.append(shifted)
-            single.append((K.CONV_SHIFTED, indptr, off_s, none, vals, bias, ip, fp, sizes_s))
-        one = steps[:1] + steps[len(layouts) :]
-        best_1 = b.fastest(one, (cin, h, w), x, 1)
-        return best_1, b.fastest(steps, (cin, h, w), x), single[one.index(best_1)]
-
-    sparse_1, sparse_b, sparse_arrays = make(wt)
+    sparse_1, sparse_b, sparse_arrays, lay_1, lay_b = make(wt, None)
     elements = cout * wt.cols
     dense: Step | None = None
     dense_arrays: tuple[Any, ...] = ()
@@ -203,7 +268,8 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
             np.tile(np.arange(wt.cols, dtype=np.int32), cout),
             wt.dense().reshape(-1),
         )
-        dense_1, dense_b, dense_arrays = make(full)
+        # The dense twin runs the layouts chosen for the sparse weight: the same kernels, nothing more to compile.
+        dense_1, dense_b, dense_arrays, _, _ = make(full, (lay_1, lay_b))
 
         def dense_step(v: list[Any]) -> None:
             (dense_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else dense_1)(v)
@@ -213,8 +279,9 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
     def sparse(v: list[Any]) -> None:
         (sparse_b if v[x].shape[0] >= BLOCKED_MIN_BATCH else sparse_1)(v)
 
-    small, big = b.choose(sparse, dense, (cin, h, w), x)
+    small, big = b.choose(name, sparse, dense, (cin, h, w), x)
     _record(b, name, wt, small, big, wt.nnz * oh * ow, elements * oh * ow, wt.nnz * 12, elements * 8)
+    b.plan.choices[name] = {"batch1": {"kernel": small, "layout": lay_1}, "batched": {"kernel": big, "layout": lay_b}}
     small_step = sparse_1 if small == "sparse" else dense_1
     big_step = sparse_b if big == "sparse" else dense_b
 
@@ -402,7 +469,11 @@ def linear(b: Builder, n: dict[str, Any]) -> None:
 
             dense = dense_step
 
-        k_small, k_big = b.choose(sparse, dense, (lay.cols,), lay.in_slot)
+        k_small, k_big = b.choose(lay.name, sparse, dense, (lay.cols,), lay.in_slot)
+        b.plan.choices[lay.name] = {
+            "batch1": {"kernel": k_small, "layout": "chain"},
+            "batched": {"kernel": k_big, "layout": "chain"},
+        }
         small.append(k_small == "dense")
         big.append(k_big == "dense")
         itemsize = 2 if lay.cols <= 1 << 16 else 4

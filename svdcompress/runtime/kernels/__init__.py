@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numba
+
+_STAMP = "svdcompress-kernels.stamp"
 
 
 def _writable(d: Path) -> bool:
@@ -33,20 +37,55 @@ def _writable(d: Path) -> bool:
     return True
 
 
-def _cache_dir() -> str | None:
-    """Where compiled kernels go when ``__pycache__`` beside this package is not writable.
+def _numba_subdir(base: str | Path) -> Path:
+    """The folder numba caches this package's kernels in below a ``NUMBA_CACHE_DIR`` of ``base``."""
+    from numba.core.caching import UserProvidedCacheLocator
 
-    numba itself falls back to a user-wide directory, but raises at import ("no locator available") when
-    that is not writable either (a service user without a home, a read-only image), or when
-    ``$NUMBA_CACHE_DIR`` names a directory it cannot write. Then use the first writable of
-    ``$XDG_CACHE_HOME``/``~/.cache`` and the temporary directory (with a warning if ``$NUMBA_CACHE_DIR`` was set).
+    return Path(base) / UserProvidedCacheLocator.get_suitable_cache_subpath(__file__)
+
+
+def _seed(src: Path, dst: Path) -> int:
+    """Copy the compiled kernels (and the sources stamp) in ``src`` that ``dst`` lacks; the number copied.
+
+    Kernels compiled by another user (``svdcompress warmup`` as root in an image build) sit in a folder this
+    process may read but not write; numba needs a writable one, so they are read from a copy.
+    """
+    n = 0
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+        stamps = [d / _STAMP for d in (src, dst)]
+        fresh = [p.read_text() if p.exists() else None for p in stamps]
+        if fresh[0] != fresh[1]:  # compiled from other sources than the copy: start the copy again
+            for f in [*dst.glob("*.nbi"), *dst.glob("*.nbc"), stamps[1]]:
+                f.unlink(missing_ok=True)
+        for f in src.iterdir():
+            if f.suffix in (".nbi", ".nbc", ".stamp") and not (dst / f.name).exists():
+                shutil.copyfile(f, dst / f.name)
+                n += 1
+    except OSError:
+        pass
+    return n
+
+
+def _cache_dir() -> str | None:
+    """Where compiled kernels go when numba's own choice cannot be written; None when it can.
+
+    numba writes beside this package (``__pycache__``) or below ``$NUMBA_CACHE_DIR``, and raises at import
+    ("no locator available") when its folder is not writable: a service user without a home, a read-only
+    image, or a ``$NUMBA_CACHE_DIR`` whose subfolder another user created (root's ``svdcompress warmup`` in an
+    image build makes it 0755 inside a 1777 folder). Then the kernels go to the first writable of
+    ``$XDG_CACHE_HOME``/``~/.cache`` and the temporary directory, seeded with a copy of whatever was compiled
+    in the unwritable folder (so a warmed cache still serves), with one warning when ``$NUMBA_CACHE_DIR`` was set.
     """
     asked = os.environ.get("NUMBA_CACHE_DIR")
     if asked:
-        if _writable(Path(asked)):
+        wanted = _numba_subdir(asked)
+        if _writable(Path(asked)) and _writable(wanted):
             return None
-    elif _writable(Path(__file__).parent / "__pycache__"):
-        return None
+    else:
+        wanted = Path(__file__).parent / "__pycache__"
+        if _writable(wanted):
+            return None
     candidates = [
         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "svdcompress-numba",
         Path(tempfile.gettempdir()) / f"svdcompress-numba-{os.getuid() if hasattr(os, 'getuid') else 0}",
@@ -54,10 +93,16 @@ def _cache_dir() -> str | None:
     for c in candidates:
         try:
             if _writable(c):
+                copied = _seed(wanted, _numba_subdir(c)) if wanted.is_dir() else 0
                 if asked:
+                    what = (
+                        f"NUMBA_CACHE_DIR={asked} is not a writable directory"
+                        if not _writable(Path(asked))
+                        else f"NUMBA_CACHE_DIR={asked}: {wanted} is not writable by this user"
+                    )
                     warnings.warn(
-                        f"NUMBA_CACHE_DIR={asked} is not a writable directory; svdcompress caches its compiled "
-                        f"kernels in {c} instead",
+                        f"{what}; svdcompress caches its compiled kernels in {c} instead"
+                        + (f" (starting from a copy of the {copied} files compiled there)" if copied else ""),
                         RuntimeWarning,
                         stacklevel=2,
                     )
@@ -136,7 +181,7 @@ def drop_stale_cache(dirs: set[Path], digest: str) -> None:
     unwritable directory is left alone: numba does not write there either.
     """
     for d in dirs:
-        stamp = d / "svdcompress-kernels.stamp"
+        stamp = d / _STAMP
         try:
             if stamp.read_text() == digest:
                 continue
@@ -163,6 +208,21 @@ def _cache_dirs() -> set[Path]:
 
 drop_stale_cache(_cache_dirs(), _sources_digest())
 
+
+def dispatchers() -> list[Any]:
+    """Every numba dispatcher of the kernel modules (the fused pass's variants included), for statistics."""
+    from . import _intrinsics, _scalar
+
+    seen: dict[int, Any] = {}
+    for mod in (conv, linear, net, pointwise, sync, _scalar, _intrinsics):
+        for obj in vars(mod).values():
+            if hasattr(obj, "stats") and hasattr(obj, "py_func"):
+                seen[id(obj)] = obj
+    for d in net._VARIANTS.values():
+        seen[id(d)] = d
+    return list(seen.values())
+
+
 __all__ = [
     "ACT_CODES",
     "CONV_IM2COL",
@@ -185,6 +245,7 @@ __all__ = [
     "conv2d_shifted",
     "conv_offsets",
     "conv_scratch_sizes",
+    "dispatchers",
     "drop_stale_cache",
     "im2col_scratch_sizes",
     "im2col_taps",

@@ -48,6 +48,9 @@ __all__ = [
     "accumulate_taps",
     "act",
     "act_bias_row",
+    "act_fast",
+    "act_rows",
+    "act_scalar",
     "aligned_empty",
     "aligned_zeros",
     "max_pool_inside",
@@ -111,12 +114,48 @@ def act(v: float, kind: int, a0: float, a1: float) -> float:
     return _softplus(v, a0, a1)  # ACT_SOFTPLUS
 
 
+@njit(cache=True)  # not inlined: one compiled copy serves every kernel (see act_bias_row)
+def act_rows(
+    dst: np.ndarray,
+    doff: np.uint64,
+    src: np.ndarray,
+    soff: np.uint64,
+    n: np.uint64,
+    b: float,
+    kind: int,
+    a0: float,
+    a1: float,
+) -> None:
+    """``dst[doff:doff+n] = act(src[soff:soff+n] + b)`` for any activation code, out of line."""
+    for i in range(n):
+        dst[doff + i] = act(src[soff + i] + b, kind, a0, a1)
+
+
+@njit(cache=True)  # not inlined, as act_rows
+def act_scalar(v: float, kind: int, a0: float, a1: float) -> float:
+    """:func:`act` out of line."""
+    return act(v, kind, a0, a1)
+
+
+@njit(cache=True, inline="always")
+def act_fast(v: float, kind: int, a0: float, a1: float) -> float:
+    """:func:`act` with identity and ReLU inline and the other activations through one out-of-line call."""
+    if kind == ACT_IDENTITY:
+        return v
+    if kind == ACT_RELU:
+        return v if (v > 0.0) | (v != v) else 0.0
+    return act_scalar(v, kind, a0, a1)
+
+
 @njit(cache=True, inline="always")
 def act_bias_row(
     dst: np.ndarray, doff: int, src: np.ndarray, soff: int, n: int, b: float, kind: int, a0: float, a1: float
 ) -> None:
-    """``dst[doff:doff+n] = act(src[soff:soff+n] + b)``; the common activations get their own vector loops.
+    """``dst[doff:doff+n] = act(src[soff:soff+n] + b)``; identity and ReLU get their own vector loops inline.
 
+    Every other activation runs in :func:`act_rows`, one call per row, compiled once: inlined, its 15-way switch
+    of transcendental functions was copied into every epilogue of every kernel and made up most of their
+    compile time (the call costs a few ns per row).
     Offsets instead of slices: a numba slice costs ~10 ns, which adds up over thousands of output rows.
     """
     d, s = np.uint64(doff), np.uint64(soff)
@@ -128,8 +167,7 @@ def act_bias_row(
             v = src[s + i] + b
             dst[d + i] = v if (v > 0.0) | (v != v) else 0.0
     else:
-        for i in range(np.uint64(n)):
-            dst[d + i] = act(src[s + i] + b, kind, a0, a1)
+        act_rows(dst, d, src, s, np.uint64(n), np.float32(b), np.int64(kind), np.float32(a0), np.float32(a1))
 
 
 @njit(cache=True, inline="always")
@@ -169,7 +207,7 @@ def max_pool_inside(src: np.ndarray, sw: int, dst: np.ndarray, dh: int, dw: int,
             dst[i * dw + j] = m
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)  # not inlined: called once per plane, and one compiled copy serves every kernel
 def pool_plane(src: np.ndarray, sh: int, sw: int, dst: np.ndarray, dh: int, dw: int, ip: np.ndarray) -> None:
     """Pool one ``(sh, sw)`` plane (flat) into one ``(dh, dw)`` plane (flat), PyTorch's semantics.
 

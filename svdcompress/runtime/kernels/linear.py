@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._intrinsics import csr_row_dot, transpose16
-from ._scalar import FASTMATH, accumulate_taps, act, aligned_zeros
+from ._scalar import FASTMATH, accumulate_taps, act_bias_row, act_fast, aligned_zeros
 from .layout import CHAIN_ACT, CHAIN_BIAS_BASE, CHAIN_COLS, CHAIN_PTR_BASE, CHAIN_ROWS, FP_A0, FP_A1
 
 __all__ = ["chain_batched", "chain_batched_parallel", "chain_single", "spmm_tile"]
@@ -64,9 +64,7 @@ def _chain_rows(
         accumulate_taps(
             dst, base, src, np.uint64(0), ut, idx, vals, np.uint64(ptr[pbase + r]), np.uint64(ptr[pbase + r + 1]), ut
         )
-        b = bias[bbase + r]
-        for t in range(ut):
-            dst[base + t] = act(dst[base + t] + b, kind, a0, a1)
+        act_bias_row(dst, base, dst, base, ut, bias[bbase + r], kind, a0, a1)
 
 
 @njit(cache=True, inline="always")
@@ -118,12 +116,10 @@ def _chain_block(
     nlayers = meta.shape[0]
     m = n1 - n0
     _transpose_in(x, n0, m, groups, buf_x, tile)
-    _chain_rows(buf_x, buf_a, meta, fpar, ptr, idx, vals, bias, 0, tile)
-    for layer in range(1, nlayers):
-        if layer % 2 == 1:
-            _chain_rows(buf_a, buf_b, meta, fpar, ptr, idx, vals, bias, layer, tile)
-        else:
-            _chain_rows(buf_b, buf_a, meta, fpar, ptr, idx, vals, bias, layer, tile)
+    for layer in range(nlayers):  # one inlined copy of _chain_rows: the buffers are picked, not the call
+        src = buf_x if layer == 0 else (buf_a if layer % 2 == 1 else buf_b)
+        dst = buf_a if layer % 2 == 0 else buf_b
+        _chain_rows(src, dst, meta, fpar, ptr, idx, vals, bias, layer, tile)
     out = buf_a if nlayers % 2 == 1 else buf_b
     rows = meta[nlayers - 1, CHAIN_ROWS]
     for r0 in range(0, rows, 16):  # transpose out, 16 outputs at a time
@@ -259,11 +255,11 @@ def chain_single(
                 wrow = start + np.uint64(r) * np.uint64(cols)
                 for c in range(np.uint64(cols)):
                     s += vals[wrow + c] * s_row[c]
-                d_row[r] = act(s + bias[bbase + r], kind, a0, a1)
+                d_row[r] = act_fast(s + bias[bbase + r], kind, a0, a1)
         else:
             for r in range(rows):
                 s = csr_row_dot(vals, idx, s_row, np.uint64(ptr[pbase + r]), np.uint64(ptr[pbase + r + 1]))
-                d_row[r] = act(s + bias[bbase + r], kind, a0, a1)
+                d_row[r] = act_fast(s + bias[bbase + r], kind, a0, a1)
     out = b if nlayers % 2 == 1 else a
     for r in range(meta[nlayers - 1, CHAIN_ROWS]):
         y[0, r] = out[0, r]

@@ -12,6 +12,8 @@ concurrent calls share nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit
 
@@ -52,69 +54,92 @@ CONV_WIDE, CONV_SHIFTED, CONV_IM2COL = 0, 1, 2
 """Per-image convolution variants (:func:`conv.conv2d`, :func:`conv.conv2d_shifted`, :func:`conv.conv2d_im2col`)."""
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
-def net_single(
-    x: np.ndarray,
-    y: np.ndarray,
-    cmeta: np.ndarray,
-    cip: np.ndarray,
-    cfp: np.ndarray,
-    cptr: np.ndarray,
-    coff: np.ndarray,
-    cused: np.ndarray,
-    cvals: np.ndarray,
-    cbias: np.ndarray,
-    csizes: np.ndarray,
-    meta: np.ndarray,
-    fpar: np.ndarray,
-    ptr: np.ndarray,
-    idx: np.ndarray,
-    vals: np.ndarray,
-    bias: np.ndarray,
-    dense: np.ndarray,
-) -> None:
-    """``y = chain(conv_K(… conv_1(x)))`` for one example: ``x`` ``(1, in)``, ``y`` ``(1, out)``, flat.
+def _make(wide: bool, shifted: bool, im2col: bool) -> Any:
+    """:func:`net_single` compiled with only the per-image variants a plan runs: numba prunes a branch on a
+    closure constant before typing, so an unused variant is never compiled (each costs tens of seconds)."""
 
-    ``meta`` … ``dense`` are :func:`chain_single`'s arrays; with no Linear layers ``meta`` has no rows and the
-    last convolution's output is ``y``.
-    """
-    cur = x.reshape(-1)
-    for k in range(cmeta.shape[0]):
-        code, pb, pn, ob, on, ub, un, bb, bn, sb, sn, osize = (
-            cmeta[k, NET_VARIANT],
-            cmeta[k, NET_PTR_BASE],
-            cmeta[k, NET_PTR_LEN],
-            cmeta[k, NET_TAP_BASE],
-            cmeta[k, NET_TAP_LEN],
-            cmeta[k, NET_USED_BASE],
-            cmeta[k, NET_USED_LEN],
-            cmeta[k, NET_BIAS_BASE],
-            cmeta[k, NET_COUT],
-            cmeta[k, NET_SIZES_BASE],
-            cmeta[k, NET_SIZES_LEN],
-            cmeta[k, NET_OUT_SIZE],
-        )
-        indptr, off, w, b = cptr[pb : pb + pn], coff[ob : ob + on], cvals[ob : ob + on], cbias[bb : bb + bn]
-        ip, fp, sz = cip[k], cfp[k], csizes[sb : sb + sn]
-        out = np.empty(osize, np.float32)
-        if code == CONV_WIDE:
-            acc = aligned_zeros(sz[WIDE_ACC])
-            plane = np.empty(sz[WIDE_PLANE], np.float32)
-            src = aligned_zeros(sz[WIDE_IMAGE])
-            _conv_image(cur, out, indptr, off, w, b, ip, fp, acc, plane, src)
-        elif code == CONV_SHIFTED:
-            src, sh, acc = shifted_buffers(sz)
-            _shifted_image(cur, out, indptr, off, w, b, ip, fp, src, sh, acc, sz[SHIFTED_KW], sz[SHIFTED_DIL_W])
+    @njit(cache=True, fastmath=FASTMATH, nogil=True)
+    def _net_single(
+        x: np.ndarray,
+        y: np.ndarray,
+        cmeta: np.ndarray,
+        cip: np.ndarray,
+        cfp: np.ndarray,
+        cptr: np.ndarray,
+        coff: np.ndarray,
+        cused: np.ndarray,
+        cvals: np.ndarray,
+        cbias: np.ndarray,
+        csizes: np.ndarray,
+        meta: np.ndarray,
+        fpar: np.ndarray,
+        ptr: np.ndarray,
+        idx: np.ndarray,
+        vals: np.ndarray,
+        bias: np.ndarray,
+        dense: np.ndarray,
+    ) -> None:
+        """``y = chain(conv_K(… conv_1(x)))`` for one example: ``x`` ``(1, in)``, ``y`` ``(1, out)``, flat.
+
+        ``meta`` … ``dense`` are :func:`chain_single`'s arrays; with no Linear layers ``meta`` has no rows and the
+        last convolution's output is ``y``.
+        """
+        cur = x.reshape(-1)
+        for k in range(cmeta.shape[0]):
+            code, pb, pn, ob, on, ub, un, bb, bn, sb, sn, osize = (
+                cmeta[k, NET_VARIANT],
+                cmeta[k, NET_PTR_BASE],
+                cmeta[k, NET_PTR_LEN],
+                cmeta[k, NET_TAP_BASE],
+                cmeta[k, NET_TAP_LEN],
+                cmeta[k, NET_USED_BASE],
+                cmeta[k, NET_USED_LEN],
+                cmeta[k, NET_BIAS_BASE],
+                cmeta[k, NET_COUT],
+                cmeta[k, NET_SIZES_BASE],
+                cmeta[k, NET_SIZES_LEN],
+                cmeta[k, NET_OUT_SIZE],
+            )
+            indptr, off, w, b = cptr[pb : pb + pn], coff[ob : ob + on], cvals[ob : ob + on], cbias[bb : bb + bn]
+            ip, fp, sz = cip[k], cfp[k], csizes[sb : sb + sn]
+            out = np.empty(osize, np.float32)
+            if wide and code == CONV_WIDE:
+                acc = aligned_zeros(sz[WIDE_ACC])
+                plane = np.empty(sz[WIDE_PLANE], np.float32)
+                src = aligned_zeros(sz[WIDE_IMAGE])
+                _conv_image(cur, out, indptr, off, w, b, ip, fp, acc, plane, src)
+            elif shifted and code == CONV_SHIFTED:
+                src, sh, acc = shifted_buffers(sz)
+                _shifted_image(cur, out, indptr, off, w, b, ip, fp, src, sh, acc, sz[SHIFTED_KW], sz[SHIFTED_DIL_W])
+            else:
+                src = aligned_zeros(sz[IM2COL_IMAGE])
+                col = aligned_zeros(sz[IM2COL_COLS])
+                acc = aligned_zeros(sz[IM2COL_ACC])
+                used = cused[ub : ub + un]
+                pitch, kh, kw, dh, dw = (
+                    sz[IM2COL_PITCH],
+                    sz[IM2COL_KH],
+                    sz[IM2COL_KW],
+                    sz[IM2COL_DIL_H],
+                    sz[IM2COL_DIL_W],
+                )
+                _im2col_image(cur, out, indptr, off, used, w, b, ip, fp, src, col, acc, pitch, kh, kw, dh, dw)
+            cur = out
+        if meta.shape[0] > 0:
+            chain_single(cur.reshape(1, -1), y, meta, fpar, ptr, idx, vals, bias, dense)
         else:
-            src = aligned_zeros(sz[IM2COL_IMAGE])
-            col = aligned_zeros(sz[IM2COL_COLS])
-            acc = aligned_zeros(sz[IM2COL_ACC])
-            used = cused[ub : ub + un]
-            pitch, kh, kw, dh, dw = sz[IM2COL_PITCH], sz[IM2COL_KH], sz[IM2COL_KW], sz[IM2COL_DIL_H], sz[IM2COL_DIL_W]
-            _im2col_image(cur, out, indptr, off, used, w, b, ip, fp, src, col, acc, pitch, kh, kw, dh, dw)
-        cur = out
-    if meta.shape[0] > 0:
-        chain_single(cur.reshape(1, -1), y, meta, fpar, ptr, idx, vals, bias, dense)
-    else:
-        for i in range(cur.size):
-            y[0, i] = cur[i]
+            for i in range(cur.size):
+                y[0, i] = cur[i]
+
+    return _net_single
+
+
+_VARIANTS: dict[tuple[bool, bool, bool], Any] = {}
+
+
+def net_single(variants: frozenset[int] | set[int]) -> Any:
+    """The fused single-example kernel for the per-image variants ``variants`` (``CONV_*`` codes)."""
+    key = (CONV_WIDE in variants, CONV_SHIFTED in variants, CONV_IM2COL in variants)
+    if key not in _VARIANTS:
+        _VARIANTS[key] = _make(*key)
+    return _VARIANTS[key]
