@@ -15,7 +15,8 @@ The manifest op names and attributes are the contract with :mod:`svdcompress.run
 ``layer_norm(eps)`` (params ``gamma``, ``beta``), ``matmul``, ``transpose(perm)``, ``index(index)``,
 ``constant(shape)`` (param ``value``), ``expand(shape)``, ``sub``/``mul``/``div`` (and ``add``) of two
 broadcasting tensors or of a tensor and ``scalar``, ``reduce(kind, dims, keepdim)`` and ``embedding``
-(weight ``(vocabulary, dim)``, reading an ``input_dtype: int64`` input). Axes count the batch as 0; a
+(weight ``(vocabulary, dim)``, reading an ``input_dtype: int64`` input), ``lstm`` (weight ``weight_hh``;
+its input is the gates' input projection, a ``linear`` node). Axes count the batch as 0; a
 ``conv1d`` is written as ``conv2d`` over ``(C, 1, L)`` between two reshapes.
 
 An op that is not in the table is a *barrier* for the pruner: the channels that reach it are kept (and the
@@ -119,12 +120,7 @@ OPS: tuple[Op, ...] = (
     Op("conv2d", Flow.DENSE, modules=(nn.Conv2d,), writer="conv2d"),
     Op("conv1d", Flow.DENSE, modules=(nn.Conv1d,), writer="conv1d"),
     Op("embedding", Flow.EMBED, modules=(nn.Embedding,), writer="embedding"),
-    _prune_only(
-        "lstm",
-        Flow.RECURRENT,
-        "the CSR runtime has no recurrent kernels; export to ONNX instead",
-        modules=(nn.LSTM, nn.GRU, nn.RNN),
-    ),
+    Op("lstm", Flow.RECURRENT, modules=(nn.LSTM, nn.GRU, nn.RNN), writer="lstm"),  # CSR: one-layer LSTMs
     Op("layer_norm", Flow.NORMALIZE, modules=(nn.LayerNorm,), functions=(F.layer_norm,), writer="layer_norm"),
     Op("batchnorm", Flow.CHANNELWISE, modules=(nn.BatchNorm1d, nn.BatchNorm2d), writer="batchnorm"),
     Op("gather", Flow.GATHER, modules=(InputGather,), functions=(torch.index_select,), writer="gather"),

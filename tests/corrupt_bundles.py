@@ -10,7 +10,7 @@ The valid bundle must hold (see ``test_bundle_corpus.valid_model``): a conv2d la
 relu and max_pool2d, a grouped conv2d, a reshape, a gather, a CSR linear layer, and a dense-stored linear layer.
 The cases in :data:`SEQ_CASES` are built from a second valid bundle, a small attention block
 (``test_bundle_corpus.valid_seq_model``: layer_norm, linear over time, reshape, transpose, index, matmul, mul by a
-scalar, softmax over the last axis, gelu, constant, expand, cat, add and reduce).
+scalar, softmax over the last axis, gelu, constant, expand, cat, add, reduce and an LSTM).
 This module imports numpy only.
 """
 
@@ -1076,6 +1076,17 @@ def _(b: Bundle) -> None:
 def _(b: Bundle) -> None:
     n = _first(b, "layer_norm")
     n["op"], n["params"] = "embedding", {"weight": _first(b, "linear")["params"]["weight"]}
+
+
+@seq_case("seq-lstm-weight-misfit", "lstm")
+def _(b: Bundle) -> None:
+    _first(b, "lstm")["params"]["weight_hh"] = _first(b, "linear")["params"]["weight"]  # (12, 12): not (4H, H)
+
+
+@seq_case("seq-lstm-gates-misfit", "lstm")
+def _(b: Bundle) -> None:
+    n = _first(b, "lstm")
+    n["inputs"] = [b.manifest["input"]]  # (5, 12) is not (T, 4H) for H = 2
 
 
 @seq_case("seq-input-dtype-unknown", expect="input_dtype")

@@ -189,13 +189,15 @@ def valid_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class _Attention(nn.Module):
-    """Every sequence op of the runtime in a few lines (a class token, one 2-head attention, max over time)."""
+    """Every sequence op of the runtime in a few lines (a class token, one 2-head attention, an LSTM, max over
+    time)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(12)
         self.qkv = nn.Linear(12, 12)
-        self.head = nn.Linear(4, 3)
+        self.rnn = nn.LSTM(4, 2, batch_first=True)
+        self.head = nn.Linear(2, 3)
         self.cls = nn.Parameter(torch.randn(1, 1, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 5, 12)
@@ -205,7 +207,8 @@ class _Attention(nn.Module):
         att = ((q @ k.transpose(-2, -1)) * 0.5).softmax(dim=-1)
         h = nn.functional.gelu((att @ v).transpose(1, 2).reshape(b, n, 4))
         h = torch.cat([self.cls.expand(b, -1, -1), h], dim=1) + h[:, :1]
-        return self.head(h.amax(dim=1))
+        out, _ = self.rnn(h)  # (N, 6, 2)
+        return self.head(out.amax(dim=1))
 
 
 def valid_seq_model() -> nn.Module:

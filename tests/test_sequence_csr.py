@@ -1,7 +1,7 @@
-"""Sequence models in the CSR runtime: a small ViT and a text CNN over int64 ids go prune → CSR export → runtime
-and reproduce the masked model at batch 1 and 5; each op sequence models add (layer_norm, matmul, softmax over
-any axis, gelu, transpose, reshape, indexing, cat, constants, broadcasting arithmetic, reductions, embedding) is
-checked against torch on its own."""
+"""Sequence models in the CSR runtime: a small ViT, a text CNN over int64 ids and an LSTM over image rows go prune →
+CSR export → runtime and reproduce the masked model at batch 1 and 5; each op sequence models add (layer_norm,
+matmul, softmax over any axis, gelu, transpose, reshape, indexing, cat, constants, broadcasting arithmetic,
+reductions, embedding, lstm) is checked against torch on its own."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from svdcompress import runtime
-from svdcompress.errors import InvalidInputError
+from svdcompress.errors import ExportError, InvalidInputError
 from svdcompress.export import export_csr, export_model
 
 torch.set_num_threads(1)
@@ -37,7 +37,7 @@ def _load_models() -> ModuleType:
 
 
 _seq = _load_models()
-_ids, _text, _vit = _seq._ids, _seq._text, _seq._vit
+_ids, _lstm, _text, _vit = _seq._ids, _seq._lstm, _seq._text, _seq._vit
 
 TOL = 1e-4
 
@@ -48,10 +48,10 @@ def _close(got: np.ndarray, ref: torch.Tensor) -> None:
     assert float(np.abs(got - ref.numpy()).max()) <= TOL * scale
 
 
-@pytest.mark.parametrize("name", ["vit", "text"])
+@pytest.mark.parametrize("name", ["vit", "text", "lstm"])
 def test_sequence_models_run_in_the_csr_runtime_exactly(name: str, tmp_path: Path) -> None:
-    if name == "vit":
-        model = _vit()
+    if name in ("vit", "lstm"):
+        model = _vit() if name == "vit" else _lstm()
         res = export_model(model, "csr", tmp_path / "m.csr", input_shape=(1, 28, 28))
         x = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(11))
     else:
@@ -126,6 +126,25 @@ def _attention(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (att @ v).transpose(1, 2).reshape(b, n, c // 3)
 
 
+class _Lstm(nn.Module):
+    def __init__(self, batch_first: bool, bias: bool = True) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.lstm = nn.LSTM(6, 5, batch_first=batch_first, bias=bias)
+        with torch.no_grad():
+            params = dict(self.lstm.named_parameters())
+            params["weight_hh_l0"].mul_((torch.rand(20, 5) < 0.4).float())  # sparse recurrence
+            params["weight_ih_l0"].mul_((torch.rand(20, 6) < 0.4).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, T, 6)
+        out: torch.Tensor
+        if self.batch_first:
+            out, _ = self.lstm(x)
+            return out
+        out, _ = self.lstm(x.transpose(0, 1))  # (T, N, 5): the batch on axis 1
+        return out[-1]
+
+
 OP_CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "layer_norm": (lambda: nn.LayerNorm(6), (4, 6)),
     "layer_norm_plain": (lambda: nn.LayerNorm(6, elementwise_affine=False, eps=1e-3), (3, 4, 6)),
@@ -162,6 +181,8 @@ OP_CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "reduce_mean_keep": (lambda: _Fn(lambda m, x: x.mean(dim=(1, 2), keepdim=True)), (3, 4, 6)),
     "reduce_sum": (lambda: _Fn(lambda m, x: torch.sum(x, -1)), (4, 6)),
     "reduce_min": (lambda: _Fn(lambda m, x: torch.amin(x, 1)), (4, 6)),
+    "lstm_batch_first": (lambda: _Lstm(True), (7, 6)),
+    "lstm_seq_first_no_bias": (lambda: _Lstm(False, bias=False), (7, 6)),
     "conv1d": (lambda: nn.Sequential(nn.Conv1d(3, 4, 3, padding=1, stride=2), nn.ReLU()), (3, 9)),
 }
 
@@ -195,3 +216,20 @@ def test_embedding_matches_torch(tmp_path: Path) -> None:
             _close(rt(x.numpy()), model(x))
         with torch.no_grad():
             _close(rt(x).numpy(), model(x))  # torch int64 in, torch out
+
+
+def test_what_the_lstm_op_cannot_run_is_refused_naming_the_node(tmp_path: Path) -> None:
+    class HiddenState(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(6, 5, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h: torch.Tensor = self.rnn(x)[1][0][-1]  # h_n
+            return h
+
+    with pytest.raises(ExportError, match=r"node 'getitem' .*only the output sequence"):
+        export_csr(HiddenState().eval(), tmp_path / "h.csr", input_shape=(7, 6))
+    with pytest.raises(ExportError, match=r"node '_0' .*LSTM\) cannot .*one-layer unidirectional"):
+        export_csr(nn.Sequential(nn.LSTM(6, 5, num_layers=2)).eval(), tmp_path / "d.csr", input_shape=(3, 6))
+    assert not list(tmp_path.iterdir())

@@ -21,7 +21,19 @@ from ..pruning.tracing import describe_node
 if TYPE_CHECKING:
     from .csr import _Capture
 
-__all__ = ["arith", "axis", "constant", "conv1d", "embedding", "expand", "index", "layer_norm", "matmul", "reduce"]
+__all__ = [
+    "arith",
+    "axis",
+    "constant",
+    "conv1d",
+    "embedding",
+    "expand",
+    "index",
+    "layer_norm",
+    "lstm",
+    "matmul",
+    "reduce",
+]
 
 _VALUE = "svdcompress_value"  # node.meta key the pruner's shape run leaves on non-tensor nodes (sizes)
 
@@ -193,7 +205,13 @@ def transpose(c: _Capture, node: fx.Node) -> None:
 
 def index(c: _Capture, node: fx.Node) -> None:
     """``x[...]`` with integers and slices (``x[:, 0]``, ``qkv[1]``), ``torch.select`` / ``x.select``."""
-    x = c._in(node, node.args[0], any_batch=True)
+    src = node.args[0]
+    if node.target is operator.getitem and isinstance(src, fx.Node) and src in c.recurrent:
+        if node.args[1] != 0:
+            raise _refuse(c, node, "of an LSTM's results only the output sequence (index 0) is in the format")
+        c.values[node] = c.recurrent[src]
+        return
+    x = c._in(node, src, any_batch=True)
     rank = len(c.shapes[x]) + 1
     if node.target is operator.getitem:
         key = node.args[1]
@@ -317,3 +335,54 @@ def conv1d(c: _Capture, node: fx.Node) -> None:
         {"name": conv, "op": "conv2d", "inputs": [plane], "outputs": [conv], "attrs": attrs, "params": params}
     )
     c._emit(node, "reshape", [conv], {"shape": [cout, lout]})
+
+
+def lstm(c: _Capture, node: fx.Node) -> None:
+    """A one-layer unidirectional ``nn.LSTM`` without an initial state: its input projection as a ``linear`` node
+    (``W_ih``, ``b_ih + b_hh``) over every step at once, then the ``lstm`` recurrence over ``W_hh``."""
+    m = c._module(node)
+    if not isinstance(m, nn.LSTM) or m.num_layers != 1 or m.bidirectional or m.proj_size or len(node.args) != 1:
+        raise _refuse(
+            c, node, "the CSR runtime runs one-layer unidirectional nn.LSTMs without projections or initial states"
+        )
+    src = node.args[0]
+    x = c._in(node, src, any_batch=True)
+    if len(c.shapes[x]) != 2:
+        raise _refuse(c, node, "the LSTM must read a batched (N, T, features) or (T, N, features) sequence")
+    b = c.bdim.get(x, 0)
+    steps = c.shapes[x][0]
+    hidden = m.hidden_size
+    name = node.name
+    gates, out = f"{name}_gates", name
+    p: dict[str, Any] = dict(m.named_parameters())
+    bias = (p["bias_ih_l0"] + p["bias_hh_l0"]) if m.bias else torch.zeros(4 * hidden)
+    c.weight_modules[f"{name}.weight_ih"] = m
+    c.weight_modules[f"{name}.weight_hh"] = m
+    c.shapes[gates], c.shapes[out] = [steps, 4 * hidden], [steps, hidden]
+    for v in (gates, out):
+        if b:
+            c.bdim[v] = b
+    c.nodes.append(
+        {
+            "name": gates,
+            "op": "linear",
+            "inputs": [x],
+            "outputs": [gates],
+            "attrs": {"in_features": m.input_size, "out_features": 4 * hidden},
+            "params": {
+                "weight": c._param(f"{name}.weight_ih", p["weight_ih_l0"]),
+                "bias": c._param(f"{name}.bias", bias.detach()),
+            },
+        }
+    )
+    c.nodes.append(
+        {
+            "name": out,
+            "op": "lstm",
+            "inputs": [gates],
+            "outputs": [out],
+            "attrs": {"hidden_size": hidden},
+            "params": {"weight_hh": c._param(f"{name}.weight_hh", p["weight_hh_l0"])},
+        }
+    )
+    c.recurrent[node] = out

@@ -84,6 +84,7 @@ class _Capture:
         self.bdim: dict[str, int] = {}
         self.constants: dict[tuple[fx.Node, int], str] = {}  # (get_attr node, rank) → its constant value
         self.input_dtype = "float32"
+        self.recurrent: dict[fx.Node, str] = {}  # LSTM node → the value of its output sequence
         # batch 2: a batch of 1 can hide batch-dim reshapes
         propagate_shapes(
             gm, example[:2] if example is not None and len(example) >= 2 else example_inputs(input_shape, 2)
@@ -105,7 +106,12 @@ class _Capture:
                 out = self.values[arg]
             elif node.op != "get_attr" and isinstance(node.meta.get("tensor_meta"), TensorMetadata):
                 self._convert(node)
-            elif (op := lookup(self.gm, node)) is not None and not op.in_bundle and self._reads_tensor(node):
+            elif node.target is operator.getitem and node.args[0] in self.recurrent:
+                if node.users:  # `out, _ = lstm(x)` leaves an unused getitem 1
+                    _sequence.index(self, node)  # (h_n, c_n): refused, naming the node
+            elif (op := lookup(self.gm, node)) is not None and op.writer == "lstm":
+                _sequence.lstm(self, node)  # a tuple (output, (h, c)): its getitem 0 is the output
+            elif op is not None and not op.in_bundle and self._reads_tensor(node):
                 # a tuple-valued op (LSTM, unbind); x.shape[0] and friends are resolved where they are used
                 raise ExportError(
                     f"{describe_node(self.gm, node)} cannot be written to a CSR bundle: {op.not_in_bundle}"
@@ -509,7 +515,7 @@ def export_csr(
     for n in nodes:
         for role, pname in n["params"].items():
             arr = capture.params[pname]
-            if role == "weight":
+            if role in ("weight", "weight_hh"):  # the layers: CSR or dense, maybe quantised
                 quant, qinfo = None, None
                 if qbits is not None and "folded_batchnorm" not in n["attrs"]:
                     layer = capture.module_names.get(id(capture.weight_modules.get(pname)), n["name"])
@@ -632,6 +638,8 @@ def _with_weights(model: nn.Module, capture: _Capture, weights: dict[str, np.nda
     twin = copy.deepcopy(model, memo)
     for pname, arr in weights.items():
         m = memo[id(capture.weight_modules[pname])]
+        attr = {"weight_ih": "weight_ih_l0", "weight_hh": "weight_hh_l0"}.get(pname.rsplit(".", 1)[1], "weight")
+        w = getattr(m, attr)
         with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(arr).to(m.weight.dtype).reshape(m.weight.shape))  # conv1d: 4-D → 3-D
+            w.copy_(torch.from_numpy(arr).to(w.dtype).reshape(w.shape))  # conv1d: 4-D → 3-D
     return twin.eval()

@@ -60,6 +60,7 @@ OPS: dict[str, Callable[[Builder, dict[str, Any]], None]] = {
     "expand": Q.expand,
     "reduce": Q.reduce,
     "embedding": Q.embedding,
+    "lstm": Q.lstm,
 }
 """Every op a bundle may hold → its builder. The exporter's op table (svdcompress.ops) must stay within it."""
 

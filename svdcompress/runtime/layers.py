@@ -7,6 +7,7 @@ Each builds the sparse and, where it could win, the dense form of the layer, let
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +27,7 @@ from ._builder import (
 from .bundle import LayerWeight
 from .kernels import layout as L
 
-__all__ = ["conv2d", "linear", "pool_spec", "spatial_input"]
+__all__ = ["conv2d", "linear", "pool_spec", "recurrent_step", "spatial_input"]
 
 
 def _conv_out(size: int, k: int, s: int, p_total: int, d: int) -> int:
@@ -445,3 +446,17 @@ def linear(b: Builder, n: dict[str, Any]) -> None:
             one(v)
 
     b.add_step(run, Fragment("chain", x, layers[-1].out_slot, _chain_pack(layers, small)[1]), run_parallel)
+
+
+def recurrent_step(name: str, wt: LayerWeight, batched: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """``h ↦ h @ Wᵀ`` with the sparse Linear kernel (no bias, no activation): the recurrent product of one step
+    of an LSTM (:func:`.sequence_ops.lstm`). Each call uses a slot list of its own (thread-safe)."""
+    lay = _Linear(name, wt, np.zeros(wt.shape[0], np.float32), (L.ACT_IDENTITY, 0.0, 0.0), 0, 1)
+    step = _chain_step([lay], [False], batched)
+
+    def run(h: np.ndarray) -> np.ndarray:
+        v: list[Any] = [h, None]
+        step(v)
+        return v[1]  # type: ignore[no-any-return]
+
+    return run

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
-from ._builder import Builder
+from ._builder import CHAIN_MIN_BATCH, Builder
 
 __all__ = [
     "REDUCTIONS",
@@ -298,3 +298,43 @@ def embedding(b: Builder, n: dict[str, Any]) -> None:
 
     b.plan.steps.append(step)
     b.plan.nnz[name] = wt.nnz
+
+
+def lstm(b: Builder, n: dict[str, Any]) -> None:
+    """The recurrence of a one-layer LSTM: ``gates_x (T, 4H)`` (the input projection, a ``linear`` node with both
+    biases) → ``h (T, H)``. Each step adds ``h @ W_hhᵀ`` (the sparse Linear kernel, SpMV at batch 1, SpMM above)
+    and applies the gates (torch's order: input, forget, cell, output); ``h`` and ``c`` start at zero."""
+    from .layers import recurrent_step
+
+    name = n["name"]
+    x, shape = _one_input(b, n)
+    wt = b.b.weight(n["params"].get("weight_hh"), name)
+    if len(shape) != 2 or len(wt.shape) != 2 or wt.shape[0] != 4 * wt.shape[1] or shape[1] != wt.shape[0]:
+        raise b.err(
+            name, f"weight_hh {list(wt.shape)} does not fit gates of shape {list(shape)} (needs (T, 4H), (4H, H))"
+        )
+    steps, hidden = shape[0], wt.shape[1]
+    one, many = recurrent_step(name, wt, False), recurrent_step(name, wt, True)
+    o = b.new(n["outputs"][0], (steps, hidden), name)
+    b.plan.nnz[name] = wt.nnz
+
+    def sigmoid(z: np.ndarray) -> np.ndarray:
+        return np.float32(0.5) * (np.tanh(np.float32(0.5) * z) + np.float32(1.0))  # no overflow for large -z
+
+    def step(v: list[Any]) -> None:
+        gx = v[x]  # (N, T, 4H)
+        nb = gx.shape[0]
+        run = many if nb >= CHAIN_MIN_BATCH else one
+        h = np.zeros((nb, hidden), np.float32)
+        c = np.zeros((nb, hidden), np.float32)
+        out = np.empty((nb, steps, hidden), np.float32)
+        for t in range(steps):
+            g = run(h) + gx[:, t]  # (N, 4H)
+            i, f = sigmoid(g[:, :hidden]), sigmoid(g[:, hidden : 2 * hidden])
+            cell, og = np.tanh(g[:, 2 * hidden : 3 * hidden]), sigmoid(g[:, 3 * hidden :])
+            c = f * c + i * cell
+            h = og * np.tanh(c)
+            out[:, t] = h
+        v[o] = out
+
+    b.plan.steps.append(step)
