@@ -482,6 +482,18 @@ def test_cli_exports_an_int64_model_with_a_dynamic_sequence(tmp_path: Path) -> N
     ids = _ids(n=3, length=40) % 50
     with torch.no_grad():
         _close(load_pruned(tmp_path / "t.pt2")(ids), _masked_svdo(net)(ids))
+    # csr: the bundle declares int64 ids and runs them in the runtime
+    from svdcompress import runtime
+
+    args[0] = "export"
+    res = CliRunner().invoke(
+        main, [*args, str(tmp_path / "t.csr"), "--format", "csr", "--input-shape", "40", "--input-dtype", "int64"]
+    )
+    assert res.exit_code == 0, res.output
+    model = runtime.load(tmp_path / "t.csr")
+    assert model.manifest["input_dtype"] == "int64"
+    with torch.no_grad():
+        _close(torch.from_numpy(model(ids.numpy())), _masked_svdo(net)(ids))
 
 
 def _masked_svdo(net: nn.Module) -> nn.Module:

@@ -176,6 +176,16 @@ def export_model(
         data_checks_threshold_only=False,
     )
     module, shape, threshold = prepared.module, prepared.input_shape, prepared.threshold
+    if (
+        fmt == "csr"
+        and not dtype_in.is_floating_point
+        and not any(isinstance(m, nn.Embedding) for m in module.modules())
+    ):
+        raise InvalidInputError(
+            f"integer inputs are token ids, which a CSR bundle reads with an nn.Embedding, and "
+            f"{type(module).__name__} has none: export it with input_dtype float32",
+            param="input_dtype",
+        )
     spec, provenance, selection = prepared.data, prepared.provenance, prepared.selection()
     example = example_inputs
     if example is None and not dtype_in.is_floating_point:
