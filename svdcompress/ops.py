@@ -186,7 +186,7 @@ OPS: tuple[Op, ...] = (
         functions=(torch.erf, torch.exp, torch.sqrt, torch.rsqrt, torch.pow, operator.pow),
         methods=("erf", "exp", "sqrt", "rsqrt", "pow"),
     ),
-    # -- normalisation over a dim (the CSR bundle: over the features of (N, features) only)
+    # -- normalisation over a dim (the CSR bundle: over any axis but the batch)
     Op(
         "log_softmax",
         Flow.NORMALIZE,
