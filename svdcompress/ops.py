@@ -11,7 +11,13 @@ The manifest op names and attributes are the contract with :mod:`svdcompress.run
 ``gelu(approximate)``, ``hardtanh(min_val, max_val)``, ``mish``, ``selu``, ``hardswish``,
 ``softplus(beta, threshold)``, ``prelu`` (param ``slope``: shape (1,) or (C,)), ``log_softmax(dim=1)``,
 ``softmax(dim=1)``, ``linear``, ``conv2d``, ``batchnorm``, ``max_pool2d``, ``avg_pool2d``,
-``adaptive_avg_pool2d``, ``reshape``, ``add``, ``cat``, ``gather``.
+``adaptive_avg_pool2d``, ``reshape``, ``add``, ``cat(dim=1)``, ``gather``; for sequence models
+``layer_norm(eps)`` (params ``gamma``, ``beta``), ``matmul``, ``transpose(perm)``, ``index(index)``,
+``constant(shape)`` (param ``value``), ``expand(shape)``, ``sub``/``mul``/``div`` (and ``add``) of two
+broadcasting tensors or of a tensor and ``scalar``, ``reduce(kind, dims, keepdim)`` and ``embedding``
+(weight ``(vocabulary, dim)``, reading an ``input_dtype: int64`` input), ``lstm`` (weight ``weight_hh``;
+its input is the gates' input projection, a ``linear`` node). Axes count the batch as 0; a
+``conv1d`` is written as ``conv2d`` over ``(C, 1, L)`` between two reshapes.
 
 An op that is not in the table is a *barrier* for the pruner: the channels that reach it are kept (and the
 report says so), the rest of the model is still pruned.
@@ -112,28 +118,10 @@ OPS: tuple[Op, ...] = (
     # -- layers
     Op("linear", Flow.DENSE, modules=(nn.Linear,), writer="linear"),
     Op("conv2d", Flow.DENSE, modules=(nn.Conv2d,), writer="conv2d"),
-    _prune_only(
-        "conv1d", Flow.DENSE, "the CSR format has 2-D convolutions only; export to ONNX instead", modules=(nn.Conv1d,)
-    ),
-    _prune_only(
-        "embedding",
-        Flow.EMBED,
-        "the CSR runtime has no embedding kernel; export to ONNX instead",
-        modules=(nn.Embedding,),
-    ),
-    _prune_only(
-        "lstm",
-        Flow.RECURRENT,
-        "the CSR runtime has no recurrent kernels; export to ONNX instead",
-        modules=(nn.LSTM, nn.GRU, nn.RNN),
-    ),
-    _prune_only(
-        "layer_norm",
-        Flow.NORMALIZE,
-        "the CSR runtime has no layer_norm kernel; export to ONNX instead",
-        modules=(nn.LayerNorm,),
-        functions=(F.layer_norm,),
-    ),
+    Op("conv1d", Flow.DENSE, modules=(nn.Conv1d,), writer="conv1d"),
+    Op("embedding", Flow.EMBED, modules=(nn.Embedding,), writer="embedding"),
+    Op("lstm", Flow.RECURRENT, modules=(nn.LSTM, nn.GRU, nn.RNN), writer="lstm"),  # CSR: one-layer LSTMs
+    Op("layer_norm", Flow.NORMALIZE, modules=(nn.LayerNorm,), functions=(F.layer_norm,), writer="layer_norm"),
     Op("batchnorm", Flow.CHANNELWISE, modules=(nn.BatchNorm1d, nn.BatchNorm2d), writer="batchnorm"),
     Op("gather", Flow.GATHER, modules=(InputGather,), functions=(torch.index_select,), writer="gather"),
     # -- activations (element-wise, so the runtime may apply them in any layout)
@@ -198,7 +186,7 @@ OPS: tuple[Op, ...] = (
         functions=(torch.erf, torch.exp, torch.sqrt, torch.rsqrt, torch.pow, operator.pow),
         methods=("erf", "exp", "sqrt", "rsqrt", "pow"),
     ),
-    # -- normalisation over a dim (the CSR bundle: over the features of (N, features) only)
+    # -- normalisation over a dim (the CSR bundle: over any axis but the batch)
     Op(
         "log_softmax",
         Flow.NORMALIZE,
@@ -279,19 +267,13 @@ OPS: tuple[Op, ...] = (
         modules=(nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d),
         functions=(F.adaptive_max_pool1d, F.adaptive_max_pool2d),
     ),
-    _prune_only(
-        "mean",
-        Flow.REDUCE,
-        "spatial means are not in the CSR format; use nn.AdaptiveAvgPool2d(1)",
-        functions=(torch.mean,),
-        methods=("mean",),
-    ),
-    _prune_only(
+    Op("mean", Flow.REDUCE, functions=(torch.mean,), methods=("mean",), writer="reduce"),
+    Op(
         "reduce",
         Flow.REDUCE,
-        "reductions other than pooling are not in the CSR format; use nn.AdaptiveMaxPool / AvgPool and ONNX",
         functions=(torch.amax, torch.amin, torch.sum),
         methods=("amax", "amin", "sum"),
+        writer="reduce",
     ),
     # -- shape and wiring
     Op(
@@ -302,32 +284,22 @@ OPS: tuple[Op, ...] = (
         methods=("flatten", "view", "reshape", "squeeze", "unsqueeze"),
         writer="reshape",
     ),
-    _prune_only(
+    Op(
         "transpose",
         Flow.MOVE,
-        "the CSR format has no transpose; export to ONNX instead",
-        functions=(torch.transpose, torch.permute, torch.swapaxes, torch.movedim),
-        methods=("transpose", "permute", "swapaxes", "movedim"),
+        functions=(torch.transpose, torch.permute, torch.swapaxes),
+        methods=("transpose", "permute", "swapaxes"),
+        writer="transpose",
     ),
-    _prune_only(
-        "index",
-        Flow.MOVE,
-        "the CSR format has no slicing or indexing; export to ONNX instead",
-        functions=(operator.getitem, torch.select),
-        methods=("select",),
-    ),
-    _prune_only(
-        "expand",
-        Flow.MOVE,
-        "the CSR format has no broadcasting copies; export to ONNX instead",
-        methods=("expand",),
-    ),
-    _prune_only(
+    _prune_only("movedim", Flow.MOVE, _NO_KERNEL, functions=(torch.movedim,), methods=("movedim",)),
+    Op("index", Flow.MOVE, functions=(operator.getitem, torch.select), methods=("select",), writer="index"),
+    Op("expand", Flow.MOVE, methods=("expand",), writer="expand"),
+    Op(
         "matmul",
         Flow.KEEP,
-        "the CSR runtime has no kernel for a product of two activations; export to ONNX instead",
         functions=(torch.matmul, operator.matmul, torch.bmm),
         methods=("matmul", "bmm"),
+        writer="matmul",
     ),
     _prune_only(
         "split",
@@ -336,11 +308,11 @@ OPS: tuple[Op, ...] = (
         functions=(torch.unbind, torch.chunk, torch.split),
         methods=("unbind", "chunk", "split"),
     ),
-    Op("add", Flow.BINARY, functions=(operator.add, operator.iadd, torch.add), methods=("add", "add_"), writer="add"),
-    _prune_only(
+    Op("add", Flow.BINARY, functions=(operator.add, operator.iadd, torch.add), methods=("add", "add_"), writer="arith"),
+    Op(
         "sub_mul_div",
         Flow.BINARY,
-        "the CSR format adds tensors but does not subtract, multiply or divide them; export to ONNX instead",
+        writer="arith",
         functions=(
             operator.sub,
             operator.isub,

@@ -8,6 +8,9 @@ own (:func:`write_zip`), so that a case can lie in the zip headers (sizes, flags
 
 The valid bundle must hold (see ``test_bundle_corpus.valid_model``): a conv2d layer stored as CSR followed by
 relu and max_pool2d, a grouped conv2d, a reshape, a gather, a CSR linear layer, and a dense-stored linear layer.
+The cases in :data:`SEQ_CASES` are built from a second valid bundle, a small attention block
+(``test_bundle_corpus.valid_seq_model``: layer_norm, linear over time, reshape, transpose, index, matmul, mul by a
+scalar, softmax over the last axis, gelu, constant, expand, cat, add, reduce and an LSTM).
 This module imports numpy only.
 """
 
@@ -26,7 +29,7 @@ import numpy as np
 
 from svdcompress.runtime.bundle import FORMAT_VERSION
 
-__all__ = ["CASES", "Bundle", "write_zip"]
+__all__ = ["CASES", "SEQ_CASES", "Bundle", "write_zip"]
 
 _DOS_DATE = (1 << 5) | 1  # 1980-01-01
 _BOMB_BYTES = 1 << 30  # 1 GiB of zeros, deflated to about 1 MB
@@ -941,6 +944,159 @@ def _(src: Path, dst: Path) -> None:
     data = members[1]["data"]
     members[1] = {"name": members[1]["name"], "raw": bytes(range(256)) * 4, "crc": zlib.crc32(data), "size": len(data)}
     write_zip(dst, members)
+
+
+# ---------------------------------------------------------------------------------------------- sequence ops
+
+SEQ_CASES: set[str] = set()
+"""Case ids built from the sequence bundle (``valid_seq_model``) rather than the image one."""
+
+
+def seq_case(name: str, op: str | None = None, expect: str | None = None) -> Callable[[Callable[[Bundle], None]], Any]:
+    """A :func:`case` on the sequence bundle; the message must name the first ``op`` node (or ``expect``)."""
+    SEQ_CASES.add(name)
+    return case(name, _node(op) if op is not None else expect)
+
+
+def _first(b: Bundle, op: str) -> dict[str, Any]:
+    return b.nodes(op)[0]
+
+
+@seq_case("seq-layer-norm-eps-negative", "layer_norm")
+def _(b: Bundle) -> None:
+    _first(b, "layer_norm")["attrs"]["eps"] = -1.0
+
+
+@seq_case("seq-layer-norm-gamma-size", "layer_norm")
+def _(b: Bundle) -> None:
+    _first(b, "layer_norm")["params"]["gamma"] = _first(b, "constant")["params"]["value"]
+
+
+@seq_case("seq-matmul-shapes", "matmul")
+def _(b: Bundle) -> None:
+    n = _first(b, "matmul")
+    n["inputs"] = [n["inputs"][0], n["inputs"][0]]  # q @ q: (H, N, hd) @ (H, N, hd)
+
+
+@seq_case("seq-matmul-one-input", "matmul")
+def _(b: Bundle) -> None:
+    n = _first(b, "matmul")
+    n["inputs"] = n["inputs"][:1]
+
+
+@seq_case("seq-softmax-over-batch", "softmax")
+def _(b: Bundle) -> None:
+    _first(b, "softmax")["attrs"]["dim"] = 0
+
+
+@seq_case("seq-softmax-axis-huge", "softmax")
+def _(b: Bundle) -> None:
+    _first(b, "softmax")["attrs"]["dim"] = 2**40
+
+
+@seq_case("seq-transpose-moves-batch", "transpose")
+def _(b: Bundle) -> None:
+    perm = _first(b, "transpose")["attrs"]["perm"]
+    perm[0], perm[1] = perm[1], perm[0]
+
+
+@seq_case("seq-transpose-repeated-axis", "transpose")
+def _(b: Bundle) -> None:
+    perm = _first(b, "transpose")["attrs"]["perm"]
+    perm[-1] = perm[-2]
+
+
+@seq_case("seq-index-out-of-range", "index")
+def _(b: Bundle) -> None:
+    _first(b, "index")["attrs"]["index"][0] = 99
+
+
+@seq_case("seq-index-slice-step-zero", "index")
+def _(b: Bundle) -> None:
+    _first(b, "index")["attrs"]["index"][0] = [0, 1, 0]
+
+
+@seq_case("seq-index-too-many-entries", "index")
+def _(b: Bundle) -> None:
+    _first(b, "index")["attrs"]["index"] = [0] * 9
+
+
+@seq_case("seq-constant-shape-mismatch", "constant")
+def _(b: Bundle) -> None:
+    _first(b, "constant")["attrs"]["shape"] = [999]
+
+
+@seq_case("seq-constant-shape-huge", "constant")
+def _(b: Bundle) -> None:
+    _first(b, "constant")["attrs"]["shape"] = [2**40, 2**40]
+
+
+@seq_case("seq-constant-with-input", "constant")
+def _(b: Bundle) -> None:
+    _first(b, "constant")["inputs"] = [b.manifest["input"]]
+
+
+@seq_case("seq-expand-misfit", "expand")
+def _(b: Bundle) -> None:
+    _first(b, "expand")["attrs"]["shape"] = [3, 7, 5]
+
+
+@seq_case("seq-mul-scalar-nan", "mul")
+def _(b: Bundle) -> None:
+    _first(b, "mul")["attrs"]["scalar"] = float("nan")
+
+
+@seq_case("seq-mul-no-scalar", "mul")
+def _(b: Bundle) -> None:
+    del _first(b, "mul")["attrs"]["scalar"]
+
+
+@seq_case("seq-add-shapes-misfit", "add")
+def _(b: Bundle) -> None:
+    n = _first(b, "add")
+    n["inputs"] = [n["inputs"][0], b.manifest["input"]]
+
+
+@seq_case("seq-reduce-unknown-kind", "reduce")
+def _(b: Bundle) -> None:
+    _first(b, "reduce")["attrs"]["kind"] = "median"
+
+
+@seq_case("seq-reduce-over-batch", "reduce")
+def _(b: Bundle) -> None:
+    _first(b, "reduce")["attrs"]["dims"] = [0]
+
+
+@seq_case("seq-cat-dim-out-of-range", "cat")
+def _(b: Bundle) -> None:
+    _first(b, "cat")["attrs"]["dim"] = 7
+
+
+@seq_case("seq-embedding-on-a-float-input")
+def _(b: Bundle) -> None:
+    n = _first(b, "layer_norm")
+    n["op"], n["params"] = "embedding", {"weight": _first(b, "linear")["params"]["weight"]}
+
+
+@seq_case("seq-lstm-weight-misfit", "lstm")
+def _(b: Bundle) -> None:
+    _first(b, "lstm")["params"]["weight_hh"] = _first(b, "linear")["params"]["weight"]  # (12, 12): not (4H, H)
+
+
+@seq_case("seq-lstm-gates-misfit", "lstm")
+def _(b: Bundle) -> None:
+    n = _first(b, "lstm")
+    n["inputs"] = [b.manifest["input"]]  # (5, 12) is not (T, 4H) for H = 2
+
+
+@seq_case("seq-input-dtype-unknown", expect="input_dtype")
+def _(b: Bundle) -> None:
+    b.manifest["input_dtype"] = "complex128"
+
+
+@seq_case("seq-int-input-read-by-layer-norm", "layer_norm")
+def _(b: Bundle) -> None:
+    b.manifest["input_dtype"] = "int64"
 
 
 def build(case_id: str, src: Path, dst: Path) -> str | None:

@@ -188,6 +188,41 @@ def valid_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+class _Attention(nn.Module):
+    """Every sequence op of the runtime in a few lines (a class token, one 2-head attention, an LSTM, max over
+    time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(12)
+        self.qkv = nn.Linear(12, 12)
+        self.rnn = nn.LSTM(4, 2, batch_first=True)
+        self.head = nn.Linear(2, 3)
+        self.cls = nn.Parameter(torch.randn(1, 1, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 5, 12)
+        b, n, _ = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, n, 3, 2, 2).permute(2, 0, 3, 1, 4)  # (3, N, 2, 5, 2)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        att = ((q @ k.transpose(-2, -1)) * 0.5).softmax(dim=-1)
+        h = nn.functional.gelu((att @ v).transpose(1, 2).reshape(b, n, 4))
+        h = torch.cat([self.cls.expand(b, -1, -1), h], dim=1) + h[:, :1]
+        out, _ = self.rnn(h)  # (N, 6, 2)
+        return self.head(out.amax(dim=1))
+
+
+def valid_seq_model() -> nn.Module:
+    torch.manual_seed(0)
+    return _Attention().eval()
+
+
+@pytest.fixture(scope="module")
+def valid_seq_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("valid_seq") / "valid_seq.csr"
+    export_csr(valid_seq_model(), path, input_shape=(5, 12))
+    return path
+
+
 Result = tuple[Path, "str | None", "Outcome | None"]
 
 
@@ -197,12 +232,15 @@ def _isolated(path: Path, kernel: str) -> Outcome | None:
 
 
 @pytest.fixture(scope="module")
-def corpus_run(valid_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Result], list[str]]:
+def corpus_run(
+    valid_bundle: Path, valid_seq_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Result], list[str]]:
     """Every case built, then run: the ordinary ones in one child, the bombs and any case a dying child left
     unreported each in a child of its own, :data:`WORKERS` at a time. Also the cases run alone."""
     d = tmp_path_factory.mktemp("corpus")
     paths = {cid: d / f"{cid}.csr" for cid in CASES}
-    expect = {cid: corrupt.build(cid, valid_bundle, paths[cid]) for cid in CASES}
+    src = {cid: valid_seq_bundle if cid in corrupt.SEQ_CASES else valid_bundle for cid in CASES}
+    expect = {cid: corrupt.build(cid, src[cid], paths[cid]) for cid in CASES}
     # "auto" runs each layer's kernels at load to time them: validation must come first there too
     kernels = {cid: ("auto" if i % 2 else "sparse") for i, cid in enumerate(CASES)}
     shared = [c for c in CASES if not _is_bomb(c)]

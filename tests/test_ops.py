@@ -113,6 +113,7 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
     "pointwise_math": lambda: _mlp(_Fn(torch.erf)),
     "reduce": lambda: (nn.Sequential(nn.Conv2d(2, 4, 3), _Fn(lambda x: x.amax((2, 3))), nn.Linear(4, 3)), (2, 5, 5)),
     "transpose": lambda: (nn.Sequential(_Fn(lambda x: x.transpose(1, 2)), nn.Flatten(), nn.Linear(20, 3)), (4, 5)),
+    "movedim": lambda: (nn.Sequential(_Fn(lambda x: x.movedim(1, 2)), nn.Flatten(), nn.Linear(20, 3)), (4, 5)),
     "index": lambda: _mlp(_Fn(lambda x: x[:, :])),
     "expand": lambda: _mlp(_Fn(lambda x: x.expand(x.shape[0], -1))),
     "matmul": lambda: (nn.Sequential(_Fn(lambda x: x @ x), nn.Flatten(), nn.Linear(16, 3)), (4, 4)),
@@ -162,11 +163,12 @@ def test_bundle_op_prunes_exports_and_runs(op: Op, tmp_path: Path) -> None:
     model, shape = MODELS[op.name]()
     model = _masked(model)
     assert op.name in _ops_of(model) or op.name == "gather"
-    result = prune(model, input_shape=shape, require_csr=True, gather_inputs=op.name == "gather")
+    ids = _x(op.name, shape, seed=1) if op.name in _VOCAB else None
+    result = prune(model, input_shape=shape, example_inputs=ids, require_csr=True, gather_inputs=op.name == "gather")
     if op.name == "gather":
         assert "gather" in _ops_of(result.model)
-    res = export_csr(result.model, tmp_path / "m.csr", input_shape=shape, reference=result.masked)
-    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(3))
+    res = export_csr(result.model, tmp_path / "m.csr", input_shape=shape, reference=result.masked, example_inputs=ids)
+    x = _x(op.name, shape)
     got = torch.as_tensor(runtime.load(res.path)(x))
     with torch.no_grad():
         torch.testing.assert_close(got, result.masked(x), rtol=1e-4, atol=1e-4)
@@ -193,7 +195,7 @@ def test_softmax_over_the_batch_axis_keeps_its_channels_and_is_refused_for_csr()
     model = _masked(model)
     result = prune(model, input_shape=shape)
     assert result.report.layers[-1].units_after == 3  # mixing across the batch: nothing there is folded
-    with pytest.raises(UnsupportedOpError, match="over the features"):
+    with pytest.raises(UnsupportedOpError, match="other than the batch"):
         prune(model, input_shape=shape, require_csr=True)
 
 

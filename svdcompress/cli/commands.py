@@ -69,7 +69,7 @@ def _friendly(fn: F) -> F:
     """Turn library errors into one-line click errors (exit 1) instead of tracebacks.
 
     An input shape that does not run through the model is a bad ``--input-shape`` value: exit 2, like a
-    missing one.
+    missing one; so is an ``--input-dtype`` the model cannot read.
     """
 
     @functools.wraps(fn)
@@ -81,6 +81,8 @@ def _friendly(fn: F) -> F:
         except InvalidInputError as e:
             if e.param == "input_shape":  # none known: a bad usage, like a missing --input-shape
                 raise click.UsageError(_cli_message(e)) from None
+            if e.param == "input_dtype":  # int64 ids for a model without an embedding: a bad --input-dtype
+                raise click.BadParameter(_cli_message(e), param_hint="'--input-dtype'") from None
             raise click.ClickException(_cli_message(e)) from None
         except SvdcompressError as e:
             raise click.ClickException(_cli_message(e)) from None
@@ -695,7 +697,7 @@ def prune(
     show_default=True,
     help="Element type of the model input. int64: token ids (with --input-shape the sequence length, e.g. 40); "
     "tracing and verification use random ids below the smallest embedding's vocabulary, and ONNX gets a dynamic "
-    "sequence axis where the model takes other lengths. The CSR bundle takes float32 only.",
+    "sequence axis where the model takes other lengths; a CSR bundle then takes int64 ids of that length.",
 )
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset.")
 @click.option(
@@ -756,12 +758,6 @@ def export(
                 "(--bits 2..8 or auto); export got neither"
             )
         _selection_spec(data, "auto", None)  # the same check: held-out labelled data, never a test split
-    if fmt == "csr" and input_dtype != "float32":
-        raise click.BadParameter(
-            f"the CSR bundle takes float32 inputs; export a model over {input_dtype} ids with --format onnx",
-            param_hint="'--input-dtype'",
-        )
-
     with _convention_notes():
         res = export_model(
             ckpt,

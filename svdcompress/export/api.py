@@ -111,8 +111,8 @@ def export_model(
             it: e.g. int64 token ids for a model that starts with an embedding. Its shape gives ``input_shape``.
         input_dtype: without ``example_inputs``: ``"float32"`` (seeded standard-normal inputs) or ``"int64"``
             (seeded ids below the smallest embedding's vocabulary). Integer inputs ``(N, L)`` get a dynamic
-            sequence axis in ONNX where the model takes other lengths (``ExportResult.dynamic_axes``); the CSR
-            bundle takes float inputs only.
+            sequence axis in ONNX where the model takes other lengths (``ExportResult.dynamic_axes``); a CSR
+            bundle of such a model declares ``input_dtype: int64`` and is run on ids of the exported length.
 
     Returns:
         The :class:`ExportResult`, with ``parameter_compression`` filled in.
@@ -156,12 +156,6 @@ def export_model(
             param="data",
         )
     dtype_in = _input_dtype(example_inputs, input_dtype)
-    if fmt == "csr" and not dtype_in.is_floating_point:
-        raise InvalidInputError(
-            f"the CSR bundle takes float inputs, and this model's are {str(dtype_in).removeprefix('torch.')}; "
-            "export it with format 'onnx' (or 'onnx-sparse')",
-            param="input_dtype",
-        )
     # checked before the slow part; the exporter checks again right before writing
     check_output_path(path, force=force, inputs=() if isinstance(source, nn.Module) else (source,))
     if isinstance(source, nn.Module) and input_shape is None and example_inputs is None:
@@ -182,6 +176,16 @@ def export_model(
         data_checks_threshold_only=False,
     )
     module, shape, threshold = prepared.module, prepared.input_shape, prepared.threshold
+    if (
+        fmt == "csr"
+        and not dtype_in.is_floating_point
+        and not any(isinstance(m, nn.Embedding) for m in module.modules())
+    ):
+        raise InvalidInputError(
+            f"integer inputs are token ids, which a CSR bundle reads with an nn.Embedding, and "
+            f"{type(module).__name__} has none: export it with input_dtype float32",
+            param="input_dtype",
+        )
     spec, provenance, selection = prepared.data, prepared.provenance, prepared.selection()
     example = example_inputs
     if example is None and not dtype_in.is_floating_point:
@@ -235,6 +239,7 @@ def export_model(
                     threshold_selection=selection,
                     check=check,
                     auto_c=c,
+                    example_inputs=example,
                 )
                 break
             except AccuracyDropError:

@@ -29,9 +29,11 @@ from ..pruning.tracing import Tracer, describe_node, propagate_shapes, softmax_d
 from ..runtime import quant as Q
 from ..runtime.bundle import FORMAT_NAME, FORMAT_VERSION, BundleWriter, narrow_uint
 from ..runtime.plan_record import KEY as PLAN_KEY
+from . import _sequence
 from ._common import DEFAULT_TOLERANCES, ExportResult, _dense_fp32_bytes, _prepare, _verify
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "export_csr"]
+_seeded = example_inputs  # export_csr's keyword argument of the same name shadows it there
 _FP16_MAX = 65504.0
 
 # ---------------------------------------------------------------------------------------------- graph capture
@@ -69,7 +71,7 @@ class _Capture:
     op's ``writer`` names the ``_write_<writer>`` method below that emits it.
     """
 
-    def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, ...], example: torch.Tensor | None = None) -> None:
         self.gm = gm
         self.modules = dict(gm.named_modules())
         self.module_names = {id(m): k for k, m in self.modules.items()}
@@ -78,8 +80,16 @@ class _Capture:
         self.params: dict[str, np.ndarray] = {}
         self.values: dict[fx.Node, str] = {}  # fx node → manifest value name (aliases share one)
         self.shapes: dict[str, list[int]] = {}  # value name → shape without the batch dim
+        # value name → torch's axis of the batch where it is not 0 (attention's permute(2, 0, 3, 1, 4)); the
+        # runtime holds every value batch-major, i.e. with that axis moved to the front
+        self.bdim: dict[str, int] = {}
+        self.constants: dict[tuple[fx.Node, int], str] = {}  # (get_attr node, rank) → its constant value
+        self.input_dtype = "float32"
+        self.recurrent: dict[fx.Node, str] = {}  # LSTM node → the value of its output sequence
         # batch 2: a batch of 1 can hide batch-dim reshapes
-        propagate_shapes(gm, example_inputs(input_shape, 2))
+        propagate_shapes(
+            gm, example[:2] if example is not None and len(example) >= 2 else example_inputs(input_shape, 2)
+        )
 
     def run(self) -> tuple[str, str]:
         inp = out = None
@@ -88,6 +98,8 @@ class _Capture:
                 if inp is not None:
                     raise ExportError("the CSR format supports models with exactly one input tensor")
                 inp = self._define(node, node.name)
+                if not node.meta["tensor_meta"].dtype.is_floating_point:
+                    self.input_dtype = "int64"  # token ids: the runtime lets only embedding read them
             elif node.op == "output":
                 arg = node.args[0]
                 if not isinstance(arg, fx.Node) or arg not in self.values:
@@ -95,7 +107,12 @@ class _Capture:
                 out = self.values[arg]
             elif node.op != "get_attr" and isinstance(node.meta.get("tensor_meta"), TensorMetadata):
                 self._convert(node)
-            elif (op := lookup(self.gm, node)) is not None and not op.in_bundle and self._reads_tensor(node):
+            elif node.target is operator.getitem and node.args[0] in self.recurrent:
+                if node.users:  # `out, _ = lstm(x)` leaves an unused getitem 1
+                    _sequence.index(self, node)  # (h_n, c_n): refused, naming the node
+            elif (op := lookup(self.gm, node)) is not None and op.writer == "lstm":
+                _sequence.lstm(self, node)  # a tuple (output, (h, c)): its getitem 0 is the output
+            elif op is not None and not op.in_bundle and self._reads_tensor(node):
                 # a tuple-valued op (LSTM, unbind); x.shape[0] and friends are resolved where they are used
                 raise ExportError(
                     f"{describe_node(self.gm, node)} cannot be written to a CSR bundle: {op.not_in_bundle}"
@@ -110,15 +127,29 @@ class _Capture:
     def _reads_tensor(node: fx.Node) -> bool:
         return any(isinstance(n.meta.get("tensor_meta"), TensorMetadata) for n in node.all_input_nodes)
 
-    def _define(self, node: fx.Node, name: str) -> str:
+    def _define(self, node: fx.Node, name: str, bdim: int = 0) -> str:
         self.values[node] = name
-        self.shapes[name] = list(node.meta["tensor_meta"].shape[1:])
+        shape = list(node.meta["tensor_meta"].shape)
+        self.shapes[name] = shape[:bdim] + shape[bdim + 1 :]
+        if bdim:
+            self.bdim[name] = bdim
         return name
 
-    def _in(self, node: fx.Node, arg: Any) -> str:
+    def _in(self, node: fx.Node, arg: Any, any_batch: bool = False) -> str:
+        """The value ``arg`` holds; a parameter (get_attr) becomes a ``constant`` of the node's rank. Unless
+        ``any_batch``, the value must have the batch on torch's axis 0."""
+        if isinstance(arg, fx.Node) and arg.op == "get_attr" and arg not in self.values:
+            return _sequence.constant(self, node, arg)
         if not isinstance(arg, fx.Node) or arg not in self.values:
             raise ExportError(f"{node.name}: input {arg!r} is not a tensor computed from the model input")
-        return self.values[arg]
+        name = self.values[arg]
+        if not any_batch and self.bdim.get(name, 0):
+            raise ExportError(
+                f"{describe_node(self.gm, node)} cannot be written to a CSR bundle: it reads a tensor whose batch "
+                f"is on axis {self.bdim[name]}, and the runtime runs this op on batch-first tensors only; export "
+                "to ONNX instead"
+            )
+        return name
 
     def _emit(
         self,
@@ -127,8 +158,9 @@ class _Capture:
         inputs: list[str],
         attrs: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
+        bdim: int = 0,
     ) -> None:
-        name = self._define(node, node.name)
+        name = self._define(node, node.name, bdim)
         self.nodes.append(
             {"name": name, "op": op, "inputs": inputs, "outputs": [name], "attrs": attrs or {}, "params": params or {}}
         )
@@ -164,7 +196,8 @@ class _Capture:
         getattr(self, f"_write_{op.writer}")(node, op)
 
     def _write_elementwise(self, node: fx.Node, op: Op) -> None:
-        self._emit(node, op.name, [self._in(node, node.args[0])], self._attrs(node, op))
+        x = self._in(node, node.args[0], any_batch=True)
+        self._emit(node, op.name, [x], self._attrs(node, op), bdim=self.bdim.get(x, 0))
 
     def _write_prelu(self, node: fx.Node, op: Op) -> None:
         m = self._module(node)
@@ -173,17 +206,18 @@ class _Capture:
         self._emit(node, op.name, [self._in(node, node.args[0])], {}, params)  # slope: (1,) or (C,)
 
     def _write_softmax(self, node: fx.Node, op: Op) -> None:
+        x = self._in(node, node.args[0], any_batch=True)
         dim = softmax_dim(self.gm, node)
         ndim = self._ndim(node, node.args[0])
-        if ndim != 2 or dim not in (1, -1):
+        if not isinstance(dim, int) or not -ndim <= dim < ndim or _sequence.axis(self, x, dim) == 0:
             raise ExportError(
-                f"{describe_node(self.gm, node)}: the CSR format has {op.name} over the features of "
-                f"an (N, features) tensor only, got dim={dim} on a {ndim}-D input"
+                f"{describe_node(self.gm, node)} cannot be written to a CSR bundle: {op.name} needs an explicit "
+                f"dim other than the batch, got dim={dim} on a {ndim}-D input"
             )
-        self._emit(node, op.name, [self._in(node, node.args[0])], {"dim": 1})
+        self._emit(node, op.name, [x], {"dim": _sequence.axis(self, x, dim)}, bdim=self.bdim.get(x, 0))
 
     def _write_alias(self, node: fx.Node, op: Op) -> None:
-        self.values[node] = self._in(node, node.args[0])
+        self.values[node] = self._in(node, node.args[0], any_batch=True)
 
     def _write_dropout(self, node: fx.Node, op: Op) -> None:
         if node.op != "call_module":
@@ -194,15 +228,17 @@ class _Capture:
 
     def _write_linear(self, node: fx.Node, op: Op) -> None:
         m: nn.Linear = self._module(node)  # type: ignore[assignment]  # the registry maps nn.Linear here
-        ndim = self._ndim(node, node.args[0])
-        if ndim != 2:
-            raise ExportError(f"{node.target}: Linear on a {ndim}-D input is not supported (only (N, features))")
+        x = self._in(node, node.args[0], any_batch=True)
+        b = self.bdim.get(x, 0)
+        if b == self._ndim(node, node.args[0]) - 1:
+            raise ExportError(f"{describe_node(self.gm, node)}: a Linear over the batch axis cannot be written")
         self._emit(
             node,
             "linear",
-            [self._in(node, node.args[0])],
+            [x],
             {"in_features": m.in_features, "out_features": m.out_features},
             self._weight_bias(node.name, m),
+            bdim=b,
         )
 
     def _write_conv2d(self, node: fx.Node, op: Op) -> None:
@@ -246,18 +282,40 @@ class _Capture:
     def _write_reshape(self, node: fx.Node, op: Op) -> None:
         self._reshape(node, self._in(node, node.args[0]))  # target shape comes from shape propagation
 
-    def _write_add(self, node: fx.Node, op: Op) -> None:
-        if len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
-            raise ExportError(f"{node.name}: only tensor + tensor additions are supported")
-        self._emit(node, "add", [self._in(node, a) for a in node.args])
-
     def _write_cat(self, node: fx.Node, op: Op) -> None:
         tensors = node.args[0]
         dim = int(_fn_args(node, ("dim",), {"dim": 0})["dim"])
         ndim = len(node.meta["tensor_meta"].shape)
-        if not isinstance(tensors, (list, tuple)) or dim % ndim != 1:
-            raise ExportError(f"{node.name}: only torch.cat along dim 1 is supported (got dim={dim})")
-        self._emit(node, "cat", [self._in(node, a) for a in tensors], {"dim": 1})
+        if not isinstance(tensors, (list, tuple)) or dim % ndim == 0:
+            raise ExportError(f"{node.name}: torch.cat along the batch (dim={dim}) cannot be written to a CSR bundle")
+        self._emit(node, "cat", [self._in(node, a) for a in tensors], {"dim": dim % ndim})
+
+    def _write_arith(self, node: fx.Node, op: Op) -> None:
+        _sequence.arith(self, node)
+
+    def _write_layer_norm(self, node: fx.Node, op: Op) -> None:
+        _sequence.layer_norm(self, node)
+
+    def _write_matmul(self, node: fx.Node, op: Op) -> None:
+        _sequence.matmul(self, node)
+
+    def _write_transpose(self, node: fx.Node, op: Op) -> None:
+        _sequence.transpose(self, node)
+
+    def _write_index(self, node: fx.Node, op: Op) -> None:
+        _sequence.index(self, node)
+
+    def _write_expand(self, node: fx.Node, op: Op) -> None:
+        _sequence.expand(self, node)
+
+    def _write_reduce(self, node: fx.Node, op: Op) -> None:
+        _sequence.reduce(self, node)
+
+    def _write_embedding(self, node: fx.Node, op: Op) -> None:
+        _sequence.embedding(self, node)
+
+    def _write_conv1d(self, node: fx.Node, op: Op) -> None:
+        _sequence.conv1d(self, node)
 
     def _write_gather(self, node: fx.Node, op: Op) -> None:
         m = self._module(node)
@@ -380,6 +438,7 @@ def export_csr(
     check: Callable[[Any], dict[str, Any] | None] | None = None,
     auto_c: float = Q.AUTO_C,
     kernel_plan: bool = True,
+    example_inputs: torch.Tensor | None = None,
 ) -> ExportResult:
     """Write ``model`` as a CSR bundle, run it with :mod:`svdcompress.runtime` and compare with ``reference``.
 
@@ -415,6 +474,9 @@ def export_csr(
             tolerance); its drift from ``reference`` is reported, not bounded (check accuracy on data).
             Kept weights that quantise to exactly 0 are dropped from the pattern (``zeroed`` in the report).
         sigma: Layer (module name, e.g. ``"conv1"``) → median posterior σ of its kept weights, for ``"auto"``.
+        example_inputs: a batch ``(N, *input_shape)`` to trace and verify with instead of seeded standard-normal
+            inputs: int64 token ids for a model that starts with an embedding (the manifest then declares
+            ``input_dtype: int64``).
         auto_c: The ``c`` of ``bits="auto"`` (quantisation noise variance allowed, as a fraction of σ²).
         check: Called with the loaded bundle after verification and before the file is renamed into place
             (e.g. an accuracy check on data); it raises to abort, leaving no file, or returns facts for
@@ -440,13 +502,14 @@ def export_csr(
     if bits == 16 or bits == "16":
         dtype, bits = "fp16", None
     qbits = _resolve_bits(bits, sigma)
+    example = example_inputs
     vname, tol, out, ref = _prepare(model, reference, path, dtype, tolerance, force)
     try:
         json.dumps(provenance)
     except TypeError as exc:
         raise ExportError(f"provenance must be JSON-serialisable: {exc}") from exc
 
-    capture = _Capture(_trace(model), tuple(input_shape))
+    capture = _Capture(_trace(model), tuple(input_shape), example)
     inp, output = capture.run()
     nodes, output = _fold_batchnorm(capture.nodes, capture.params, output)
     vdtype: type[np.floating[Any]] = np.float16 if vname == "fp16" else np.float32
@@ -458,7 +521,7 @@ def export_csr(
     for n in nodes:
         for role, pname in n["params"].items():
             arr = capture.params[pname]
-            if role == "weight":
+            if role in ("weight", "weight_hh"):  # the layers: CSR or dense, maybe quantised
                 quant, qinfo = None, None
                 if qbits is not None and "folded_batchnorm" not in n["attrs"]:
                     layer = capture.module_names.get(id(capture.weight_modules.get(pname)), n["name"])
@@ -476,6 +539,7 @@ def export_csr(
         "producer": {"name": "svdcompress", "version": __version__},
         "dtype": vname,
         "input_shape": list(input_shape),
+        "input_dtype": capture.input_dtype,
         "output_shape": capture.shapes[output],
         "input": inp,
         "output": output,
@@ -501,11 +565,13 @@ def export_csr(
         drift = None
         if dequantised:
             exact = _with_weights(model, capture, dequantised)
-            diff = _verify(bundle, exact, tuple(input_shape), DEFAULT_TOLERANCES["fp32"], f"quantised CSR bundle {out}")
-            x = example_inputs(tuple(input_shape), 4)
+            diff = _verify(
+                bundle, exact, tuple(input_shape), DEFAULT_TOLERANCES["fp32"], f"quantised CSR bundle {out}", example
+            )
+            x = _seeded(tuple(input_shape), 4) if example is None else example
             drift = compare_outputs(ref, bundle, x, f"CSR bundle {out}", error=ExportError)
         else:
-            diff = _verify(bundle, ref, tuple(input_shape), tol, f"CSR bundle {out}")
+            diff = _verify(bundle, ref, tuple(input_shape), tol, f"CSR bundle {out}", example)
         checked = None if check is None else check(bundle)  # may raise: then nothing is renamed into place
         size = tmp.stat().st_size
     dense = _dense_fp32_bytes(ref) if dense_fp32_bytes is None else int(dense_fp32_bytes)
@@ -581,6 +647,8 @@ def _with_weights(model: nn.Module, capture: _Capture, weights: dict[str, np.nda
     twin = copy.deepcopy(model, memo)
     for pname, arr in weights.items():
         m = memo[id(capture.weight_modules[pname])]
+        attr = {"weight_ih": "weight_ih_l0", "weight_hh": "weight_hh_l0"}.get(pname.rsplit(".", 1)[1], "weight")
+        w = getattr(m, attr)
         with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(arr).to(m.weight.dtype))
+            w.copy_(torch.from_numpy(arr).to(w.dtype).reshape(w.shape))  # conv1d: 4-D → 3-D
     return twin.eval()

@@ -263,10 +263,10 @@ _SHAPES = "svdcompress_tensor_shapes"  # GraphModule.meta key: {qualified name: 
 
 def _not_in_csr(gm: fx.GraphModule, node: fx.Node, why: str) -> UnsupportedOpError:
     return UnsupportedOpError(
-        f"{describe_node(gm, node)} cannot be written to a CSR bundle: {why}; the bundle runs (N, C, H, W) and "
-        "(N, features) models of Linear, Conv2d, BatchNorm, pooling, elementwise activations, flatten to (N, -1), "
-        "adds, cat along dim 1 and (log_)softmax over the features. Export to ONNX instead (format 'onnx'), where "
-        "the pruner keeps what it cannot follow as barriers"
+        f"{describe_node(gm, node)} cannot be written to a CSR bundle: {why}; the bundle runs batch-first "
+        "models of Linear, Conv1d/2d, BatchNorm, LayerNorm, Embedding, pooling, elementwise activations, "
+        "reshapes, transposes, indexing, adds/muls, cat, matmul, reductions and (log_)softmax. Export to ONNX "
+        "instead (format 'onnx'), where the pruner keeps what it cannot follow as barriers"
     )
 
 
@@ -360,8 +360,8 @@ def _classify(
             )
         if not op.in_bundle:
             raise UnsupportedOpError(f"{describe_node(gm, node)} cannot be written to a CSR bundle: {op.not_in_bundle}")
-        if len(shape) < 2:
-            raise _not_in_csr(gm, node, f"its result has shape {shape}, not (N, C, ...)")
+        if len(shape) < 1:
+            raise _not_in_csr(gm, node, f"its result has shape {shape}, not (N, ...)")
     if node.op == "call_module":
         info.module = gm.get_submodule(str(node.target))
         if calls[str(node.target)] > 1 and any(True for _ in info.module.parameters(recurse=False)):
@@ -412,8 +412,6 @@ def _param(gm: fx.GraphModule, node: fx.Node, info: NodeInfo, require_csr: bool)
     target = str(node.target)
     if _unrecognised_layer(gm, target):
         raise _unsupported(gm, node, _get_attr_reason(gm, target))
-    if require_csr:
-        raise _not_in_csr(gm, node, f"parameter '{target}' is used as a tensor (a class token, a position table)")
     if info.shape:
         _keep(info, f"it is combined with parameter '{target}', used as a tensor")
     _set_axis(info)
@@ -448,7 +446,10 @@ def _classify_value_node(
         op = lookup(gm, node)
         if op is not None and not op.in_bundle and info.inputs:  # LSTM, unbind (not x.shape[0])
             raise UnsupportedOpError(f"{describe_node(gm, node)} cannot be written to a CSR bundle: {op.not_in_bundle}")
-        return _classify_shape_node(gm, node)
+        if op is None and info.inputs and _dims_read(node) is None:
+            return _classify_shape_node(gm, node)  # names what it cannot follow
+        # sizes read (x.shape, b, n, c = x.shape) pin the channels they read, as without require_csr: the
+        # exporter writes the pruned model's realised shapes
     read = _dims_read(node)
     if read is not None:
         for src in info.inputs:
@@ -545,8 +546,6 @@ def _dense(
         raise _Barrier("a layer is pruned with one tensor input")
     src = infos[info.inputs[0].name]
     if isinstance(mod, nn.Linear):
-        if require_csr and len(src.shape) != 2:
-            raise _not_in_csr(gm, node, "Linear layers are pruned on (N, features) inputs only")
         info.kind, info.axis = Kind.DENSE, len(info.shape) - 1
         info.read_ok = src.axis == len(src.shape) - 1
     else:
@@ -590,8 +589,6 @@ def _channelwise(
         raise _Barrier("PReLU must have 1 or C parameters")
     if getattr(mod, "return_indices", False) or node.kwargs.get("return_indices"):
         raise _Barrier("pooling with return_indices is not supported")
-    if require_csr and src.shape[:2] != info.shape[:2]:
-        raise _not_in_csr(gm, node, "expected one tensor input with the same (N, C) as the output")
     info.kind, info.axis, info.ties = Kind.PER_CHANNEL, axis, [src.node]
     per_dim1 = isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)) or (
         isinstance(mod, nn.PReLU) and mod.num_parameters > 1
@@ -610,14 +607,8 @@ def _binary(
     require_csr: bool,
 ) -> None:
     in_shapes = [infos[n.name].shape for n in info.inputs]
-    if require_csr:
-        if any(len(s) != len(info.shape) or s[1] != info.shape[1] for s in in_shapes):
-            raise _not_in_csr(gm, node, f"operands {in_shapes} broadcast across the channel dim of {info.shape}")
-        if len(info.inputs) == 1:
-            raise UnsupportedOpError(
-                f"{describe_node(gm, node)} cannot be written to a CSR bundle: it adds a constant, "
-                "and the format adds tensors only"
-            )
+    if require_csr and any(len(s) != len(info.shape) for s in in_shapes):
+        raise _not_in_csr(gm, node, f"operands {in_shapes} broadcast over the batch of {info.shape}")
     n = len(info.shape)
 
     def placed(x: NodeInfo) -> int | None:  # the output axis that x's channel axis lands on, if not broadcast
@@ -659,8 +650,8 @@ def _cat(
     srcs = [infos[x.name] for x in info.inputs]
     if not isinstance(dim, int) or any(len(s.shape) != n for s in srcs):
         raise _Barrier("torch.cat is followed along one dim of same-rank tensors")
-    if require_csr and dim % n != 1:
-        raise _not_in_csr(gm, node, "torch.cat is supported along the channel dim (1) only")
+    if require_csr and dim % n == 0:
+        raise _not_in_csr(gm, node, "torch.cat along the batch is not in the format")
     axes = {s.axis for s in srcs}
     if len(axes) != 1 or None in axes:
         _keep(info, f"the operands of '{node.name}' carry their channels on different axes")
@@ -685,8 +676,6 @@ def _reshape(
     require_csr: bool,
 ) -> None:
     # flatten-like views/reshapes were rewritten as torch.flatten(x, 1) by _normalize
-    if require_csr and (node.target is not torch.flatten or not _is_flatten_like(gm, node)):
-        raise _not_in_csr(gm, node, "only flattening to (N, -1) keeps channels traceable")
     _move(gm, node, op, info, infos, require_csr)
 
 
@@ -833,13 +822,8 @@ def _normalize_op(
         dims = set(range(n - k, n))
     else:
         dim = softmax_dim(gm, node)
-        if require_csr and (n != 2 or dim not in (1, -1)):
-            raise _not_in_csr(
-                gm,
-                node,
-                f"{op.name} is supported over the features of an (N, features) tensor only "
-                f"(dim=1), got dim={dim} on shape {info.shape}",
-            )
+        if require_csr and (not isinstance(dim, int) or dim % n == 0):
+            raise _not_in_csr(gm, node, f"{op.name} needs an explicit dim other than the batch, got dim={dim}")
         if not isinstance(dim, int):
             raise _Barrier(f"{op.name} without an explicit dim")
         dims = {dim % n}

@@ -123,6 +123,7 @@ class CSRModel:
         self.input_shape = tuple(int(d) for d in bundle.manifest["input_shape"])
         plan = build_plan(bundle, kernel)
         self._plan = plan
+        self._ids = bundle.manifest.get("input_dtype") == "int64"  # token ids (validated by build_plan)
         self.output_shape = plan.output_shape
         self.layer_kernels = plan.layer_kernels
         self.layer_kernels_batched = plan.layer_kernels_batched
@@ -142,7 +143,8 @@ class CSRModel:
         """Run the model.
 
         Args:
-            x: ``(N, *input_shape)`` numpy array or torch tensor (any float dtype; computed in fp32).
+            x: ``(N, *input_shape)`` numpy array or torch tensor (any float dtype; computed in fp32), or
+                integer token ids when the manifest declares ``input_dtype: int64``.
 
         Returns:
             ``(N, *output_shape)`` float32: a numpy array, or a CPU torch tensor if ``x`` was a tensor.
@@ -153,7 +155,9 @@ class CSRModel:
         # Checks ordered for the common case (a float32 numpy array): each costs a noticeable part of a small call.
         is_torch = type(x) is not np.ndarray and type(x).__module__.split(".")[0] == "torch"
         arr = x.detach().cpu().numpy() if is_torch else x
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if self._ids and np.asarray(arr).dtype.kind not in "iu":  # token ids: never truncate floats silently
+            raise InvalidInputError(f"{self.path}: this model takes int64 token ids, got {np.asarray(arr).dtype}")
+        arr = np.ascontiguousarray(arr, dtype=np.int64 if self._ids else np.float32)
         if arr.shape[1:] != self.input_shape:
             raise InvalidInputError(
                 f"{self.path}: expected input of shape (N, "

@@ -28,14 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from . import layers as L, plan_record, simple_ops as S
+from ..errors import BundleError
+from . import layers as L, plan_record, sequence_ops as Q, simple_ops as S
 from ._builder import BATCHED, BLOCKED_MIN_BATCH, CHAIN_MIN_BATCH, KERNELS, SCALAR_ACTS, Builder, Plan
 from ._single import single_pass
 from .bundle import Bundle
 
 _log = logging.getLogger("svdcompress.runtime")
 
-__all__ = ["BATCHED", "BLOCKED_MIN_BATCH", "CHAIN_MIN_BATCH", "KERNELS", "OPS", "Plan", "build_plan"]
+__all__ = ["BATCHED", "BLOCKED_MIN_BATCH", "CHAIN_MIN_BATCH", "INPUT_DTYPES", "KERNELS", "OPS", "Plan", "build_plan"]
 
 
 OPS: dict[str, Callable[[Builder, dict[str, Any]], None]] = {
@@ -44,15 +45,27 @@ OPS: dict[str, Callable[[Builder, dict[str, Any]], None]] = {
     "batchnorm": S.batchnorm,
     **{op: S.activation for op in SCALAR_ACTS},
     "prelu": S.prelu,
-    "softmax": S.softmax,
-    "log_softmax": S.softmax,
+    "softmax": Q.softmax,
+    "log_softmax": Q.softmax,
     "max_pool2d": S.pool,
     "avg_pool2d": S.pool,
     "adaptive_avg_pool2d": S.adaptive_avg_pool2d,
     "reshape": S.reshape,
-    "add": S.add,
+    "add": Q.arith,
+    "sub": Q.arith,
+    "mul": Q.arith,
+    "div": Q.arith,
     "cat": S.cat,
     "gather": S.gather,
+    "layer_norm": Q.layer_norm,
+    "matmul": Q.matmul,
+    "transpose": Q.transpose,
+    "index": Q.index,
+    "constant": Q.constant,
+    "expand": Q.expand,
+    "reduce": Q.reduce,
+    "embedding": Q.embedding,
+    "lstm": Q.lstm,
 }
 """Every op a bundle may hold → its builder. The exporter's op table (svdcompress.ops) must stay within it."""
 
@@ -62,6 +75,7 @@ def build_plan(bundle: Bundle, kernel: str) -> Plan:
 
     With ``kernel="auto"`` and a ``kernel_plan`` recorded on this CPU (:mod:`.plan_record`), the recorded
     kernels and layouts run and nothing is timed; recorded on another CPU, everything is chosen again."""
+    _check_input_dtype(bundle)
     rec: dict[str, Any] = bundle.manifest.get(plan_record.KEY) or {}
     use = kernel == "auto" and bool(rec) and plan_record.cpu_matches(rec["cpu"])
     if kernel == "auto" and rec and not use:
@@ -80,6 +94,26 @@ def build_plan(bundle: Bundle, kernel: str) -> Plan:
         if not fused:
             plan.single = None
     return plan
+
+
+INPUT_DTYPES = ("float32", "int64")
+"""What a bundle's manifest may declare as ``input_dtype`` (absent: float32)."""
+
+
+def _check_input_dtype(bundle: Bundle) -> None:
+    """An ``int64`` input (token ids) may be read by ``embedding`` nodes only: every other kernel takes floats."""
+    m = bundle.manifest
+    dtype = m.get("input_dtype", "float32")
+    if dtype not in INPUT_DTYPES:
+        raise BundleError(
+            f"{bundle.path}: manifest input_dtype must be one of {', '.join(INPUT_DTYPES)}, got {dtype!r}"
+        )
+    if dtype == "int64":
+        for n in m.get("nodes", []):
+            if isinstance(n, dict) and m.get("input") in n.get("inputs", []) and n.get("op") != "embedding":
+                raise BundleError(
+                    f"{bundle.path}: node {n.get('name')}: reads the int64 input (token ids); only embedding may"
+                )
 
 
 def _fused_pays(plan: Plan, in_shape: tuple[int, ...], rounds: int = 7) -> bool:

@@ -6,6 +6,7 @@ Each builds the sparse and, where it could win, the dense form of the layer, let
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -28,7 +29,7 @@ from ._builder import (
 from .bundle import LayerWeight
 from .kernels import layout as L
 
-__all__ = ["conv2d", "linear", "pool_spec", "spatial_input"]
+__all__ = ["conv2d", "linear", "pool_spec", "recurrent_step", "spatial_input"]
 
 
 def _conv_out(size: int, k: int, s: int, p_total: int, d: int) -> int:
@@ -328,6 +329,7 @@ class _Linear:
     act: tuple[int, float, float]
     in_slot: int
     out_slot: int
+    lead: tuple[int, ...] = ()  # non-batch dims before the features: (T,) for a Linear over a sequence
 
     @property
     def rows(self) -> int:
@@ -345,9 +347,9 @@ def _linear_layer(b: Builder, n: dict[str, Any]) -> tuple[_Linear, str]:
         raise b.err(name, f"linear takes one input, got {len(n['inputs'])}")
     x, shape = b.inp(n)
     wt = b.b.weight(n["params"].get("weight"), name)
-    if len(shape) != 1 or len(wt.shape) != 2 or wt.shape[1] != shape[0]:
-        raise b.err(name, f"weight {list(wt.shape)} does not fit an input of shape {list(shape)} (needs (features,))")
-    rows = wt.shape[0]
+    if len(wt.shape) != 2 or wt.shape[1] != shape[-1]:
+        raise b.err(name, f"weight {list(wt.shape)} does not fit an input of shape {list(shape)} (needs (…, features))")
+    rows, lead = wt.shape[0], shape[:-1]
     bias = b.bias(n, rows)
     out_name = n["outputs"][0]
     spec = (L.ACT_IDENTITY, 0.0, 0.0)
@@ -355,10 +357,10 @@ def _linear_layer(b: Builder, n: dict[str, Any]) -> tuple[_Linear, str]:
     if act_node is not None:
         spec = b.act_spec(act_node)
         b.mark_fused(act_node)
-        b.new(out_name, (rows,), name)
+        b.new(out_name, (*lead, rows), name)
         out_name = act_node["outputs"][0]
-    o = b.new(out_name, (rows,), name)
-    return _Linear(name, wt, bias, spec, x, o), out_name
+    o = b.new(out_name, (*lead, rows), name)
+    return _Linear(name, wt, bias, spec, x, o, lead), out_name
 
 
 def _chain_arrays(
@@ -423,9 +425,12 @@ def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> _Cha
     idx_b = idx.copy()
     idx_b[first] = (slot.reshape(-1) * 16 + idx[first] % 16).astype(itype)
 
+    lead = layers[0].lead
+
     def step(v: list[Any], parts: int = 1) -> None:
         xin = v[x]
-        xin = np.ascontiguousarray(xin.reshape(xin.shape[0], -1))
+        n = xin.shape[0]
+        xin = np.ascontiguousarray(xin.reshape(n * math.prod(lead), -1))  # (N·positions, features)
         y = np.empty((xin.shape[0], rows), np.float32)
         if batched and parts > 1:
             tile = K.spmm_tile(xin.shape[0])
@@ -437,7 +442,7 @@ def _chain_step(layers: list[_Linear], dense: list[bool], batched: bool) -> _Cha
         else:
             for i in range(xin.shape[0]):
                 K.chain_single(xin[i : i + 1], y[i : i + 1], meta, fpar, ptr, idx, vals, bias, dflags)
-        v[o] = y
+        v[o] = y.reshape(n, *lead, rows) if lead else y
 
     return step
 
@@ -450,6 +455,8 @@ def linear(b: Builder, n: dict[str, Any]) -> None:
         lay, out_name = _linear_layer(b, node)
         layers.append(lay)
         node = b.sole_reader(out_name, lambda op: op == "linear")
+        if node is not None and layers[0].lead:
+            break  # over a sequence: one layer per step, the next builds its own
         if node is not None:
             b.mark_fused(node)
     small: list[bool] = []  # per layer: dense at batch 1?
@@ -469,7 +476,7 @@ def linear(b: Builder, n: dict[str, Any]) -> None:
 
             dense = dense_step
 
-        k_small, k_big = b.choose(lay.name, sparse, dense, (lay.cols,), lay.in_slot)
+        k_small, k_big = b.choose(lay.name, sparse, dense, (*lay.lead, lay.cols), lay.in_slot)
         b.plan.choices[lay.name] = {
             "batch1": {"kernel": k_small, "layout": "chain"},
             "batched": {"kernel": k_big, "layout": "chain"},
@@ -490,6 +497,14 @@ def linear(b: Builder, n: dict[str, Any]) -> None:
         )
     one, many = _chain_step(layers, small, False), _chain_step(layers, big, True)
     x = layers[0].in_slot
+    if layers[0].lead:  # a Linear over a sequence: every position is an example of the kernels
+        positions = math.prod(layers[0].lead)
+
+        def run_seq(v: list[Any]) -> None:
+            (many if v[x].shape[0] * positions >= CHAIN_MIN_BATCH else one)(v)
+
+        b.add_step(run_seq)
+        return
 
     def run(v: list[Any]) -> None:
         (many if v[x].shape[0] >= CHAIN_MIN_BATCH else one)(v)
@@ -501,3 +516,17 @@ def linear(b: Builder, n: dict[str, Any]) -> None:
             one(v)
 
     b.add_step(run, Fragment("chain", x, layers[-1].out_slot, _chain_pack(layers, small)[1]), run_parallel)
+
+
+def recurrent_step(name: str, wt: LayerWeight, batched: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """``h ↦ h @ Wᵀ`` with the sparse Linear kernel (no bias, no activation): the recurrent product of one step
+    of an LSTM (:func:`.sequence_ops.lstm`). Each call uses a slot list of its own (thread-safe)."""
+    lay = _Linear(name, wt, np.zeros(wt.shape[0], np.float32), (L.ACT_IDENTITY, 0.0, 0.0), 0, 1)
+    step = _chain_step([lay], [False], batched)
+
+    def run(h: np.ndarray) -> np.ndarray:
+        v: list[Any] = [h, None]
+        step(v)
+        return v[1]  # type: ignore[no-any-return]
+
+    return run

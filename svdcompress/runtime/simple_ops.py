@@ -1,5 +1,6 @@
-"""Builders for the ops without weights: activations, PReLU, softmax, BatchNorm, pooling, reshape, add, cat
-and the input gather. Each validates its node, infers the output shape and appends one step."""
+"""Builders for the ops without weights: activations, PReLU, BatchNorm, pooling, reshape, cat and the input
+gather (softmax and arithmetic: :mod:`.sequence_ops`). Each validates its node, infers the output shape and
+appends one step."""
 
 from __future__ import annotations
 
@@ -15,14 +16,12 @@ from .layers import pool_spec, spatial_input
 __all__ = [
     "activation",
     "adaptive_avg_pool2d",
-    "add",
     "batchnorm",
     "cat",
     "gather",
     "pool",
     "prelu",
     "reshape",
-    "softmax",
 ]
 
 
@@ -53,29 +52,6 @@ def prelu(b: Builder, n: dict[str, Any]) -> None:
     def step(v: list[Any]) -> None:
         xin = v[x]
         v[o] = np.where(xin >= 0, xin, xin * s).astype(np.float32)
-
-    b.plan.steps.append(step)
-
-
-def softmax(b: Builder, n: dict[str, Any]) -> None:
-    x, shape = b.inp(n)
-    dim = n["attrs"].get("dim", 1)
-    if len(shape) != 1 or dim not in (1, -1):
-        raise b.err(
-            n["name"],
-            f"{n['op']} is supported over the features of a (features,) value (dim=1), "
-            f"got dim={dim!r} on shape {list(shape)}",
-        )
-    log = n["op"] == "log_softmax"
-    o = b.new(n["outputs"][0], shape, n["name"])
-
-    def step(v: list[Any]) -> None:
-        z = v[x] - v[x].max(axis=1, keepdims=True)
-        if log:
-            v[o] = (z - np.log(np.exp(z).sum(axis=1, keepdims=True))).astype(np.float32)
-        else:
-            e = np.exp(z)
-            v[o] = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
     b.plan.steps.append(step)
 
@@ -145,33 +121,25 @@ def reshape(b: Builder, n: dict[str, Any]) -> None:
     b.add_step(step, Fragment("reshape", x, o))
 
 
-def add(b: Builder, n: dict[str, Any]) -> None:
-    if len(n["inputs"]) != 2:
-        raise b.err(n["name"], f"add takes two inputs, got {len(n['inputs'])}")
-    (i, si), (j, sj) = b.inp(n, 0), b.inp(n, 1)
-    if si != sj:
-        raise b.err(n["name"], f"add of shapes {list(si)} and {list(sj)}: shapes must be equal")
-    o = b.new(n["outputs"][0], si, n["name"])
-
-    def step(v: list[Any]) -> None:
-        v[o] = v[i] + v[j]
-
-    b.plan.steps.append(step)
-
-
 def cat(b: Builder, n: dict[str, Any]) -> None:
-    if not n["inputs"] or n["attrs"].get("dim", 1) != 1:
-        raise b.err(n["name"], "cat needs at least one input and dim=1")
+    """Concatenation along one non-batch axis ``dim`` (default 1); the other axes must agree."""
+    if not n["inputs"]:
+        raise b.err(n["name"], "cat needs at least one input")
     ins = [b.inp(n, k) for k in range(len(n["inputs"]))]
-    rest = {s[1:] for _, s in ins}
+    rank = len(ins[0][1])
+    d = n["attrs"].get("dim", 1)
+    if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= rank:
+        raise b.err(n["name"], f"attribute dim must be an axis in 1..{rank} (0 is the batch), got {d!r}")
+    rest = {(len(s), s[: d - 1], s[d:]) for _, s in ins}
     if len(rest) != 1:
-        raise b.err(n["name"], f"cat inputs {[list(s) for _, s in ins]} differ beyond dim 1")
-    shape = (sum(s[0] for _, s in ins), *ins[0][1][1:])
+        raise b.err(n["name"], f"cat inputs {[list(s) for _, s in ins]} differ beyond dim {d}")
+    first = ins[0][1]
+    shape = (*first[: d - 1], sum(s[d - 1] for _, s in ins), *first[d:])
     slots = [s for s, _ in ins]
     o = b.new(n["outputs"][0], shape, n["name"])
 
     def step(v: list[Any]) -> None:
-        v[o] = np.concatenate([v[s] for s in slots], axis=1)
+        v[o] = np.concatenate([v[s] for s in slots], axis=d)
 
     b.plan.steps.append(step)
 
