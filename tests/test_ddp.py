@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -86,11 +87,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_ddp_on_two_processes_equals_one_process_on_the_global_batch(tmp_path: Path) -> None:
+def test_ddp_on_two_processes_equals_one_process_on_the_global_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "rank0.pt"
-    # torch.multiprocessing with fork, not spawn: spawned children re-import torch (3-5 s more on a shared machine);
-    # the workers start with the same code either way
-    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True, start_method="fork")
+    # Spawned, not forked: a fork of this process, whose other threads (numba's, OpenMP's) may hold locks, hung in
+    # CI. The spawned processes import _worker by its module name (tests.test_ddp under pytest's importlib mode):
+    # put the checkout on the path they inherit.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
     got = torch.load(out, weights_only=True)
 
     net, x, y = _setup()
