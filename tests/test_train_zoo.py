@@ -145,7 +145,9 @@ def _short_argv(out: Path) -> list[str]:
     return [*_argv(out), "--dense-epochs", "2", "--dense-patience", "0", "--svdo-epochs", "1"]
 
 
-def test_under_torchrun_two_processes_train_the_same_dense_net_and_rank_0_writes(tmp_path: Path) -> None:
+def test_under_torchrun_two_processes_train_the_same_dense_net_and_rank_0_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two processes (gloo) split each batch of 50: the dense phase, which has no noise, ends at the weights of the
     one-process run (up to float rounding); the SVDO phase runs and rank 0 writes the outputs once."""
     one, two = tmp_path / "one", tmp_path / "two"
@@ -153,8 +155,10 @@ def test_under_torchrun_two_processes_train_the_same_dense_net_and_rank_0_writes
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    # fork: the children need not import torch and the script again (seconds on a shared machine)
-    mp.start_processes(_torchrun_worker, args=(port, str(two)), nprocs=2, join=True, start_method="fork")
+    # Spawned, not forked: a fork of the test process, whose other threads may hold locks, can hang. The children
+    # import _torchrun_worker by its module name (tests.test_train_zoo): the checkout goes on their path.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    mp.spawn(_torchrun_worker, args=(port, str(two)), nprocs=2, join=True)
     a = _weights(one / "lenet300-fashion-mnist-dense.pt")
     b = _weights(two / "lenet300-fashion-mnist-dense.pt")
     assert a.keys() == b.keys()
