@@ -235,7 +235,9 @@ def conv2d(b: Builder, n: dict[str, Any]) -> None:
 
         nz = layer.nnz
         if fixed is not None:
-            one_name, many_name = fixed
+            # the dense twin's column matrix holds every column: within the scratch cap, or wide rows instead
+            fits = np.unique(layer.indices).size * int(sizes_i[L.IM2COL_PITCH]) <= MAX_BLOCK_SCRATCH
+            one_name, many_name = (k if k != "im2col" or fits else "wide" for k in fixed)
         else:
             one_name = b.pick(
                 name,
