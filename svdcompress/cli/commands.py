@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ..benchmark.config import CONTENDERS  # names only: no torch at import
 from ..errors import InputShapeError, InvalidInputError, MissingDependencyError, SvdcompressError
 
 __all__ = ["main"]
@@ -868,21 +869,7 @@ def _cores() -> int:
 )
 @click.option(
     "--contenders",
-    help="Comma-separated subset of: "
-    + ", ".join(
-        (
-            "torch-dense",
-            "ort-dense",
-            "openvino-dense",
-            "torch-masked",
-            "torch-pruned",
-            "ort-compact",
-            "openvino-compact",
-            "ort-sparse",
-            "csr-runtime",
-        )
-    )
-    + " (openvino-* need the peers extra).",
+    help="Comma-separated subset of: " + ", ".join(CONTENDERS) + " (openvino-* need the peers extra).",
 )
 @click.option(
     "--data",
@@ -922,7 +909,7 @@ def bench(
     convention: str | None,
 ) -> None:
     """Time dense, masked, pruned, ONNX and CSR forms of the model side by side."""
-    from ..benchmark.config import CONTENDERS, BenchConfig
+    from ..benchmark.config import BenchConfig
     from ..benchmark.harness import bench as _bench
 
     _check_plot(plot, force=force, ckpt=ckpt)
