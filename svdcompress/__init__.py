@@ -14,26 +14,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import errors as _errors  # no torch: the exception classes only
 from ._version import __version__ as __version__
 
 # The public API, one entry per defining module: the lazy-import table and ``__all__`` come from it, and a test
 # checks that the TYPE_CHECKING imports below name the same things.
 _PUBLIC: dict[str, tuple[str, ...]] = {
-    "errors": (
-        "AccuracyDropError",
-        "BundleError",
-        "CheckpointError",
-        "ConventionWarning",
-        "ExportError",
-        "InputShapeError",
-        "InvalidInputError",
-        "MissingDependencyError",
-        "NoSVDOLayersError",
-        "OutputExistsError",
-        "SvdcompressError",
-        "UnsupportedOpError",
-        "VerificationError",
-    ),
+    "errors": tuple(_errors.__all__),  # every exception class, as errors.py declares them
     "checkpoint.formats": ("load_checkpoint", "save_checkpoint"),
     "checkpoint.conventions": ("SVDOLayer", "find_svdo_layers"),
     "checkpoint.analysis": ("AnalysisReport", "LayerReport"),
