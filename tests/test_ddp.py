@@ -77,6 +77,10 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.all_reduce(loss)
         if rank == 0:  # only rank 0 writes
             torch.save({"loss": loss / WORLD, "grads": _grads(ddp)}, out)
+        del ddp  # its reducer's hooks and buffers go before the group does
+        # Both ranks leave together: a rank tearing gloo down while its peer still talks was seen to abort
+        # ("terminate called without an active exception") once in CI.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
